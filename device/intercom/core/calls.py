@@ -1,0 +1,290 @@
+"""The call state machines, with no I/O, shared by the server, the door and the residents.
+
+`ServerCall` is how the server routes one call between the caller's device and every device
+of every callee. Each method takes an event and returns the messages to deliver (`Send`), so
+the rules of the contract (first accept wins, decline from every device, end crossing an
+accept, ...) are decided in one place and tested without sockets or timers. The server's I/O
+layer delivers the messages and arms the timers named by `ring_deadline`.
+
+`ClientCall` is a party's own view (door or resident): dialing/ringing -> connecting ->
+connected -> ended, with illegal steps refused loudly rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from enum import StrEnum
+from typing import Any
+
+from .messages import EndReason, ErrorCode, event
+
+
+class CallState(StrEnum):
+    DIALING = "dialing"
+    RINGING = "ringing"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    ENDED = "ended"
+
+
+@dataclass(frozen=True, order=True)
+class DeviceRef:
+    """One connected device of one user: a user may be signed in on several at once."""
+
+    user_id: str
+    device_id: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"user_id": self.user_id, "device_id": self.device_id}
+
+
+@dataclass(frozen=True)
+class Send:
+    """A message the I/O layer must deliver to one device."""
+
+    to: DeviceRef
+    message: dict[str, Any]
+
+
+class CallError(Exception):
+    """A request the call refuses; the I/O layer answers it with `error`."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class ServerCall:
+    call_id: str
+    caller: DeviceRef
+    caller_info: dict[str, Any]  # {user_id, display_name, kind}
+    callees: tuple[str, ...]
+    video: bool
+    offer: dict[str, Any]
+    created_at: float
+    ring_timeout_s: float
+    snapshot_url: str | None = None
+    state: CallState = CallState.DIALING
+    #: Devices that were sent `incoming` and have not yet declined or been told it ended.
+    ringing: dict[DeviceRef, None] = field(default_factory=dict)
+    declined: dict[DeviceRef, None] = field(default_factory=dict)
+    accepted_by: DeviceRef | None = None
+    accepted_at: float | None = None
+    end_reason: EndReason | None = None
+    ended_by: DeviceRef | None = None
+    ended_at: float | None = None
+    #: (time, event, detail): what the Platform API shows as the call's timeline.
+    timeline: list[tuple[float, str, dict[str, Any]]] = field(default_factory=list)
+
+    @property
+    def ring_deadline(self) -> float:
+        return self.created_at + self.ring_timeout_s
+
+    @property
+    def ended(self) -> bool:
+        return self.state is CallState.ENDED
+
+    def involves(self, device: DeviceRef) -> bool:
+        return device == self.caller or device == self.accepted_by or device in self.ringing or device in self.declined
+
+    def _log(self, now: float, what: str, **detail: Any) -> None:
+        self.timeline.append((now, what, detail))
+
+    def incoming_event(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "call_id": self.call_id,
+            "caller": self.caller_info,
+            "video": self.video,
+            "offer": self.offer,
+            "created_at": iso(self.created_at),
+        }
+        if self.snapshot_url:
+            body["snapshot_url"] = self.snapshot_url
+        return event("incoming", **body)
+
+    def ring(self, devices: list[DeviceRef], now: float) -> list[Send]:
+        """The dial reached these callee devices (possibly none: nobody online yet)."""
+        if self.state is not CallState.DIALING:
+            raise CallError(ErrorCode.CONFLICT, f"call is {self.state}, not dialing")
+        self.state = CallState.RINGING
+        self.ringing = dict.fromkeys(devices)
+        self._log(now, "ringing", devices=len(devices))
+        sends = [Send(d, self.incoming_event()) for d in devices]
+        sends.append(Send(self.caller, event("ringing", call_id=self.call_id, devices=len(devices))))
+        return sends
+
+    def reach(self, device: DeviceRef, now: float) -> list[Send]:
+        """A callee device came online while the call rings: it rings too."""
+        if self.state is not CallState.RINGING or device.user_id not in self.callees or self.involves(device):
+            return []
+        self.ringing[device] = None
+        self._log(now, "reached", **device.as_json())
+        return [Send(device, self.incoming_event())]
+
+    def accept(self, device: DeviceRef, answer: dict[str, Any], now: float) -> list[Send]:
+        if self.state is CallState.ENDED:
+            raise CallError(ErrorCode.CONFLICT, f"call already ended ({self.end_reason})")
+        if self.accepted_by is not None:
+            raise CallError(ErrorCode.CONFLICT, "call was already accepted on another device")
+        if device not in self.ringing:
+            if device in self.declined:
+                raise CallError(ErrorCode.CONFLICT, "this device declined the call")
+            raise CallError(ErrorCode.FORBIDDEN, "this device is not ringing for this call")
+        self.accepted_by = device
+        self.accepted_at = now
+        self.state = CallState.CONNECTED
+        del self.ringing[device]
+        others = list(self.ringing)
+        self.ringing.clear()
+        self._log(now, "accepted", **device.as_json())
+        sends = [Send(self.caller, event("accepted", call_id=self.call_id, by=device.as_json(), answer=answer))]
+        sends += [
+            Send(d, event("ended", call_id=self.call_id, reason=str(EndReason.OTHER_DEVICE_ACCEPTED), by=device.as_json()))
+            for d in others
+        ]
+        return sends
+
+    def decline(self, device: DeviceRef, now: float) -> list[Send]:
+        if self.state is CallState.ENDED:
+            raise CallError(ErrorCode.CONFLICT, f"call already ended ({self.end_reason})")
+        if device in self.declined:
+            return []
+        if device not in self.ringing:
+            if device == self.accepted_by:
+                raise CallError(ErrorCode.CONFLICT, "call is already accepted on this device: end it instead")
+            raise CallError(ErrorCode.FORBIDDEN, "this device is not ringing for this call")
+        del self.ringing[device]
+        self.declined[device] = None
+        self._log(now, "declined", **device.as_json())
+        if not self.ringing:
+            return self._finish(EndReason.DECLINED, device, now)
+        return []
+
+    def end(self, device: DeviceRef, now: float) -> list[Send]:
+        """`end` from a party: cancels before accept, completes after; a ringing callee declines."""
+        if self.state is CallState.ENDED:
+            raise CallError(ErrorCode.CONFLICT, f"call already ended ({self.end_reason})")
+        if device == self.caller:
+            reason = EndReason.COMPLETED if self.accepted_by else EndReason.CANCELED
+            return self._finish(reason, device, now)
+        if device == self.accepted_by:
+            return self._finish(EndReason.COMPLETED, device, now)
+        if device in self.ringing or device in self.declined:
+            return self.decline(device, now)
+        raise CallError(ErrorCode.FORBIDDEN, "this device is not a party of this call")
+
+    def expire(self, now: float) -> list[Send]:
+        """The ring timeout passed: nobody answered."""
+        if self.state is not CallState.RINGING:
+            return []
+        return self._finish(EndReason.NO_ANSWER, None, now)
+
+    def time_out(self, now: float) -> list[Send]:
+        """The maximum call duration passed."""
+        if self.state is CallState.ENDED:
+            return []
+        return self._finish(EndReason.TIMED_OUT, None, now)
+
+    def abort(self, reason: EndReason, now: float) -> list[Send]:
+        """The server itself ends the call (shutting down, internal failure)."""
+        if self.state is CallState.ENDED:
+            return []
+        return self._finish(reason, None, now)
+
+    def lose(self, device: DeviceRef, now: float) -> list[Send]:
+        """A device's connection is gone for good (after the grace period)."""
+        if self.state is CallState.ENDED:
+            return []
+        if device == self.caller or device == self.accepted_by:
+            return self._finish(EndReason.CONNECTION_LOST, device, now)
+        if device in self.ringing:
+            # A phone that dropped off while ringing simply stops ringing; others may answer.
+            del self.ringing[device]
+            self._log(now, "lost", **device.as_json())
+            if not self.ringing and self.declined:
+                return self._finish(EndReason.DECLINED, None, now)
+        return []
+
+    def _finish(self, reason: EndReason, by: DeviceRef | None, now: float) -> list[Send]:
+        """Every device still involved gets exactly one `ended`."""
+        self.state = CallState.ENDED
+        self.end_reason = reason
+        self.ended_by = by
+        self.ended_at = now
+        self._log(now, "ended", reason=str(reason), **(by.as_json() if by else {}))
+        message = event("ended", call_id=self.call_id, reason=str(reason), by=by.as_json() if by else None)
+        targets = [self.caller]
+        if self.accepted_by:
+            targets.append(self.accepted_by)
+        targets += list(self.ringing) + list(self.declined)
+        self.ringing.clear()
+        return [Send(d, dict(message)) for d in dict.fromkeys(targets)]
+
+
+class InvalidTransition(Exception):
+    pass
+
+
+# The legal steps of a party's own view of a call.
+_CLIENT_STEPS: dict[CallState, frozenset[CallState]] = {
+    CallState.DIALING: frozenset({CallState.RINGING, CallState.ENDED}),
+    CallState.RINGING: frozenset({CallState.CONNECTING, CallState.ENDED}),
+    CallState.CONNECTING: frozenset({CallState.CONNECTED, CallState.ENDED}),
+    CallState.CONNECTED: frozenset({CallState.ENDED}),
+    CallState.ENDED: frozenset(),
+}
+
+
+@dataclass
+class ClientCall:
+    """A party's view of one call; the caller starts in `dialing`, a callee in `ringing`."""
+
+    role: str  # "caller" or "callee"
+    call_id: str | None = None
+    state: CallState = CallState.DIALING
+    end_reason: str | None = None
+    peer: dict[str, Any] | None = None
+
+    @classmethod
+    def incoming(cls, call_id: str, caller: dict[str, Any]) -> "ClientCall":
+        return cls(role="callee", call_id=call_id, state=CallState.RINGING, peer=caller)
+
+    def _step(self, to: CallState) -> None:
+        if to not in _CLIENT_STEPS[self.state]:
+            raise InvalidTransition(f"call {self.call_id}: {self.state} -> {to} is not allowed")
+        self.state = to
+
+    def dialed(self, call_id: str) -> None:
+        """The server accepted the dial and named the call."""
+        if self.state is not CallState.DIALING:
+            raise InvalidTransition(f"call id given while {self.state}")
+        self.call_id = call_id
+
+    def ringing(self) -> None:
+        self._step(CallState.RINGING)
+
+    def accepted(self, by: dict[str, Any] | None = None) -> None:
+        """Caller: the answer arrived. Callee: our accept was taken."""
+        if by is not None:
+            self.peer = by
+        self._step(CallState.CONNECTING)
+
+    def media_connected(self) -> None:
+        self._step(CallState.CONNECTED)
+
+    def ended(self, reason: str) -> None:
+        if self.state is CallState.ENDED:
+            return
+        self._step(CallState.ENDED)
+        self.end_reason = reason
+
+    @property
+    def live(self) -> bool:
+        return self.state is not CallState.ENDED

@@ -1,0 +1,218 @@
+"""Wire protocol v1: the JSON messages the door, the server and the residents exchange.
+
+Sans-I/O on purpose: parsing and building messages touches no socket, so every rule of the
+contract (docs/protocol.md) is checked here once and tested without a network. The server
+uses `parse_request` on what clients send; clients use `parse_incoming` on what the server
+sends, which is lenient about fields it does not know so that newer servers stay compatible.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+PROTOCOL_PATH = "/v1/ws"
+#: A base64 snapshot of 256 KiB is ~342 KiB of text; SDP adds a few KiB.
+MAX_MESSAGE_BYTES = 512 * 1024
+MAX_SNAPSHOT_BYTES = 256 * 1024
+MAX_CALLEES = 64
+MAX_RING_TIMEOUT_S = 300.0
+#: Close code when the first message is not a successful authenticate in time.
+CLOSE_UNAUTHENTICATED = 4401
+
+
+class ErrorCode(StrEnum):
+    BAD_REQUEST = "bad_request"
+    UNAUTHENTICATED = "unauthenticated"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+    RATE_LIMITED = "rate_limited"
+    TOO_LARGE = "too_large"
+    INTERNAL = "internal"
+
+
+class EndReason(StrEnum):
+    """Why a call ended (Sendbird's vocabulary)."""
+
+    NO_ANSWER = "no_answer"
+    CANCELED = "canceled"
+    DECLINED = "declined"
+    OTHER_DEVICE_ACCEPTED = "other_device_accepted"
+    COMPLETED = "completed"
+    CONNECTION_LOST = "connection_lost"
+    TIMED_OUT = "timed_out"
+    DIAL_FAILED = "dial_failed"
+    UNKNOWN = "unknown"
+
+
+class ProtocolError(Exception):
+    """A message the receiver cannot act on; becomes an `error` reply, never a disconnect."""
+
+    def __init__(self, code: ErrorCode, message: str, re: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.re = re
+
+    def reply(self) -> dict[str, Any]:
+        return error(self.re, self.code, self.message)
+
+
+@dataclass(frozen=True)
+class Request:
+    """A validated client request: its type, its `id`, and the remaining fields."""
+
+    type: str
+    id: str
+    body: dict[str, Any] = field(default_factory=dict)
+
+
+def _check_description(value: Any, kind: str) -> None:
+    if not isinstance(value, dict) or value.get("type") != kind or not isinstance(value.get("sdp"), str):
+        raise ValueError(f'must be {{"type": "{kind}", "sdp": "..."}}')
+    if not value["sdp"].startswith("v=0"):
+        raise ValueError("sdp is not a session description (it must start with v=0)")
+
+
+def _check_callees(value: Any, kind: str) -> None:
+    if not isinstance(value, list) or not value:
+        raise ValueError("must be a non-empty list of user ids")
+    if len(value) > MAX_CALLEES:
+        raise ValueError(f"at most {MAX_CALLEES} callees")
+    if not all(isinstance(v, str) and v for v in value):
+        raise ValueError("must contain only non-empty strings")
+
+
+def _check_ring_timeout(value: Any, kind: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_RING_TIMEOUT_S:
+        raise ValueError(f"must be a number of seconds in (0, {MAX_RING_TIMEOUT_S:g}]")
+
+
+def _check_snapshot(value: Any, kind: str) -> None:
+    if not isinstance(value, str):
+        raise ValueError("must be a base64 string")
+    if len(value) * 3 // 4 > MAX_SNAPSHOT_BYTES:
+        raise ValueError(f"is larger than {MAX_SNAPSHOT_BYTES // 1024} KiB")
+
+
+def _nonempty_str(value: Any, kind: str) -> None:
+    if not isinstance(value, str) or not value or len(value) > 256:
+        raise ValueError("must be a non-empty string of at most 256 characters")
+
+
+def _boolean(value: Any, kind: str) -> None:
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+
+
+# For each client request: field -> (required, check, argument for the check).
+_REQUESTS: dict[str, dict[str, tuple[bool, Any, str]]] = {
+    "authenticate": {
+        "user_id": (True, _nonempty_str, ""),
+        "access_token": (True, _nonempty_str, ""),
+        "device_id": (False, _nonempty_str, ""),
+    },
+    "dial": {
+        "callees": (True, _check_callees, ""),
+        "video": (False, _boolean, ""),
+        "offer": (True, _check_description, "offer"),
+        "ring_timeout_s": (False, _check_ring_timeout, ""),
+        "snapshot": (False, _check_snapshot, ""),
+    },
+    "accept": {
+        "call_id": (True, _nonempty_str, ""),
+        "answer": (True, _check_description, "answer"),
+    },
+    "decline": {"call_id": (True, _nonempty_str, "")},
+    "end": {"call_id": (True, _nonempty_str, "")},
+    "action": {"call_id": (True, _nonempty_str, ""), "name": (True, _nonempty_str, "")},
+    "ping": {},
+    "deauthenticate": {},
+}
+REQUEST_TYPES = frozenset(_REQUESTS)
+#: Replies a client sends to the server's own requests (e.g. the door answering `action`).
+REPLY_TYPES = frozenset({"ok", "error"})
+
+
+def decode(text: str | bytes) -> dict[str, Any]:
+    """Decode one frame into a JSON object, or raise ProtocolError(bad_request/too_large)."""
+    if len(text) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"message is larger than {MAX_MESSAGE_BYTES} bytes")
+    try:
+        data = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "a message must be a JSON object")
+    if not isinstance(data.get("type"), str):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "a message needs a string 'type'", _re_of(data))
+    return data
+
+
+def _re_of(data: dict[str, Any]) -> str | None:
+    value = data.get("id")
+    return value if isinstance(value, str) else None
+
+
+def parse_request(text: str | bytes) -> Request | dict[str, Any]:
+    """Validate a frame a client sent to the server.
+
+    Returns a Request, or the raw dict for a reply (`ok`/`error` with `re`) to one of the
+    server's own requests. Raises ProtocolError, carrying the request id when there was one,
+    so the caller can answer with `error` and keep the connection.
+    """
+    data = decode(text)
+    kind = data["type"]
+    if kind in REPLY_TYPES:
+        if not isinstance(data.get("re"), str):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"'{kind}' needs a string 're'")
+        return data
+    re = _re_of(data)
+    if kind not in _REQUESTS:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"unknown message type '{kind}'", re)
+    if re is None or not re or len(re) > 128:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "a request needs a string 'id' of 1 to 128 characters")
+    spec = _REQUESTS[kind]
+    body: dict[str, Any] = {}
+    for name, (required, check, arg) in spec.items():
+        if name not in data:
+            if required:
+                raise ProtocolError(ErrorCode.BAD_REQUEST, f"'{kind}' needs '{name}'", re)
+            continue
+        try:
+            check(data[name], arg)
+        except ValueError as exc:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"'{kind}.{name}' {exc}", re) from None
+        body[name] = data[name]
+    unknown = sorted(set(data) - set(spec) - {"type", "id"})
+    if unknown:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"'{kind}' has unknown fields: {', '.join(unknown)}", re)
+    return Request(kind, re, body)
+
+
+def parse_incoming(text: str | bytes) -> dict[str, Any]:
+    """Decode a frame a client received; unknown fields are kept, not rejected."""
+    return decode(text)
+
+
+def encode(message: dict[str, Any]) -> str:
+    return json.dumps(message, separators=(",", ":"))
+
+
+def ok(re: str | None, **body: Any) -> dict[str, Any]:
+    return {"type": "ok", "re": re, **body}
+
+
+def error(re: str | None, code: ErrorCode | str, message: str) -> dict[str, Any]:
+    return {"type": "error", "re": re, "code": str(code), "message": message}
+
+
+def event(kind: str, **body: Any) -> dict[str, Any]:
+    return {"type": kind, **body}
+
+
+def request(kind: str, id: str, **body: Any) -> dict[str, Any]:
+    return {"type": kind, "id": id, **body}
