@@ -1,0 +1,139 @@
+"""`intercom-server`: run the server, and provision sites, users and tokens from a shell."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from intercom.core.yamlconfig import ConfigError
+
+from .app import create_app
+from .config import ServerConfig
+from .store import Store, StoreError
+
+log = logging.getLogger("intercom.server")
+
+
+def _config(args: argparse.Namespace) -> ServerConfig:
+    config = ServerConfig.from_file(args.config) if args.config else ServerConfig()
+    if getattr(args, "host", None):
+        config.host = args.host
+    if getattr(args, "port", None) is not None:
+        config.port = args.port
+    if args.data_dir:
+        config.data_dir = Path(args.data_dir)
+    return config
+
+
+def _open_store(config: ServerConfig) -> Store:
+    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return Store(config.db_path)
+
+
+async def _serve(config: ServerConfig) -> None:
+    store = _open_store(config)
+    closed = store.close_interrupted_calls()
+    if closed:
+        log.warning("%d call(s) were live when the server last stopped; recorded as ended 'unknown'", closed)
+    token, source = config.resolve_api_token()
+    app = create_app(store, config.hub, token)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port)
+    await site.start()
+    port = runner.addresses[0][1]
+    log.info("Platform API token from %s", source)
+    # Tests and the demo read this line to learn the port when --port 0 was given.
+    print(f"intercom-server listening on http://{config.host}:{port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await runner.cleanup()
+    store.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="intercom-server", description=__doc__)
+    parser.add_argument("--config", help="server YAML file")
+    parser.add_argument("--data-dir", help="where the database and the API token live")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the signaling server")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+
+    site = sub.add_parser("site", help="sites: one building or household").add_subparsers(dest="action", required=True)
+    p = site.add_parser("add")
+    p.add_argument("site_id")
+    p.add_argument("--name", required=True)
+
+    user = sub.add_parser("user", help="door stations and residents").add_subparsers(dest="action", required=True)
+    p = user.add_parser("add")
+    p.add_argument("user_id")
+    p.add_argument("--kind", choices=("door", "resident"), required=True)
+    p.add_argument("--site", required=True)
+    p.add_argument("--name", required=True, help="display name shown to the other party")
+    p = user.add_parser("show")
+    p.add_argument("user_id")
+
+    token = sub.add_parser("token", help="access tokens").add_subparsers(dest="action", required=True)
+    p = token.add_parser("issue", help="print a new access token (shown only this once)")
+    p.add_argument("user_id")
+    p.add_argument("--expires-in", type=float, metavar="SECONDS")
+    p = token.add_parser("list")
+    p.add_argument("user_id")
+    p = token.add_parser("revoke")
+    p.add_argument("user_id")
+    p.add_argument("token_id")
+
+    sub.add_parser("api-token", help="print the Platform API token (made on first use)")
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        config = _config(args)
+        if args.command == "serve":
+            asyncio.run(_serve(config))
+            return 0
+        if args.command == "api-token":
+            config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            print(config.resolve_api_token()[0])
+            return 0
+        store = _open_store(config)
+        if args.command == "site":
+            result = store.add_site(args.site_id, args.name)
+        elif args.command == "user" and args.action == "add":
+            result = store.add_user(args.user_id, args.kind, args.site, args.name)
+        elif args.command == "user":
+            result = store.get_user(args.user_id)
+        elif args.action == "issue":
+            result = store.issue_token(args.user_id, args.expires_in)
+        elif args.action == "list":
+            result = {"tokens": store.list_tokens(args.user_id)}
+        else:
+            store.revoke_token(args.user_id, args.token_id)
+            result = {"revoked": args.token_id}
+        print(json.dumps(result, indent=2))
+        return 0
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except StoreError as exc:
+        print(f"intercom-server: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""The server's YAML configuration, validated with the same path-and-line errors as the door's."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from intercom.core.yamlconfig import Field, in_range, load_file
+
+from .hub import HubSettings
+
+
+def _ice_server(value: Any) -> None:
+    urls = value.get("urls") if isinstance(value, dict) else None
+    if isinstance(urls, str):
+        urls = [urls]
+    if not isinstance(urls, list) or not urls or not all(isinstance(u, str) and u.split(":")[0] in ("stun", "turn", "turns") for u in urls):
+        raise ValueError("needs 'urls': a stun:, turn: or turns: URL or a list of them")
+    extra = set(value) - {"urls", "username", "credential"}
+    if extra:
+        raise ValueError(f"unknown keys {', '.join(sorted(extra))}; an ICE server has urls, username, credential")
+
+
+SCHEMA = {
+    "listen": Field(schema={
+        "host": Field(str, default="127.0.0.1", help="address to listen on; 0.0.0.0 for every interface"),
+        "port": Field(int, default=8080, check=in_range(0, 65535)),
+    }),
+    "data_dir": Field(str, default="/var/lib/intercom-server"),
+    "api_token": Field(str, help="the Platform API's master token; or set INTERCOM_SERVER_API_TOKEN"),
+    "heartbeat_s": Field(float, default=20.0, check=in_range(1, 300)),
+    "calls": Field(schema={
+        "ring_timeout_s": Field(float, default=30.0, check=in_range(1, 300)),
+        "max_duration_s": Field(float, default=3600.0, check=in_range(10, 86400)),
+        "grace_s": Field(float, default=10.0, check=in_range(0, 300)),
+    }),
+    "ice_servers": Field(list, default=[], items=Field(dict, check=_ice_server)),
+}
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path("/var/lib/intercom-server")
+    api_token: str | None = None
+    hub: HubSettings = field(default_factory=HubSettings)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "ServerConfig":
+        raw = load_file(path, SCHEMA)
+        calls = raw["calls"]
+        return cls(
+            host=raw["listen"]["host"], port=raw["listen"]["port"], data_dir=Path(raw["data_dir"]),
+            api_token=raw["api_token"],
+            hub=HubSettings(ring_timeout_s=calls["ring_timeout_s"], max_duration_s=calls["max_duration_s"],
+                            grace_s=calls["grace_s"], heartbeat_s=raw["heartbeat_s"],
+                            ice_servers=[dict(s) for s in raw["ice_servers"]]))
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "intercom.db"
+
+    def resolve_api_token(self) -> tuple[str, str]:
+        """The master Api-Token and where it came from; made and kept (0600) on first start."""
+        if self.api_token:
+            return self.api_token, "the config file"
+        env = os.environ.get("INTERCOM_SERVER_API_TOKEN")
+        if env:
+            return env, "INTERCOM_SERVER_API_TOKEN"
+        path = self.data_dir / "api_token"
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32) + "\n")
+        return path.read_text().strip(), str(path)

@@ -1,0 +1,268 @@
+"""What the server keeps: sites, users, access tokens (as hashes only) and finished calls.
+
+SQLite in WAL mode: one file an installer can back up, crash-safe, fast enough for a building.
+Writes are tiny and local, so they run on the event loop's thread; the store is also used
+directly by `intercom-server` shell commands while the server runs (WAL allows it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from intercom.core.calls import ServerCall, iso
+
+USER_KINDS = ("door", "resident")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sites (
+    site_id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS users (
+    user_id TEXT PRIMARY KEY, kind TEXT NOT NULL, site_id TEXT NOT NULL REFERENCES sites(site_id),
+    display_name TEXT NOT NULL, created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS tokens (
+    token_id TEXT PRIMARY KEY, user_id TEXT NOT NULL REFERENCES users(user_id),
+    token_hash TEXT NOT NULL, created_at REAL NOT NULL, expires_at REAL, revoked_at REAL);
+CREATE INDEX IF NOT EXISTS tokens_user ON tokens(user_id);
+CREATE TABLE IF NOT EXISTS calls (
+    call_id TEXT PRIMARY KEY, caller_id TEXT NOT NULL, caller_device TEXT NOT NULL,
+    callees TEXT NOT NULL, video INTEGER NOT NULL, created_at REAL NOT NULL,
+    accepted_by_user TEXT, accepted_by_device TEXT, accepted_at REAL,
+    ended_at REAL, end_reason TEXT, ended_by_user TEXT, ended_by_device TEXT,
+    timeline TEXT NOT NULL DEFAULT '[]', snapshot BLOB);
+CREATE INDEX IF NOT EXISTS calls_created ON calls(created_at);
+CREATE TABLE IF NOT EXISTS call_parties (
+    call_id TEXT NOT NULL REFERENCES calls(call_id), user_id TEXT NOT NULL,
+    PRIMARY KEY (call_id, user_id));
+CREATE INDEX IF NOT EXISTS call_parties_user ON call_parties(user_id);
+"""
+
+
+class StoreError(Exception):
+    status = 400
+    code = "bad_request"
+
+
+class NotFound(StoreError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(StoreError):
+    status = 409
+    code = "conflict"
+
+
+def hash_token(token: str) -> str:
+    """Access tokens carry 256 random bits, so one SHA-256 is enough: no password stretching."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def check_id(what: str, value: Any) -> str:
+    if not isinstance(value, str) or not _ID.match(value):
+        raise StoreError(f"{what} must be 1-64 characters of letters, digits, '.', '_', '@' or '-', "
+                         f"starting with a letter or digit")
+    return value
+
+
+class Store:
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.execute("PRAGMA busy_timeout=5000")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- sites and users -------------------------------------------------------------------
+
+    def add_site(self, site_id: str, name: str) -> dict[str, Any]:
+        check_id("site_id", site_id)
+        if not isinstance(name, str) or not name.strip():
+            raise StoreError("name must be a non-empty string")
+        try:
+            self.db.execute("INSERT INTO sites VALUES (?, ?, ?)", (site_id, name, time.time()))
+        except sqlite3.IntegrityError:
+            raise Conflict(f"site '{site_id}' already exists") from None
+        return self.get_site(site_id)
+
+    def get_site(self, site_id: str) -> dict[str, Any]:
+        row = self.db.execute("SELECT * FROM sites WHERE site_id = ?", (site_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no site '{site_id}'")
+        return {"site_id": row["site_id"], "name": row["name"], "created_at": iso(row["created_at"])}
+
+    def add_user(self, user_id: str, kind: str, site_id: str, display_name: str) -> dict[str, Any]:
+        check_id("user_id", user_id)
+        if kind not in USER_KINDS:
+            raise StoreError(f"kind must be one of {', '.join(USER_KINDS)}")
+        if not isinstance(display_name, str) or not display_name.strip():
+            raise StoreError("display_name must be a non-empty string")
+        self.get_site(site_id)
+        try:
+            self.db.execute("INSERT INTO users VALUES (?, ?, ?, ?, ?)",
+                            (user_id, kind, site_id, display_name, time.time()))
+        except sqlite3.IntegrityError:
+            raise Conflict(f"user '{user_id}' already exists") from None
+        return self.get_user(user_id)
+
+    def get_user(self, user_id: str) -> dict[str, Any]:
+        row = self.db.execute("SELECT * FROM users WHERE user_id = ?", (user_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no user '{user_id}'")
+        return {"user_id": row["user_id"], "kind": row["kind"], "site_id": row["site_id"],
+                "display_name": row["display_name"]}
+
+    def find_user(self, user_id: str) -> dict[str, Any] | None:
+        try:
+            return self.get_user(user_id)
+        except NotFound:
+            return None
+
+    # -- access tokens ---------------------------------------------------------------------
+
+    def issue_token(self, user_id: str, expires_in_s: float | None = None) -> dict[str, Any]:
+        """A new token; its secret is returned here once and never stored."""
+        self.get_user(user_id)
+        if expires_in_s is not None and (isinstance(expires_in_s, bool) or not isinstance(expires_in_s, (int, float))
+                                         or expires_in_s <= 0):
+            raise StoreError("expires_in_s must be a positive number of seconds")
+        now = time.time()
+        token_id = "tok_" + secrets.token_hex(8)
+        secret = "ict_" + secrets.token_urlsafe(32)
+        expires_at = now + expires_in_s if expires_in_s else None
+        self.db.execute("INSERT INTO tokens VALUES (?, ?, ?, ?, ?, NULL)",
+                        (token_id, user_id, hash_token(secret), now, expires_at))
+        return {"token_id": token_id, "access_token": secret, "expires_at": iso(expires_at) if expires_at else None}
+
+    def list_tokens(self, user_id: str) -> list[dict[str, Any]]:
+        self.get_user(user_id)
+        rows = self.db.execute("SELECT * FROM tokens WHERE user_id = ? AND revoked_at IS NULL ORDER BY created_at",
+                               (user_id,)).fetchall()
+        return [{"token_id": r["token_id"], "created_at": iso(r["created_at"]),
+                 "expires_at": iso(r["expires_at"]) if r["expires_at"] else None} for r in rows]
+
+    def revoke_token(self, user_id: str, token_id: str) -> None:
+        cur = self.db.execute("UPDATE tokens SET revoked_at = ? WHERE user_id = ? AND token_id = ? AND revoked_at IS NULL",
+                              (time.time(), user_id, token_id))
+        if cur.rowcount == 0:
+            raise NotFound(f"no token '{token_id}' for user '{user_id}'")
+
+    def verify_token(self, user_id: str, token: str) -> bool:
+        """Constant-time over the candidate hashes, so timing says nothing about the secret."""
+        digest = hash_token(token)
+        now = time.time()
+        rows = self.db.execute(
+            "SELECT token_hash, expires_at FROM tokens WHERE user_id = ? AND revoked_at IS NULL", (user_id,)).fetchall()
+        good = False
+        for row in rows:
+            match = hmac.compare_digest(row["token_hash"], digest)
+            good |= match and (row["expires_at"] is None or row["expires_at"] > now)
+        return good
+
+    # -- calls -----------------------------------------------------------------------------
+
+    def record_call(self, call: ServerCall, snapshot: bytes | None) -> None:
+        """Written at the dial, so a crash mid-call leaves a trace that start-up closes."""
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.execute(
+                "INSERT INTO calls (call_id, caller_id, caller_device, callees, video, created_at, snapshot) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (call.call_id, call.caller.user_id, call.caller.device_id, json.dumps(list(call.callees)),
+                 int(call.video), call.created_at, snapshot))
+            self.db.executemany("INSERT OR IGNORE INTO call_parties VALUES (?, ?)",
+                                [(call.call_id, u) for u in (call.caller.user_id, *call.callees)])
+
+    def finish_call(self, call: ServerCall) -> None:
+        by = call.ended_by
+        accepted = call.accepted_by
+        self.db.execute(
+            "UPDATE calls SET accepted_by_user = ?, accepted_by_device = ?, accepted_at = ?, ended_at = ?, "
+            "end_reason = ?, ended_by_user = ?, ended_by_device = ?, timeline = ? WHERE call_id = ?",
+            (accepted.user_id if accepted else None, accepted.device_id if accepted else None, call.accepted_at,
+             call.ended_at, str(call.end_reason), by.user_id if by else None, by.device_id if by else None,
+             json.dumps([{"at": iso(t), "event": e, **d} for t, e, d in call.timeline]), call.call_id))
+
+    def close_interrupted_calls(self) -> int:
+        """Calls live when the server last stopped can no longer be reached: they end `unknown`."""
+        cur = self.db.execute("UPDATE calls SET ended_at = ?, end_reason = 'unknown' WHERE ended_at IS NULL",
+                              (time.time(),))
+        return cur.rowcount
+
+    def _call_json(self, row: sqlite3.Row, timeline: bool) -> dict[str, Any]:
+        result: dict[str, Any] = {
+            "call_id": row["call_id"],
+            "caller": {"user_id": row["caller_id"], "device_id": row["caller_device"]},
+            "callees": json.loads(row["callees"]),
+            "video": bool(row["video"]),
+            "created_at": iso(row["created_at"]),
+            "accepted_by": ({"user_id": row["accepted_by_user"], "device_id": row["accepted_by_device"]}
+                            if row["accepted_by_user"] else None),
+            "accepted_at": iso(row["accepted_at"]) if row["accepted_at"] else None,
+            "ended_at": iso(row["ended_at"]) if row["ended_at"] else None,
+            "end_reason": row["end_reason"],
+            "ended_by": ({"user_id": row["ended_by_user"], "device_id": row["ended_by_device"]}
+                         if row["ended_by_user"] else None),
+            "duration_s": (round(row["ended_at"] - row["accepted_at"], 3)
+                           if row["ended_at"] and row["accepted_at"] else None),
+            "has_snapshot": row["has_snapshot"],
+        }
+        if timeline:
+            result["timeline"] = json.loads(row["timeline"])
+        return result
+
+    _CALL_COLUMNS = ("call_id, caller_id, caller_device, callees, video, created_at, accepted_by_user, "
+                     "accepted_by_device, accepted_at, ended_at, end_reason, ended_by_user, ended_by_device, "
+                     "timeline, snapshot IS NOT NULL AS has_snapshot")
+
+    def get_call(self, call_id: str) -> dict[str, Any]:
+        row = self.db.execute(f"SELECT {self._CALL_COLUMNS} FROM calls WHERE call_id = ?", (call_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no call '{call_id}'")
+        return self._call_json(row, timeline=True)
+
+    def call_parties(self, call_id: str) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT user_id FROM call_parties WHERE call_id = ?", (call_id,))]
+
+    def list_calls(self, user_id: str | None, limit: int, before: tuple[float, str] | None) -> list[dict[str, Any]]:
+        """Newest first; `before` is the (created_at, call_id) of the last call of the previous page."""
+        where, args = [], []  # type: list[str], list[Any]
+        if user_id is not None:
+            where.append("call_id IN (SELECT call_id FROM call_parties WHERE user_id = ?)")
+            args.append(user_id)
+        if before is not None:
+            where.append("(created_at < ? OR (created_at = ? AND call_id < ?))")
+            args += [before[0], before[0], before[1]]
+        sql = f"SELECT {self._CALL_COLUMNS}, created_at AS ts FROM calls"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, call_id DESC LIMIT ?"
+        rows = self.db.execute(sql, (*args, limit)).fetchall()
+        return [{**self._call_json(r, timeline=False), "_cursor": (r["ts"], r["call_id"])} for r in rows]
+
+    def snapshot(self, call_id: str) -> bytes:
+        row = self.db.execute("SELECT snapshot FROM calls WHERE call_id = ?", (call_id,)).fetchone()
+        if row is None or row["snapshot"] is None:
+            raise NotFound(f"no snapshot for call '{call_id}'")
+        return bytes(row["snapshot"])
+
+    def users_of(self, user_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        ids = list(user_ids)
+        if not ids:
+            return {}
+        rows = self.db.execute(f"SELECT * FROM users WHERE user_id IN ({','.join('?' * len(ids))})", ids).fetchall()
+        return {r["user_id"]: {"user_id": r["user_id"], "kind": r["kind"], "site_id": r["site_id"],
+                               "display_name": r["display_name"]} for r in rows}
