@@ -1,0 +1,96 @@
+"""`intercom`: the door station daemon and the installer's commands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from .core.yamlconfig import ConfigError
+
+DEFAULT_CONFIG = "/etc/intercom/intercom.yaml"
+
+
+async def _run(config_path: str) -> int:
+    from . import config as door_config
+    from .control import ControlServer
+    from .station import Station
+
+    config = door_config.load(config_path)
+    station = Station(config)
+    control = ControlServer(config.control_socket, {
+        "status": station.status,
+        "press": lambda: station.pins.simulate(True),
+        "release": lambda: station.pins.simulate(False),
+    })
+    await control.start()
+    await station.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    logging.getLogger("intercom").info("door station %s running", config.user_id)
+    await stop.wait()
+    await control.stop()
+    await station.stop()
+    return 0
+
+
+def _socket_path(args: argparse.Namespace) -> Path:
+    if args.socket:
+        return Path(args.socket)
+    from . import config as door_config
+
+    return door_config.load(args.config).control_socket
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="intercom", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="run the door station")
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p = sub.add_parser("check-config", help="check a config file; prints every problem with its line")
+    p.add_argument("file")
+    p = sub.add_parser("ctl", help="talk to the running door station")
+    p.add_argument("action", choices=("status", "press", "release"))
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="read the socket path from this config")
+    p.add_argument("--socket", help="the control socket (overrides --config)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.verbose is False:
+        logging.getLogger("aioice").setLevel(logging.WARNING)
+    try:
+        if args.command == "run":
+            return asyncio.run(_run(args.config))
+        if args.command == "check-config":
+            from . import config as door_config
+
+            door_config.load(args.file)
+            print(f"{args.file}: ok")
+            return 0
+        try:
+            reply = asyncio.run(_send(_socket_path(args), args.action))
+        except (OSError, asyncio.TimeoutError) as exc:
+            print(f"intercom: cannot reach the door station's control socket: {exc}", file=sys.stderr)
+            return 1
+        print(json.dumps(reply, indent=2))
+        return 0 if reply.get("ok") else 1
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+
+
+async def _send(path: Path, action: str) -> dict:
+    from .control import send_command
+
+    return await send_command(path, action)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
