@@ -1,0 +1,222 @@
+"""A resident's device in Python (aiortc): answers the door and records what it received.
+
+Used by `make demo`, the end-to-end tests and the benchmarks. It proves a call worked from
+the resident's side: video frames decoded and changing, the door's audio not silent. It
+reports what happened as JSON lines on stdout, so a test can wait on each step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import av
+import numpy as np
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from intercom.core.calls import CallState, ClientCall
+from intercom.media.audio import ToneTrack, level_dbfs
+from intercom.media.peer import rtc_configuration
+from intercom.media.video import encode_image
+from intercom.signaling import NotConnected, RequestFailed, SignalingClient
+
+log = logging.getLogger("intercom.resident")
+
+
+@dataclass
+class Policy:
+    """What the resident does when the door rings."""
+
+    answer: str = "auto"  # auto | decline | ignore
+    answer_delay_s: float = 0.0
+    hangup_after_frames: int | None = 60
+    hangup_after_s: float | None = None
+    picture: Path | None = None
+    once: bool = False
+
+
+@dataclass
+class Reception:
+    """What one call delivered to this resident."""
+
+    video_frames: int = 0
+    distinct_frames: int = 0
+    width: int = 0
+    height: int = 0
+    audio_frames: int = 0
+    audio_peak_dbfs: float = float("-inf")
+    first_frame_after_accept_s: float | None = None
+    _last_fingerprint: bytes = b""
+    last_frame: Any = None
+
+    def add_video(self, frame: av.VideoFrame) -> None:
+        self.video_frames += 1
+        self.width, self.height = frame.width, frame.height
+        luma = np.frombuffer(frame.planes[0], dtype=np.uint8)
+        fingerprint = hashlib.blake2b(luma[::101].tobytes(), digest_size=8).digest()
+        if fingerprint != self._last_fingerprint:
+            self.distinct_frames += 1
+            self._last_fingerprint = fingerprint
+        self.last_frame = frame
+
+    def add_audio(self, frame: av.AudioFrame) -> None:
+        self.audio_frames += 1
+        samples = np.frombuffer(bytes(frame.planes[0])[: frame.samples * 2 * len(frame.layout.channels)], np.int16)
+        self.audio_peak_dbfs = max(self.audio_peak_dbfs, level_dbfs(samples))
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "video_frames": self.video_frames, "distinct_frames": self.distinct_frames,
+            "width": self.width, "height": self.height, "audio_frames": self.audio_frames,
+            "audio_peak_dbfs": None if self.audio_peak_dbfs == float("-inf") else round(self.audio_peak_dbfs, 1),
+            "first_frame_after_accept_s": self.first_frame_after_accept_s,
+        }
+
+
+Reporter = Callable[[str, dict[str, Any]], None]
+
+
+class Resident:
+    def __init__(self, client_args: dict[str, Any], policy: Policy, report: Reporter) -> None:
+        self.policy = policy
+        self.report = report
+        self.client = SignalingClient(**client_args, on_event=self._event, on_connection=self._connection)
+        self.call: ClientCall | None = None
+        self.pc: RTCPeerConnection | None = None
+        self.reception = Reception()
+        self.done = asyncio.Event()
+        self._accepted_at = 0.0
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def run(self) -> None:
+        runner = asyncio.get_running_loop().create_task(self.client.run())
+        try:
+            await self.done.wait()
+        finally:
+            await self._close_media()
+            await self.client.close()
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+
+    def _connection(self, up: bool) -> None:
+        self.report("online" if up else "offline", {"device_id": self.client.device_id})
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _event(self, event: dict[str, Any]) -> None:
+        kind = event["type"]
+        if kind == "incoming":
+            if self.call is not None and self.call.live:
+                self._spawn(self.client.request("decline", call_id=event["call_id"]))  # busy
+                return
+            self.call = ClientCall.incoming(event["call_id"], event["caller"])
+            self.reception = Reception()
+            self.report("incoming", {"call_id": event["call_id"], "caller": event["caller"],
+                                     "snapshot_url": event.get("snapshot_url")})
+            self._spawn(self._respond(event))
+        elif kind == "ended" and self.call is not None and event.get("call_id") == self.call.call_id:
+            self._spawn(self._finish(event.get("reason", "unknown")))
+
+    async def _respond(self, event: dict[str, Any]) -> None:
+        assert self.call is not None
+        call = self.call
+        if self.policy.answer == "ignore":
+            return
+        if self.policy.answer == "decline":
+            await self.client.request("decline", call_id=call.call_id)
+            self.report("declined", {"call_id": call.call_id})
+            return
+        if self.policy.answer_delay_s:
+            await asyncio.sleep(self.policy.answer_delay_s)
+        if not call.live:
+            return
+        pc = self.pc = RTCPeerConnection(rtc_configuration(self.client.ice_servers))
+        pc.on("track", self._track)
+        pc.on("connectionstatechange", lambda: self._media_state(pc))
+        await pc.setRemoteDescription(RTCSessionDescription(**event["offer"]))
+        pc.addTrack(ToneTrack(freqs=(440.0, 330.0)))  # the resident's voice, so the door hears something
+        await pc.setLocalDescription(await pc.createAnswer())
+        self._accepted_at = time.monotonic()
+        try:
+            await self.client.request("accept", call_id=call.call_id,
+                                      answer={"type": "answer", "sdp": pc.localDescription.sdp})
+        except (RequestFailed, NotConnected) as exc:
+            self.report("accept_failed", {"call_id": call.call_id, "error": str(exc)})
+            await self._close_media()
+            return
+        if call.live:
+            call.accepted()
+            self.report("answered", {"call_id": call.call_id})
+            if self.policy.hangup_after_s is not None:
+                self._spawn(self._hang_up_later(call, self.policy.hangup_after_s))
+
+    def _media_state(self, pc: RTCPeerConnection) -> None:
+        if pc is self.pc and self.call is not None and pc.connectionState == "connected" \
+                and self.call.state is CallState.CONNECTING:
+            self.call.media_connected()
+            self.report("media_connected", {"call_id": self.call.call_id})
+
+    def _track(self, track: MediaStreamTrack) -> None:
+        self._spawn(self._receive(track))
+
+    async def _receive(self, track: MediaStreamTrack) -> None:
+        reception = self.reception
+        call = self.call
+        try:
+            while True:
+                frame = await track.recv()
+                if track.kind == "video":
+                    if reception.video_frames == 0:
+                        reception.first_frame_after_accept_s = round(time.monotonic() - self._accepted_at, 4)
+                        self.report("first_frame", {"after_accept_s": reception.first_frame_after_accept_s,
+                                                    "width": frame.width, "height": frame.height})
+                    reception.add_video(frame)
+                    limit = self.policy.hangup_after_frames
+                    if limit is not None and reception.video_frames == limit and call is not None:
+                        self._spawn(self._hang_up(call))
+                else:
+                    reception.add_audio(frame)
+        except MediaStreamError:
+            return
+
+    async def _hang_up_later(self, call: ClientCall, delay: float) -> None:
+        await asyncio.sleep(delay)
+        await self._hang_up(call)
+
+    async def _hang_up(self, call: ClientCall) -> None:
+        if call.live and call.call_id:
+            self.report("hanging_up", {"call_id": call.call_id})
+            try:
+                await self.client.request("end", call_id=call.call_id)
+            except (RequestFailed, NotConnected) as exc:
+                log.warning("could not end the call: %s", exc)
+
+    async def _finish(self, reason: str) -> None:
+        call = self.call
+        if call is None or not call.live:
+            return
+        call.ended(reason)
+        picture = None
+        if self.policy.picture is not None and self.reception.last_frame is not None:
+            self.policy.picture.parent.mkdir(parents=True, exist_ok=True)
+            self.policy.picture.write_bytes(encode_image(self.reception.last_frame, "png"))
+            picture = str(self.policy.picture)
+        await self._close_media()
+        self.report("ended", {"call_id": call.call_id, "reason": reason, "picture": picture,
+                              **self.reception.as_json()})
+        if self.policy.once:
+            self.done.set()
+
+    async def _close_media(self) -> None:
+        pc, self.pc = self.pc, None
+        if pc is not None:
+            await pc.close()
