@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: demo test system-packages clean
 
 demo: $(VENV)/.installed
-	$(BIN)/python -m intercom_demo
+	$(BIN)/python -m intercom_sim.demo
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -26,6 +26,7 @@ async def _run(config_path: str) -> int:
         "status": station.status,
         "press": lambda: station.pins.simulate(True),
         "release": lambda: station.pins.simulate(False),
+        "hangup": station.hang_up,
     })
     await control.start()
     await station.start()
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("check-config", help="check a config file; prints every problem with its line")
     p.add_argument("file")
     p = sub.add_parser("ctl", help="talk to the running door station")
-    p.add_argument("action", choices=("status", "press", "release"))
+    p.add_argument("action", choices=("status", "press", "release", "hangup"))
     p.add_argument("--config", default=DEFAULT_CONFIG, help="read the socket path from this config")
     p.add_argument("--socket", help="the control socket (overrides --config)")
     args = parser.parse_args(argv)

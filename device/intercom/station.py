@@ -79,6 +79,13 @@ class Station:
     def press(self) -> None:
         self._inbox.put_nowait(("press", time.monotonic()))
 
+    def hang_up(self) -> dict[str, Any]:
+        """End the current call from the door (the installer's `intercom ctl hangup`)."""
+        live = self.call is not None and self.call.live
+        if live:
+            self._inbox.put_nowait(("hangup", None))
+        return {"hanging_up": live}
+
     def _server_event(self, event: dict[str, Any]) -> None:
         self._inbox.put_nowait(("event", event))
 
@@ -90,7 +97,7 @@ class Station:
 
     async def _work(self) -> None:
         handlers = {"press": self._on_press, "event": self._on_event, "media": self._on_media,
-                    "server_lost": self._on_server_lost}
+                    "server_lost": self._on_server_lost, "hangup": self._on_hangup}
         while True:
             kind, data = await self._inbox.get()
             try:
@@ -188,6 +195,15 @@ class Station:
             if self.call.call_id and self.client.connected.is_set():
                 await self.client.request("end", call_id=self.call.call_id)
             await self._teardown(EndReason.CONNECTION_LOST)
+
+    async def _on_hangup(self, _: None) -> None:
+        call = self.call
+        if call is None or not call.live:
+            return
+        if call.call_id and self.client.connected.is_set():
+            await self.client.request("end", call_id=call.call_id)  # the server's `ended` tears down
+        else:
+            await self._teardown(EndReason.CANCELED if call.state is not CallState.CONNECTED else EndReason.COMPLETED)
 
     async def _on_server_lost(self, call_id: str | None) -> None:
         if self.call is not None and self.call.live and self.call.call_id == call_id and not self.client.connected.is_set():

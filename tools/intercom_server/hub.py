@@ -25,6 +25,9 @@ from .store import Store
 
 log = logging.getLogger("intercom.server")
 
+RECENT_CALLS_S = 120.0
+RECENT_CALLS_MAX = 10_000
+
 
 @dataclass
 class HubSettings:
@@ -70,6 +73,9 @@ class Hub:
         self.settings = settings
         self.devices: dict[DeviceRef, Connection] = {}
         self.calls: dict[str, ServerCall] = {}
+        #: Calls that ended lately, so a request crossing the end learns why (`conflict`)
+        #: instead of `not_found`. Oldest first; trimmed as calls end.
+        self.recent: dict[str, ServerCall] = {}
         self._timers: dict[str, list[asyncio.TimerHandle]] = {}
         self._grace: dict[DeviceRef, asyncio.TimerHandle] = {}
 
@@ -200,7 +206,7 @@ class Hub:
         return caller["site_id"] == callee["site_id"] and caller["kind"] != callee["kind"]
 
     def _call_for(self, conn: Connection, req: Request) -> ServerCall:
-        call = self.calls.get(req.body["call_id"])
+        call = self.calls.get(req.body["call_id"]) or self.recent.get(req.body["call_id"])
         if call is None or conn.device is None or not call.involves(conn.device):
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no live call '{req.body['call_id']}'", req.id)
         return call
@@ -235,10 +241,20 @@ class Hub:
                 target.send(send.message)
         if call.ended and call.call_id in self.calls:
             del self.calls[call.call_id]
+            self._remember(call)
             for timer in self._timers.pop(call.call_id, []):
                 timer.cancel()
             self.store.finish_call(call)
             log.info("%s ended: %s", call.call_id, call.end_reason)
+
+    def _remember(self, call: ServerCall) -> None:
+        self.recent[call.call_id] = call
+        horizon = (call.ended_at or 0) - RECENT_CALLS_S
+        while self.recent:
+            oldest = next(iter(self.recent.values()))
+            if (oldest.ended_at or 0) >= horizon and len(self.recent) <= RECENT_CALLS_MAX:
+                break
+            del self.recent[oldest.call_id]
 
     async def shutdown(self) -> None:
         """Live calls cannot survive a restart: end them so their records are complete."""

@@ -75,6 +75,8 @@ class ServerCall:
     #: Devices that were sent `incoming` and have not yet declined or been told it ended.
     ringing: dict[DeviceRef, None] = field(default_factory=dict)
     declined: dict[DeviceRef, None] = field(default_factory=dict)
+    #: Every device that was ever sent `incoming`: a late request from one gets `conflict`.
+    reached: dict[DeviceRef, None] = field(default_factory=dict)
     accepted_by: DeviceRef | None = None
     accepted_at: float | None = None
     end_reason: EndReason | None = None
@@ -92,7 +94,7 @@ class ServerCall:
         return self.state is CallState.ENDED
 
     def involves(self, device: DeviceRef) -> bool:
-        return device == self.caller or device == self.accepted_by or device in self.ringing or device in self.declined
+        return device == self.caller or device in self.reached
 
     def _log(self, now: float, what: str, **detail: Any) -> None:
         self.timeline.append((now, what, detail))
@@ -115,6 +117,7 @@ class ServerCall:
             raise CallError(ErrorCode.CONFLICT, f"call is {self.state}, not dialing")
         self.state = CallState.RINGING
         self.ringing = dict.fromkeys(devices)
+        self.reached = dict.fromkeys(devices)
         self._log(now, "ringing", devices=len(devices))
         sends = [Send(d, self.incoming_event()) for d in devices]
         sends.append(Send(self.caller, event("ringing", call_id=self.call_id, devices=len(devices))))
@@ -125,6 +128,7 @@ class ServerCall:
         if self.state is not CallState.RINGING or device.user_id not in self.callees or self.involves(device):
             return []
         self.ringing[device] = None
+        self.reached[device] = None
         self._log(now, "reached", **device.as_json())
         return [Send(device, self.incoming_event())]
 
@@ -136,6 +140,8 @@ class ServerCall:
         if device not in self.ringing:
             if device in self.declined:
                 raise CallError(ErrorCode.CONFLICT, "this device declined the call")
+            if device in self.reached:
+                raise CallError(ErrorCode.CONFLICT, "this device no longer rings for this call")
             raise CallError(ErrorCode.FORBIDDEN, "this device is not ringing for this call")
         self.accepted_by = device
         self.accepted_at = now
@@ -159,6 +165,8 @@ class ServerCall:
         if device not in self.ringing:
             if device == self.accepted_by:
                 raise CallError(ErrorCode.CONFLICT, "call is already accepted on this device: end it instead")
+            if device in self.reached:
+                raise CallError(ErrorCode.CONFLICT, "this device no longer rings for this call")
             raise CallError(ErrorCode.FORBIDDEN, "this device is not ringing for this call")
         del self.ringing[device]
         self.declined[device] = None
@@ -178,6 +186,8 @@ class ServerCall:
             return self._finish(EndReason.COMPLETED, device, now)
         if device in self.ringing or device in self.declined:
             return self.decline(device, now)
+        if device in self.reached:
+            raise CallError(ErrorCode.CONFLICT, "this device no longer rings for this call")
         raise CallError(ErrorCode.FORBIDDEN, "this device is not a party of this call")
 
     def expire(self, now: float) -> list[Send]:

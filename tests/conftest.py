@@ -1,0 +1,139 @@
+"""Fixtures: a real server on a loopback port, and a raw WebSocket client to drive it."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from intercom_server.app import create_app
+from intercom_server.hub import HubSettings
+from intercom_server.store import Store
+
+OFFER = {"type": "offer", "sdp": "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"}
+ANSWER = {"type": "answer", "sdp": "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"}
+API_TOKEN = "test-api-token-0123456789"
+
+
+class WsClient:
+    """Speaks protocol v1 frame by frame, so tests can also send what no real client would."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._ids = itertools.count(1)
+        self.reader = asyncio.get_running_loop().create_task(self._read())
+        self.device_id: str | None = None
+
+    async def _read(self) -> None:
+        async for msg in self.ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                continue
+            data = json.loads(msg.data)
+            fut = self.replies.pop(str(data.get("re")), None) if data["type"] in ("ok", "error") else None
+            if fut is not None:
+                fut.set_result(data)
+            else:
+                await self.inbox.put(data)
+
+    async def send_raw(self, text: str) -> None:
+        await self.ws.send_str(text)
+
+    async def request(self, kind: str, timeout: float = 5.0, **body: Any) -> dict[str, Any]:
+        rid = f"t{next(self._ids)}"
+        fut = asyncio.get_running_loop().create_future()
+        self.replies[rid] = fut
+        await self.ws.send_str(json.dumps({"type": kind, "id": rid, **body}))
+        return await asyncio.wait_for(fut, timeout)
+
+    async def next(self, kind: str | None = None, timeout: float = 5.0) -> dict[str, Any]:
+        """The next event (of `kind`, skipping others such as pong)."""
+        async def get() -> dict[str, Any]:
+            while True:
+                event = await self.inbox.get()
+                if kind is None or event["type"] == kind:
+                    return event
+        return await asyncio.wait_for(get(), timeout)
+
+    def assert_quiet(self) -> None:
+        """No event is waiting. Call it only after the server answered a later request of this
+        client: a connection's frames arrive in order, so an event sent before would be here."""
+        assert self.inbox.empty(), f"unexpected event: {self.inbox.get_nowait()}"
+
+    async def close(self) -> None:
+        await self.ws.close()
+        self.reader.cancel()
+
+
+class ServerUnderTest:
+    def __init__(self, store: Store, url: str, http: aiohttp.ClientSession, settings: HubSettings) -> None:
+        self.store = store
+        self.url = url
+        self.ws_url = url.replace("http://", "ws://") + "/v1/ws"
+        self.http = http
+        self.settings = settings
+        self._clients: list[WsClient] = []
+        self._sites: set[str] = set()
+
+    def user(self, user_id: str, kind: str = "resident", site: str = "home") -> str:
+        """Create a user (and its site) and return a fresh access token."""
+        if site not in self._sites:
+            self.store.add_site(site, site.title())
+            self._sites.add(site)
+        self.store.add_user(user_id, kind, site, user_id.title())
+        return self.store.issue_token(user_id)["access_token"]
+
+    async def connect(self) -> WsClient:
+        ws = await self.http.ws_connect(self.ws_url)
+        client = WsClient(ws)
+        self._clients.append(client)
+        return client
+
+    async def signed_in(self, user_id: str, token: str, device_id: str | None = None) -> WsClient:
+        client = await self.connect()
+        body = {"user_id": user_id, "access_token": token}
+        if device_id:
+            body["device_id"] = device_id
+        reply = await client.request("authenticate", **body)
+        assert reply["type"] == "ok", reply
+        client.device_id = reply["device_id"]
+        return client
+
+    async def api(self, method: str, path: str, body: Any = None, token: str | None = API_TOKEN) -> tuple[int, Any]:
+        headers = {"Api-Token": token} if token is not None else {}
+        async with self.http.request(method, self.url + path, json=body, headers=headers) as resp:
+            data = await resp.json() if resp.content_type == "application/json" else await resp.read()
+            return resp.status, data
+
+    async def close(self) -> None:
+        for client in self._clients:
+            await client.close()
+
+
+@pytest.fixture
+def settings() -> HubSettings:
+    return HubSettings(ring_timeout_s=30.0, grace_s=0.5, auth_timeout_s=10.0, heartbeat_s=20.0)
+
+
+@pytest.fixture
+async def server(tmp_path: Path, settings: HubSettings) -> AsyncIterator[ServerUnderTest]:
+    store = Store(tmp_path / "intercom.db")
+    app = create_app(store, settings, API_TOKEN)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    async with aiohttp.ClientSession() as http:
+        sut = ServerUnderTest(store, f"http://127.0.0.1:{port}", http, settings)
+        yield sut
+        await sut.close()
+    await runner.cleanup()
+    store.close()

@@ -1,0 +1,217 @@
+"""Every transition of the call contract, decided by the sans-I/O machines alone."""
+
+import pytest
+
+from intercom.core.calls import CallError, CallState, ClientCall, DeviceRef, InvalidTransition, ServerCall
+from intercom.core.messages import ErrorCode
+
+from .conftest import ANSWER, OFFER
+
+DOOR = DeviceRef("door", "door")
+ALICE_PHONE = DeviceRef("alice", "phone")
+ALICE_TABLET = DeviceRef("alice", "tablet")
+BOB_PHONE = DeviceRef("bob", "phone")
+
+
+def new_call(devices=(ALICE_PHONE, ALICE_TABLET, BOB_PHONE)) -> tuple[ServerCall, list]:
+    call = ServerCall(call_id="c1", caller=DOOR, caller_info={"user_id": "door", "display_name": "Door", "kind": "door"},
+                      callees=("alice", "bob"), video=True, offer=OFFER, created_at=1000.0, ring_timeout_s=30)
+    return call, call.ring(list(devices), 1000.0)
+
+
+def by_target(sends) -> dict:
+    out: dict = {}
+    for s in sends:
+        out.setdefault(s.to, []).append(s.message)
+    return out
+
+
+def ended_reasons(sends) -> dict:
+    return {s.to: s.message["reason"] for s in sends if s.message["type"] == "ended"}
+
+
+def test_dial_rings_every_device_of_every_callee_and_tells_the_caller_how_many():
+    call, sends = new_call()
+    sent = by_target(sends)
+    for device in (ALICE_PHONE, ALICE_TABLET, BOB_PHONE):
+        [incoming] = sent[device]
+        assert incoming["type"] == "incoming" and incoming["offer"] == OFFER and incoming["caller"]["kind"] == "door"
+    assert sent[DOOR] == [{"type": "ringing", "call_id": "c1", "devices": 3}]
+    assert call.state is CallState.RINGING
+    assert call.ring_deadline == 1030.0
+
+
+def test_nobody_online_rings_zero_devices_and_a_device_that_signs_in_then_rings():
+    call, sends = new_call(devices=())
+    assert by_target(sends)[DOOR][0]["devices"] == 0
+    late = call.reach(ALICE_PHONE, 1005.0)
+    assert [s.message["type"] for s in late] == ["incoming"] and late[0].to == ALICE_PHONE
+    assert call.reach(DeviceRef("mallory", "x"), 1005.0) == []  # not a callee
+    assert call.reach(ALICE_PHONE, 1006.0) == []  # already ringing
+
+
+def test_first_accept_wins_and_other_devices_are_told():
+    call, _ = new_call()
+    sends = call.accept(ALICE_TABLET, ANSWER, 1002.0)
+    sent = by_target(sends)
+    assert sent[DOOR] == [{"type": "accepted", "call_id": "c1", "by": {"user_id": "alice", "device_id": "tablet"},
+                           "answer": ANSWER}]
+    assert ended_reasons(sends) == {ALICE_PHONE: "other_device_accepted", BOB_PHONE: "other_device_accepted"}
+    assert call.state is CallState.CONNECTED and call.accepted_by == ALICE_TABLET
+
+
+def test_two_devices_accepting_at_once_one_wins_the_other_gets_conflict():
+    call, _ = new_call()
+    call.accept(ALICE_PHONE, ANSWER, 1002.0)
+    with pytest.raises(CallError) as exc:
+        call.accept(BOB_PHONE, ANSWER, 1002.0)
+    assert exc.value.code is ErrorCode.CONFLICT
+    assert call.accepted_by == ALICE_PHONE
+    with pytest.raises(CallError) as exc:
+        call.decline(BOB_PHONE, 1002.0)
+    assert exc.value.code is ErrorCode.CONFLICT
+
+
+def test_decline_from_one_of_several_devices_keeps_the_others_ringing():
+    call, _ = new_call()
+    assert call.decline(BOB_PHONE, 1001.0) == []
+    assert call.state is CallState.RINGING
+    assert set(call.ringing) == {ALICE_PHONE, ALICE_TABLET}
+    call.accept(ALICE_PHONE, ANSWER, 1002.0)
+    assert call.accepted_by == ALICE_PHONE
+
+
+def test_decline_from_every_device_ends_declined_with_one_ended_each():
+    call, _ = new_call()
+    call.decline(ALICE_PHONE, 1001.0)
+    call.decline(ALICE_TABLET, 1001.5)
+    sends = call.decline(BOB_PHONE, 1002.0)
+    assert call.state is CallState.ENDED and call.end_reason == "declined"
+    assert ended_reasons(sends) == {DOOR: "declined", ALICE_PHONE: "declined", ALICE_TABLET: "declined",
+                                    BOB_PHONE: "declined"}
+    assert len(sends) == 4
+
+
+def test_caller_ending_while_ringing_cancels_for_every_ringing_device():
+    call, _ = new_call()
+    sends = call.end(DOOR, 1003.0)
+    assert ended_reasons(sends) == {DOOR: "canceled", ALICE_PHONE: "canceled", ALICE_TABLET: "canceled",
+                                    BOB_PHONE: "canceled"}
+    assert sends[0].message["by"] == {"user_id": "door", "device_id": "door"}
+
+
+def test_end_after_accept_completes_from_either_party():
+    for ender in (DOOR, ALICE_PHONE):
+        call, _ = new_call()
+        call.accept(ALICE_PHONE, ANSWER, 1002.0)
+        sends = call.end(ender, 1010.0)
+        assert ended_reasons(sends) == {DOOR: "completed", ALICE_PHONE: "completed"}
+        assert call.ended_by == ender
+
+
+def test_end_crossing_an_accept_whichever_arrives_first_decides():
+    call, _ = new_call()
+    call.end(DOOR, 1003.0)  # the cancel got there first
+    with pytest.raises(CallError) as exc:
+        call.accept(ALICE_PHONE, ANSWER, 1003.0)
+    assert exc.value.code is ErrorCode.CONFLICT and call.end_reason == "canceled"
+
+    call, _ = new_call()
+    call.accept(ALICE_PHONE, ANSWER, 1003.0)  # the accept got there first
+    call.end(DOOR, 1003.0)
+    assert call.end_reason == "completed"
+
+
+def test_a_ringing_callee_that_ends_declines():
+    call, _ = new_call(devices=(ALICE_PHONE,))
+    sends = call.end(ALICE_PHONE, 1001.0)
+    assert call.end_reason == "declined" and ended_reasons(sends)[DOOR] == "declined"
+
+
+def test_ring_timeout_ends_no_answer_but_not_after_an_accept():
+    call, _ = new_call()
+    sends = call.expire(1030.0)
+    assert call.end_reason == "no_answer" and len(ended_reasons(sends)) == 4
+
+    call, _ = new_call()
+    call.accept(ALICE_PHONE, ANSWER, 1002.0)
+    assert call.expire(1030.0) == []
+    assert call.state is CallState.CONNECTED
+
+
+def test_max_duration_times_out_a_connected_call():
+    call, _ = new_call()
+    call.accept(ALICE_PHONE, ANSWER, 1002.0)
+    sends = call.time_out(4600.0)
+    assert ended_reasons(sends) == {DOOR: "timed_out", ALICE_PHONE: "timed_out"}
+
+
+def test_losing_a_party_ends_connection_lost_losing_a_ringing_phone_does_not():
+    call, _ = new_call()
+    assert call.lose(BOB_PHONE, 1001.0) == []
+    assert call.state is CallState.RINGING and BOB_PHONE not in call.ringing
+    call.accept(ALICE_PHONE, ANSWER, 1002.0)
+    sends = call.lose(ALICE_PHONE, 1005.0)
+    assert call.end_reason == "connection_lost" and DOOR in ended_reasons(sends)
+
+
+def test_after_a_decline_the_last_ringing_device_dropping_off_ends_declined():
+    call, _ = new_call(devices=(ALICE_PHONE, BOB_PHONE))
+    call.decline(ALICE_PHONE, 1001.0)
+    sends = call.lose(BOB_PHONE, 1002.0)
+    assert call.end_reason == "declined" and ended_reasons(sends)[DOOR] == "declined"
+
+
+def test_strangers_and_ended_calls_are_refused():
+    call, _ = new_call()
+    stranger = DeviceRef("mallory", "laptop")
+    for action in (lambda: call.accept(stranger, ANSWER, 1.0), lambda: call.decline(stranger, 1.0),
+                   lambda: call.end(stranger, 1.0)):
+        with pytest.raises(CallError) as exc:
+            action()
+        assert exc.value.code is ErrorCode.FORBIDDEN
+    call.end(DOOR, 1003.0)
+    for action in (lambda: call.end(DOOR, 1.0), lambda: call.decline(ALICE_PHONE, 1.0)):
+        with pytest.raises(CallError) as exc:
+            action()
+        assert exc.value.code is ErrorCode.CONFLICT
+    assert call.expire(1030.0) == [] and call.time_out(1.0) == [] and call.lose(DOOR, 1.0) == []
+
+
+def test_timeline_records_each_step():
+    call, _ = new_call(devices=(ALICE_PHONE,))
+    call.accept(ALICE_PHONE, ANSWER, 1002.0)
+    call.end(ALICE_PHONE, 1010.0)
+    assert [e for _, e, _ in call.timeline] == ["ringing", "accepted", "ended"]
+
+
+def test_client_call_follows_the_legal_path_for_caller_and_callee():
+    caller = ClientCall(role="caller")
+    caller.dialed("c1")
+    caller.ringing()
+    caller.accepted({"user_id": "alice"})
+    caller.media_connected()
+    caller.ended("completed")
+    assert caller.state is CallState.ENDED and caller.end_reason == "completed" and not caller.live
+    caller.ended("unknown")  # a second `ended` changes nothing
+    assert caller.end_reason == "completed"
+
+    callee = ClientCall.incoming("c2", {"user_id": "door"})
+    assert callee.state is CallState.RINGING
+    callee.ended("other_device_accepted")
+    assert callee.end_reason == "other_device_accepted"
+
+
+@pytest.mark.parametrize("steps", [
+    ["media_connected"],            # dialing -> connected
+    ["accepted"],                   # dialing -> connecting
+    ["ringing", "media_connected"],  # ringing -> connected
+    ["ringing", "ringing"],
+])
+def test_client_call_refuses_illegal_steps(steps):
+    call = ClientCall(role="caller")
+    *first, last = steps
+    for step in first:
+        getattr(call, step)()
+    with pytest.raises(InvalidTransition):
+        getattr(call, last)()

@@ -1,0 +1,213 @@
+"""Protocol v1 over real WebSockets against a real server on loopback."""
+
+import asyncio
+import base64
+import json
+
+import aiohttp
+import pytest
+
+from intercom.core.messages import CLOSE_UNAUTHENTICATED, MAX_MESSAGE_BYTES
+from intercom_server.hub import HubSettings
+
+from .conftest import ANSWER, OFFER
+
+
+async def test_authenticate_returns_the_user_device_and_ice_servers(server):
+    token = server.user("alice")
+    client = await server.connect()
+    reply = await client.request("authenticate", user_id="alice", access_token=token, device_id="phone")
+    assert reply["type"] == "ok"
+    assert reply["user"] == {"user_id": "alice", "kind": "resident", "site_id": "home", "display_name": "Alice"}
+    assert reply["device_id"] == "phone"
+    assert reply["ice_servers"] == [] and reply["heartbeat_s"] == 20.0
+
+
+async def test_bad_token_gets_unauthenticated_and_the_connection_stays_for_a_retry(server):
+    token = server.user("alice")
+    client = await server.connect()
+    bad = await client.request("authenticate", user_id="alice", access_token="ict_wrong")
+    assert bad["type"] == "error" and bad["code"] == "unauthenticated"
+    unknown = await client.request("authenticate", user_id="nobody", access_token=token)
+    assert unknown["code"] == "unauthenticated" and unknown["message"] == bad["message"]
+    good = await client.request("authenticate", user_id="alice", access_token=token)
+    assert good["type"] == "ok"
+
+
+async def test_requests_before_authentication_are_refused(server):
+    client = await server.connect()
+    reply = await client.request("dial", callees=["bob"], offer=OFFER)
+    assert reply == {"type": "error", "re": reply["re"], "code": "unauthenticated", "message": "authenticate first"}
+    assert (await client.request("ping"))["code"] == "unauthenticated"
+
+
+@pytest.mark.parametrize("settings", [HubSettings(auth_timeout_s=0.3)])
+async def test_no_authentication_in_time_closes_4401(server):
+    client = await server.connect()
+    await asyncio.wait_for(client.reader, 5)
+    assert client.ws.close_code == CLOSE_UNAUTHENTICATED
+
+
+async def test_malformed_and_unknown_messages_get_errors_and_the_connection_stays(server):
+    client = await server.signed_in("alice", server.user("alice"))
+    await client.send_raw("{this is not json")
+    assert (await client.next("error"))["code"] == "bad_request"
+    await client.send_raw(json.dumps({"type": "teleport", "id": "x1"}))
+    unknown = await client.next("error")
+    assert unknown["re"] == "x1" and "unknown message type" in unknown["message"]
+    await client.send_raw(json.dumps({"type": "end", "id": "x2"}))
+    assert (await client.next("error"))["message"] == "'end' needs 'call_id'"
+    await client.ws.send_bytes(b"\x00\x01")
+    assert "binary" in (await client.next("error"))["message"]
+    await client.send_raw(json.dumps({"type": "ping", "id": "x3", "pad": "a" * MAX_MESSAGE_BYTES}))
+    assert (await client.next("error"))["code"] == "too_large"
+    assert (await client.request("ping"))["type"] == "ok"  # still connected and serving
+    assert (await client.next("pong"))["type"] == "pong"
+
+
+async def test_deauthenticate_says_ok_then_closes(server):
+    client = await server.signed_in("alice", server.user("alice"))
+    assert (await client.request("deauthenticate"))["type"] == "ok"
+    await asyncio.wait_for(client.reader, 5)
+    assert client.ws.closed
+
+
+async def site_with_door_and_residents(server):
+    door = await server.signed_in("door", server.user("door", kind="door"), "door")
+    tokens = {"alice": server.user("alice"), "bob": server.user("bob")}
+    alice_phone = await server.signed_in("alice", tokens["alice"], "phone")
+    alice_tablet = await server.signed_in("alice", tokens["alice"], "tablet")
+    bob = await server.signed_in("bob", tokens["bob"], "phone")
+    return door, alice_phone, alice_tablet, bob
+
+
+async def test_dial_rings_every_device_and_the_first_accept_wins(server):
+    door, alice_phone, alice_tablet, bob = await site_with_door_and_residents(server)
+    snapshot = base64.b64encode(b"\xff\xd8\xff\xe0fake-jpeg").decode()
+    dialed = await door.request("dial", callees=["alice", "bob"], video=True, offer=OFFER, snapshot=snapshot)
+    call_id = dialed["call_id"]
+    assert (await door.next("ringing")) == {"type": "ringing", "call_id": call_id, "devices": 3}
+    for device in (alice_phone, alice_tablet, bob):
+        incoming = await device.next("incoming")
+        assert incoming["call_id"] == call_id and incoming["offer"] == OFFER
+        assert incoming["caller"] == {"user_id": "door", "display_name": "Door", "kind": "door"}
+        assert incoming["snapshot_url"] == f"/v1/direct_calls/{call_id}/snapshot"
+
+    first, second = await asyncio.gather(alice_tablet.request("accept", call_id=call_id, answer=ANSWER),
+                                         bob.request("accept", call_id=call_id, answer=ANSWER))
+    assert first["type"] == "ok"
+    assert second["type"] == "error" and second["code"] == "conflict"
+    accepted = await door.next("accepted")
+    assert accepted["by"] == {"user_id": "alice", "device_id": "tablet"} and accepted["answer"] == ANSWER
+    assert (await alice_phone.next("ended"))["reason"] == "other_device_accepted"
+    assert (await bob.next("ended"))["reason"] == "other_device_accepted"
+
+    assert (await door.request("end", call_id=call_id))["type"] == "ok"
+    for party in (door, alice_tablet):
+        ended = await party.next("ended")
+        assert ended["reason"] == "completed" and ended["by"] == {"user_id": "door", "device_id": "door"}
+    record = server.store.get_call(call_id)
+    assert record["end_reason"] == "completed" and record["accepted_by"]["device_id"] == "tablet"
+    assert server.store.snapshot(call_id) == b"\xff\xd8\xff\xe0fake-jpeg"
+
+
+async def test_decline_from_one_device_keeps_ringing_from_all_ends_declined(server):
+    door, alice_phone, alice_tablet, bob = await site_with_door_and_residents(server)
+    call_id = (await door.request("dial", callees=["alice", "bob"], offer=OFFER))["call_id"]
+    await door.next("ringing")
+    assert (await bob.request("decline", call_id=call_id))["type"] == "ok"
+    assert (await alice_phone.request("decline", call_id=call_id))["type"] == "ok"
+    door.assert_quiet()  # two of three declined: still ringing
+    assert (await alice_tablet.request("decline", call_id=call_id))["type"] == "ok"
+    assert (await door.next("ended"))["reason"] == "declined"
+    assert server.store.get_call(call_id)["end_reason"] == "declined"
+
+
+async def test_caller_hanging_up_while_ringing_cancels_on_every_device(server):
+    door, alice_phone, alice_tablet, bob = await site_with_door_and_residents(server)
+    call_id = (await door.request("dial", callees=["alice"], offer=OFFER))["call_id"]
+    await alice_phone.next("incoming")
+    await door.request("end", call_id=call_id)
+    for device in (door, alice_phone, alice_tablet):
+        assert (await device.next("ended"))["reason"] == "canceled"
+    late = await alice_phone.request("accept", call_id=call_id, answer=ANSWER)
+    assert late["code"] == "conflict" and "canceled" in late["message"]
+    assert server.store.get_call(call_id)["end_reason"] == "canceled"
+
+
+@pytest.mark.parametrize("settings", [HubSettings(ring_timeout_s=0.3)])
+async def test_nobody_online_rings_zero_devices_then_no_answer(server):
+    server.user("alice")
+    door = await server.signed_in("door", server.user("door", kind="door"), "door")
+    call_id = (await door.request("dial", callees=["alice"], offer=OFFER))["call_id"]
+    assert (await door.next("ringing"))["devices"] == 0
+    ended = await door.next("ended", timeout=5)
+    assert ended["reason"] == "no_answer" and ended["by"] is None
+    assert server.store.get_call(call_id)["end_reason"] == "no_answer"
+
+
+async def test_a_phone_that_signs_in_while_the_door_rings_rings_too(server):
+    alice_token = server.user("alice")
+    door = await server.signed_in("door", server.user("door", kind="door"), "door")
+    call_id = (await door.request("dial", callees=["alice"], offer=OFFER))["call_id"]
+    assert (await door.next("ringing"))["devices"] == 0
+    phone = await server.signed_in("alice", alice_token, "phone")
+    assert (await phone.next("incoming"))["call_id"] == call_id
+
+
+async def test_dial_ring_timeout_from_the_request_is_used(server):
+    server.user("alice")
+    door = await server.signed_in("door", server.user("door", kind="door"), "door")
+    await door.request("dial", callees=["alice"], offer=OFFER, ring_timeout_s=0.2)
+    assert (await door.next("ended", timeout=5))["reason"] == "no_answer"
+
+
+async def test_a_door_may_only_call_residents_of_its_own_site(server):
+    server.user("eve", site="elsewhere")
+    server.user("door2", kind="door")
+    door = await server.signed_in("door", server.user("door", kind="door"), "door")
+    for callees in (["eve"], ["door2"], ["ghost"]):
+        reply = await door.request("dial", callees=callees, offer=OFFER)
+        assert reply["code"] == "forbidden", callees
+    assert server.store.list_calls(None, 10, None) == []
+
+
+async def test_a_stranger_cannot_end_or_accept_someone_elses_call(server):
+    door, alice_phone, _, _ = await site_with_door_and_residents(server)
+    mallory = await server.signed_in("mallory", server.user("mallory"), "laptop")
+    call_id = (await door.request("dial", callees=["alice"], offer=OFFER))["call_id"]
+    for kind, body in (("end", {}), ("accept", {"answer": ANSWER}), ("decline", {})):
+        assert (await mallory.request(kind, call_id=call_id, **body))["code"] == "not_found"
+    assert (await alice_phone.next("incoming"))["call_id"] == call_id  # the call still rings
+
+
+@pytest.mark.parametrize("settings", [HubSettings(grace_s=0.2)])
+async def test_a_party_gone_past_the_grace_period_ends_connection_lost(server):
+    door, alice_phone, _, _ = await site_with_door_and_residents(server)
+    call_id = (await door.request("dial", callees=["alice"], offer=OFFER))["call_id"]
+    await alice_phone.next("incoming")
+    await alice_phone.request("accept", call_id=call_id, answer=ANSWER)
+    await alice_phone.close()
+    ended = await door.next("ended", timeout=5)
+    assert ended["reason"] == "connection_lost"
+    assert server.store.get_call(call_id)["end_reason"] == "connection_lost"
+
+
+@pytest.mark.parametrize("settings", [HubSettings(grace_s=5)])
+async def test_a_device_back_within_the_grace_period_keeps_its_call(server):
+    token = server.user("alice")
+    door = await server.signed_in("door", server.user("door", kind="door"), "door")
+    phone = await server.signed_in("alice", token, "phone")
+    call_id = (await door.request("dial", callees=["alice"], offer=OFFER))["call_id"]
+    await phone.next("incoming")
+    await phone.request("accept", call_id=call_id, answer=ANSWER)
+    await phone.close()
+    phone = await server.signed_in("alice", token, "phone")
+    assert (await phone.request("end", call_id=call_id))["type"] == "ok"
+    assert (await door.next("ended"))["reason"] == "completed"
+
+
+async def test_ping_answers_pong(server):
+    client = await server.signed_in("alice", server.user("alice"))
+    assert (await client.request("ping"))["type"] == "ok"
+    assert await client.next("pong") == {"type": "pong"}
