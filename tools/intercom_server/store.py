@@ -160,10 +160,10 @@ class Store:
         if cur.rowcount == 0:
             raise NotFound(f"no token '{token_id}' for user '{user_id}'")
 
-    def verify_token(self, user_id: str, token: str) -> bool:
+    def verify_token(self, user_id: str, token: str, now: float | None = None) -> bool:
         """Constant-time over the candidate hashes, so timing says nothing about the secret."""
         digest = hash_token(token)
-        now = time.time()
+        now = time.time() if now is None else now
         rows = self.db.execute(
             "SELECT token_hash, expires_at FROM tokens WHERE user_id = ? AND revoked_at IS NULL", (user_id,)).fetchall()
         good = False

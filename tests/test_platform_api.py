@@ -1,0 +1,87 @@
+"""The Platform REST API: Api-Token guarded; sites, users, tokens and call history."""
+
+import pytest
+
+from intercom_server.store import NotFound
+
+from .conftest import OFFER
+
+
+async def test_every_call_needs_the_api_token(server):
+    for token in (None, "wrong-token"):
+        status, body = await server.api("POST", "/v1/sites", {"site_id": "x", "name": "X"}, token=token)
+        assert status == 401 and body["error"]["code"] == "unauthenticated"
+    with pytest.raises(NotFound):
+        server.store.get_site("x")
+
+
+async def test_provisioning_a_site_a_user_and_a_token_that_signs_in(server):
+    assert (await server.api("POST", "/v1/sites", {"site_id": "flat7", "name": "Flat 7"}))[0] == 201
+    status, user = await server.api("POST", "/v1/users", {"user_id": "carol", "kind": "resident", "site_id": "flat7",
+                                                          "display_name": "Carol"})
+    assert status == 201 and user["site_id"] == "flat7"
+    assert (await server.api("GET", "/v1/users/carol")) == (200, user)
+    status, token = await server.api("POST", "/v1/users/carol/tokens", {"expires_in_s": 3600})
+    assert status == 201 and token["access_token"].startswith("ict_") and token["expires_at"]
+    client = await server.signed_in("carol", token["access_token"])
+    assert client.device_id
+
+    status, listed = await server.api("GET", "/v1/users/carol/tokens")
+    assert [t["token_id"] for t in listed["tokens"]] == [token["token_id"]]
+    assert "access_token" not in listed["tokens"][0]
+    assert (await server.api("DELETE", f"/v1/users/carol/tokens/{token['token_id']}"))[0] == 204
+    again = await server.connect()
+    reply = await again.request("authenticate", user_id="carol", access_token=token["access_token"])
+    assert reply["code"] == "unauthenticated"
+
+
+@pytest.mark.parametrize("path, body, status, fragment", [
+    ("/v1/sites", {"site_id": "bad id!", "name": "X"}, 400, "site_id must be"),
+    ("/v1/sites", {"site_id": "home"}, 400, "missing fields: name"),
+    ("/v1/sites", {"site_id": "home", "name": "X", "colour": "red"}, 400, "unknown fields: colour"),
+    ("/v1/users", {"user_id": "u", "kind": "robot", "site_id": "home", "display_name": "U"}, 400, "kind must be"),
+    ("/v1/users", {"user_id": "u", "kind": "resident", "site_id": "nowhere", "display_name": "U"}, 404, "no site"),
+    ("/v1/users/ghost/tokens", {}, 404, "no user 'ghost'"),
+    ("/v1/users/alice/tokens", {"expires_in_s": -5}, 400, "expires_in_s"),
+])
+async def test_bad_requests_are_refused_and_change_nothing(server, path, body, status, fragment):
+    server.user("alice")
+    before = (server.store.list_tokens("alice"), server.store.db.execute("SELECT count(*) FROM users").fetchone()[0])
+    got, answer = await server.api("POST", path, body)
+    assert got == status and fragment in answer["error"]["message"]
+    after = (server.store.list_tokens("alice"), server.store.db.execute("SELECT count(*) FROM users").fetchone()[0])
+    assert before == after
+
+
+async def test_duplicate_site_is_a_conflict(server):
+    await server.api("POST", "/v1/sites", {"site_id": "a", "name": "A"})
+    status, body = await server.api("POST", "/v1/sites", {"site_id": "a", "name": "Other"})
+    assert status == 409 and body["error"]["code"] == "conflict"
+    assert server.store.get_site("a")["name"] == "A"
+
+
+async def test_call_history_newest_first_paged_with_timeline_and_snapshot(server):
+    door = await server.signed_in("door", server.user("door", kind="door"), "door")
+    server.user("alice")
+    ids = []
+    for _ in range(5):
+        call_id = (await door.request("dial", callees=["alice"], offer=OFFER, snapshot="/9j/4AAQ"))["call_id"]
+        await door.request("end", call_id=call_id)
+        ids.append(call_id)
+    seen, cursor = [], None
+    while True:
+        query = "/v1/direct_calls?user_id=alice&limit=2" + (f"&next={cursor}" if cursor else "")
+        status, page = await server.api("GET", query)
+        assert status == 200 and len(page["calls"]) <= 2
+        seen += [c["call_id"] for c in page["calls"]]
+        cursor = page["next"]
+        if cursor is None:
+            break
+    assert seen == list(reversed(ids))
+    status, call = await server.api("GET", f"/v1/direct_calls/{ids[0]}")
+    assert call["end_reason"] == "canceled" and [e["event"] for e in call["timeline"]] == ["ringing", "ended"]
+    status, jpeg = await server.api("GET", f"/v1/direct_calls/{ids[0]}/snapshot")
+    assert status == 200 and jpeg.startswith(b"\xff\xd8\xff")
+    assert (await server.api("GET", "/v1/direct_calls/call_nope"))[0] == 404
+    assert (await server.api("GET", "/v1/direct_calls?limit=0"))[0] == 400
+    assert (await server.api("GET", "/v1/direct_calls?user_id=ghost"))[0] == 404
