@@ -128,7 +128,7 @@ def load(text: str, schema: dict[str, Field], source: str = "<config>") -> dict[
     if data is None:
         data = YamlMap()
     problems: list[Problem] = []
-    result = _validate_map(data, schema, "", 1, problems)
+    result = _validate_map(data, schema, "", None, problems)
     if problems:
         raise ConfigError(source, problems)
     return result
@@ -149,8 +149,8 @@ def _validate_map(data: Any, schema: dict[str, Field], path: str, line: int | No
     for key, spec in schema.items():
         sub = _join(path, key)
         if key not in data:
-            if spec.required:
-                problems.append(Problem(sub, getattr(data, "line", line) or line, f"is required{_help(spec)}"))
+            if spec.required:  # point at the parent key, where the missing one belongs
+                problems.append(Problem(sub, line, f"is required{_help(spec)}"))
             elif spec.schema is not None:
                 result[key] = _validate_map(YamlMap(), spec.schema, sub, None, problems)
             else:
@@ -167,15 +167,15 @@ def _validate_value(value: Any, spec: Field, path: str, line: int | None, proble
         shown = "nothing (null)" if value is None else repr(value)
         problems.append(Problem(path, line, f"must be {_kind_name(spec.kind)}, not {shown}{_help(spec)}"))
         return spec.default
-    if spec.items is not None and isinstance(value, list):
-        item_lines = getattr(value, "lines", [line] * len(value))
-        return [_validate_value(v, spec.items, f"{path}[{i}]", item_lines[i], problems) for i, v in enumerate(value)]
     if spec.check is not None:
         try:
             spec.check(value)
         except ValueError as exc:
             problems.append(Problem(path, line, str(exc)))
             return spec.default
+    if spec.items is not None:
+        item_lines = getattr(value, "lines", [line] * len(value))
+        return [_validate_value(v, spec.items, f"{path}[{i}]", item_lines[i], problems) for i, v in enumerate(value)]
     return value
 
 

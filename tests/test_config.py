@@ -1,0 +1,132 @@
+"""The installer's YAML: every mistake named with its key path and line, nothing started."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from intercom import config as door_config
+from intercom.core.yamlconfig import ConfigError
+from intercom_server.config import ServerConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+GOOD = """\
+server:
+  url: ws://127.0.0.1:8080/v1/ws
+  user_id: frontdoor
+  access_token: ict_secret
+hardware:
+  pins:
+    backend: mock
+    bell_button: 17
+calls:
+  ring_groups:
+    - residents: [alice]
+"""
+
+
+def load(tmp_path: Path, text: str) -> door_config.DoorConfig:
+    path = tmp_path / "intercom.yaml"
+    path.write_text(text)
+    return door_config.load(path)
+
+
+def problems(tmp_path: Path, text: str) -> list[str]:
+    with pytest.raises(ConfigError) as exc:
+        load(tmp_path, text)
+    return [str(p) for p in exc.value.problems]
+
+
+def test_a_minimal_config_gets_safe_defaults(tmp_path):
+    config = load(tmp_path, GOOD)
+    assert config.user_id == "frontdoor" and config.access_token == "ict_secret"
+    assert config.ring_groups[0].residents == ("alice",) and config.ring_groups[0].timeout_s == 30
+    assert config.pins["bell_pull_up"] is True and config.speaker_device == "default"
+
+
+def test_the_shipped_example_is_valid(tmp_path):
+    text = (ROOT / "config/intercom.example.yaml").read_text()
+    (tmp_path / "token").write_text("ict_x\n")
+    config = load(tmp_path, text.replace("/etc/intercom/token", str(tmp_path / "token")))
+    assert [g.residents for g in config.ring_groups] == [("alice", "bob"), ("caretaker",)]
+    ServerConfig.from_file(ROOT / "config/server.example.yaml")
+
+
+def test_unknown_key_names_its_path_line_and_the_likely_intent(tmp_path):
+    text = GOOD.replace("    bell_button: 17", "    bell_button: 17\n    bel_pull_up: false")
+    assert problems(tmp_path, text) == ["hardware.pins.bel_pull_up (line 9): unknown key; did you mean 'bell_pull_up'?"]
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    text = """\
+server:
+  url: http://example.org
+  user_id: frontdoor
+  access_token: x
+hardware:
+  pins:
+    backend: gpio
+    bell_button: 99
+  speaker:
+    device: null
+  camera:
+    fps: fast
+calls:
+  ring_groups:
+    - residents: []
+      timeout_s: 0
+"""
+    found = problems(tmp_path, text)
+    assert found == [
+        "server.url (line 2): must be a ws:// or wss:// URL such as wss://intercom.example.org/v1/ws, not 'http://example.org'",
+        "hardware.pins.backend (line 7): must be one of lgpio, rpigpio, pigpio, native, mock, not 'gpio'",
+        "hardware.pins.bell_button (line 8): GPIO number must be between 0 and 53, not 99",
+        "hardware.camera.fps (line 12): must be a number, not 'fast'",
+        "hardware.speaker.device (line 10): must be a string, not nothing (null) "
+        "(an ALSA PCM name; write \"null\" in quotes for the silent device)",
+        "calls.ring_groups[0].residents (line 15): must not be empty",
+        "calls.ring_groups[0].timeout_s (line 16): must be between 1 and 300, not 0",
+    ]
+
+
+def test_missing_sections_and_tokens(tmp_path):
+    found = problems(tmp_path, "server:\n  url: ws://x/v1/ws\n")
+    assert "server.user_id (line 1): is required (this door station's user id on the server)" in found
+    assert any(p.startswith("hardware.pins.bell_button: is required") for p in found)
+    assert "calls: is required" in found
+    no_token = GOOD.replace("  access_token: ict_secret\n", "")
+    assert problems(tmp_path, no_token) == ["server.access_token: is required (or access_token_file)"]
+    missing_file = GOOD.replace("access_token: ict_secret", "access_token_file: nowhere")
+    assert "cannot read" in problems(tmp_path, missing_file)[0]
+
+
+def test_broken_yaml_and_duplicate_keys_name_the_line(tmp_path):
+    assert problems(tmp_path, "server:\n  url: [unclosed\n")[0].startswith("(file) (line 3): not valid YAML")
+    dup = GOOD.replace("  user_id: frontdoor\n", "  user_id: frontdoor\n  user_id: backdoor\n")
+    assert "key 'user_id' appears twice" in problems(tmp_path, dup)[0]
+
+
+def test_check_config_prints_each_problem_and_exits_2(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(GOOD.replace("bell_button: 17", "bell_button: 17\n    colour: red"))
+    result = subprocess.run([sys.executable, "-m", "intercom.cli", "check-config", str(path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert f"{path}: hardware.pins.colour (line 9): unknown key" in result.stderr
+    path.write_text(GOOD)
+    result = subprocess.run([sys.executable, "-m", "intercom.cli", "check-config", str(path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and "ok" in result.stdout
+
+
+def test_server_config_errors_name_path_and_line(tmp_path):
+    path = tmp_path / "server.yaml"
+    path.write_text("listen:\n  port: 99999\nice_servers:\n  - urls: http://x\n")
+    with pytest.raises(ConfigError) as exc:
+        ServerConfig.from_file(path)
+    assert [str(p) for p in exc.value.problems] == [
+        "listen.port (line 2): must be between 0 and 65535, not 99999",
+        "ice_servers[0] (line 4): needs 'urls': a stun:, turn: or turns: URL or a list of them",
+    ]
