@@ -181,12 +181,27 @@ class Installation:
         path = self.root / "server.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(config))
-        self.server = await Process.start("server", [*SERVER, "--config", str(path), "serve"], self.logs)
+        await self._launch_server(path)
+        await self.server_cli("site", "add", self.site_id, "--name", "Demo house")
+
+    async def _launch_server(self, config_path: Path) -> None:
+        self.server = await Process.start("server", [*SERVER, "--config", str(config_path), "serve"], self.logs)
         self.processes.append(self.server)
         line = await self.server.wait_for_line(lambda l: l.startswith("intercom-server listening on "), 30)
         self.http_url = line.rsplit(" ", 1)[1]
         self.ws_url = self.http_url.replace("http://", "ws://") + "/v1/ws"
-        await self.server_cli("site", "add", self.site_id, "--name", "Demo house")
+        # Pin the port that was chosen, so a restart comes back where the doors look for it.
+        config = yaml.safe_load(config_path.read_text())
+        config["listen"]["port"] = int(self.http_url.rsplit(":", 1)[1])
+        config_path.write_text(yaml.safe_dump(config))
+
+    async def stop_server(self) -> None:
+        assert self.server is not None
+        await self.server.stop()
+        self.processes.remove(self.server)
+
+    async def restart_server(self) -> None:
+        await self._launch_server(self.root / "server.yaml")
 
     async def server_cli(self, *args: str) -> dict[str, Any]:
         proc = await asyncio.create_subprocess_exec(*SERVER, "--data-dir", str(self.data_dir), *args,

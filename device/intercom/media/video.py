@@ -43,6 +43,8 @@ def encode_image(frame: av.VideoFrame, codec: str = "mjpeg") -> bytes:
 class TestPattern:
     """Draws frame N of a moving pattern: sliding colour bars and a bouncing white square."""
 
+    __test__ = False  # not a pytest test class, despite the name
+
     def __init__(self, width: int, height: int) -> None:
         if width % 4 or height % 4:
             raise ValueError("test pattern size must be a multiple of 4")
@@ -69,6 +71,7 @@ class TestPattern:
 
 
 class TestPatternTrack(MediaStreamTrack):
+    __test__ = False
     kind = "video"
 
     def __init__(self, pattern: TestPattern, fps: float) -> None:
@@ -87,6 +90,8 @@ class TestPatternTrack(MediaStreamTrack):
 
 class TestPatternCamera:
     """The simulated camera: same interface as the real ones, no hardware."""
+
+    __test__ = False
 
     def __init__(self, width: int = 640, height: int = 480, fps: float = 15.0) -> None:
         self.pattern = TestPattern(width, height)

@@ -1,0 +1,144 @@
+"""Whole calls: the server, the door daemon and residents as separate processes on loopback.
+
+The bell is pressed with `intercom ctl press`, which drives the simulated GPIO pin, so the
+path from the button to the resident's screen is the one a real door takes.
+"""
+
+from pathlib import Path
+from typing import AsyncIterator
+
+import pytest
+
+from intercom_sim.harness import Installation
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+async def site(tmp_path: Path) -> AsyncIterator[Installation]:
+    installation = Installation(tmp_path)
+    await installation.start_server()
+    try:
+        yield installation
+    finally:
+        await installation.close()
+
+
+async def press(door) -> None:
+    assert (await door.ctl("press"))["pressed"] is True
+    assert (await door.ctl("release"))["pressed"] is False
+
+
+async def stored_reason(site: Installation, call_id: str) -> str:
+    status, record = await site.api("GET", f"/v1/direct_calls/{call_id}")
+    assert status == 200
+    return record["end_reason"]
+
+
+async def test_a_press_rings_the_resident_who_sees_and_hears_the_visitor(site, tmp_path):
+    picture = tmp_path / "received.png"
+    alice = await site.start_resident("alice", "--once", "--hangup-after-frames", "45", "--picture", str(picture))
+    door = await site.start_door("frontdoor", [{"residents": ["alice"], "timeout_s": 30}])
+    assert (await door.ctl("status"))["pins"]["status_led"]["pattern"] == "idle"
+
+    await press(door)
+    incoming = await alice.wait_for_event("incoming")
+    assert incoming["caller"] == {"user_id": "frontdoor", "display_name": "Front door", "kind": "door"}
+    await alice.wait_for_event("answered")
+    in_call = await door.wait_status(lambda s: s["state"] == "connected")
+    assert in_call["call"]["peer"]["user_id"] == "alice"
+    ended = await alice.wait_for_event("ended", timeout=30)
+
+    assert ended["reason"] == "completed"
+    assert ended["video_frames"] >= 45 and ended["distinct_frames"] >= 30  # live video, not a still
+    assert (ended["width"], ended["height"]) == (640, 480)
+    assert ended["audio_frames"] > 0 and ended["audio_peak_dbfs"] > -30  # the door's tone, not silence
+    assert picture.read_bytes().startswith(b"\x89PNG")
+    events = [e["event"] for e in alice.events()]
+    assert events.index("incoming") < events.index("answered") < events.index("hanging_up") < events.index("ended")
+
+    door_status = await door.wait_status(lambda s: s["state"] == "idle" and s["last_call"] is not None)
+    assert door_status["last_call"] == {"call_id": ended["call_id"], "end_reason": "completed", "answered_by": "alice"}
+    assert door_status["speaker"]["frames"] > 0 and door_status["speaker"]["peak_dbfs"] > -30  # heard the resident
+    assert door_status["pins"]["status_led"]["pattern"] == "idle"
+    assert await stored_reason(site, ended["call_id"]) == "completed"
+    status, snapshot = await site.api("GET", f"/v1/direct_calls/{ended['call_id']}/snapshot")
+    assert status == 200 and snapshot.startswith(b"\xff\xd8")
+
+
+async def test_a_resident_who_declines_ends_the_call_declined(site):
+    alice = await site.start_resident("alice", "--answer", "decline", "--once")
+    door = await site.start_door("frontdoor", [{"residents": ["alice"], "timeout_s": 30}])
+    await press(door)
+    await alice.wait_for_event("declined")
+    ended = await alice.wait_for_event("ended")
+    assert ended["reason"] == "declined"
+    status = await door.wait_status(lambda s: s["last_call"] is not None)
+    assert status["state"] == "idle" and status["last_call"]["end_reason"] == "declined"
+    assert await stored_reason(site, ended["call_id"]) == "declined"
+
+
+async def test_a_press_with_nobody_online_ends_no_answer(site):
+    door = await site.start_door("frontdoor", [{"residents": ["alice"], "timeout_s": 1}])
+    await site.add_user("alice", "resident", "Alice")  # exists, but no device is signed in
+    await press(door)
+    status = await door.wait_status(lambda s: s["last_call"] is not None)
+    assert status["last_call"]["end_reason"] == "no_answer" and status["state"] == "idle"
+    assert await stored_reason(site, status["last_call"]["call_id"]) == "no_answer"
+
+
+async def test_a_ring_nobody_answers_times_out_no_answer(site):
+    alice = await site.start_resident("alice", "--answer", "ignore", "--once")
+    door = await site.start_door("frontdoor", [{"residents": ["alice"], "timeout_s": 1}])
+    await press(door)
+    await alice.wait_for_event("incoming")
+    assert (await door.wait_status(lambda s: s["state"] == "calling"))["pins"]["status_led"]["pattern"] == "calling"
+    ended = await alice.wait_for_event("ended")
+    assert ended["reason"] == "no_answer"
+    assert await stored_reason(site, ended["call_id"]) == "no_answer"
+
+
+async def test_the_door_hanging_up_while_ringing_cancels(site):
+    alice = await site.start_resident("alice", "--answer", "ignore", "--once")
+    door = await site.start_door("frontdoor", [{"residents": ["alice"], "timeout_s": 30}])
+    await press(door)
+    await alice.wait_for_event("incoming")
+    assert (await door.ctl("hangup"))["hanging_up"] is True
+    ended = await alice.wait_for_event("ended")
+    assert ended["reason"] == "canceled"
+    status = await door.wait_status(lambda s: s["last_call"] is not None)
+    assert status["last_call"]["end_reason"] == "canceled"
+    assert await stored_reason(site, ended["call_id"]) == "canceled"
+
+
+async def test_no_answer_escalates_to_the_next_ring_group(site):
+    alice = await site.start_resident("alice", "--answer", "ignore")
+    bob = await site.start_resident("bob", "--once", "--hangup-after-frames", "5")
+    door = await site.start_door("frontdoor", [{"residents": ["alice"], "timeout_s": 1},
+                                               {"residents": ["bob"], "timeout_s": 30}])
+    await press(door)
+    first = await alice.wait_for_event("ended")
+    assert first["reason"] == "no_answer"
+    ended = await bob.wait_for_event("ended", timeout=30)
+    assert ended["reason"] == "completed" and ended["video_frames"] >= 5
+    assert ended["call_id"] != first["call_id"]
+
+
+async def test_a_press_during_a_call_is_ignored(site):
+    alice = await site.start_resident("alice", "--answer", "ignore", "--once")
+    door = await site.start_door("frontdoor", [{"residents": ["alice"], "timeout_s": 30}])
+    await press(door)
+    await alice.wait_for_event("incoming")
+    await press(door)
+    status = await door.wait_status(lambda s: s["ignored_presses"] == 1)
+    assert status["calls_placed"] == 1 and status["state"] == "calling"
+
+
+async def test_the_door_reconnects_when_the_server_comes_back(site):
+    door = await site.start_door("frontdoor", [{"residents": ["alice"], "timeout_s": 30}])
+    await site.stop_server()
+    offline = await door.wait_status(lambda s: not s["server"]["connected"])
+    assert offline["pins"]["status_led"]["pattern"] == "offline"
+    await site.restart_server()
+    online = await door.wait_status(lambda s: s["server"]["connected"], timeout=40)
+    assert online["pins"]["status_led"]["pattern"] == "idle"
