@@ -211,3 +211,11 @@ async def test_ping_answers_pong(server):
     client = await server.signed_in("alice", server.user("alice"))
     assert (await client.request("ping"))["type"] == "ok"
     assert await client.next("pong") == {"type": "pong"}
+
+
+async def test_authenticating_twice_on_one_connection_is_a_conflict(server):
+    token = server.user("alice")
+    client = await server.signed_in("alice", token, "phone")
+    again = await client.request("authenticate", user_id="alice", access_token=token)
+    assert again["type"] == "error" and again["code"] == "conflict"
+    assert (await client.request("ping"))["type"] == "ok"

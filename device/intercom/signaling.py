@@ -12,7 +12,7 @@ import asyncio
 import itertools
 import logging
 import random
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterator
 
 import aiohttp
 
@@ -35,9 +35,9 @@ class NotConnected(Exception):
     pass
 
 
-def backoff_delays(first: float = 0.5, cap: float = 30.0) -> "itertools.count[float]":
-    """Exponential backoff with full jitter, so a building's doors do not reconnect in step."""
-    return (random.uniform(first / 2, min(cap, first * 2**n)) for n in itertools.count())  # type: ignore[return-value]
+def backoff_delays(first: float = 0.5, cap: float = 30.0) -> Iterator[float]:
+    """Exponential backoff with jitter, so a building's doors do not reconnect in step."""
+    return (random.uniform(first / 2, min(cap, first * 2**n)) for n in itertools.count())
 
 
 class SignalingClient:

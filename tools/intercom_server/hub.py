@@ -157,6 +157,9 @@ class Hub:
             else:
                 self._deliver(call, call.reach(device, now))
 
+    def _on_authenticate(self, conn: Connection, req: Request) -> None:
+        raise ProtocolError(ErrorCode.CONFLICT, "this connection is already authenticated", req.id)
+
     def _on_ping(self, conn: Connection, req: Request) -> None:
         conn.send(m.ok(req.id))
         conn.send(m.event("pong"))
