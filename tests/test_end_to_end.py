@@ -142,3 +142,15 @@ async def test_the_door_reconnects_when_the_server_comes_back(site):
     await site.restart_server()
     online = await door.wait_status(lambda s: s["server"]["connected"], timeout=40)
     assert online["pins"]["status_led"]["pattern"] == "idle"
+
+
+async def test_stopping_the_door_during_a_call_ends_it_cleanly(site):
+    alice = await site.start_resident("alice", "--once", "--hangup-after-frames", "0")
+    door = await site.start_door("frontdoor", [{"residents": ["alice"], "timeout_s": 30}])
+    await press(door)
+    await alice.wait_for_event("first_frame", timeout=30)
+    assert await door.process.stop() == 0  # SIGTERM, as systemd sends it
+    ended = await alice.wait_for_event("ended")
+    assert ended["reason"] == "completed" and ended["video_frames"] > 0
+    assert await stored_reason(site, ended["call_id"]) == "completed"
+    assert not door.socket.exists()  # the control socket is cleaned up

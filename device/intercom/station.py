@@ -61,12 +61,9 @@ class Station:
 
     async def stop(self) -> None:
         """End a live call cleanly, then release the camera, audio and pins."""
-        if self.call is not None and self.call.live and self.call.call_id and self.client.connected.is_set():
-            try:
-                await self.client.request("end", call_id=self.call.call_id)
-            except (RequestFailed, NotConnected, asyncio.TimeoutError) as exc:
-                log.warning("could not tell the server the call ended: %s", exc)
-        await self._teardown(EndReason.COMPLETED)
+        if self.call is not None and self.call.live:
+            await self._tell_server_end(self.call)
+            await self._teardown(self._own_end_reason(self.call))
         await self.client.close()
         for task in self._tasks:
             task.cancel()
@@ -162,7 +159,10 @@ class Station:
         if kind == "incoming":
             # Answering residents who look outside arrives with the door policy; until then a
             # resident's call is declined at once rather than left ringing.
-            await self.client.request("decline", call_id=event["call_id"])
+            try:
+                await self.client.request("decline", call_id=event["call_id"])
+            except (RequestFailed, NotConnected, asyncio.TimeoutError) as exc:
+                log.info("could not decline call %s: %s", event["call_id"], exc)
             return
         call = self.call
         if call is None or not call.live or event.get("call_id") != call.call_id:
@@ -192,18 +192,30 @@ class Station:
             log.info("media connected")
         elif state == "failed" and self.call.live:
             log.warning("media connection failed: ending the call")
-            if self.call.call_id and self.client.connected.is_set():
-                await self.client.request("end", call_id=self.call.call_id)
+            await self._tell_server_end(self.call)
             await self._teardown(EndReason.CONNECTION_LOST)
 
     async def _on_hangup(self, _: None) -> None:
         call = self.call
         if call is None or not call.live:
             return
-        if call.call_id and self.client.connected.is_set():
-            await self.client.request("end", call_id=call.call_id)  # the server's `ended` tears down
-        else:
-            await self._teardown(EndReason.CANCELED if call.state is not CallState.CONNECTED else EndReason.COMPLETED)
+        if not await self._tell_server_end(call):  # when told, the server's `ended` tears down
+            await self._teardown(self._own_end_reason(call))
+
+    async def _tell_server_end(self, call: ClientCall) -> bool:
+        if not call.call_id or not self.client.connected.is_set():
+            return False
+        try:
+            await self.client.request("end", call_id=call.call_id)
+            return True
+        except (RequestFailed, NotConnected, asyncio.TimeoutError) as exc:
+            log.warning("could not tell the server call %s ended: %s", call.call_id, exc)
+            return False
+
+    @staticmethod
+    def _own_end_reason(call: ClientCall) -> EndReason:
+        """What the server would record for an end from the door, the caller."""
+        return EndReason.CANCELED if call.state in (CallState.DIALING, CallState.RINGING) else EndReason.COMPLETED
 
     async def _on_server_lost(self, call_id: str | None) -> None:
         if self.call is not None and self.call.live and self.call.call_id == call_id and not self.client.connected.is_set():
