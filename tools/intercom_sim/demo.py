@@ -36,8 +36,6 @@ async def demo(out: Path, frames: int) -> int:
         picture = out / "received.png"
         alice = await site.start_resident("alice", "--once", "--picture", str(picture),
                                           "--hangup-after-frames", str(frames), name="Alice")
-        start = time.monotonic()
-        alice.on_line = lambda line: _narrate(line, start)
 
         say("3. Starting the door station 'frontdoor' on simulated pins, camera and audio ...")
         door = await site.start_door("frontdoor", [{"residents": ["alice"], "timeout_s": 30}])
