@@ -21,7 +21,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from intercom.core.calls import CallState, ClientCall
-from intercom.media.audio import ToneTrack, level_dbfs
+from intercom.media.audio import ToneTrack, level_dbfs, packed_s16
 from intercom.media.peer import rtc_configuration
 from intercom.media.video import encode_image
 from intercom.signaling import NotConnected, RequestFailed, SignalingClient
@@ -67,7 +67,7 @@ class Reception:
 
     def add_audio(self, frame: av.AudioFrame) -> None:
         self.audio_frames += 1
-        samples = np.frombuffer(bytes(frame.planes[0])[: frame.samples * 2 * len(frame.layout.channels)], np.int16)
+        samples = np.frombuffer(packed_s16(frame), np.int16)
         self.audio_peak_dbfs = max(self.audio_peak_dbfs, level_dbfs(samples))
 
     def as_json(self) -> dict[str, Any]:

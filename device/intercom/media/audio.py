@@ -37,6 +37,11 @@ def level_dbfs(samples: np.ndarray) -> float:
     return 20 * math.log10(rms / 32768) if rms > 0 else float("-inf")
 
 
+def packed_s16(frame: av.AudioFrame) -> bytes:
+    """A packed s16 frame's samples, without the padding PyAV's plane buffer may carry."""
+    return bytes(frame.planes[0])[: frame.samples * 2 * len(frame.layout.channels)]
+
+
 def _mono_frame(samples: np.ndarray, index: int) -> av.AudioFrame:
     frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
     frame.sample_rate = RATE
@@ -166,7 +171,7 @@ class AlsaSpeaker:
             while True:
                 frame = await track.recv()
                 for out in resampler.resample(frame):
-                    data = bytes(out.planes[0])[: out.samples * 4]
+                    data = packed_s16(out)
                     samples = np.frombuffer(data, dtype=np.int16)
                     self.stats.frames += 1
                     self.stats.level_dbfs = level_dbfs(samples)
