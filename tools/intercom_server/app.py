@@ -61,6 +61,7 @@ async def _websocket(request: web.Request) -> web.WebSocketResponse:
                       request.remote or "?")
 
     async def require_auth() -> None:
+        """Does nothing once the connection has authenticated."""
         await asyncio.sleep(hub.settings.auth_timeout_s)
         if conn.user is None:
             await conn.close(CLOSE_UNAUTHENTICATED, "authenticate first")
@@ -71,8 +72,6 @@ async def _websocket(request: web.Request) -> web.WebSocketResponse:
             if msg.type == WSMsgType.TEXT:
                 if not await hub.handle_text(conn, msg.data):
                     break
-                if conn.user is not None:
-                    deadline.cancel()
             elif msg.type == WSMsgType.BINARY:
                 conn.send(m.error(None, m.ErrorCode.BAD_REQUEST, "frames must be JSON text, not binary"))
             elif msg.type == WSMsgType.ERROR:
@@ -80,10 +79,7 @@ async def _websocket(request: web.Request) -> web.WebSocketResponse:
     finally:
         deadline.cancel()
         hub.disconnected(conn)
-        if not ws.closed:
-            await conn.close(1000, "bye")
-        else:
-            conn.queue.put_nowait(None)
+        await conn.close(1000, "bye")  # ends the writer; closing a closed socket is a no-op
     return ws
 
 
