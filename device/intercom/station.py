@@ -50,24 +50,28 @@ class Station:
         self.missed_presses = 0
         self.last_error: str | None = None
         self._inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        self._tasks: list[asyncio.Task[Any]] = []
+        self._signaling: asyncio.Task[None] | None = None
+        self._worker: asyncio.Task[None] | None = None
         self.pins.show("offline")
 
     # -- life ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._tasks = [self.loop.create_task(self.client.run(), name="signaling"),
-                       self.loop.create_task(self._work(), name="station")]
+        self._signaling = self.loop.create_task(self.client.run(), name="signaling")
+        self._worker = self.loop.create_task(self._work(), name="station")
 
     async def stop(self) -> None:
-        """End a live call cleanly, then release the camera, audio and pins."""
-        if self.call is not None and self.call.live:
-            await self._tell_server_end(self.call)
-            await self._teardown(self._own_end_reason(self.call))
+        """End a live call cleanly, then release the camera, audio and pins.
+
+        Stopping goes through the worker like every other change to the call, so it never
+        cuts a teardown short: an aiortc peer connection closed halfway keeps its decoder
+        thread alive, and then the process cannot exit."""
+        assert self._worker is not None and self._signaling is not None, "stop() before start()"
+        self._inbox.put_nowait(("stop", None))
+        await self._worker
         await self.client.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._signaling.cancel()
+        await asyncio.gather(self._signaling, return_exceptions=True)
         self.camera.close()
         self.pins.close()
 
@@ -97,6 +101,9 @@ class Station:
                     "server_lost": self._on_server_lost, "hangup": self._on_hangup}
         while True:
             kind, data = await self._inbox.get()
+            if kind == "stop":
+                await self._on_stop()
+                return
             try:
                 await handlers[kind](data)
             except Exception as exc:  # noqa: BLE001 - the door must keep answering presses
@@ -194,6 +201,11 @@ class Station:
             log.warning("media connection failed: ending the call")
             await self._tell_server_end(self.call)
             await self._teardown(EndReason.CONNECTION_LOST)
+
+    async def _on_stop(self) -> None:
+        if self.call is not None and self.call.live:
+            await self._tell_server_end(self.call)
+            await self._teardown(self._own_end_reason(self.call))
 
     async def _on_hangup(self, _: None) -> None:
         call = self.call

@@ -93,6 +93,7 @@ class Resident:
         self.done = asyncio.Event()
         self._accepted_at = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         runner = asyncio.get_running_loop().create_task(self.client.run())
@@ -217,6 +218,10 @@ class Resident:
             self.done.set()
 
     async def _close_media(self) -> None:
+        """Close the peer connection, or wait for the close another task began: one cut short
+        leaves aiortc's decoder threads running, and the process could not exit."""
         pc, self.pc = self.pc, None
         if pc is not None:
-            await pc.close()
+            self._closing = asyncio.get_running_loop().create_task(pc.close())
+        if self._closing is not None:
+            await asyncio.shield(self._closing)
