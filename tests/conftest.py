@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from intercom_server.app import create_app
-from intercom_server.hub import HubSettings
+from intercom_server.app import HUB, create_app
+from intercom_server.hub import Hub, HubSettings
 from intercom_server.store import Store
 
 OFFER = {"type": "offer", "sdp": "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"}
@@ -73,8 +73,9 @@ class WsClient:
 
 
 class ServerUnderTest:
-    def __init__(self, store: Store, url: str, http: aiohttp.ClientSession, settings: HubSettings) -> None:
+    def __init__(self, store: Store, url: str, http: aiohttp.ClientSession, settings: HubSettings, hub: Hub) -> None:
         self.store = store
+        self.hub = hub
         self.url = url
         self.ws_url = url.replace("http://", "ws://") + "/v1/ws"
         self.http = http
@@ -132,7 +133,7 @@ async def server(tmp_path: Path, settings: HubSettings) -> AsyncIterator[ServerU
     await site.start()
     port = runner.addresses[0][1]
     async with aiohttp.ClientSession() as http:
-        sut = ServerUnderTest(store, f"http://127.0.0.1:{port}", http, settings)
+        sut = ServerUnderTest(store, f"http://127.0.0.1:{port}", http, settings, app[HUB])
         yield sut
         await sut.close()
     await runner.cleanup()

@@ -12,8 +12,9 @@ from aiohttp import WSMsgType, web
 from intercom.core import messages as m
 from intercom.core.messages import CLOSE_UNAUTHENTICATED, PROTOCOL_PATH
 
-from .hub import Connection, Hub, HubSettings
-from .store import Store, StoreError
+from .hub import Hub, HubSettings
+from .openapi import OPENAPI
+from .store import Forbidden, NotFound, Store, StoreError
 
 log = logging.getLogger("intercom.server")
 
@@ -31,16 +32,20 @@ def create_app(store: Store, settings: HubSettings, api_token: str) -> web.Appli
     app[HUB] = Hub(store, settings)
     app[API_TOKEN] = api_token
     app.router.add_get(PROTOCOL_PATH, _websocket)
+    app.router.add_get("/v1/openapi.json", _openapi)
     app.router.add_post("/v1/sites", _api(_post_site))
+    app.router.add_get("/v1/sites", _api(_get_sites))
     app.router.add_get("/v1/sites/{site_id}", _api(_get_site))
+    app.router.add_get("/v1/sites/{site_id}/users", _api(_get_site_users))
+    app.router.add_get("/v1/sites/{site_id}/audit", _api(_get_audit))
     app.router.add_post("/v1/users", _api(_post_user))
     app.router.add_get("/v1/users/{user_id}", _api(_get_user))
     app.router.add_post("/v1/users/{user_id}/tokens", _api(_post_token))
     app.router.add_get("/v1/users/{user_id}/tokens", _api(_get_tokens))
     app.router.add_delete("/v1/users/{user_id}/tokens/{token_id}", _api(_delete_token))
-    app.router.add_get("/v1/direct_calls", _api(_get_calls))
-    app.router.add_get("/v1/direct_calls/{call_id}", _api(_get_call))
-    app.router.add_get("/v1/direct_calls/{call_id}/snapshot", _api(_get_snapshot))
+    app.router.add_get("/v1/direct_calls", _api(_get_calls, parties=True))
+    app.router.add_get("/v1/direct_calls/{call_id}", _api(_get_call, parties=True))
+    app.router.add_get("/v1/direct_calls/{call_id}/snapshot", _api(_get_snapshot, parties=True))
     app.router.add_get("/healthz", _health)
 
     async def on_shutdown(app: web.Application) -> None:
@@ -57,8 +62,8 @@ async def _websocket(request: web.Request) -> web.WebSocketResponse:
     hub = request.app[HUB]
     ws = web.WebSocketResponse(heartbeat=hub.settings.heartbeat_s, max_msg_size=_WS_READ_LIMIT)
     await ws.prepare(request)
-    conn = Connection(ws.send_str, lambda code, reason: ws.close(code=code, message=reason.encode()),
-                      request.remote or "?")
+    conn = hub.connection(ws.send_str, lambda code, reason: ws.close(code=code, message=reason.encode()),
+                          request.remote or "?")
 
     async def require_auth() -> None:
         """Does nothing once the connection has authenticated."""
@@ -86,15 +91,29 @@ async def _websocket(request: web.Request) -> web.WebSocketResponse:
 # -- Platform REST API -------------------------------------------------------------------------
 
 Handler = Callable[[web.Request], Awaitable[Any]]
+#: Set on a request that a party (a resident or a door) made with its own access token; absent
+#: when the master Api-Token was given. Such a caller sees only calls it was a party of.
+VIEWER = "intercom.viewer"
 
 
-def _api(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    """Guard a Platform API handler with the Api-Token header; serialise its result."""
+def _api(handler: Handler, parties: bool = False) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """Guard a Platform API handler with the Api-Token header (or, where `parties` is set, a
+    party's `Authorization: Bearer` access token too); serialise its result."""
 
     async def guarded(request: web.Request) -> web.StreamResponse:
-        given = request.headers.get("Api-Token", "")
-        if not hmac.compare_digest(given.encode(), request.app[API_TOKEN].encode()):
-            return _error(401, "unauthenticated", "missing or wrong Api-Token header")
+        given = request.headers.get("Api-Token")
+        bearer = request.headers.get("Authorization", "")
+        if given is not None:
+            if not hmac.compare_digest(given.encode(), request.app[API_TOKEN].encode()):
+                return _error(401, "unauthenticated", "wrong Api-Token header")
+        elif parties and bearer[:7].lower() == "bearer " and bearer[7:].strip():
+            owner = request.app[STORE].token_owner(bearer[7:].strip())
+            if owner is None:
+                return _error(401, "unauthenticated", "unknown, expired or revoked access token")
+            request[VIEWER] = owner
+        else:
+            how = "an Api-Token header" + (" or an Authorization: Bearer access token" if parties else "")
+            return _error(401, "unauthenticated", f"this call needs {how}")
         result = await handler(request)
         if isinstance(result, web.StreamResponse):
             return result
@@ -111,7 +130,10 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
         return _error(exc.status, exc.code, str(exc))
     except web.HTTPException as exc:
         if exc.status >= 400:
-            return _error(exc.status, "not_found" if exc.status == 404 else "bad_request", exc.reason)
+            response = _error(exc.status, "not_found" if exc.status == 404 else "bad_request", exc.reason)
+            if "Allow" in exc.headers:
+                response.headers["Allow"] = exc.headers["Allow"]
+            return response
         raise
 
 
@@ -142,6 +164,26 @@ async def _post_site(request: web.Request) -> Any:
 
 async def _get_site(request: web.Request) -> Any:
     return request.app[STORE].get_site(request.match_info["site_id"])
+
+
+async def _get_sites(request: web.Request) -> Any:
+    return {"sites": request.app[STORE].list_sites()}
+
+
+async def _get_site_users(request: web.Request) -> Any:
+    return {"users": request.app[STORE].list_users(request.match_info["site_id"])}
+
+
+async def _get_audit(request: web.Request) -> Any:
+    limit = _limit(request)
+    text = request.query.get("next")
+    try:
+        before = int(text) if text else None
+    except ValueError:
+        raise StoreError("next is not a cursor this server gave") from None
+    rows = request.app[STORE].list_audit(request.match_info["site_id"], limit + 1, before)
+    page, more = rows[:limit], len(rows) > limit
+    return {"events": page, "next": str(page[-1]["audit_id"]) if more else None}
 
 
 async def _post_user(request: web.Request) -> Any:
@@ -179,15 +221,35 @@ def _cursor_in(text: str) -> tuple[float, str]:
         raise StoreError("next is not a cursor this server gave") from None
 
 
-async def _get_calls(request: web.Request) -> Any:
-    query = request.query
+def _limit(request: web.Request) -> int:
     try:
-        limit = int(query.get("limit", "20"))
+        limit = int(request.query.get("limit", "20"))
     except ValueError:
         raise StoreError("limit must be a whole number") from None
     if not 1 <= limit <= 100:
         raise StoreError("limit must be between 1 and 100")
+    return limit
+
+
+def _visible_call(request: web.Request) -> str:
+    """The call named in the path, if this caller may see it; a non-party gets 404 as if the
+    call did not exist, so call ids cannot be probed."""
+    call_id = request.match_info["call_id"]
+    viewer = request.get(VIEWER)
+    if viewer is not None and viewer not in request.app[STORE].call_parties(call_id):
+        raise NotFound(f"no call '{call_id}'")
+    return call_id
+
+
+async def _get_calls(request: web.Request) -> Any:
+    query = request.query
+    limit = _limit(request)
     user_id = query.get("user_id")
+    viewer = request.get(VIEWER)
+    if viewer is not None:
+        if user_id not in (None, viewer):
+            raise Forbidden("with an access token you see only your own calls")
+        user_id = viewer
     if user_id is not None:
         request.app[STORE].get_user(user_id)
     before = _cursor_in(query["next"]) if query.get("next") else None
@@ -198,12 +260,16 @@ async def _get_calls(request: web.Request) -> Any:
 
 
 async def _get_call(request: web.Request) -> Any:
-    return request.app[STORE].get_call(request.match_info["call_id"])
+    return request.app[STORE].get_call(_visible_call(request))
 
 
 async def _get_snapshot(request: web.Request) -> Any:
-    data = request.app[STORE].snapshot(request.match_info["call_id"])
+    data = request.app[STORE].snapshot(_visible_call(request))
     return web.Response(body=data, content_type="image/jpeg")
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    return web.json_response(OPENAPI)
 
 
 async def _health(request: web.Request) -> web.Response:

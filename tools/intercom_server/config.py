@@ -10,7 +10,9 @@ from typing import Any
 
 from intercom.core.yamlconfig import Field, in_range, load_file
 
-from .hub import HubSettings
+from .hub import RECENT_CALLS_S, HubSettings
+from .ice import IceSettings, TurnSettings
+from .limits import LimitSettings
 
 
 def _ice_server(value: Any) -> None:
@@ -24,20 +26,42 @@ def _ice_server(value: Any) -> None:
         raise ValueError(f"unknown keys {', '.join(sorted(extra))}; an ICE server has urls, username, credential")
 
 
+def _turn_urls(value: Any) -> None:
+    if not value or not all(isinstance(u, str) and u.split(":")[0] in ("turn", "turns") for u in value):
+        raise ValueError("must be turn: or turns: URLs")
+
+
 SCHEMA = {
     "listen": Field(schema={
         "host": Field(str, default="127.0.0.1", help="address to listen on; 0.0.0.0 for every interface"),
         "port": Field(int, default=8080, check=in_range(0, 65535)),
     }),
     "data_dir": Field(str, default="/var/lib/intercom-server"),
+    "database": Field(str, help="the SQLite file; default: intercom.db in data_dir"),
     "api_token": Field(str, help="the Platform API's master token; or set INTERCOM_SERVER_API_TOKEN"),
     "heartbeat_s": Field(float, default=20.0, check=in_range(1, 300)),
     "calls": Field(schema={
         "ring_timeout_s": Field(float, default=30.0, check=in_range(1, 300)),
         "max_duration_s": Field(float, default=3600.0, check=in_range(10, 86400)),
         "grace_s": Field(float, default=10.0, check=in_range(0, 300)),
+        "open_door_window_s": Field(float, default=30.0, check=in_range(0, RECENT_CALLS_S)),
+        "door_reply_timeout_s": Field(float, default=5.0, check=in_range(0.5, 60)),
     }),
     "ice_servers": Field(list, default=[], items=Field(dict, check=_ice_server)),
+    "turn": Field(schema={
+        "urls": Field(list, required=True, items=Field(str), check=_turn_urls),
+        "shared_secret": Field(str, required=True, help="coturn's static-auth-secret (use-auth-secret mode)"),
+        "ttl_s": Field(float, default=86400.0, check=in_range(60, 7 * 86400)),
+    }, optional_section=True),
+    "limits": Field(schema={
+        "messages_per_s": Field(float, default=20.0, check=in_range(1, 10_000)),
+        "message_burst": Field(int, default=60, check=in_range(1, 100_000)),
+        "auth_failures_per_user": Field(int, default=10, check=in_range(1, 10_000)),
+        "auth_failures_per_address": Field(int, default=30, check=in_range(1, 100_000)),
+        "auth_window_s": Field(float, default=60.0, check=in_range(1, 86400)),
+        "connections_per_user": Field(int, default=10, check=in_range(1, 10_000)),
+        "send_queue": Field(int, default=512, check=in_range(16, 100_000)),
+    }),
 }
 
 
@@ -47,22 +71,28 @@ class ServerConfig:
     port: int = 8080
     data_dir: Path = Path("/var/lib/intercom-server")
     api_token: str | None = None
+    database: Path | None = None
     hub: HubSettings = field(default_factory=HubSettings)
 
     @classmethod
     def from_file(cls, path: str | Path) -> "ServerConfig":
         raw = load_file(path, SCHEMA)
         calls = raw["calls"]
+        turn = raw.get("turn")
         return cls(
             host=raw["listen"]["host"], port=raw["listen"]["port"], data_dir=Path(raw["data_dir"]),
-            api_token=raw["api_token"],
-            hub=HubSettings(ring_timeout_s=calls["ring_timeout_s"], max_duration_s=calls["max_duration_s"],
-                            grace_s=calls["grace_s"], heartbeat_s=raw["heartbeat_s"],
-                            ice_servers=[dict(s) for s in raw["ice_servers"]]))
+            api_token=raw["api_token"], database=Path(raw["database"]) if raw["database"] else None,
+            hub=HubSettings(
+                ring_timeout_s=calls["ring_timeout_s"], max_duration_s=calls["max_duration_s"],
+                grace_s=calls["grace_s"], open_door_window_s=calls["open_door_window_s"],
+                door_reply_timeout_s=calls["door_reply_timeout_s"], heartbeat_s=raw["heartbeat_s"],
+                ice=IceSettings(static=[dict(s) for s in raw["ice_servers"]],
+                                turn=TurnSettings(**turn) if turn else None),
+                limits=LimitSettings(**raw["limits"])))
 
     @property
     def db_path(self) -> Path:
-        return self.data_dir / "intercom.db"
+        return self.database or self.data_dir / "intercom.db"
 
     def resolve_api_token(self) -> tuple[str, str]:
         """The master Api-Token and where it came from; made and kept (0600) on first start."""

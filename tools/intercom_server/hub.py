@@ -12,6 +12,7 @@ import asyncio
 import base64
 import binascii
 import logging
+import math
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from intercom.core import messages as m
 from intercom.core.calls import CallError, DeviceRef, Send, ServerCall
 from intercom.core.messages import ErrorCode, ProtocolError, Request
 
+from .ice import IceSettings
+from .limits import FailureWindow, LimitSettings, TokenBucket
 from .store import Store
 
 log = logging.getLogger("intercom.server")
@@ -36,22 +39,45 @@ class HubSettings:
     grace_s: float = 10.0
     auth_timeout_s: float = 10.0
     heartbeat_s: float = 20.0
-    ice_servers: list[dict[str, Any]] = field(default_factory=list)
+    #: A resident may still open the door this long after the call ended (walking to the gate).
+    open_door_window_s: float = 30.0
+    #: How long the server waits for the door to answer its `action` request.
+    door_reply_timeout_s: float = 5.0
+    ice: IceSettings = field(default_factory=IceSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+
+
+class ConnectionGone(Exception):
+    """The device closed before it answered a request of the server."""
 
 
 class Connection:
-    """One WebSocket: its identity once authenticated, and its ordered outgoing queue."""
+    """One WebSocket: its identity once authenticated, its ordered and bounded outgoing
+    queue, its message budget, and the server's requests to it that await an answer."""
 
-    def __init__(self, send_text: Callable[[str], Any], close: Callable[[int, str], Any], peer: str) -> None:
+    def __init__(self, send_text: Callable[[str], Any], close: Callable[[int, str], Any], peer: str,
+                 limits: LimitSettings) -> None:
         self._send_text = send_text
         self._close = close
         self.peer = peer
         self.user: dict[str, Any] | None = None
         self.device: DeviceRef | None = None
+        self.bucket = TokenBucket(limits.messages_per_s, limits.message_burst, time.monotonic())
+        self.pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._max_queue = limits.send_queue
+        self.closed = False
         self.queue: asyncio.Queue[str | None] = asyncio.Queue()
         self.writer = asyncio.get_running_loop().create_task(self._write())
 
     def send(self, message: dict[str, Any]) -> None:
+        if self.closed:
+            return
+        if self.queue.qsize() >= self._max_queue:
+            # A client that does not read would make the server hold its messages forever.
+            log.warning("%s does not read its messages; closing it", self.peer)
+            self.writer.cancel()
+            asyncio.get_running_loop().create_task(self.close(1008, "too many unread messages"))
+            return
         self.queue.put_nowait(m.encode(message))
 
     async def _write(self) -> None:
@@ -62,9 +88,26 @@ class Connection:
                 return
 
     async def close(self, code: int, reason: str) -> None:
-        self.queue.put_nowait(None)
-        await self.writer
+        """Flush what is queued (for a few seconds at most), then close the socket."""
+        if not self.closed:
+            self.closed = True
+            self.queue.put_nowait(None)
+            for fut in self.pending.values():
+                if not fut.done():
+                    fut.set_exception(ConnectionGone())
+        await asyncio.wait({self.writer}, timeout=5.0)
+        self.writer.cancel()
         await self._close(code, reason)
+
+
+def _id_of(text: str) -> str | None:
+    """The request id of a frame that will not be parsed further, if it is easy to find."""
+    try:
+        data = m.decode(text)
+    except ProtocolError:
+        return None
+    rid = data.get("id")
+    return rid if isinstance(rid, str) else None
 
 
 class Hub:
@@ -74,22 +117,35 @@ class Hub:
         self.devices: dict[DeviceRef, Connection] = {}
         self.calls: dict[str, ServerCall] = {}
         #: Calls that ended lately, so a request crossing the end learns why (`conflict`)
-        #: instead of `not_found`. Oldest first; trimmed as calls end.
+        #: instead of `not_found`, and a resident may still open the door. Oldest first.
         self.recent: dict[str, ServerCall] = {}
         self._timers: dict[str, list[asyncio.TimerHandle]] = {}
         self._grace: dict[DeviceRef, asyncio.TimerHandle] = {}
+        limits = settings.limits
+        self._auth_by_user = FailureWindow(limits.auth_failures_per_user, limits.auth_window_s)
+        self._auth_by_address = FailureWindow(limits.auth_failures_per_address, limits.auth_window_s)
+        self._actions: set[asyncio.Task[None]] = set()
+
+    def connection(self, send_text: Callable[[str], Any], close: Callable[[int, str], Any], peer: str) -> Connection:
+        return Connection(send_text, close, peer, self.settings.limits)
 
     # -- connection life -------------------------------------------------------------------
 
     async def handle_text(self, conn: Connection, text: str) -> bool:
         """Handle one frame; returns False when the connection must close (deauthenticate)."""
+        if not conn.bucket.take(time.monotonic()):
+            conn.send(m.error(_id_of(text), ErrorCode.RATE_LIMITED,
+                              f"more than {self.settings.limits.messages_per_s:g} messages a second; "
+                              f"retry in {conn.bucket.retry_after():.2f} s"))
+            return True
         try:
             parsed = m.parse_request(text)
         except ProtocolError as exc:
             conn.send(exc.reply())
             return True
         if not isinstance(parsed, Request):
-            return True  # a reply to a server request; none are outstanding in this version
+            self._reply_arrived(conn, parsed)
+            return True
         req = parsed
         try:
             if conn.user is None:
@@ -108,6 +164,13 @@ class Hub:
             log.exception("internal error handling %s", req.type)
             conn.send(m.error(req.id, ErrorCode.INTERNAL, "internal error"))
         return True
+
+    @staticmethod
+    def _reply_arrived(conn: Connection, reply: dict[str, Any]) -> None:
+        """A client's answer to one of the server's requests; unknown or late ones are dropped."""
+        fut = conn.pending.get(reply["re"])
+        if fut is not None and not fut.done():
+            fut.set_result(reply)
 
     def disconnected(self, conn: Connection) -> None:
         device = conn.device
@@ -133,12 +196,23 @@ class Hub:
 
     def _authenticate(self, conn: Connection, req: Request) -> None:
         user_id = req.body["user_id"]
+        clock = time.monotonic()
+        wait = max(self._auth_by_user.blocked_for(user_id, clock), self._auth_by_address.blocked_for(conn.peer, clock))
+        if wait > 0:
+            raise ProtocolError(ErrorCode.RATE_LIMITED,
+                                f"too many failed sign-ins; try again in {math.ceil(wait)} s", req.id)
         user = self.store.find_user(user_id)
         # The token is checked even for an unknown user, so both fail alike.
         if not self.store.verify_token(user_id, req.body["access_token"]) or user is None:
+            self._auth_by_user.fail(user_id, clock)
+            self._auth_by_address.fail(conn.peer, clock)
             raise ProtocolError(ErrorCode.UNAUTHENTICATED, "unknown user or bad access token", req.id)
         device = DeviceRef(user_id, req.body.get("device_id") or "dev_" + secrets.token_hex(6))
         previous = self.devices.get(device)
+        others = sum(1 for d in self.devices if d.user_id == user_id and d != device)
+        if others >= self.settings.limits.connections_per_user:
+            raise ProtocolError(ErrorCode.RATE_LIMITED,
+                                f"this user already has {others} devices signed in, the most allowed", req.id)
         if previous is not None and previous is not conn:
             previous.device = None
             asyncio.get_running_loop().create_task(previous.close(4409, "signed in again elsewhere"))
@@ -148,9 +222,9 @@ class Hub:
         returned = self._grace.pop(device, None)
         if returned is not None:
             returned.cancel()
-        conn.send(m.ok(req.id, user=user, device_id=device.device_id, ice_servers=self.settings.ice_servers,
-                       heartbeat_s=self.settings.heartbeat_s))
         now = time.time()
+        conn.send(m.ok(req.id, user=user, device_id=device.device_id,
+                       ice_servers=self.settings.ice.for_user(user_id, now), heartbeat_s=self.settings.heartbeat_s))
         for call in list(self.calls.values()):
             if returned is not None and device in call.ringing:
                 conn.send(call.incoming_event())  # it missed nothing else: replay the ring
@@ -233,7 +307,83 @@ class Hub:
         self._deliver(call, sends)
 
     def _on_action(self, conn: Connection, req: Request) -> None:
-        raise ProtocolError(ErrorCode.FORBIDDEN, "door actions are not enabled on this server yet", req.id)
+        """`open_door`: checked here, carried out by the door, and audited either way."""
+        assert conn.user is not None and conn.device is not None
+        name, call_id = req.body["name"], req.body["call_id"]
+        if name != "open_door":
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"unknown action '{name}'; the actions are: open_door", req.id)
+        now = time.time()
+        call = self.calls.get(call_id) or self.recent.get(call_id)
+        try:
+            door = self._door_of(conn, call, now)
+        except ProtocolError as exc:
+            self._audit(conn, call_id, None, "refused", exc.message, now)
+            raise
+        door_conn = self.devices.get(door)
+        if door_conn is None:
+            self._audit(conn, call_id, door, "failed", "the door station is not connected", now)
+            raise ProtocolError(ErrorCode.CONFLICT, "the door station is not connected", req.id)
+        task = asyncio.get_running_loop().create_task(self._open_door(conn, req, door_conn))
+        self._actions.add(task)
+        task.add_done_callback(self._actions.discard)
+
+    def _door_of(self, conn: Connection, call: ServerCall | None, now: float) -> DeviceRef:
+        """The door device of a call this resident's device answered or placed, or `forbidden`."""
+        assert conn.user is not None and conn.device is not None
+        if conn.user["kind"] != "resident":
+            raise ProtocolError(ErrorCode.FORBIDDEN, "only a resident may open the door")
+        me = conn.device
+        # Unknown calls and other people's calls are refused alike: the reply reveals nothing.
+        if call is None or not call.involves(me):
+            raise ProtocolError(ErrorCode.FORBIDDEN, "you are not a party of a call with this door")
+        if call.accepted_by is None:
+            raise ProtocolError(ErrorCode.FORBIDDEN, "the call has not been answered")
+        if me not in (call.caller, call.accepted_by):
+            raise ProtocolError(ErrorCode.FORBIDDEN, "another device answered this call")
+        door = call.accepted_by if me == call.caller else call.caller
+        door_user = self.store.find_user(door.user_id)
+        if door_user is None or door_user["kind"] != "door" or door_user["site_id"] != conn.user["site_id"]:
+            raise ProtocolError(ErrorCode.FORBIDDEN, "the other party is not a door of your site")
+        window = self.settings.open_door_window_s
+        if call.ended_at is not None and now - call.ended_at > window:
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"the call ended more than {window:g} s ago")
+        return door
+
+    async def _open_door(self, conn: Connection, req: Request, door_conn: Connection) -> None:
+        assert conn.user is not None and conn.device is not None and door_conn.device is not None
+        call_id = req.body["call_id"]
+        rid = "srv_" + secrets.token_hex(6)
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        door_conn.pending[rid] = fut
+        door_conn.send(m.request("action", rid, call_id=call_id, name="open_door",
+                                 by={**conn.device.as_json(), "display_name": conn.user["display_name"]}))
+        timeout = self.settings.door_reply_timeout_s
+        try:
+            reply = await asyncio.wait_for(fut, timeout)
+        except (TimeoutError, ConnectionGone) as exc:
+            why = ("the door station did not answer in time" if isinstance(exc, TimeoutError)
+                   else "the door station disconnected before it answered")
+            self._audit(conn, call_id, door_conn.device, "failed", why, time.time())
+            conn.send(m.error(req.id, ErrorCode.INTERNAL, why))
+            return
+        finally:
+            door_conn.pending.pop(rid, None)
+        if reply["type"] == "ok":
+            self._audit(conn, call_id, door_conn.device, "opened", None, time.time())
+            conn.send(m.ok(req.id))
+            return
+        code = reply.get("code") if reply.get("code") in set(ErrorCode) else ErrorCode.INTERNAL
+        message = str(reply.get("message") or "no reason given")[:200]
+        self._audit(conn, call_id, door_conn.device, "refused", f"the door: {message}", time.time())
+        conn.send(m.error(req.id, code, f"the door refused: {message}"))
+
+    def _audit(self, conn: Connection, call_id: str, door: DeviceRef | None, outcome: str, detail: str | None,
+               now: float) -> None:
+        assert conn.user is not None and conn.device is not None
+        self.store.audit(site_id=conn.user["site_id"], at=now, action="open_door", outcome=outcome,
+                         by=conn.device, call_id=call_id, door_id=door.user_id if door else None, detail=detail)
+        log.info("open_door by %s/%s for %s: %s%s", conn.device.user_id, conn.device.device_id, call_id, outcome,
+                 f" ({detail})" if detail else "")
 
     # -- delivery --------------------------------------------------------------------------
 
@@ -261,6 +411,8 @@ class Hub:
 
     async def shutdown(self) -> None:
         """Live calls cannot survive a restart: end them so their records are complete."""
+        for task in list(self._actions):
+            task.cancel()
         now = time.time()
         for call in list(self.calls.values()):
             self._deliver(call, call.abort(m.EndReason.UNKNOWN, now))

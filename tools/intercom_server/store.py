@@ -17,10 +17,15 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from intercom.core.calls import ServerCall, iso
+from intercom.core.calls import DeviceRef, ServerCall, iso
 
 USER_KINDS = ("door", "resident")
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"
+_ID = re.compile(ID_PATTERN)
+MAX_NAME = 100
+#: A name needs one visible character; written so JSON Schema and Python read it alike.
+NAME_PATTERN = r"[^ \t\r\n]"
+MAX_TOKEN_LIFETIME_S = 10 * 365 * 86400
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sites (
@@ -43,6 +48,12 @@ CREATE TABLE IF NOT EXISTS call_parties (
     call_id TEXT NOT NULL REFERENCES calls(call_id), user_id TEXT NOT NULL,
     PRIMARY KEY (call_id, user_id));
 CREATE INDEX IF NOT EXISTS call_parties_user ON call_parties(user_id);
+CREATE TABLE IF NOT EXISTS audit (
+    audit_id INTEGER PRIMARY KEY AUTOINCREMENT, site_id TEXT NOT NULL, at REAL NOT NULL,
+    action TEXT NOT NULL, outcome TEXT NOT NULL, user_id TEXT NOT NULL, device_id TEXT NOT NULL,
+    call_id TEXT NOT NULL, door_id TEXT, detail TEXT);
+CREATE INDEX IF NOT EXISTS audit_site ON audit(site_id, audit_id);
+CREATE INDEX IF NOT EXISTS tokens_hash ON tokens(token_hash);
 """
 
 
@@ -56,6 +67,11 @@ class NotFound(StoreError):
     code = "not_found"
 
 
+class Forbidden(StoreError):
+    status = 403
+    code = "forbidden"
+
+
 class Conflict(StoreError):
     status = 409
     code = "conflict"
@@ -67,9 +83,19 @@ def hash_token(token: str) -> str:
 
 
 def check_id(what: str, value: Any) -> str:
-    if not isinstance(value, str) or not _ID.match(value):
+    if not isinstance(value, str) or not _ID.fullmatch(value):
         raise StoreError(f"{what} must be 1-64 characters of letters, digits, '.', '_', '@' or '-', "
                          f"starting with a letter or digit")
+    return value
+
+
+def check_name(what: str, value: Any) -> str:
+    if not isinstance(value, str) or not re.search(NAME_PATTERN, value) or len(value) > MAX_NAME:
+        raise StoreError(f"{what} must be a string of 1 to {MAX_NAME} characters, not only spaces")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise StoreError(f"{what} is not valid Unicode text") from None
     return value
 
 
@@ -90,8 +116,7 @@ class Store:
 
     def add_site(self, site_id: str, name: str) -> dict[str, Any]:
         check_id("site_id", site_id)
-        if not isinstance(name, str) or not name.strip():
-            raise StoreError("name must be a non-empty string")
+        check_name("name", name)
         try:
             self.db.execute("INSERT INTO sites VALUES (?, ?, ?)", (site_id, name, time.time()))
         except sqlite3.IntegrityError:
@@ -104,12 +129,25 @@ class Store:
             raise NotFound(f"no site '{site_id}'")
         return {"site_id": row["site_id"], "name": row["name"], "created_at": iso(row["created_at"])}
 
+    def list_sites(self) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT * FROM sites ORDER BY site_id").fetchall()
+        return [{"site_id": r["site_id"], "name": r["name"], "created_at": iso(r["created_at"])} for r in rows]
+
+    def list_users(self, site_id: str) -> list[dict[str, Any]]:
+        self.get_site(site_id)
+        rows = self.db.execute("SELECT * FROM users WHERE site_id = ? ORDER BY user_id", (site_id,)).fetchall()
+        return [self._user_json(r) for r in rows]
+
+    @staticmethod
+    def _user_json(row: sqlite3.Row) -> dict[str, Any]:
+        return {"user_id": row["user_id"], "kind": row["kind"], "site_id": row["site_id"],
+                "display_name": row["display_name"]}
+
     def add_user(self, user_id: str, kind: str, site_id: str, display_name: str) -> dict[str, Any]:
         check_id("user_id", user_id)
         if kind not in USER_KINDS:
             raise StoreError(f"kind must be one of {', '.join(USER_KINDS)}")
-        if not isinstance(display_name, str) or not display_name.strip():
-            raise StoreError("display_name must be a non-empty string")
+        check_name("display_name", display_name)
         self.get_site(site_id)
         try:
             self.db.execute("INSERT INTO users VALUES (?, ?, ?, ?, ?)",
@@ -122,8 +160,7 @@ class Store:
         row = self.db.execute("SELECT * FROM users WHERE user_id = ?", (user_id,)).fetchone()
         if row is None:
             raise NotFound(f"no user '{user_id}'")
-        return {"user_id": row["user_id"], "kind": row["kind"], "site_id": row["site_id"],
-                "display_name": row["display_name"]}
+        return self._user_json(row)
 
     def find_user(self, user_id: str) -> dict[str, Any] | None:
         try:
@@ -137,8 +174,8 @@ class Store:
         """A new token; its secret is returned here once and never stored."""
         self.get_user(user_id)
         if expires_in_s is not None and (isinstance(expires_in_s, bool) or not isinstance(expires_in_s, (int, float))
-                                         or expires_in_s <= 0):
-            raise StoreError("expires_in_s must be a positive number of seconds")
+                                         or not 0 < expires_in_s <= MAX_TOKEN_LIFETIME_S):
+            raise StoreError(f"expires_in_s must be a number of seconds above 0 and at most {MAX_TOKEN_LIFETIME_S}")
         now = time.time()
         token_id = "tok_" + secrets.token_hex(8)
         secret = "ict_" + secrets.token_urlsafe(32)
@@ -171,6 +208,18 @@ class Store:
             match = hmac.compare_digest(row["token_hash"], digest)
             good |= match and (row["expires_at"] is None or row["expires_at"] > now)
         return good
+
+    def token_owner(self, token: str, now: float | None = None) -> str | None:
+        """The user a bearer token belongs to, for HTTP requests that carry no user id."""
+        digest = hash_token(token)
+        now = time.time() if now is None else now
+        row = self.db.execute("SELECT user_id, token_hash, expires_at FROM tokens WHERE token_hash = ? "
+                              "AND revoked_at IS NULL", (digest,)).fetchone()
+        if row is None or not hmac.compare_digest(row["token_hash"], digest):
+            return None
+        if row["expires_at"] is not None and row["expires_at"] <= now:
+            return None
+        return str(row["user_id"])
 
     # -- calls -----------------------------------------------------------------------------
 
@@ -264,5 +313,23 @@ class Store:
         if not ids:
             return {}
         rows = self.db.execute(f"SELECT * FROM users WHERE user_id IN ({','.join('?' * len(ids))})", ids).fetchall()
-        return {r["user_id"]: {"user_id": r["user_id"], "kind": r["kind"], "site_id": r["site_id"],
-                               "display_name": r["display_name"]} for r in rows}
+        return {r["user_id"]: self._user_json(r) for r in rows}
+
+    # -- the door's audit log ----------------------------------------------------------------
+
+    def audit(self, site_id: str, at: float, action: str, outcome: str, by: DeviceRef, call_id: str,
+              door_id: str | None, detail: str | None) -> None:
+        self.db.execute(
+            "INSERT INTO audit (site_id, at, action, outcome, user_id, device_id, call_id, door_id, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (site_id, at, action, outcome, by.user_id, by.device_id, call_id, door_id, detail))
+
+    def list_audit(self, site_id: str, limit: int, before: int | None) -> list[dict[str, Any]]:
+        """Newest first; `before` is the audit_id of the last entry of the previous page."""
+        self.get_site(site_id)
+        rows = self.db.execute(
+            "SELECT * FROM audit WHERE site_id = ? AND audit_id < ? ORDER BY audit_id DESC LIMIT ?",
+            (site_id, before if before is not None else 2**62, limit)).fetchall()
+        return [{"audit_id": r["audit_id"], "at": iso(r["at"]), "action": r["action"], "outcome": r["outcome"],
+                 "by": {"user_id": r["user_id"], "device_id": r["device_id"]}, "call_id": r["call_id"],
+                 "door_id": r["door_id"], "detail": r["detail"]} for r in rows]

@@ -83,6 +83,8 @@ class Field:
     schema: dict[str, "Field"] | None = None  # for a nested mapping
     items: "Field | None" = None  # for a list
     help: str = ""
+    #: For a nested mapping: absent means the feature is off (None), not "all defaults".
+    optional_section: bool = False
 
 
 _KIND_NAMES = {str: "a string", int: "a whole number", float: "a number", bool: "true or false",
@@ -151,7 +153,7 @@ def _validate_map(data: Any, schema: dict[str, Field], path: str, line: int | No
         if key not in data:
             if spec.required:  # point at the parent key, where the missing one belongs
                 problems.append(Problem(sub, line, f"is required{_help(spec)}"))
-            elif spec.schema is not None:
+            elif spec.schema is not None and not spec.optional_section:
                 result[key] = _validate_map(YamlMap(), spec.schema, sub, None, problems)
             else:
                 result[key] = spec.default

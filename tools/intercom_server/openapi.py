@@ -1,0 +1,212 @@
+"""The Platform REST API's OpenAPI 3.1 document, served at /v1/openapi.json.
+
+Written by hand next to the handlers (app.py) rather than generated, so that it states the
+contract, limits included, in the words an integrator reads; tests/test_openapi.py runs
+schemathesis against the served copy, so the two cannot drift apart unnoticed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .store import ID_PATTERN, MAX_NAME, MAX_TOKEN_LIFETIME_S, NAME_PATTERN
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {str(s): {"$ref": f"#/components/responses/E{s}"} for s in (400, 401, *statuses)}
+
+
+def _path_id(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "description": description,
+            "schema": {"type": "string", "pattern": ID_PATTERN}}
+
+
+_CALL_ID = {"name": "call_id", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+_LIMIT = {"name": "limit", "in": "query", "required": False, "description": "page size",
+          "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}}
+_NEXT = {"name": "next", "in": "query", "required": False,
+         "description": "the `next` of the previous page, as given", "schema": {"type": "string"}}
+_API_ONLY = [{"ApiToken": []}]
+_API_OR_PARTY = [{"ApiToken": []}, {"AccessToken": []}]
+_NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
+_DEVICE = {"type": "object", "required": ["user_id", "device_id"],
+           "properties": {"user_id": {"type": "string"}, "device_id": {"type": "string"}}}
+_NULLABLE_DEVICE = {"oneOf": [{"type": "null"}, _DEVICE]}
+
+_CALL_PROPERTIES = {
+    "call_id": {"type": "string"},
+    "caller": _DEVICE,
+    "callees": {"type": "array", "items": {"type": "string"}},
+    "video": {"type": "boolean"},
+    "created_at": {"type": "string", "format": "date-time"},
+    "accepted_by": _NULLABLE_DEVICE,
+    "accepted_at": _NULLABLE_TIME,
+    "ended_at": _NULLABLE_TIME,
+    "end_reason": {"type": ["string", "null"],
+                   "enum": ["no_answer", "canceled", "declined", "other_device_accepted", "completed",
+                            "connection_lost", "timed_out", "dial_failed", "unknown", None]},
+    "ended_by": _NULLABLE_DEVICE,
+    "duration_s": {"type": ["number", "null"], "description": "from accept to end"},
+    "has_snapshot": {"type": "boolean"},
+}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+        "type": "object", "required": ["code", "message"],
+        "properties": {"code": {"type": "string", "enum": ["bad_request", "unauthenticated", "forbidden",
+                                                            "not_found", "conflict", "internal"]},
+                       "message": {"type": "string"}}}}},
+    "NewSite": {"type": "object", "required": ["site_id", "name"], "additionalProperties": False, "properties": {
+        "site_id": {"type": "string", "pattern": ID_PATTERN},
+        "name": {"type": "string", "minLength": 1, "maxLength": MAX_NAME, "pattern": NAME_PATTERN}}},
+    "Site": {"type": "object", "required": ["site_id", "name", "created_at"], "properties": {
+        "site_id": {"type": "string"}, "name": {"type": "string"},
+        "created_at": {"type": "string", "format": "date-time"}}},
+    "NewUser": {"type": "object", "required": ["user_id", "kind", "site_id", "display_name"],
+                "additionalProperties": False, "properties": {
+                    "user_id": {"type": "string", "pattern": ID_PATTERN},
+                    "kind": {"type": "string", "enum": ["door", "resident"]},
+                    "site_id": {"type": "string", "pattern": ID_PATTERN},
+                    "display_name": {"type": "string", "minLength": 1, "maxLength": MAX_NAME, "pattern": NAME_PATTERN}}},
+    "User": {"type": "object", "required": ["user_id", "kind", "site_id", "display_name"], "properties": {
+        "user_id": {"type": "string"}, "kind": {"type": "string", "enum": ["door", "resident"]},
+        "site_id": {"type": "string"}, "display_name": {"type": "string"}}},
+    "NewToken": {"type": "object", "additionalProperties": False, "properties": {
+        "expires_in_s": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_TOKEN_LIFETIME_S,
+                         "description": "lifetime; without it the token lasts until revoked"}}},
+    "IssuedToken": {"type": "object", "required": ["token_id", "access_token", "expires_at"], "properties": {
+        "token_id": {"type": "string"},
+        "access_token": {"type": "string", "description": "shown this once; the server keeps only its hash"},
+        "expires_at": _NULLABLE_TIME}},
+    "TokenInfo": {"type": "object", "required": ["token_id", "created_at", "expires_at"], "properties": {
+        "token_id": {"type": "string"}, "created_at": {"type": "string", "format": "date-time"},
+        "expires_at": _NULLABLE_TIME}},
+    "Call": {"type": "object", "required": list(_CALL_PROPERTIES), "properties": _CALL_PROPERTIES},
+    "CallWithTimeline": {"type": "object", "required": [*_CALL_PROPERTIES, "timeline"], "properties": {
+        **_CALL_PROPERTIES,
+        "timeline": {"type": "array", "items": {
+            "type": "object", "required": ["at", "event"],
+            "properties": {"at": {"type": "string", "format": "date-time"},
+                           "event": {"type": "string", "enum": ["ringing", "reached", "accepted", "declined",
+                                                                 "lost", "ended"]}}}}}},
+    "AuditEvent": {"type": "object", "required": ["audit_id", "at", "action", "outcome", "by", "call_id"],
+                   "properties": {
+                       "audit_id": {"type": "integer"}, "at": {"type": "string", "format": "date-time"},
+                       "action": {"type": "string", "enum": ["open_door"]},
+                       "outcome": {"type": "string", "enum": ["opened", "refused", "failed"]},
+                       "by": _DEVICE, "call_id": {"type": "string"},
+                       "door_id": {"type": ["string", "null"]}, "detail": {"type": ["string", "null"]}}},
+}
+
+
+def _page(key: str, item: str) -> dict[str, Any]:
+    return {"type": "object", "required": [key, "next"], "properties": {
+        key: {"type": "array", "items": _ref(item)}, "next": {"type": ["string", "null"]}}}
+
+
+def _list(key: str, item: str) -> dict[str, Any]:
+    return {"type": "object", "required": [key], "properties": {key: {"type": "array", "items": _ref(item)}}}
+
+
+def _body(schema: str, required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": {"application/json": {"schema": _ref(schema)}}}
+
+
+_SITE_ID = _path_id("site_id", "the site")
+_USER_ID = _path_id("user_id", "the user")
+
+PATHS: dict[str, Any] = {
+    "/v1/sites": {
+        "post": {"summary": "Create a site: one building or household", "operationId": "createSite",
+                 "security": _API_ONLY, "requestBody": _body("NewSite"),
+                 "responses": {"201": _json(_ref("Site"), "the new site"), **_errors(409)}},
+        "get": {"summary": "List the sites", "operationId": "listSites", "security": _API_ONLY,
+                "responses": {"200": _json(_list("sites", "Site"), "every site"), **_errors()}},
+    },
+    "/v1/sites/{site_id}": {
+        "get": {"summary": "One site", "operationId": "getSite", "security": _API_ONLY, "parameters": [_SITE_ID],
+                "responses": {"200": _json(_ref("Site"), "the site"), **_errors(404)}},
+    },
+    "/v1/sites/{site_id}/users": {
+        "get": {"summary": "The door stations and residents of a site", "operationId": "listSiteUsers",
+                "security": _API_ONLY, "parameters": [_SITE_ID],
+                "responses": {"200": _json(_list("users", "User"), "the site's users"), **_errors(404)}},
+    },
+    "/v1/sites/{site_id}/audit": {
+        "get": {"summary": "Door openings, refusals and failures of a site, newest first", "operationId": "listAudit",
+                "security": _API_ONLY, "parameters": [_SITE_ID, _LIMIT, _NEXT],
+                "responses": {"200": _json(_page("events", "AuditEvent"), "a page of the audit log"),
+                              **_errors(404)}},
+    },
+    "/v1/users": {
+        "post": {"summary": "Create a door station or a resident", "operationId": "createUser",
+                 "security": _API_ONLY, "requestBody": _body("NewUser"),
+                 "responses": {"201": _json(_ref("User"), "the new user"), **_errors(404, 409)}},
+    },
+    "/v1/users/{user_id}": {
+        "get": {"summary": "One user", "operationId": "getUser", "security": _API_ONLY, "parameters": [_USER_ID],
+                "responses": {"200": _json(_ref("User"), "the user"), **_errors(404)}},
+    },
+    "/v1/users/{user_id}/tokens": {
+        "post": {"summary": "Issue an access token", "operationId": "issueToken", "security": _API_ONLY,
+                 "parameters": [_USER_ID], "requestBody": _body("NewToken", required=False),
+                 "responses": {"201": _json(_ref("IssuedToken"), "the token, shown once"), **_errors(404)}},
+        "get": {"summary": "The user's live tokens, without secrets", "operationId": "listTokens",
+                "security": _API_ONLY, "parameters": [_USER_ID],
+                "responses": {"200": _json(_list("tokens", "TokenInfo"), "the tokens"), **_errors(404)}},
+    },
+    "/v1/users/{user_id}/tokens/{token_id}": {
+        "delete": {"summary": "Revoke a token", "operationId": "revokeToken", "security": _API_ONLY,
+                   "parameters": [_USER_ID, {"name": "token_id", "in": "path", "required": True,
+                                             "schema": {"type": "string", "minLength": 1}}],
+                   "responses": {"204": {"description": "revoked"}, **_errors(404)}},
+    },
+    "/v1/direct_calls": {
+        "get": {"summary": "Call history, newest first", "operationId": "listCalls", "security": _API_OR_PARTY,
+                "description": "With an access token: only the calls its user was a party of.",
+                "parameters": [{"name": "user_id", "in": "query", "required": False,
+                                "schema": {"type": "string", "pattern": ID_PATTERN}}, _LIMIT, _NEXT],
+                "responses": {"200": _json(_page("calls", "Call"), "a page of calls"), **_errors(403, 404)}},
+    },
+    "/v1/direct_calls/{call_id}": {
+        "get": {"summary": "One call with its timeline", "operationId": "getCall", "security": _API_OR_PARTY,
+                "parameters": [_CALL_ID],
+                "responses": {"200": _json(_ref("CallWithTimeline"), "the call"), **_errors(404)}},
+    },
+    "/v1/direct_calls/{call_id}/snapshot": {
+        "get": {"summary": "The visitor's picture taken with the dial", "operationId": "getSnapshot",
+                "security": _API_OR_PARTY, "parameters": [_CALL_ID],
+                "responses": {"200": {"description": "the JPEG",
+                                      "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}},
+                              **_errors(404)}},
+    },
+}
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "Intercom Platform API", "version": "1",
+             "description": "Provisioning and call history of an Intercom signaling server. The WebSocket "
+                            "protocol at /v1/ws is described in docs/protocol.md."},
+    "paths": PATHS,
+    "components": {
+        "schemas": SCHEMAS,
+        "responses": {f"E{s}": _json(_ref("Error"), d) for s, d in
+                      ((400, "the request is malformed; nothing was changed"), (401, "no or wrong credentials"),
+                       (403, "these credentials may not do this"), (404, "no such resource"),
+                       (409, "the resource already exists"))},
+        "securitySchemes": {
+            "ApiToken": {"type": "apiKey", "in": "header", "name": "Api-Token",
+                         "description": "the server's master token"},
+            "AccessToken": {"type": "http", "scheme": "bearer",
+                            "description": "a party's own access token (a resident's web app)"},
+        },
+    },
+}
