@@ -107,8 +107,10 @@ class ServerUnderTest:
         client.device_id = reply["device_id"]
         return client
 
-    async def api(self, method: str, path: str, body: Any = None, token: str | None = API_TOKEN) -> tuple[int, Any]:
-        headers = {"Api-Token": token} if token is not None else {}
+    async def api(self, method: str, path: str, body: Any = None, token: str | None = API_TOKEN,
+                  bearer: str | None = None) -> tuple[int, Any]:
+        """A Platform API call with the master token, or as a party with `bearer` (its access token)."""
+        headers = {"Authorization": f"Bearer {bearer}"} if bearer else {"Api-Token": token} if token else {}
         async with self.http.request(method, self.url + path, json=body, headers=headers) as resp:
             data = await resp.json() if resp.content_type == "application/json" else await resp.read()
             return resp.status, data

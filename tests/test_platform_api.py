@@ -85,3 +85,64 @@ async def test_call_history_newest_first_paged_with_timeline_and_snapshot(server
     assert (await server.api("GET", "/v1/direct_calls/call_nope"))[0] == 404
     assert (await server.api("GET", "/v1/direct_calls?limit=0"))[0] == 400
     assert (await server.api("GET", "/v1/direct_calls?user_id=ghost"))[0] == 404
+
+
+async def test_the_parties_of_a_call_fetch_its_snapshot_with_their_own_token(server):
+    door = await server.signed_in("door", server.user("door", kind="door"), "door")
+    alice_token, bob_token = server.user("alice"), server.user("bob")
+    stranger_token = server.user("mallory", site="other")
+    call_id = (await door.request("dial", callees=["alice", "bob"], offer=OFFER, snapshot="/9j/4AAQ"))["call_id"]
+    path = f"/v1/direct_calls/{call_id}/snapshot"
+    for token in (alice_token, bob_token):  # every callee was rung, so each may see who rang
+        status, jpeg = await server.api("GET", path, bearer=token)
+        assert status == 200 and jpeg.startswith(b"\xff\xd8\xff")
+    status, body = await server.api("GET", path, bearer=stranger_token)
+    assert status == 404 and body["error"]["code"] == "not_found"  # as if the call did not exist
+    assert (await server.api("GET", f"/v1/direct_calls/{call_id}", bearer=stranger_token))[0] == 404
+    status, call = await server.api("GET", f"/v1/direct_calls/{call_id}", bearer=alice_token)
+    assert status == 200 and call["has_snapshot"] is True
+    token_id = server.store.list_tokens("alice")[0]["token_id"]
+    server.store.revoke_token("alice", token_id)
+    assert (await server.api("GET", path, bearer=alice_token))[0] == 401
+    assert (await server.api("GET", path, bearer="ict_made_up"))[0] == 401
+
+
+async def test_a_party_lists_only_its_own_calls_and_cannot_use_the_admin_calls(server):
+    door = await server.signed_in("door", server.user("door", kind="door"), "door")
+    alice_token = server.user("alice")
+    server.user("bob")
+    for callee in ("alice", "bob", "alice"):
+        call_id = (await door.request("dial", callees=[callee], offer=OFFER))["call_id"]
+        await door.request("end", call_id=call_id)
+    status, page = await server.api("GET", "/v1/direct_calls", bearer=alice_token)
+    assert status == 200 and [c["callees"] for c in page["calls"]] == [["alice"], ["alice"]]
+    status, body = await server.api("GET", "/v1/direct_calls?user_id=bob", bearer=alice_token)
+    assert status == 403 and body["error"]["code"] == "forbidden"
+    assert (await server.api("GET", "/v1/users/alice", bearer=alice_token))[0] == 401
+    assert (await server.api("GET", "/v1/sites/home/audit", bearer=alice_token))[0] == 401
+
+
+async def test_sites_and_their_users_are_listed(server):
+    server.user("door", kind="door")
+    server.user("alice")
+    server.user("mallory", site="other")
+    status, body = await server.api("GET", "/v1/sites")
+    assert status == 200 and [s["site_id"] for s in body["sites"]] == ["home", "other"]
+    status, body = await server.api("GET", "/v1/sites/home/users")
+    assert [(u["user_id"], u["kind"]) for u in body["users"]] == [("alice", "resident"), ("door", "door")]
+    assert (await server.api("GET", "/v1/sites/nowhere/users"))[0] == 404
+
+
+async def test_the_audit_log_pages_newest_first(server):
+    phone = await server.signed_in("alice", server.user("alice"), "phone")
+    for i in range(5):  # refusals are logged too: no call with these ids
+        await phone.request("action", call_id=f"call_{i}", name="open_door")
+    seen, cursor = [], None
+    while True:
+        status, page = await server.api("GET", "/v1/sites/home/audit?limit=2" + (f"&next={cursor}" if cursor else ""))
+        assert status == 200
+        seen += [e["call_id"] for e in page["events"]]
+        if (cursor := page["next"]) is None:
+            break
+    assert seen == [f"call_{i}" for i in reversed(range(5))]
+    assert (await server.api("GET", "/v1/sites/home/audit?next=zzz"))[0] == 400

@@ -219,3 +219,61 @@ async def test_authenticating_twice_on_one_connection_is_a_conflict(server):
     again = await client.request("authenticate", user_id="alice", access_token=token)
     assert again["type"] == "error" and again["code"] == "conflict"
     assert (await client.request("ping"))["type"] == "ok"
+
+
+async def _frames_in_one_write(*pairs):
+    """Send one request on each client in the same loop iteration, so the server reads them
+    back to back: the closest two devices can come to acting at the same instant. Returns the
+    replies in the order of `pairs`."""
+    futures, sends = [], []
+    for client, kind, body in pairs:
+        rid = f"race-{kind}-{id(client)}"
+        futures.append(fut := asyncio.get_running_loop().create_future())
+        client.replies[rid] = fut
+        sends.append(client.ws.send_str(json.dumps({"type": kind, "id": rid, **body})))
+    await asyncio.gather(*sends)
+    return await asyncio.wait_for(asyncio.gather(*futures), 5)
+
+
+@pytest.mark.parametrize("round_", range(5))
+async def test_two_accepts_in_the_same_instant_one_wins_and_nobody_hears_twice(server, round_):
+    door, alice_phone, alice_tablet, bob = await site_with_door_and_residents(server)
+    call_id = (await door.request("dial", callees=["alice", "bob"], offer=OFFER))["call_id"]
+    contenders = (alice_tablet, bob) if round_ % 2 else (bob, alice_tablet)
+    for device in (alice_phone, alice_tablet, bob):
+        await device.next("incoming")
+    replies = await _frames_in_one_write(*[(c, "accept", {"call_id": call_id, "answer": ANSWER}) for c in contenders])
+    assert sorted(r["type"] for r in replies) == ["error", "ok"]
+    winner, loser = contenders if replies[0]["type"] == "ok" else contenders[::-1]
+    assert replies[[*contenders].index(loser)]["code"] == "conflict"
+    accepted = await door.next("accepted")
+    assert accepted["by"] == {"user_id": "alice" if winner is alice_tablet else "bob", "device_id": winner.device_id}
+    assert (await loser.next("ended"))["reason"] == "other_device_accepted"
+    assert (await alice_phone.next("ended"))["reason"] == "other_device_accepted"
+    for client in (door, loser, alice_phone):  # nothing else: one accepted, one ended each
+        await client.request("ping")
+        assert [e["type"] for e in [client.inbox.get_nowait() for _ in range(client.inbox.qsize())]] == ["pong"]
+
+
+@pytest.mark.parametrize("round_", range(6))
+async def test_an_end_crossing_an_accept_leaves_one_consistent_outcome(server, round_):
+    door, alice_phone, _, _ = await site_with_door_and_residents(server)
+    call_id = (await door.request("dial", callees=["alice"], offer=OFFER))["call_id"]
+    await alice_phone.next("incoming")
+    end = (door, "end", {"call_id": call_id})
+    accept = (alice_phone, "accept", {"call_id": call_id, "answer": ANSWER})
+    if round_ % 2:
+        end_reply, accept_reply = await _frames_in_one_write(end, accept)
+    else:
+        accept_reply, end_reply = await _frames_in_one_write(accept, end)
+    assert end_reply["type"] == "ok"
+    door_events = [await door.next("ended")]
+    phone_ended = await alice_phone.next("ended")
+    record = server.store.get_call(call_id)
+    if accept_reply["type"] == "ok":  # the accept got there first: the door hung up a live call
+        assert record["end_reason"] == "completed" and phone_ended["reason"] == "completed"
+        assert record["accepted_by"]["device_id"] == "phone"
+    else:  # the end got there first: the phone's accept crossed a canceled call
+        assert accept_reply["code"] == "conflict"
+        assert record["end_reason"] == "canceled" and phone_ended["reason"] == "canceled"
+    assert door_events[0]["reason"] == record["end_reason"]

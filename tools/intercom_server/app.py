@@ -93,7 +93,7 @@ async def _websocket(request: web.Request) -> web.WebSocketResponse:
 Handler = Callable[[web.Request], Awaitable[Any]]
 #: Set on a request that a party (a resident or a door) made with its own access token; absent
 #: when the master Api-Token was given. Such a caller sees only calls it was a party of.
-VIEWER = "intercom.viewer"
+VIEWER = web.RequestKey("viewer", str)
 
 
 def _api(handler: Handler, parties: bool = False) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:

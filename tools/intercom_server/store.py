@@ -267,7 +267,7 @@ class Store:
                          if row["ended_by_user"] else None),
             "duration_s": (round(row["ended_at"] - row["accepted_at"], 3)
                            if row["ended_at"] and row["accepted_at"] else None),
-            "has_snapshot": row["has_snapshot"],
+            "has_snapshot": bool(row["has_snapshot"]),
         }
         if timeline:
             result["timeline"] = json.loads(row["timeline"])
