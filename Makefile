@@ -6,6 +6,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # libasound2-dev: pyalsaaudio builds against ALSA's headers. gcc and pkg-config build it.
 SYSTEM_PACKAGES := libasound2-dev gcc pkg-config
+# coturn: the TURN tests start a real turnserver on loopback.
+TEST_SYSTEM_PACKAGES := coturn
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test system-packages clean
@@ -35,6 +37,12 @@ $(VENV)/.installed: pyproject.toml $(VENV)/.system-packages
 	@touch $@
 
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
+	@missing=""; \
+	for p in $(TEST_SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing system packages for the tests:$$missing"; \
+	  $(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends $$missing; \
+	fi
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	@touch $@
 

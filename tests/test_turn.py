@@ -1,0 +1,98 @@
+"""TURN credentials minted per session, checked by a real coturn on loopback."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from typing import Iterator
+
+import pytest
+from aiortc import RTCPeerConnection
+
+from intercom.media.peer import rtc_configuration
+from intercom_server.hub import HubSettings
+from intercom_server.ice import IceSettings, TurnSettings, turn_credentials
+
+SECRET = "coturn-shared-secret-for-tests"
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """coturn in shared-secret mode, relaying on loopback only; yields its turn: URL."""
+    binary = shutil.which("turnserver")
+    assert binary, "turnserver not found: `make test` installs Debian's coturn package"
+    workdir = tmp_path_factory.mktemp("coturn")
+    port = _free_udp_port()
+    relay_low = 40000 + port % 20000
+    proc = subprocess.Popen(
+        [binary, "-n", "--listening-ip=127.0.0.1", f"--listening-port={port}", "--relay-ip=127.0.0.1",
+         f"--min-port={relay_low}", f"--max-port={relay_low + 50}", "--use-auth-secret",
+         f"--static-auth-secret={SECRET}", "--realm=intercom.test", "--no-tls", "--no-dtls", "--no-cli",
+         "--allow-loopback-peers", "--log-file=stdout", "--simple-log", f"--userdb={workdir / 'turndb'}",
+         f"--pidfile={workdir / 'pid'}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ready = threading.Event()
+    log: list[str] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.append(line)
+            if "Total General servers" in line:
+                ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    assert ready.wait(15), "coturn did not start:\n" + "".join(log)
+    yield f"turn:127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(10)
+
+
+async def _candidate_types(ice_servers: list[dict]) -> set[str]:
+    pc = RTCPeerConnection(rtc_configuration(ice_servers))
+    try:
+        pc.createDataChannel("probe")
+        await pc.setLocalDescription(await pc.createOffer())  # returns once gathering is complete
+        lines = [line for line in pc.localDescription.sdp.splitlines() if line.startswith("a=candidate:")]
+        return {line.split(" typ ")[1].split()[0] for line in lines}
+    finally:
+        await pc.close()
+
+
+def test_credentials_name_their_expiry_and_user_and_differ_per_user():
+    username, password = turn_credentials(SECRET, "alice", 600, now=1_000_000)
+    assert username == "1000600:alice"
+    assert password != turn_credentials(SECRET, "bob", 600, now=1_000_000)[1]
+    assert password != turn_credentials("another-secret", "alice", 600, now=1_000_000)[1]
+
+
+async def test_the_server_hands_out_turn_credentials_that_coturn_accepts(coturn, server):
+    server.settings.ice = IceSettings(static=[{"urls": "stun:127.0.0.1:3478"}],
+                                      turn=TurnSettings(urls=[coturn], shared_secret=SECRET, ttl_s=600))
+    client = await server.connect()
+    reply = await client.request("authenticate", user_id="alice", access_token=server.user("alice"))
+    stun, turn = reply["ice_servers"]
+    assert stun == {"urls": "stun:127.0.0.1:3478"}
+    expiry, user = turn["username"].split(":")
+    assert user == "alice" and 590 <= int(expiry) - time.time() <= 600
+    assert "relay" in await _candidate_types([turn])
+
+
+async def test_expired_or_forged_credentials_get_no_relay(coturn):
+    username, password = turn_credentials(SECRET, "alice", 600, now=time.time() - 3600)
+    assert "relay" not in await _candidate_types([{"urls": coturn, "username": username, "credential": password}])
+    username, password = turn_credentials("guessed-secret", "alice", 600, now=time.time())
+    assert "relay" not in await _candidate_types([{"urls": coturn, "username": username, "credential": password}])
+
+
+def test_turn_is_off_unless_configured():
+    assert HubSettings().ice.for_user("alice", time.time()) == []
