@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import re
 from typing import Any, Awaitable, Callable
 
 from aiohttp import WSMsgType, web
@@ -13,7 +14,7 @@ from intercom.core import messages as m
 from intercom.core.messages import CLOSE_UNAUTHENTICATED, PROTOCOL_PATH
 
 from .hub import Hub, HubSettings
-from .openapi import OPENAPI
+from .openapi import AUDIT_CURSOR, CALLS_CURSOR, OPENAPI
 from .store import Forbidden, NotFound, Store, StoreError
 
 log = logging.getLogger("intercom.server")
@@ -177,10 +178,7 @@ async def _get_site_users(request: web.Request) -> Any:
 async def _get_audit(request: web.Request) -> Any:
     limit = _limit(request)
     text = request.query.get("next")
-    try:
-        before = int(text) if text else None
-    except ValueError:
-        raise StoreError("next is not a cursor this server gave") from None
+    before = int(_cursor(text, AUDIT_CURSOR)) if text else None
     rows = request.app[STORE].list_audit(request.match_info["site_id"], limit + 1, before)
     page, more = rows[:limit], len(rows) > limit
     return {"events": page, "next": str(page[-1]["audit_id"]) if more else None}
@@ -213,12 +211,15 @@ def _cursor_out(cursor: tuple[float, str]) -> str:
     return f"{cursor[0]!r}:{cursor[1]}"
 
 
+def _cursor(text: str, pattern: str) -> str:
+    if not re.fullmatch(pattern, text):
+        raise StoreError("next is not a cursor this server gave")
+    return text
+
+
 def _cursor_in(text: str) -> tuple[float, str]:
-    ts, _, call_id = text.partition(":")
-    try:
-        return float(ts), call_id
-    except ValueError:
-        raise StoreError("next is not a cursor this server gave") from None
+    ts, _, call_id = _cursor(text, CALLS_CURSOR).partition(":")
+    return float(ts), call_id
 
 
 def _limit(request: web.Request) -> int:

@@ -32,8 +32,16 @@ def _path_id(name: str, description: str) -> dict[str, Any]:
 _CALL_ID = {"name": "call_id", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
 _LIMIT = {"name": "limit", "in": "query", "required": False, "description": "page size",
           "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}}
-_NEXT = {"name": "next", "in": "query", "required": False,
-         "description": "the `next` of the previous page, as given", "schema": {"type": "string"}}
+def _next(pattern: str) -> dict[str, Any]:
+    return {"name": "next", "in": "query", "required": False,
+            "description": "the `next` of the previous page, as given", "schema": {"type": "string", "pattern": pattern}}
+
+
+#: The paging cursors: what the server hands out, and all it accepts back.
+CALLS_CURSOR = r"^[0-9]{1,12}(\.[0-9]{1,20})?:[A-Za-z0-9_]{1,64}$"
+AUDIT_CURSOR = r"^[0-9]{1,18}$"
+_CALLS_NEXT = _next(CALLS_CURSOR)
+_AUDIT_NEXT = _next(AUDIT_CURSOR)
 _API_ONLY = [{"ApiToken": []}]
 _API_OR_PARTY = [{"ApiToken": []}, {"AccessToken": []}]
 _NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
@@ -142,7 +150,7 @@ PATHS: dict[str, Any] = {
     },
     "/v1/sites/{site_id}/audit": {
         "get": {"summary": "Door openings, refusals and failures of a site, newest first", "operationId": "listAudit",
-                "security": _API_ONLY, "parameters": [_SITE_ID, _LIMIT, _NEXT],
+                "security": _API_ONLY, "parameters": [_SITE_ID, _LIMIT, _AUDIT_NEXT],
                 "responses": {"200": _json(_page("events", "AuditEvent"), "a page of the audit log"),
                               **_errors(404)}},
     },
@@ -173,7 +181,7 @@ PATHS: dict[str, Any] = {
         "get": {"summary": "Call history, newest first", "operationId": "listCalls", "security": _API_OR_PARTY,
                 "description": "With an access token: only the calls its user was a party of.",
                 "parameters": [{"name": "user_id", "in": "query", "required": False,
-                                "schema": {"type": "string", "pattern": ID_PATTERN}}, _LIMIT, _NEXT],
+                                "schema": {"type": "string", "pattern": ID_PATTERN}}, _LIMIT, _CALLS_NEXT],
                 "responses": {"200": _json(_page("calls", "Call"), "a page of calls"), **_errors(403, 404)}},
     },
     "/v1/direct_calls/{call_id}": {
