@@ -114,6 +114,14 @@ class Process:
         except OSError:
             return "(no log)"
 
+    async def kill(self) -> int:
+        """SIGKILL: a power cut or a crash, with no chance to tidy up."""
+        if self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+        await asyncio.gather(self._reader, return_exceptions=True)
+        return self.proc.returncode  # type: ignore[return-value]
+
     async def stop(self, timeout: float = 10.0) -> int:
         if self.proc.returncode is None:
             self.proc.terminate()
@@ -195,9 +203,9 @@ class Installation:
         config["listen"]["port"] = int(self.http_url.rsplit(":", 1)[1])
         config_path.write_text(yaml.safe_dump(config))
 
-    async def stop_server(self) -> None:
+    async def stop_server(self, crash: bool = False) -> None:
         assert self.server is not None
-        await self.server.stop()
+        await (self.server.kill() if crash else self.server.stop())
         self.processes.remove(self.server)
 
     async def restart_server(self) -> None:
