@@ -172,6 +172,20 @@ async def test_a_door_may_only_call_residents_of_its_own_site(server):
     assert server.store.list_calls(None, 10, None) == []
 
 
+async def test_a_resident_may_only_call_doors_of_its_own_site(server):
+    server.user("bob")
+    server.user("far_door", kind="door", site="elsewhere")
+    door = await server.signed_in("door", server.user("door", kind="door"), "door")
+    alice = await server.signed_in("alice", server.user("alice"), "phone")
+    for callees in (["bob"], ["far_door"], ["door", "bob"]):
+        reply = await alice.request("dial", callees=callees, offer=OFFER)
+        assert reply["code"] == "forbidden", callees
+    assert server.store.list_calls(None, 10, None) == []
+    call_id = (await alice.request("dial", callees=["door"], offer=OFFER))["call_id"]
+    incoming = await door.next("incoming")
+    assert incoming["call_id"] == call_id and incoming["caller"]["user_id"] == "alice"
+
+
 async def test_a_stranger_cannot_end_or_accept_someone_elses_call(server):
     door, alice_phone, _, _ = await site_with_door_and_residents(server)
     mallory = await server.signed_in("mallory", server.user("mallory"), "laptop")
