@@ -291,3 +291,15 @@ async def test_an_end_crossing_an_accept_leaves_one_consistent_outcome(server, r
         assert accept_reply["code"] == "conflict"
         assert record["end_reason"] == "canceled" and phone_ended["reason"] == "canceled"
     assert door_events[0]["reason"] == record["end_reason"]
+
+
+@pytest.mark.parametrize("settings", [HubSettings(max_duration_s=0.4)])
+async def test_a_call_longer_than_the_maximum_ends_timed_out_for_both(server):
+    door, alice_phone, _, _ = await site_with_door_and_residents(server)
+    call_id = (await door.request("dial", callees=["alice"], offer=OFFER))["call_id"]
+    await alice_phone.next("incoming")
+    await alice_phone.request("accept", call_id=call_id, answer=ANSWER)
+    for party in (door, alice_phone):
+        ended = await party.next("ended")
+        assert ended["reason"] == "timed_out" and ended["by"] is None
+    assert server.store.get_call(call_id)["end_reason"] == "timed_out"
