@@ -44,6 +44,8 @@ async def test_a_press_rings_the_resident_who_sees_and_hears_the_visitor(site, t
     await press(door)
     incoming = await alice.wait_for_event("incoming")
     assert incoming["caller"] == {"user_id": "frontdoor", "display_name": "Front door", "kind": "door"}
+    snapshot = await alice.wait_for_event("snapshot")  # the phone shows who is at the door
+    assert snapshot["jpeg"] and snapshot["bytes"] > 1000 and snapshot["content_type"] == "image/jpeg"
     await alice.wait_for_event("answered")
     in_call = await door.wait_status(lambda s: s["state"] == "connected")
     assert in_call["call"]["peer"]["user_id"] == "alice"

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import aiohttp
 import av
 import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
@@ -87,6 +88,7 @@ class Resident:
         self.policy = policy
         self.report = report
         self.client = SignalingClient(**client_args, on_event=self._event, on_connection=self._connection)
+        self._token: str = client_args["access_token"]
         self.call: ClientCall | None = None
         self.pc: RTCPeerConnection | None = None
         self.reception = Reception()
@@ -123,9 +125,30 @@ class Resident:
             self.reception = Reception()
             self.report("incoming", {"call_id": event["call_id"], "caller": event["caller"],
                                      "snapshot_url": event.get("snapshot_url")})
+            if event.get("snapshot_url"):
+                self._spawn(self._fetch_snapshot(event["call_id"], event["snapshot_url"]))
             self._spawn(self._respond(event))
         elif kind == "ended" and self.call is not None and event.get("call_id") == self.call.call_id:
             self._spawn(self._finish(event.get("reason", "unknown")))
+
+    async def _fetch_snapshot(self, call_id: str, path: str) -> None:
+        """What a ringing phone shows: the visitor's picture, fetched with our own token."""
+        base = self.client.url.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
+        base = base.split("/v1/ws", 1)[0]
+        headers = {"Authorization": f"Bearer {self._token}"}
+        try:
+            async with aiohttp.ClientSession() as http:
+                async with http.get(base + path, headers=headers, timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                    body = await resp.read()
+                    status, kind = resp.status, resp.content_type
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.report("snapshot_failed", {"call_id": call_id, "error": str(exc)})
+            return
+        if status != 200:
+            self.report("snapshot_failed", {"call_id": call_id, "error": f"HTTP {status}"})
+            return
+        self.report("snapshot", {"call_id": call_id, "bytes": len(body), "content_type": kind,
+                                 "jpeg": body.startswith(b"\xff\xd8\xff")})
 
     async def _respond(self, event: dict[str, Any]) -> None:
         assert self.call is not None
