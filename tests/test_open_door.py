@@ -60,6 +60,17 @@ async def test_the_doors_refusal_decides_the_reply(server):
     assert event["outcome"] == "refused" and "relay is already open" in event["detail"]
 
 
+@pytest.mark.parametrize("reply", [{"type": "error", "code": ["not", "a", "code"], "message": {"x": 1}},
+                                   {"type": "error", "code": "made_up"}])
+async def test_a_garbled_refusal_from_the_door_is_still_a_refusal(server, reply):
+    door, phone, call_id = await _live_call(server)
+    reply_task = asyncio.create_task(phone.request("action", call_id=call_id, name="open_door"))
+    await _door_answers(door, reply)
+    answer = await reply_task
+    assert answer["type"] == "error" and answer["code"] == "internal"
+    assert [e["outcome"] for e in await _audit(server)] == ["refused"]
+
+
 @pytest.mark.parametrize("settings", [HubSettings(door_reply_timeout_s=0.3)])
 async def test_a_door_that_does_not_answer_fails_the_action_and_it_is_logged(server):
     door, phone, call_id = await _live_call(server)

@@ -28,6 +28,7 @@ from .store import Store
 
 log = logging.getLogger("intercom.server")
 
+_ERROR_CODES = frozenset(str(c) for c in ErrorCode)
 RECENT_CALLS_S = 120.0
 RECENT_CALLS_MAX = 10_000
 
@@ -66,6 +67,7 @@ class Connection:
         self.pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._max_queue = limits.send_queue
         self.closed = False
+        self._closer: asyncio.Task[None] | None = None
         self.queue: asyncio.Queue[str | None] = asyncio.Queue()
         self.writer = asyncio.get_running_loop().create_task(self._write())
 
@@ -76,7 +78,7 @@ class Connection:
             # A client that does not read would make the server hold its messages forever.
             log.warning("%s does not read its messages; closing it", self.peer)
             self.writer.cancel()
-            asyncio.get_running_loop().create_task(self.close(1008, "too many unread messages"))
+            self._closer = asyncio.get_running_loop().create_task(self.close(1008, "too many unread messages"))
             return
         self.queue.put_nowait(m.encode(message))
 
@@ -372,7 +374,8 @@ class Hub:
             self._audit(conn, call_id, door_conn.device, "opened", None, time.time())
             conn.send(m.ok(req.id))
             return
-        code = reply.get("code") if reply.get("code") in set(ErrorCode) else ErrorCode.INTERNAL
+        code = reply.get("code")
+        code = code if isinstance(code, str) and code in _ERROR_CODES else ErrorCode.INTERNAL
         message = str(reply.get("message") or "no reason given")[:200]
         self._audit(conn, call_id, door_conn.device, "refused", f"the door: {message}", time.time())
         conn.send(m.error(req.id, code, f"the door refused: {message}"))
