@@ -72,7 +72,7 @@ class Connection:
         self.writer = asyncio.get_running_loop().create_task(self._write())
 
     def send(self, message: dict[str, Any]) -> None:
-        if self.closed:
+        if self.closed or self._closer is not None:
             return
         if self.queue.qsize() >= self._max_queue:
             # A client that does not read would make the server hold its messages forever.
