@@ -127,11 +127,14 @@ class Store:
         row = self.db.execute("SELECT * FROM sites WHERE site_id = ?", (site_id,)).fetchone()
         if row is None:
             raise NotFound(f"no site '{site_id}'")
-        return {"site_id": row["site_id"], "name": row["name"], "created_at": iso(row["created_at"])}
+        return self._site_json(row)
 
     def list_sites(self) -> list[dict[str, Any]]:
-        rows = self.db.execute("SELECT * FROM sites ORDER BY site_id").fetchall()
-        return [{"site_id": r["site_id"], "name": r["name"], "created_at": iso(r["created_at"])} for r in rows]
+        return [self._site_json(r) for r in self.db.execute("SELECT * FROM sites ORDER BY site_id")]
+
+    @staticmethod
+    def _site_json(row: sqlite3.Row) -> dict[str, Any]:
+        return {"site_id": row["site_id"], "name": row["name"], "created_at": iso(row["created_at"])}
 
     def list_users(self, site_id: str) -> list[dict[str, Any]]:
         self.get_site(site_id)
