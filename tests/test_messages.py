@@ -1,8 +1,11 @@
 """The wire format: what the server accepts, and the exact error for what it does not."""
 
 import json
+import time
 
 import pytest
+
+from intercom.core.calls import iso
 
 from intercom.core import messages as m
 from intercom.core.messages import ErrorCode, ProtocolError, Request
@@ -22,6 +25,7 @@ def test_every_request_type_parses_with_its_fields():
         "decline": {"call_id": "c1"},
         "end": {"call_id": "c1"},
         "action": {"call_id": "c1", "name": "open_door"},
+        "missed": {"callees": ["alice"], "pressed_at": iso(time.time() - 600), "snapshot": "AAAA"},
         "ping": {},
         "deauthenticate": {},
     }
@@ -76,3 +80,16 @@ def test_snapshot_over_256_kib_is_refused():
 def test_clients_keep_unknown_fields_of_server_events():
     event = m.parse_incoming('{"type": "ringing", "call_id": "c", "devices": 2, "future_field": 1}')
     assert event["future_field"] == 1
+
+
+@pytest.mark.parametrize("pressed_at, why", [
+    ("yesterday", "ISO 8601"),
+    ("2026-11-21T09:30:00", "time zone"),
+    (iso(time.time() + 3600), "not in the future"),
+    (iso(time.time() - 8 * 24 * 3600), "last 7 days"),
+    (1732181400, "ISO 8601"),
+])
+def test_a_missed_press_needs_a_recent_time_with_its_zone(pressed_at, why):
+    with pytest.raises(ProtocolError) as exc:
+        parse({"type": "missed", "id": "r1", "callees": ["alice"], "pressed_at": pressed_at})
+    assert exc.value.code is ErrorCode.BAD_REQUEST and why in exc.value.message and exc.value.re == "r1"

@@ -33,6 +33,25 @@ def _alsa_device(value: Any) -> None:
 _ALSA_HELP = 'an ALSA PCM name; write "null" in quotes for the silent device'
 
 PIN = (int, str)
+CAMERA_BACKENDS = ("test_pattern", "picamera2", "v4l2")
+SITE_RESIDENTS = "site_residents"
+
+
+def _even_in(low: int, high: int) -> Any:
+    bounds = in_range(low, high)
+
+    def check(value: Any) -> None:
+        bounds(value)
+        if value % 4:
+            raise ValueError(f"must be a multiple of 4 (the encoder's blocks), not {value}")
+    return check
+
+
+def _callers(value: Any) -> None:
+    if isinstance(value, str) and value != SITE_RESIDENTS:
+        raise ValueError(f"must be {SITE_RESIDENTS} or a list of user ids, not {value!r}")
+    if isinstance(value, list) and not all(isinstance(v, str) and v for v in value):
+        raise ValueError("must list user ids (strings)")
 
 SCHEMA: dict[str, Field] = {
     "server": Field(required=True, schema={
@@ -50,19 +69,32 @@ SCHEMA: dict[str, Field] = {
             "bell_bounce_s": Field(float, default=0.05, check=in_range(0, 1)),
             "status_led": Field(PIN, check=_pin),
             "status_led_active_high": Field(bool, default=True),
+            "backlight_led": Field(PIN, check=_pin, help="the bell button's own light"),
+            "backlight_active_high": Field(bool, default=True),
+            "relay": Field(PIN, check=_pin, help="the door strike's relay; without it the door cannot be opened"),
+            "relay_active_high": Field(bool, default=True),
+            "relay_pulse_s": Field(float, default=3.0, check=in_range(0.1, 30)),
         }),
         "camera": Field(schema={
-            "backend": Field(str, default="test_pattern", check=one_of("test_pattern")),
-            "width": Field(int, default=640, check=in_range(64, 1920)),
-            "height": Field(int, default=480, check=in_range(48, 1080)),
+            "backend": Field(str, default="test_pattern", check=one_of(*CAMERA_BACKENDS)),
+            "width": Field(int, default=640, check=_even_in(64, 1920)),
+            "height": Field(int, default=480, check=_even_in(48, 1080)),
             "fps": Field(float, default=15.0, check=in_range(1, 60)),
+            "bitrate": Field(int, default=1_000_000, check=in_range(100_000, 10_000_000), help="H.264 bits per second"),
+            "iperiod": Field(int, default=30, check=in_range(1, 600), help="frames between scheduled keyframes"),
+            "device": Field(str, default="/dev/video0", check=nonempty, help="v4l2 only"),
+            "format": Field(str, default="v4l2", check=nonempty, help="v4l2 only: the FFmpeg input format"),
+            "input_format": Field(str, default="h264", help="v4l2 only: ask the camera for this pixel format"),
         }),
         "microphone": Field(schema={
             "backend": Field(str, default="alsa", check=one_of("alsa", "tone")),
             "device": Field(str, default="default", check=_alsa_device, help=_ALSA_HELP),
+            "echo_cancellation": Field(bool, default=True),
+            "noise_suppression": Field(bool, default=True),
         }),
         "speaker": Field(schema={
             "device": Field(str, default="default", check=_alsa_device, help=_ALSA_HELP),
+            "tone_volume": Field(float, default=0.5, check=in_range(0, 1)),
         }),
     }),
     "calls": Field(required=True, schema={
@@ -70,6 +102,13 @@ SCHEMA: dict[str, Field] = {
             "residents": Field(list, required=True, check=nonempty, items=Field(str, check=nonempty)),
             "timeout_s": Field(float, default=30.0, check=in_range(1, 300)),
         })),
+        "auto_answer": Field(schema={
+            "callers": Field((str, list), default=SITE_RESIDENTS, check=_callers,
+                             help=f"{SITE_RESIDENTS}, or a list of user ids ([] for nobody)"),
+            "announce": Field(bool, default=True, help="play a tone at the door when a resident looks outside"),
+        }),
+        "max_call_s": Field(float, default=180.0, check=in_range(10, 3600)),
+        "warning_before_s": Field(float, default=15.0, check=in_range(0, 600)),
     }),
     "control": Field(schema={
         "socket": Field(str, default="/run/intercom/control.sock", check=nonempty),
@@ -95,6 +134,11 @@ class DoorConfig:
     speaker_device: str
     ring_groups: tuple[RingGroup, ...]
     control_socket: Path
+    auto_answer: tuple[str, ...] | None = None  # None: every resident of the site
+    announce: bool = True
+    max_call_s: float = 180.0
+    warning_before_s: float = 15.0
+    tone_volume: float = 0.5
     source: str = "<config>"
 
 
@@ -120,8 +164,15 @@ def _build(raw: dict[str, Any], path: Path) -> DoorConfig:
     if problems:
         raise ConfigError(str(path), problems)
     hw = raw["hardware"]
+    calls = raw["calls"]
+    if calls["warning_before_s"] >= calls["max_call_s"]:
+        raise ConfigError(str(path), [Problem("calls.warning_before_s", None, "must be shorter than calls.max_call_s")])
+    callers = calls["auto_answer"]["callers"]
     return DoorConfig(
         server_url=server["url"], user_id=server["user_id"], access_token=token or "", device_id=server["device_id"],
         pins=hw["pins"], camera=hw["camera"], microphone=hw["microphone"], speaker_device=hw["speaker"]["device"],
         ring_groups=tuple(RingGroup(tuple(g["residents"]), g["timeout_s"]) for g in raw["calls"]["ring_groups"]),
-        control_socket=(path.parent / raw["control"]["socket"]).resolve(), source=str(path))
+        control_socket=(path.parent / raw["control"]["socket"]).resolve(), source=str(path),
+        auto_answer=None if callers == SITE_RESIDENTS else tuple(callers),
+        announce=calls["auto_answer"]["announce"], max_call_s=calls["max_call_s"],
+        warning_before_s=calls["warning_before_s"], tone_volume=hw["speaker"]["tone_volume"])

@@ -1,4 +1,4 @@
-"""The door's pins through gpiozero: the bell button and the status LED.
+"""The door's pins through gpiozero: the bell button, two LEDs and the door-strike relay.
 
 The backend is a gpiozero pin factory named in the YAML: `lgpio` on a Pi, `mock` in the
 simulation and the tests. gpiozero calls back on the thread that saw the edge (lgpio's
@@ -12,16 +12,30 @@ import logging
 from importlib.metadata import entry_points
 from typing import Any, Callable
 
-from gpiozero import LED, Button, Factory
+from gpiozero import LED, Button, DigitalOutputDevice, Factory
 
 log = logging.getLogger("intercom.pins")
 
-# LED pattern per door state: (on seconds, off seconds), or steady on/off.
-PATTERNS: dict[str, tuple[float, float] | bool] = {
+Shape = tuple[float, float] | bool
+
+# Status LED pattern per door state: (on seconds, off seconds), or steady on/off.
+PATTERNS: dict[str, Shape] = {
     "idle": True,
     "calling": (0.2, 0.2),
     "connected": True,
+    "door_open": (0.05, 0.05),
     "offline": (0.1, 1.9),
+    "off": False,
+}
+
+# The button's backlight: lit so a visitor finds it at night, breathing while it rings. It
+# stays lit when the server is unreachable, because the bell still chimes then.
+BACKLIGHT: dict[str, Shape] = {
+    "idle": True,
+    "calling": (0.6, 0.6),
+    "connected": True,
+    "door_open": True,
+    "offline": True,
     "off": False,
 }
 
@@ -50,6 +64,17 @@ class Pins:
         self.led: LED | None = None
         if config["status_led"] is not None:
             self.led = LED(config["status_led"], active_high=config["status_led_active_high"], pin_factory=self.factory)
+        self.backlight: LED | None = None
+        if config.get("backlight_led") is not None:
+            self.backlight = LED(config["backlight_led"], active_high=config["backlight_active_high"],
+                                 pin_factory=self.factory)
+        self.relay: DigitalOutputDevice | None = None
+        if config.get("relay") is not None:
+            self.relay = DigitalOutputDevice(config["relay"], active_high=config["relay_active_high"],
+                                             initial_value=False, pin_factory=self.factory)
+        self.relay_pulse_s: float = config.get("relay_pulse_s", 3.0)
+        self.relay_pulses = 0
+        self._relay_off: asyncio.TimerHandle | None = None
         self.pattern = "off"
 
     def _pressed(self) -> None:
@@ -58,18 +83,39 @@ class Pins:
         self._loop.call_soon_threadsafe(self._on_press)
 
     def show(self, pattern: str) -> None:
+        if self.door_open and pattern != "off":
+            pattern = "door_open"
         if pattern == self.pattern:
             return
         self.pattern = pattern
-        if self.led is None:
-            return
-        shape = PATTERNS[pattern]
-        if shape is True:
-            self.led.on()
-        elif shape is False:
-            self.led.off()
-        else:
-            self.led.blink(on_time=shape[0], off_time=shape[1], background=True)
+        _drive(self.led, PATTERNS[pattern])
+        _drive(self.backlight, BACKLIGHT[pattern])
+
+    # -- the door strike -----------------------------------------------------------------------
+
+    @property
+    def door_open(self) -> bool:
+        return self.relay is not None and bool(self.relay.value)
+
+    def pulse_relay(self, on_done: Callable[[], None] | None = None) -> float:
+        """Energise the strike for the configured pulse; a second opening during a pulse
+        extends it. Timed on the event loop, so a stop() always releases it. Returns the pulse."""
+        if self.relay is None:
+            raise RuntimeError("no relay is configured (hardware.pins.relay)")
+        self.relay.on()
+        self.relay_pulses += 1
+        if self._relay_off is not None:
+            self._relay_off.cancel()
+
+        def release() -> None:
+            self._relay_off = None
+            if self.relay is not None:
+                self.relay.off()
+            if on_done is not None:
+                on_done()
+
+        self._relay_off = self._loop.call_later(self.relay_pulse_s, release)
+        return self.relay_pulse_s
 
     def simulate(self, pressed: bool) -> dict[str, Any]:
         """Press or release the bell as a finger would: through the pin when it is simulated,
@@ -88,9 +134,28 @@ class Pins:
             "bell_pressed": bool(self.button.is_pressed),
             "presses": self.presses,
             "status_led": None if self.led is None else {"pattern": self.pattern, "lit": bool(self.led.is_lit)},
+            "backlight": None if self.backlight is None else {"lit": bool(self.backlight.is_lit)},
+            "relay": None if self.relay is None else {"energised": self.door_open, "pulses": self.relay_pulses,
+                                                      "pulse_s": self.relay_pulse_s},
         }
 
     def close(self) -> None:
-        self.button.close()
-        if self.led is not None:
-            self.led.close()
+        """Release every pin; the strike is de-energised first, whatever was happening."""
+        if self._relay_off is not None:
+            self._relay_off.cancel()
+        if self.relay is not None:
+            self.relay.off()
+        for device in (self.relay, self.button, self.led, self.backlight):
+            if device is not None:
+                device.close()
+
+
+def _drive(led: LED | None, shape: Shape) -> None:
+    if led is None:
+        return
+    if shape is True:
+        led.on()
+    elif shape is False:
+        led.off()
+    else:
+        led.blink(on_time=shape[0], off_time=shape[1], background=True)

@@ -177,6 +177,15 @@ class SignalingClient:
         finally:
             self._pending.pop(rid, None)
 
+    def reconfigure(self, url: str, user_id: str, access_token: str, device_id: str | None) -> None:
+        """New server details (a reloaded config), used from the next connection on."""
+        self.url, self.user_id, self._token, self.device_id = url, user_id, access_token, device_id
+
+    def reconnect(self) -> None:
+        """Drop the current connection so the next one uses what `reconfigure` set."""
+        if self._ws is not None:
+            asyncio.get_running_loop().create_task(self._ws.close())
+
     async def close(self) -> None:
         self._closing = True
         if self._ws is not None:

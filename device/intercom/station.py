@@ -1,9 +1,11 @@
-"""The door station: a press places a video call; the call's life drives LEDs and media.
+"""The door station: a press places a video call; the call's life drives LEDs, tones and media.
 
-Everything that changes the call (a press, a server event, a media state change) goes
-through one inbox handled by one worker, in order. That removes the races between, say, the
-server's `ringing` arriving while the dial's own reply is still being read, or an `ended`
+Everything that changes the call (a press, a server event, a media state change, a timer)
+goes through one inbox handled by one worker, in order. That removes the races between, say,
+the server's `ringing` arriving while the dial's own reply is still being read, or an `ended`
 crossing an `accepted`: each is handled after the previous one is complete.
+
+The camera, speaker and pins live as long as the daemon; a call only borrows them.
 """
 
 from __future__ import annotations
@@ -12,16 +14,20 @@ import asyncio
 import base64
 import logging
 import time
+from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 
 from .config import DoorConfig
-from .core.calls import CallState, ClientCall
-from .core.messages import EndReason
+from .core.calls import CallState, ClientCall, iso
+from .core.messages import EndReason, ErrorCode, ProtocolError
+from .media.audio import AlsaCaptureTrack, Speaker, ToneTrack
+from .media.camera import EncodedCamera, make_camera
+from .media.echo import EchoCanceller
 from .media.peer import rtc_configuration
-from .media.audio import AlsaCaptureTrack, AlsaSpeaker, ToneTrack
-from .media.video import Camera, TestPatternCamera
+from .media.video import forward_keyframe_requests, prefer_h264
 from .pins import Pins
 from .signaling import NotConnected, RequestFailed, SignalingClient
 
@@ -30,6 +36,16 @@ log = logging.getLogger("intercom.station")
 #: How long a call may outlive a lost server connection before the door gives it up; the
 #: server's own grace period (10 s by default) decides first.
 LOST_SERVER_GRACE_S = 15.0
+#: Presses kept while the server is unreachable, to report once it is back (oldest dropped).
+MAX_MISSED = 20
+
+TRANSIENT = (RequestFailed, NotConnected, asyncio.TimeoutError)
+
+
+@dataclass
+class MissedPress:
+    pressed_at: float  # wall clock: the resident wants to know when someone was at the door
+    snapshot: bytes | None
 
 
 class Station:
@@ -37,18 +53,28 @@ class Station:
         self.config = config
         self.loop = asyncio.get_running_loop()
         self.client = SignalingClient(config.server_url, config.user_id, config.access_token, config.device_id,
-                                      on_event=self._server_event, on_connection=self._connection_changed)
-        self.camera: Camera = TestPatternCamera(config.camera["width"], config.camera["height"], config.camera["fps"])
-        self.speaker = AlsaSpeaker(config.speaker_device)
+                                      on_event=self._server_event, on_request=self._server_request,
+                                      on_connection=self._connection_changed)
+        self.camera: EncodedCamera = make_camera(config.camera)
+        mic = config.microphone
+        self.echo: EchoCanceller | None = None
+        if mic["backend"] == "alsa" and (mic["echo_cancellation"] or mic["noise_suppression"]):
+            self.echo = EchoCanceller(mic["echo_cancellation"], mic["noise_suppression"])
+        self.speaker = Speaker(config.speaker_device, self.echo, config.tone_volume)
         self.pins = Pins(config.pins, self.press, self.loop, factory=pin_factory)
         self.call: ClientCall | None = None
         self.pc: RTCPeerConnection | None = None
+        self.microphone: MediaStreamTrack | None = None
         self.group = 0
         self.last_call: dict[str, Any] | None = None
         self.calls_placed = 0
+        self.calls_answered = 0
         self.ignored_presses = 0
-        self.missed_presses = 0
+        self.missed: deque[MissedPress] = deque(maxlen=MAX_MISSED)
+        self.missed_reported = 0
+        self.door_openings: list[dict[str, Any]] = []
         self.last_error: str | None = None
+        self._call_timers: list[asyncio.TimerHandle] = []
         self._inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._signaling: asyncio.Task[None] | None = None
         self._worker: asyncio.Task[None] | None = None
@@ -57,6 +83,8 @@ class Station:
     # -- life ------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self.camera.start()
+        self.speaker.start()
         self._signaling = self.loop.create_task(self.client.run(), name="signaling")
         self._worker = self.loop.create_task(self._work(), name="station")
 
@@ -73,12 +101,31 @@ class Station:
         self._signaling.cancel()
         await asyncio.gather(self._signaling, return_exceptions=True)
         self.camera.close()
+        self.speaker.close()
         self.pins.close()
+
+    def reload(self, config: DoorConfig) -> list[str]:
+        """Take a new configuration (SIGHUP). The call policy, ring groups and tone volume
+        apply from the next event; a new token or server URL from the next connection (at
+        once when no call is live). Hardware changes need a restart: they are named."""
+        old = self.config
+        needs_restart = [name for name in ("pins", "camera", "microphone", "speaker_device", "control_socket")
+                         if getattr(old, name) != getattr(config, name)]
+        self.config = config
+        self.speaker._volume = config.tone_volume
+        server = (config.server_url, config.user_id, config.access_token, config.device_id)
+        if server != (old.server_url, old.user_id, old.access_token, old.device_id):
+            self.client.reconfigure(*server)
+            if self.call is None or not self.call.live:
+                self.client.reconnect()
+        log.info("configuration reloaded from %s%s", config.source,
+                 f"; restart to apply {', '.join(needs_restart)}" if needs_restart else "")
+        return needs_restart
 
     # -- inputs (all on the loop thread) -----------------------------------------------------
 
     def press(self) -> None:
-        self._inbox.put_nowait(("press", time.monotonic()))
+        self._inbox.put_nowait(("press", time.time()))
 
     def hang_up(self) -> dict[str, Any]:
         """End the current call from the door (the installer's `intercom ctl hangup`)."""
@@ -92,13 +139,16 @@ class Station:
 
     def _connection_changed(self, up: bool) -> None:
         self._show()
-        if not up and self.call is not None and self.call.live:
+        if up:
+            self._inbox.put_nowait(("report_missed", None))
+        elif self.call is not None and self.call.live:
             call_id = self.call.call_id
             self.loop.call_later(LOST_SERVER_GRACE_S, lambda: self._inbox.put_nowait(("server_lost", call_id)))
 
     async def _work(self) -> None:
         handlers = {"press": self._on_press, "event": self._on_event, "media": self._on_media,
-                    "server_lost": self._on_server_lost, "hangup": self._on_hangup}
+                    "server_lost": self._on_server_lost, "hangup": self._on_hangup, "timer": self._on_timer,
+                    "report_missed": self._report_missed}
         while True:
             kind, data = await self._inbox.get()
             if kind == "stop":
@@ -111,40 +161,73 @@ class Station:
                 self.last_error = f"{kind}: {exc}"
             self._show()
 
-    # -- calls -------------------------------------------------------------------------------
+    # -- the bell ----------------------------------------------------------------------------
 
     async def _on_press(self, pressed_at: float) -> None:
         if self.call is not None and self.call.live:
             self.ignored_presses += 1
             log.info("bell pressed during a call (%s): ignored", self.call.state)
             return
+        self.speaker.tone("chime")  # the visitor hears the press worked, server or not
         if not self.client.connected.is_set():
-            self.missed_presses += 1
-            self.last_error = "bell pressed while the server is unreachable"
+            self.missed.append(MissedPress(pressed_at, await self.camera.snapshot_jpeg()))
+            self.last_error = "bell pressed while the server is unreachable; will report it when back"
             log.warning("%s", self.last_error)
             return
         log.info("bell pressed: calling %s", ", ".join(self.config.ring_groups[0].residents))
         await self._dial(0)
+
+    async def _report_missed(self, _: None) -> None:
+        """Tell the server about presses it could not hear, oldest first, once each."""
+        callees = sorted({r for group in self.config.ring_groups for r in group.residents})
+        while self.missed and self.client.connected.is_set():
+            press = self.missed[0]
+            body: dict[str, Any] = {"callees": callees, "pressed_at": iso(press.pressed_at)}
+            if press.snapshot:
+                body["snapshot"] = base64.b64encode(press.snapshot).decode()
+            try:
+                reply = await self.client.request("missed", **body)
+            except RequestFailed as exc:
+                log.error("the server refused a missed press from %s: %s; dropping it", body["pressed_at"], exc)
+            except (NotConnected, asyncio.TimeoutError):
+                return  # reported at the next connection
+            else:
+                self.missed_reported += 1
+                log.info("reported the press at %s while offline as %s", body["pressed_at"], reply.get("call_id"))
+            self.missed.popleft()
+
+    # -- calling residents -------------------------------------------------------------------
+
+    def _new_peer(self) -> RTCPeerConnection:
+        """A peer connection with the door's two transceivers, made before any description so
+        that the H.264-only preference holds whether the door offers or answers.
+
+        The camera's H.264 goes out as is, and the resident's keyframe requests reach its
+        encoder; the microphone goes out and the resident's voice comes back."""
+        pc = RTCPeerConnection(rtc_configuration(self.client.ice_servers))
+        pc.on("track", self._remote_track)
+        pc.on("connectionstatechange", lambda: self._inbox.put_nowait(("media", (pc, pc.connectionState))))
+        video = pc.addTransceiver(self.camera.track(), direction="sendonly")
+        prefer_h264(video)
+        forward_keyframe_requests(video.sender, self.camera.video)
+        pc.addTransceiver(self._microphone(), direction="sendrecv")
+        return pc
 
     async def _dial(self, group: int) -> None:
         ring = self.config.ring_groups[group]
         self.group = group
         self.call = ClientCall(role="caller")
         self._show()
-        snapshot = self.camera.snapshot_jpeg()
-        pc = self.pc = RTCPeerConnection(rtc_configuration(self.client.ice_servers))
-        pc.addTransceiver(self.camera.track(), direction="sendonly")
-        pc.addTransceiver(self._microphone(), direction="sendrecv")
-        pc.on("track", self._remote_track)
-        pc.on("connectionstatechange", lambda: self._inbox.put_nowait(("media", (pc, pc.connectionState))))
-        await pc.setLocalDescription(await pc.createOffer())  # gathers candidates: no trickle
+        pc = self.pc = self._new_peer()
+        # The snapshot (the camera's next keyframe) and the candidates are gathered together.
+        snapshot, _ = await asyncio.gather(self.camera.snapshot_jpeg(), self._gather(pc))
         body: dict[str, Any] = {"callees": list(ring.residents), "video": True, "ring_timeout_s": ring.timeout_s,
                                 "offer": {"type": "offer", "sdp": pc.localDescription.sdp}}
         if snapshot:
             body["snapshot"] = base64.b64encode(snapshot).decode()
         try:
             reply = await self.client.request("dial", **body)
-        except (RequestFailed, NotConnected, asyncio.TimeoutError) as exc:
+        except TRANSIENT as exc:
             self.last_error = f"dial failed: {exc}"
             log.error("%s", self.last_error)
             await self._teardown(EndReason.DIAL_FAILED)
@@ -153,42 +236,112 @@ class Station:
         self.calls_placed += 1
         log.info("call %s placed", self.call.call_id)
 
+    @staticmethod
+    async def _gather(pc: RTCPeerConnection) -> None:
+        await pc.setLocalDescription(await pc.createOffer())  # gathers candidates: no trickle
+
     def _microphone(self) -> MediaStreamTrack:
         mic = self.config.microphone
-        return ToneTrack() if mic["backend"] == "tone" else AlsaCaptureTrack(mic["device"])
+        self.microphone = ToneTrack() if mic["backend"] == "tone" else AlsaCaptureTrack(mic["device"], self.echo)
+        return self.microphone
 
     def _remote_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "audio":
             self.speaker.play(track)
 
+    # -- residents calling the door ----------------------------------------------------------
+
+    def _may_look_outside(self, caller: dict[str, Any]) -> bool:
+        allowed = self.config.auto_answer
+        if allowed is None:  # the server routes only its own site's residents to this door
+            return caller.get("kind") == "resident"
+        return caller.get("user_id") in allowed
+
+    async def _on_incoming(self, event: dict[str, Any]) -> None:
+        call_id, caller = event["call_id"], event.get("caller") or {}
+        busy = self.call is not None and self.call.live
+        if busy or not self._may_look_outside(caller):
+            log.info("declining call %s from %s: %s", call_id, caller.get("user_id"),
+                     "the door is in a call" if busy else "not on the auto-answer list")
+            await self._decline(call_id)
+            return
+        self.call = ClientCall.incoming(call_id, caller)
+        pc = self.pc = self._new_peer()
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(**event["offer"]))
+            await pc.setLocalDescription(await pc.createAnswer())
+            await self.client.request("accept", call_id=call_id, answer={"type": "answer", "sdp": pc.localDescription.sdp})
+        except Exception as exc:  # noqa: BLE001 - e.g. an offer without H.264: the call ends, the door goes on
+            log.warning("could not answer call %s: %s", call_id, exc)
+            await self._teardown(EndReason.DECLINED)
+            await self._decline(call_id)
+            return
+        self.call.accepted({"user_id": self.config.user_id, "device_id": self.client.device_id})
+        self.calls_answered += 1
+        if self.config.announce:
+            self.speaker.tone("announce")
+        log.info("%s is looking outside (call %s)", caller.get("user_id"), call_id)
+        self._start_call_clock()
+
+    async def _decline(self, call_id: str) -> None:
+        try:
+            await self.client.request("decline", call_id=call_id)
+        except TRANSIENT as exc:
+            log.info("could not decline call %s: %s", call_id, exc)
+
+    # -- the call's life ---------------------------------------------------------------------
+
     async def _on_event(self, event: dict[str, Any]) -> None:
         kind = event["type"]
         if kind == "incoming":
-            # Answering residents who look outside arrives with the door policy; until then a
-            # resident's call is declined at once rather than left ringing.
-            try:
-                await self.client.request("decline", call_id=event["call_id"])
-            except (RequestFailed, NotConnected, asyncio.TimeoutError) as exc:
-                log.info("could not decline call %s: %s", event["call_id"], exc)
+            await self._on_incoming(event)
             return
         call = self.call
         if call is None or not call.live or event.get("call_id") != call.call_id:
             return
         if kind == "ringing":
             call.ringing()
+            self.speaker.tone("ringback", loop=True)
             log.info("ringing on %d device(s)", event.get("devices", 0))
         elif kind == "accepted":
             assert self.pc is not None
+            self.speaker.stop_tone("ringback")
             await self.pc.setRemoteDescription(RTCSessionDescription(**event["answer"]))
             call.accepted(event.get("by"))
+            self._start_call_clock()
             log.info("answered by %s", (event.get("by") or {}).get("user_id"))
         elif kind == "ended":
             reason = event.get("reason", EndReason.UNKNOWN)
             log.info("call %s ended: %s", call.call_id, reason)
             await self._teardown(reason)
-            if reason == EndReason.NO_ANSWER and self.group + 1 < len(self.config.ring_groups):
-                log.info("no answer: escalating to ring group %d", self.group + 2)
-                await self._dial(self.group + 1)
+            if reason == EndReason.NO_ANSWER and call.role == "caller":
+                if self.group + 1 < len(self.config.ring_groups):
+                    log.info("no answer: escalating to ring group %d", self.group + 2)
+                    await self._dial(self.group + 1)
+                else:
+                    self.speaker.tone("no_answer")
+
+    def _start_call_clock(self) -> None:
+        """The maximum call time counts from the answer; the warning tone comes before it."""
+        assert self.call is not None
+        call_id = self.call.call_id
+        limit, warn = self.config.max_call_s, self.config.warning_before_s
+        self._call_timers = [
+            self.loop.call_later(limit - warn, lambda: self._inbox.put_nowait(("timer", ("warning", call_id)))),
+            self.loop.call_later(limit, lambda: self._inbox.put_nowait(("timer", ("limit", call_id)))),
+        ]
+
+    async def _on_timer(self, data: tuple[str, str]) -> None:
+        what, call_id = data
+        call = self.call
+        if call is None or not call.live or call.call_id != call_id:
+            return
+        if what == "warning":
+            log.info("call %s ends in %.0fs", call_id, self.config.warning_before_s)
+            self.speaker.tone("warning")
+        else:
+            log.info("call %s reached the maximum call time (%.0fs): hanging up", call_id, self.config.max_call_s)
+            await self._on_hangup(None)
 
     async def _on_media(self, data: tuple[RTCPeerConnection, str]) -> None:
         pc, state = data
@@ -220,14 +373,16 @@ class Station:
         try:
             await self.client.request("end", call_id=call.call_id)
             return True
-        except (RequestFailed, NotConnected, asyncio.TimeoutError) as exc:
+        except TRANSIENT as exc:
             log.warning("could not tell the server call %s ended: %s", call.call_id, exc)
             return False
 
     @staticmethod
     def _own_end_reason(call: ClientCall) -> EndReason:
-        """What the server would record for an end from the door, the caller."""
-        return EndReason.CANCELED if call.state in (CallState.DIALING, CallState.RINGING) else EndReason.COMPLETED
+        """What the server would record for an end from the door."""
+        if call.role == "caller" and call.state in (CallState.DIALING, CallState.RINGING):
+            return EndReason.CANCELED
+        return EndReason.COMPLETED
 
     async def _on_server_lost(self, call_id: str | None) -> None:
         if self.call is not None and self.call.live and self.call.call_id == call_id and not self.client.connected.is_set():
@@ -240,11 +395,45 @@ class Station:
             call.ended(str(reason))
         if call is not None and call.state is CallState.ENDED:
             self.last_call = {"call_id": call.call_id, "end_reason": call.end_reason,
-                              "answered_by": (call.peer or {}).get("user_id")}
+                              "peer": (call.peer or {}).get("user_id"), "role": call.role}
+        for timer in self._call_timers:
+            timer.cancel()
+        self._call_timers = []
+        self.speaker.stop_tone("ringback")
         self.speaker.stop()
+        self.microphone = None
         pc, self.pc = self.pc, None
         if pc is not None:
             await pc.close()
+
+    # -- the door action (a request from the server) -----------------------------------------
+
+    async def _server_request(self, req: dict[str, Any]) -> dict[str, Any]:
+        if req.get("type") != "action":
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"the door does not handle '{req.get('type')}'")
+        if req.get("name") != "open_door":
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"the door has no action '{req.get('name')}'")
+        return self.open_door(str(req.get("call_id")), req.get("by") or {})
+
+    def open_door(self, call_id: str, by: dict[str, Any]) -> dict[str, Any]:
+        """Pulse the strike for a resident the server has checked, in a call this door knows
+        (the live one or the last one); log every opening and every refusal."""
+        known = {c for c in ((self.call.call_id if self.call else None), (self.last_call or {}).get("call_id")) if c}
+        who = by.get("user_id", "?")
+        if call_id not in known:
+            log.warning("refused to open the door for %s: call %s is not this door's current or last call", who, call_id)
+            raise ProtocolError(ErrorCode.FORBIDDEN, "not this door's current or last call")
+        if self.pins.relay is None:
+            log.warning("asked to open the door for %s, but no relay is configured", who)
+            raise ProtocolError(ErrorCode.CONFLICT, "this door has no relay configured (hardware.pins.relay)")
+        pulse = self.pins.pulse_relay(on_done=self._show)
+        self._show()
+        opening = {"at": iso(time.time()), "call_id": call_id, "by": who, "device_id": by.get("device_id"),
+                   "pulse_s": pulse}
+        self.door_openings.append(opening)
+        del self.door_openings[:-20]
+        log.info("door opened for %s (call %s), strike energised for %.1fs", who, call_id, pulse)
+        return {"pulse_s": pulse}
 
     # -- what the installer sees ---------------------------------------------------------------
 
@@ -263,19 +452,27 @@ class Station:
     def status(self) -> dict[str, Any]:
         call = self.call
         stats = self.speaker.stats
+        video = self.camera.video.stats
         return {
             "state": self.state,
             "call": None if call is None or not call.live else {"call_id": call.call_id, "state": str(call.state),
-                                                                 "peer": call.peer},
+                                                                 "role": call.role, "peer": call.peer},
             "last_call": self.last_call,
             "server": {"url": self.config.server_url, "connected": self.client.connected.is_set(),
                        "user_id": self.config.user_id, "device_id": self.client.device_id,
                        "last_error": self.client.last_error},
             "pins": self.pins.state(),
-            "speaker": {"device": self.config.speaker_device, "frames": stats.frames, "dropped": stats.dropped,
+            "camera": {"backend": self.camera.name, "frames": video.frames, "keyframes": video.keyframes,
+                       "keyframe_requests": video.keyframe_requests},
+            "speaker": {"device": self.config.speaker_device, "frames": stats.frames, "voice_frames": stats.voice_frames,
+                        "dropped": stats.dropped, "tone": self.speaker.playing_tone, "tones_played": stats.tones[-10:],
                         "peak_dbfs": None if stats.peak_dbfs == float("-inf") else round(stats.peak_dbfs, 1)},
+            "echo_cancellation": self.echo is not None,
             "calls_placed": self.calls_placed,
+            "calls_answered": self.calls_answered,
             "ignored_presses": self.ignored_presses,
-            "missed_presses": self.missed_presses,
+            "missed_presses": len(self.missed),
+            "missed_reported": self.missed_reported,
+            "door_openings": self.door_openings[-5:],
             "last_error": self.last_error,
         }

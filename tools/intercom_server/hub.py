@@ -16,6 +16,7 @@ import math
 import secrets
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Callable
 
 from intercom.core import messages as m
@@ -244,7 +245,8 @@ class Hub:
         conn.send(m.ok(req.id))
         return False
 
-    def _on_dial(self, conn: Connection, req: Request) -> None:
+    def _new_call(self, conn: Connection, req: Request, created_at: float, ring_timeout_s: float) -> tuple[ServerCall, bytes | None]:
+        """Check the callees and the snapshot of a `dial` or `missed`, and make the call."""
         assert conn.user is not None and conn.device is not None
         body = req.body
         callees = list(dict.fromkeys(body["callees"]))
@@ -258,26 +260,51 @@ class Hub:
             try:
                 snapshot = base64.b64decode(body["snapshot"], validate=True)
             except (binascii.Error, ValueError):
-                raise ProtocolError(ErrorCode.BAD_REQUEST, "'dial.snapshot' is not valid base64", req.id) from None
-        now = time.time()
+                raise ProtocolError(ErrorCode.BAD_REQUEST, f"'{req.type}.snapshot' is not valid base64", req.id) from None
         call_id = "call_" + secrets.token_hex(8)
         call = ServerCall(
             call_id=call_id, caller=conn.device,
             caller_info={k: conn.user[k] for k in ("user_id", "display_name", "kind")},
-            callees=tuple(callees), video=body.get("video", True), offer=body["offer"], created_at=now,
-            ring_timeout_s=float(body.get("ring_timeout_s", self.settings.ring_timeout_s)),
-            snapshot_url=f"/v1/direct_calls/{call_id}/snapshot" if snapshot else None)
+            callees=tuple(callees), video=body.get("video", True), offer=body.get("offer", {}), created_at=created_at,
+            ring_timeout_s=ring_timeout_s, snapshot_url=f"/v1/direct_calls/{call_id}/snapshot" if snapshot else None)
+        return call, snapshot
+
+    def _on_dial(self, conn: Connection, req: Request) -> None:
+        now = time.time()
+        call, snapshot = self._new_call(conn, req, now,
+                                        float(req.body.get("ring_timeout_s", self.settings.ring_timeout_s)))
+        call_id = call.call_id
         self.store.record_call(call, snapshot)
         self.calls[call_id] = call
         conn.send(m.ok(req.id, call_id=call_id))
-        devices = sorted(d for d in self.devices if d.user_id in callees)
+        devices = sorted(d for d in self.devices if d.user_id in call.callees)
         loop = asyncio.get_running_loop()
         self._timers[call_id] = [
             loop.call_later(call.ring_timeout_s, lambda: self._deliver(call, call.expire(time.time()))),
             loop.call_later(self.settings.max_duration_s, lambda: self._deliver(call, call.time_out(time.time()))),
         ]
-        log.info("%s dials %s: %s, %d device(s) ringing", conn.device.user_id, ",".join(callees), call_id, len(devices))
+        log.info("%s dials %s: %s, %d device(s) ringing", conn.device.user_id, ",".join(call.callees), call_id,
+                 len(devices))
         self._deliver(call, call.ring(devices, now))
+
+    def _on_missed(self, conn: Connection, req: Request) -> None:
+        """A door reports a press it made while it could not reach the server."""
+        assert conn.user is not None
+        if conn.user["kind"] != "door":
+            raise ProtocolError(ErrorCode.FORBIDDEN, "only a door station reports missed presses", req.id)
+        pressed_at = datetime.fromisoformat(req.body["pressed_at"]).timestamp()
+        call, snapshot = self._new_call(conn, req, pressed_at, 0.0)
+        self.store.record_call(call, snapshot)
+        devices = sorted(d for d in self.devices if d.user_id in call.callees)
+        sends = call.missed(devices, time.time())
+        self.store.finish_call(call)
+        self._remember(call)
+        conn.send(m.ok(req.id, call_id=call.call_id))
+        log.info("%s reports a press at %s while offline: %s", conn.user["user_id"], req.body["pressed_at"], call.call_id)
+        for send in sends:
+            target = self.devices.get(send.to)
+            if target is not None:
+                target.send(send.message)
 
     @staticmethod
     def _may_call(caller: dict[str, Any], callee: dict[str, Any]) -> bool:

@@ -190,6 +190,23 @@ class ServerCall:
             raise CallError(ErrorCode.CONFLICT, "this device no longer rings for this call")
         raise CallError(ErrorCode.FORBIDDEN, "this device is not a party of this call")
 
+    def missed(self, devices: list[DeviceRef], now: float) -> list[Send]:
+        """A press the door could not dial (the server was unreachable), reported afterwards:
+        the record says when it happened and why nobody rang; the residents' devices online
+        now are told, so a visitor is not silently lost."""
+        if self.state is not CallState.DIALING:
+            raise CallError(ErrorCode.CONFLICT, f"call is {self.state}, not dialing")
+        self._log(self.created_at, "pressed_offline")
+        self._log(now, "reported", devices=len(devices))
+        self.state = CallState.ENDED
+        self.end_reason = EndReason.DIAL_FAILED
+        self.ended_by = self.caller
+        self.ended_at = now
+        body: dict[str, Any] = {"call_id": self.call_id, "caller": self.caller_info, "pressed_at": iso(self.created_at)}
+        if self.snapshot_url:
+            body["snapshot_url"] = self.snapshot_url
+        return [Send(d, event("missed", **body)) for d in devices]
+
     def expire(self, now: float) -> list[Send]:
         """The ring timeout passed: nobody answered."""
         if self.state is not CallState.RINGING:

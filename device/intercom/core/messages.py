@@ -9,7 +9,9 @@ sends, which is lenient about fields it does not know so that newer servers stay
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -19,6 +21,8 @@ MAX_MESSAGE_BYTES = 512 * 1024
 MAX_SNAPSHOT_BYTES = 256 * 1024
 MAX_CALLEES = 64
 MAX_RING_TIMEOUT_S = 300.0
+#: A press reported after an outage older than this is history, not news.
+MAX_MISSED_AGE_S = 7 * 24 * 3600
 #: Close code when the first message is not a successful authenticate in time.
 CLOSE_UNAUTHENTICATED = 4401
 
@@ -98,6 +102,21 @@ def _check_snapshot(value: Any, kind: str) -> None:
         raise ValueError(f"is larger than {MAX_SNAPSHOT_BYTES // 1024} KiB")
 
 
+def _check_past_time(value: Any, kind: str) -> None:
+    """An ISO 8601 UTC time in the last week and not in the future (a minute of clock skew)."""
+    if not isinstance(value, str):
+        raise ValueError("must be an ISO 8601 time such as 2026-11-21T09:30:00Z")
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError("must be an ISO 8601 time such as 2026-11-21T09:30:00Z") from None
+    if at.tzinfo is None:
+        raise ValueError("must carry its time zone (Z for UTC)")
+    age = time.time() - at.timestamp()
+    if not -60 <= age <= MAX_MISSED_AGE_S:
+        raise ValueError("must be within the last 7 days, not in the future")
+
+
 def _nonempty_str(value: Any, kind: str) -> None:
     if not isinstance(value, str) or not value or len(value) > 256:
         raise ValueError("must be a non-empty string of at most 256 characters")
@@ -128,6 +147,11 @@ _REQUESTS: dict[str, dict[str, tuple[bool, Any, str]]] = {
     },
     "decline": {"call_id": (True, _nonempty_str, "")},
     "end": {"call_id": (True, _nonempty_str, "")},
+    "missed": {
+        "callees": (True, _check_callees, ""),
+        "pressed_at": (True, _check_past_time, ""),
+        "snapshot": (False, _check_snapshot, ""),
+    },
     "action": {"call_id": (True, _nonempty_str, ""), "name": (True, _nonempty_str, "")},
     "ping": {},
     "deauthenticate": {},

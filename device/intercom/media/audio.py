@@ -2,6 +2,10 @@
 
 ALSA calls block, so each PCM lives on its own thread and frames cross to the event loop with
 `call_soon_threadsafe` (capture) or a bounded queue (playback). The loop never waits on ALSA.
+
+The speaker runs for the daemon's whole life, not per call: tones play outside calls (the
+chime at a press), and the echo canceller must hear everything the speaker plays, tones
+included, from the one thread that writes it.
 """
 
 from __future__ import annotations
@@ -13,14 +17,17 @@ import math
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import av
 import numpy as np
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
+from .echo import EchoCanceller
 from .pacing import Pacer
+from .tones import TONES
 
 log = logging.getLogger("intercom.audio")
 
@@ -70,34 +77,53 @@ class ToneTrack(MediaStreamTrack):
         return _mono_frame(samples, n)
 
 
-def _open_pcm(kind: int, device: str, channels: int):  # type: ignore[no-untyped-def]
+def _open_pcm(kind: int, device: str):  # type: ignore[no-untyped-def]
     import alsaaudio  # imported here so configs that never touch ALSA do not need it
 
-    return alsaaudio.PCM(kind, device=device, channels=channels, rate=RATE,
+    return alsaaudio.PCM(kind, device=device, channels=1, rate=RATE,
                          format=alsaaudio.PCM_FORMAT_S16_LE, periodsize=FRAME_SAMPLES, periods=4)
 
 
+class RealTime:
+    """Keeps a thread that reads or writes ALSA from running ahead of real time: devices such
+    as `null` return at once, a sound card blocks and this never sleeps."""
+
+    def __init__(self) -> None:
+        self._start = time.monotonic()
+        self._count = 0
+
+    def tick(self) -> None:
+        self._count += 1
+        ahead = self._start + self._count * FRAME_SAMPLES / RATE - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)
+        elif ahead < -1.0:
+            self._start, self._count = time.monotonic(), 0
+
+
 class AlsaCaptureTrack(MediaStreamTrack):
-    """The microphone through ALSA: a reader thread hands 20 ms frames to the event loop."""
+    """The microphone through ALSA: a reader thread cleans each 20 ms frame (echo, noise)
+    and hands it to the event loop."""
 
     kind = "audio"
 
-    def __init__(self, device: str) -> None:
+    def __init__(self, device: str, echo: EchoCanceller | None = None) -> None:
         super().__init__()
         import alsaaudio
 
-        self._pcm = _open_pcm(alsaaudio.PCM_CAPTURE, device, 1)
+        self._pcm = _open_pcm(alsaaudio.PCM_CAPTURE, device)
+        self._echo = echo
         self._loop = asyncio.get_running_loop()
         self._frames: asyncio.Queue[np.ndarray] = asyncio.Queue(maxsize=10)
         self._running = True
         self._index = 0
+        self.level_dbfs = float("-inf")
         self._thread = threading.Thread(target=self._read, name=f"alsa-capture-{device}", daemon=True)
         self._thread.start()
 
     def _read(self) -> None:
         buf = b""
-        start = time.monotonic()
-        count = 0
+        clock = RealTime()
         while self._running:
             length, data = self._pcm.read()
             if length < 0:
@@ -107,12 +133,15 @@ class AlsaCaptureTrack(MediaStreamTrack):
             while len(buf) >= FRAME_SAMPLES * 2:
                 chunk, buf = buf[:FRAME_SAMPLES * 2], buf[FRAME_SAMPLES * 2:]
                 samples = np.frombuffer(chunk, dtype=np.int16)
-                self._loop.call_soon_threadsafe(self._offer, samples)
-                count += 1
-                # Devices such as ALSA's null return at once; never run ahead of real time.
-                ahead = start + count * FRAME_SAMPLES / RATE - time.monotonic()
-                if ahead > 0:
-                    time.sleep(ahead)
+                if self._echo is not None:
+                    samples = self._echo.near_end(samples)
+                self.level_dbfs = level_dbfs(samples)
+                try:
+                    self._loop.call_soon_threadsafe(self._offer, samples)
+                except RuntimeError:
+                    return  # the loop is gone
+                clock.tick()
+        self._pcm.close()
 
     def _offer(self, samples: np.ndarray) -> None:
         if self._frames.full():
@@ -135,68 +164,156 @@ class AlsaCaptureTrack(MediaStreamTrack):
 @dataclass
 class PlaybackStats:
     frames: int = 0
+    voice_frames: int = 0
     dropped: int = 0
     level_dbfs: float = float("-inf")
     peak_dbfs: float = float("-inf")
+    tones: list[str] = field(default_factory=list)
 
 
-class AlsaSpeaker:
-    """Plays a remote audio track on an ALSA device from a writer thread.
+class Speaker:
+    """The door's speaker: one ALSA PCM and one writer thread for the daemon's life.
 
-    The queue between the loop and the thread is short: when the device falls behind, old
-    audio is dropped instead of letting the delay grow, since a conversation wants low latency.
+    Every 20 ms the thread mixes the resident's voice (if a call is on) with the current
+    tone (if any), writes the mix, and gives the very same samples to the echo canceller.
+    The voice queue is short: when the device falls behind, old audio is dropped instead of
+    letting the delay grow, since a conversation wants low latency.
     """
 
-    def __init__(self, device: str, max_queue: int = 5) -> None:
+    def __init__(self, device: str, echo: EchoCanceller | None = None, tone_volume: float = 0.5,
+                 max_queue: int = 5) -> None:
         self.device = device
         self.stats = PlaybackStats()
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=max_queue)
+        self._echo = echo
+        self._volume = tone_volume
+        self._voice: queue.Queue[np.ndarray] = queue.Queue(maxsize=max_queue)
+        self._lock = threading.Lock()
+        self._tone: np.ndarray | None = None  # what is left of the tone playing now
+        self._tone_name: str | None = None
+        self._tone_loop: np.ndarray | None = None
+        self._tone_done: Callable[[], None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._thread: threading.Thread | None = None
+        self._running = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    def play(self, track: MediaStreamTrack) -> None:
+    def start(self) -> None:
+        """Open the device (raising ALSAAudioError naming it if it cannot) and start writing."""
         import alsaaudio
 
-        self.stop()
-        self._pcm = _open_pcm(alsaaudio.PCM_PLAYBACK, self.device, 2)
-        self._queue = queue.Queue(maxsize=self._queue.maxsize)
-        self._thread = threading.Thread(target=self._write, args=(self._queue, self._pcm),
-                                        name=f"alsa-playback-{self.device}", daemon=True)
+        self._loop = asyncio.get_running_loop()
+        pcm = _open_pcm(alsaaudio.PCM_PLAYBACK, self.device)
+        self._running = True
+        self._thread = threading.Thread(target=self._write, args=(pcm,), name=f"alsa-playback-{self.device}",
+                                        daemon=True)
         self._thread.start()
+
+    # -- tones (loop thread) -------------------------------------------------------------------
+
+    def tone(self, name: str, loop: bool = False, done: Callable[[], None] | None = None) -> None:
+        """Play a tone now, replacing any other; `loop` repeats it until `stop_tone()`.
+        `done` runs on the event loop when a tone that does not loop has finished."""
+        samples = (TONES[name]() * self._volume * 32767).astype(np.int16)
+        with self._lock:
+            self._tone, self._tone_name = samples, name
+            self._tone_loop = samples if loop else None
+            self._tone_done = done
+        self.stats.tones.append(name)
+
+    def stop_tone(self, name: str | None = None) -> None:
+        """Stop the tone playing (only if it is `name`, when given)."""
+        with self._lock:
+            if name is None or self._tone_name == name:
+                self._tone = self._tone_loop = None
+                self._tone_name = None
+                self._tone_done = None
+
+    @property
+    def playing_tone(self) -> str | None:
+        return self._tone_name
+
+    def _next_tone(self) -> np.ndarray | None:
+        with self._lock:
+            if self._tone is None:
+                return None
+            chunk, self._tone = self._tone[:FRAME_SAMPLES], self._tone[FRAME_SAMPLES:]
+            if not len(self._tone):
+                self._tone = self._tone_loop
+                if self._tone is None:
+                    self._tone_name = None
+                    done, self._tone_done = self._tone_done, None
+                    if done is not None and self._loop is not None:
+                        self._loop.call_soon_threadsafe(done)
+        if len(chunk) < FRAME_SAMPLES:
+            chunk = np.pad(chunk, (0, FRAME_SAMPLES - len(chunk)))
+        return chunk
+
+    # -- the resident's voice ------------------------------------------------------------------
+
+    def play(self, track: MediaStreamTrack) -> None:
+        """Play a call's remote audio until it ends or `stop()`."""
+        self.stop()
         self._task = asyncio.get_running_loop().create_task(self._pump(track))
 
     async def _pump(self, track: MediaStreamTrack) -> None:
-        resampler = av.AudioResampler(format="s16", layout="stereo", rate=RATE)
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
+        pending = np.zeros(0, np.int16)
         try:
             while True:
                 frame = await track.recv()
                 for out in resampler.resample(frame):
-                    data = packed_s16(out)
-                    samples = np.frombuffer(data, dtype=np.int16)
-                    self.stats.frames += 1
+                    pending = np.concatenate([pending, np.frombuffer(packed_s16(out), dtype=np.int16)])
+                while len(pending) >= FRAME_SAMPLES:
+                    samples, pending = pending[:FRAME_SAMPLES], pending[FRAME_SAMPLES:]
+                    self.stats.voice_frames += 1
                     self.stats.level_dbfs = level_dbfs(samples)
                     self.stats.peak_dbfs = max(self.stats.peak_dbfs, self.stats.level_dbfs)
                     try:
-                        self._queue.put_nowait(data)
+                        self._voice.put_nowait(samples)
                     except queue.Full:
                         self.stats.dropped += 1
         except MediaStreamError:
             pass
 
-    @staticmethod
-    def _write(q: "queue.Queue[bytes | None]", pcm) -> None:  # type: ignore[no-untyped-def]
-        while (data := q.get()) is not None:
-            pcm.write(data)
-        pcm.close()
-
     def stop(self) -> None:
+        """Stop playing the call's audio (tones go on)."""
         if self._task is not None:
             self._task.cancel()
             self._task = None
+        while not self._voice.empty():
+            self._voice.get_nowait()
+
+    # -- the writer thread ---------------------------------------------------------------------
+
+    def _write(self, pcm) -> None:  # type: ignore[no-untyped-def]
+        clock = RealTime()
+        silence = np.zeros(FRAME_SAMPLES, np.int16)
+        try:
+            while self._running:
+                try:
+                    voice = self._voice.get_nowait()
+                except queue.Empty:
+                    voice = None
+                tone = self._next_tone()
+                if voice is None and tone is None:
+                    mix = silence
+                elif tone is None:
+                    mix = voice
+                elif voice is None:
+                    mix = tone
+                else:
+                    mix = np.clip(voice.astype(np.int32) + tone, -32768, 32767).astype(np.int16)
+                pcm.write(mix.tobytes())
+                if self._echo is not None:
+                    self._echo.far_end(mix)
+                self.stats.frames += 1
+                clock.tick()
+        finally:
+            pcm.close()
+
+    def close(self) -> None:
+        self.stop()
+        self._running = False
         if self._thread is not None:
-            try:
-                self._queue.put_nowait(None)
-            except queue.Full:
-                self._queue.get_nowait()
-                self._queue.put_nowait(None)
+            self._thread.join(timeout=2)
             self._thread = None
