@@ -4,14 +4,21 @@ The bell is pressed with `intercom ctl press`, which drives the simulated GPIO p
 path from the button to the resident's screen is the one a real door takes.
 """
 
+import os
+import signal
 from pathlib import Path
 from typing import AsyncIterator
+
+import yaml
 
 import pytest
 
 from intercom_sim.harness import Installation
 
 pytestmark = pytest.mark.timeout(90)
+
+STANDINS = str(Path(__file__).parent / "standins")
+RELAY = {"hardware": {"pins": {"relay": 22, "relay_pulse_s": 0.5, "backlight_led": 23}}}
 
 
 @pytest.fixture
@@ -60,8 +67,11 @@ async def test_a_press_rings_the_resident_who_sees_and_hears_the_visitor(site, t
     assert events.index("incoming") < events.index("answered") < events.index("hanging_up") < events.index("ended")
 
     door_status = await door.wait_status(lambda s: s["state"] == "idle" and s["last_call"] is not None)
-    assert door_status["last_call"] == {"call_id": ended["call_id"], "end_reason": "completed", "answered_by": "alice"}
-    assert door_status["speaker"]["frames"] > 0 and door_status["speaker"]["peak_dbfs"] > -30  # heard the resident
+    assert door_status["last_call"] == {"call_id": ended["call_id"], "end_reason": "completed", "peer": "alice",
+                                        "role": "caller"}
+    assert door_status["speaker"]["tones_played"][:2] == ["chime", "ringback"] and door_status["speaker"]["tone"] is None
+    assert door_status["camera"]["keyframe_requests"] >= 2  # the snapshot's and the call's first picture
+    assert door_status["speaker"]["voice_frames"] > 0 and door_status["speaker"]["peak_dbfs"] > -30  # heard the resident
     assert door_status["pins"]["status_led"]["pattern"] == "idle"
     assert await stored_reason(site, ended["call_id"]) == "completed"
     status, snapshot = await site.api("GET", f"/v1/direct_calls/{ended['call_id']}/snapshot")
@@ -156,3 +166,109 @@ async def test_stopping_the_door_during_a_call_ends_it_cleanly(site):
     assert ended["reason"] == "completed" and ended["video_frames"] > 0
     assert await stored_reason(site, ended["call_id"]) == "completed"
     assert not door.socket.exists()  # the control socket is cleaned up
+
+
+async def test_the_pi_camera_path_carries_the_call_and_the_resident_opens_the_door(site):
+    """The picamera2 backend (its stand-in: the process cannot import the real one here) end to
+    end, and the door action: the server checks the resident, the door pulses the relay."""
+    alice = await site.start_resident("alice", "--once", "--open-door", "--hangup-after-frames", "30")
+    settings = {"hardware": {"camera": {"backend": "picamera2"}, **RELAY["hardware"]}}
+    door = await site.start_door("frontdoor", [{"residents": ["alice"]}], settings=settings,
+                                 env={"PYTHONPATH": STANDINS})
+    await press(door)
+    opened = await alice.wait_for_event("door_opened", timeout=30)
+    ended = await alice.wait_for_event("ended", timeout=30)
+    assert ended["reason"] == "completed" and ended["video_frames"] >= 30 and ended["distinct_frames"] >= 10
+    status = await door.wait_status(lambda s: s["state"] == "idle" and not s["pins"]["relay"]["energised"])
+    assert status["camera"]["backend"] == "picamera2"
+    assert status["pins"]["relay"]["pulses"] == 1
+    assert status["door_openings"][0]["by"] == "alice" and status["door_openings"][0]["call_id"] == opened["call_id"]
+    code, audit = await site.api("GET", "/v1/sites/home/audit")
+    assert code == 200 and [(e["outcome"], e["call_id"]) for e in audit["events"]] == [("opened", opened["call_id"])]
+
+
+async def test_a_door_without_a_relay_refuses_and_the_refusal_is_audited(site):
+    alice = await site.start_resident("alice", "--once", "--open-door", "--hangup-after-frames", "10")
+    door = await site.start_door("frontdoor", [{"residents": ["alice"]}])
+    await press(door)
+    refused = await alice.wait_for_event("open_door_refused", timeout=30)
+    assert refused["code"] == "conflict" and "relay" in refused["message"]
+    await alice.wait_for_event("ended", timeout=30)
+    code, audit = await site.api("GET", "/v1/sites/home/audit")
+    assert [e["outcome"] for e in audit["events"]] == ["refused"]
+    assert (await door.ctl("status"))["door_openings"] == []
+
+
+async def test_a_resident_looks_outside_and_the_door_answers_by_itself(site):
+    door = await site.start_door("frontdoor", [{"residents": ["alice"]}])
+    alice = await site.start_resident("alice", "--once", "--look-outside", "frontdoor", "--hangup-after-frames", "20")
+    answered = await alice.wait_for_event("answered", timeout=30)
+    assert answered["by"]["user_id"] == "frontdoor"
+    ended = await alice.wait_for_event("ended", timeout=30)
+    assert ended["reason"] == "completed" and ended["video_frames"] >= 20 and ended["distinct_frames"] >= 10
+    status = await door.wait_status(lambda s: s["last_call"] is not None and s["state"] == "idle")
+    assert status["calls_answered"] == 1 and status["last_call"]["role"] == "callee"
+    assert status["last_call"]["peer"] == "alice" and "announce" in status["speaker"]["tones_played"]
+    assert await stored_reason(site, ended["call_id"]) == "completed"
+
+
+async def test_the_door_declines_callers_off_its_auto_answer_list(site):
+    await site.start_door("frontdoor", [{"residents": ["alice"]}],
+                          settings={"calls": {"auto_answer": {"callers": ["alice"]}}})
+    bob = await site.start_resident("bob", "--once", "--look-outside", "frontdoor")
+    ended = await bob.wait_for_event("ended", timeout=30)
+    assert ended["reason"] == "declined" and ended["video_frames"] == 0
+
+
+async def test_a_call_is_warned_then_ended_at_the_maximum_call_time(site):
+    alice = await site.start_resident("alice", "--once", "--hangup-after-frames", "0")
+    door = await site.start_door("frontdoor", [{"residents": ["alice"]}],
+                                 settings={"calls": {"max_call_s": 10, "warning_before_s": 3}})
+    await press(door)
+    await alice.wait_for_event("answered")
+    warned = await door.wait_status(lambda s: s["speaker"]["tone"] == "warning" or
+                                    "warning" in s["speaker"]["tones_played"], timeout=15)
+    assert warned["state"] == "connected"  # the warning comes while the call is still on
+    ended = await alice.wait_for_event("ended", timeout=15)
+    assert ended["reason"] == "completed"
+    assert 9 < ended["at"] - (await alice.wait_for_event("answered"))["at"] < 13
+
+
+async def test_a_press_while_offline_chimes_and_is_reported_when_the_server_is_back(site):
+    door = await site.start_door("frontdoor", [{"residents": ["alice"]}])
+    await site.add_user("alice", "resident", "Alice")
+    await site.stop_server()
+    await door.wait_status(lambda s: not s["server"]["connected"])
+    await press(door)
+    offline = await door.wait_status(lambda s: s["missed_presses"] == 1)
+    assert offline["speaker"]["tones_played"] == ["chime"] and offline["calls_placed"] == 0
+    assert offline["pins"]["status_led"]["pattern"] == "offline"
+    assert offline["pins"]["backlight"] is None  # none configured: nothing to light
+    await site.restart_server()
+    back = await door.wait_status(lambda s: s["missed_reported"] == 1, timeout=40)
+    assert back["missed_presses"] == 0
+    code, history = await site.api("GET", "/v1/direct_calls?user_id=alice")
+    assert code == 200 and len(history["calls"]) == 1
+    record = history["calls"][0]
+    assert record["end_reason"] == "dial_failed" and record["has_snapshot"] is True
+    code, detail = await site.api("GET", f"/v1/direct_calls/{record['call_id']}")
+    assert [e["event"] for e in detail["timeline"]] == ["pressed_offline", "reported"]
+
+
+async def test_sighup_reloads_the_ring_groups_and_a_bad_file_changes_nothing(site):
+    bob = await site.start_resident("bob", "--once", "--hangup-after-frames", "5")
+    door = await site.start_door("frontdoor", [{"residents": ["alice"], "timeout_s": 30}])
+    config = yaml.safe_load(door.config_path.read_text())
+    good = door.config_path.read_text()
+    door.config_path.write_text(good.replace("calls:", "calls:\n  max_call: 5", 1))
+    os.kill(door.process.proc.pid, signal.SIGHUP)
+    refused = await door.wait_status(lambda s: "reload refused" in (s["last_error"] or ""))
+    assert "calls.max_call" in refused["last_error"] and "line" in refused["last_error"]
+    config["calls"]["ring_groups"] = [{"residents": ["bob"], "timeout_s": 30}]
+    door.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    os.kill(door.process.proc.pid, signal.SIGHUP)
+    reloaded = await door.wait_status(lambda s: s["config"]["reloads"] == 1)
+    assert reloaded["last_error"] is None
+    await press(door)
+    ended = await bob.wait_for_event("ended", timeout=30)
+    assert ended["reason"] == "completed"

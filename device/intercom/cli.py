@@ -18,9 +18,12 @@ DEFAULT_CONFIG = "/etc/intercom/intercom.yaml"
 async def _run(config_path: str) -> int:
     from . import config as door_config
     from .control import ControlServer
+    from .sdnotify import Notifier
     from .station import Station
 
+    log = logging.getLogger("intercom")
     config = door_config.load(config_path)
+    systemd = Notifier()
     station = Station(config)
     control = ControlServer(config.control_socket, {
         "status": station.status,
@@ -34,10 +37,26 @@ async def _run(config_path: str) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    logging.getLogger("intercom").info("door station %s running", config.user_id)
+
+    def reload() -> None:
+        systemd.reloading()
+        try:
+            station.reload(door_config.load(config_path))
+        except ConfigError as exc:
+            station.last_error = f"reload refused, still running the previous configuration: {exc}"
+            for line in str(exc).splitlines():
+                log.error("reload refused: %s", line)
+        systemd.ready()
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    watchdog = loop.create_task(systemd.watchdog(), name="watchdog")
+    systemd.ready(f"door station {config.user_id}")
+    log.info("door station %s running", config.user_id)
     await stop.wait()
+    systemd.stopping()
     await control.stop()
     await station.stop()
+    watchdog.cancel()
     return 0
 
 

@@ -74,6 +74,7 @@ class Station:
         self.missed_reported = 0
         self.door_openings: list[dict[str, Any]] = []
         self.last_error: str | None = None
+        self.reloads = 0
         self._call_timers: list[asyncio.TimerHandle] = []
         self._inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._signaling: asyncio.Task[None] | None = None
@@ -112,7 +113,10 @@ class Station:
         needs_restart = [name for name in ("pins", "camera", "microphone", "speaker_device", "control_socket")
                          if getattr(old, name) != getattr(config, name)]
         self.config = config
-        self.speaker._volume = config.tone_volume
+        self.reloads += 1
+        if self.last_error and self.last_error.startswith("reload refused"):
+            self.last_error = None
+        self.speaker.tone_volume = config.tone_volume
         server = (config.server_url, config.user_id, config.access_token, config.device_id)
         if server != (old.server_url, old.user_id, old.access_token, old.device_id):
             self.client.reconfigure(*server)
@@ -276,7 +280,7 @@ class Station:
             await self._teardown(EndReason.DECLINED)
             await self._decline(call_id)
             return
-        self.call.accepted({"user_id": self.config.user_id, "device_id": self.client.device_id})
+        self.call.accepted()  # the peer stays the resident who called
         self.calls_answered += 1
         if self.config.announce:
             self.speaker.tone("announce")
@@ -468,6 +472,7 @@ class Station:
                         "dropped": stats.dropped, "tone": self.speaker.playing_tone, "tones_played": stats.tones[-10:],
                         "peak_dbfs": None if stats.peak_dbfs == float("-inf") else round(stats.peak_dbfs, 1)},
             "echo_cancellation": self.echo is not None,
+            "config": {"file": self.config.source, "reloads": self.reloads},
             "calls_placed": self.calls_placed,
             "calls_answered": self.calls_answered,
             "ignored_presses": self.ignored_presses,

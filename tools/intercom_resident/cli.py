@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hangup-after", type=float, metavar="SECONDS", help="hang up this long after answering")
     parser.add_argument("--picture", type=Path, help="save the last received video frame here (PNG)")
     parser.add_argument("--once", action="store_true", help="exit after the first call ends")
+    parser.add_argument("--open-door", action="store_true", help="open the door once the visitor is on screen")
+    parser.add_argument("--look-outside", metavar="DOOR", help="call this door once signed in, to see outside")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     access_token = args.token or args.token_file.read_text().strip()
     policy = Policy(answer=args.answer, answer_delay_s=args.answer_delay,
                     hangup_after_frames=args.hangup_after_frames or None, hangup_after_s=args.hangup_after,
-                    picture=args.picture, once=args.once)
+                    picture=args.picture, once=args.once, open_door=args.open_door, look_outside=args.look_outside)
     return asyncio.run(_run(args.server, args.user, access_token, args.device_id, policy))
 
 

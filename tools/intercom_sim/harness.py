@@ -31,6 +31,13 @@ SERVER = command("intercom-server", "intercom_server.cli")
 RESIDENT = command("intercom-resident", "intercom_resident.cli")
 
 
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 class Process:
     """A child process whose stdout lines can be awaited; stderr goes to a log file."""
 
@@ -256,12 +263,15 @@ class Installation:
             "control": {"socket": str(self.root / f"{user_id}.sock")},
         }
 
-    async def start_door(self, user_id: str, ring_groups: list[dict[str, Any]], name: str = "Front door") -> Door:
+    async def start_door(self, user_id: str, ring_groups: list[dict[str, Any]], name: str = "Front door",
+                         settings: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Door:
+        """A door daemon; `settings` is merged into its YAML section by section (e.g.
+        {"hardware": {"pins": {"relay": 22}}}), `env` goes to its process."""
         token_file = await self.add_user(user_id, "door", name)
-        config = self.door_config(user_id, token_file, ring_groups)
+        config = merge(self.door_config(user_id, token_file, ring_groups), settings or {})
         path = self.root / f"{user_id}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
-        process = await Process.start(user_id, [*INTERCOM, "run", "--config", str(path)], self.logs)
+        process = await Process.start(user_id, [*INTERCOM, "run", "--config", str(path)], self.logs, env=env)
         self.processes.append(process)
         door = Door(user_id, process, path, Path(config["control"]["socket"]))
         await door.wait_status(lambda s: s["server"]["connected"])

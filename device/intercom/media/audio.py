@@ -185,7 +185,7 @@ class Speaker:
         self.device = device
         self.stats = PlaybackStats()
         self._echo = echo
-        self._volume = tone_volume
+        self.tone_volume = tone_volume
         self._voice: queue.Queue[np.ndarray] = queue.Queue(maxsize=max_queue)
         self._lock = threading.Lock()
         self._tone: np.ndarray | None = None  # what is left of the tone playing now
@@ -213,7 +213,7 @@ class Speaker:
     def tone(self, name: str, loop: bool = False, done: Callable[[], None] | None = None) -> None:
         """Play a tone now, replacing any other; `loop` repeats it until `stop_tone()`.
         `done` runs on the event loop when a tone that does not loop has finished."""
-        samples = (TONES[name]() * self._volume * 32767).astype(np.int16)
+        samples = (TONES[name]() * self.tone_volume * 32767).astype(np.int16)
         with self._lock:
             self._tone, self._tone_name = samples, name
             self._tone_loop = samples if loop else None
