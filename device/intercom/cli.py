@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default=DEFAULT_CONFIG)
     p = sub.add_parser("check-config", help="check a config file; prints every problem with its line")
     p.add_argument("file")
+    p = sub.add_parser("selftest", help="blink the LEDs, click the relay, play a tone, listen, take a picture")
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.add_argument("--no-relay", action="store_true", help="do not click the door strike")
     p = sub.add_parser("ctl", help="talk to the running door station")
     p.add_argument("action", choices=("status", "press", "release", "hangup"))
     p.add_argument("--config", default=DEFAULT_CONFIG, help="read the socket path from this config")
@@ -88,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return asyncio.run(_run(args.config))
+        if args.command == "selftest":
+            return asyncio.run(_selftest(args.config, not args.no_relay))
         if args.command == "check-config":
             from . import config as door_config
 
@@ -104,6 +109,25 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+
+
+async def _selftest(config_path: str, click_relay: bool) -> int:
+    from . import config as door_config
+    from . import selftest
+    from .control import send_command
+
+    config = door_config.load(config_path)
+    try:
+        await send_command(config.control_socket, "status", timeout_s=1)
+    except (OSError, asyncio.TimeoutError, ValueError):
+        pass  # nobody answers: the hardware is free
+    else:
+        print("intercom: the door station is running and holds the hardware; stop it first "
+              "(systemctl stop intercom)", file=sys.stderr)
+        return 1
+    report = await selftest.run(config, click_relay=click_relay)
+    print(json.dumps(report, indent=2))
+    return 0 if report["ok"] else 1
 
 
 async def _send(path: Path, action: str) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from importlib.metadata import entry_points
 from typing import Any, Callable
 
@@ -61,6 +62,9 @@ class Pins:
         self.button = Button(self._bell_pin, pull_up=self._pull_up, bounce_time=config["bell_bounce_s"] or None,
                              pin_factory=self.factory)
         self.button.when_pressed = self._pressed
+        self.button.when_released = self._edge
+        self._bounce_s = config["bell_bounce_s"] or 0.0
+        self._last_edge = float("-inf")
         self.led: LED | None = None
         if config["status_led"] is not None:
             self.led = LED(config["status_led"], active_high=config["status_led_active_high"], pin_factory=self.factory)
@@ -77,8 +81,20 @@ class Pins:
         self._relay_off: asyncio.TimerHandle | None = None
         self.pattern = "off"
 
+    def _edge(self) -> bool:
+        """Note an edge; True when the contact had been quiet for the bounce time before it.
+
+        lgpio filters bounces itself, but gpiozero's mock and native factories only store the
+        bounce time, so the filter is here too: a chattering contact is one press everywhere."""
+        now = time.monotonic()
+        quiet = now - self._last_edge >= self._bounce_s
+        self._last_edge = now
+        return quiet
+
     def _pressed(self) -> None:
-        # Any thread: count here, act on the loop.
+        # gpiozero's thread: count here, act on the loop.
+        if not self._edge():
+            return
         self.presses += 1
         self._loop.call_soon_threadsafe(self._on_press)
 
