@@ -7,7 +7,8 @@ BIN    := $(VENV)/bin
 # libasound2-dev: pyalsaaudio builds against ALSA's headers. gcc and pkg-config build it.
 SYSTEM_PACKAGES := libasound2-dev gcc pkg-config
 # coturn: the TURN tests start a real turnserver on loopback.
-TEST_SYSTEM_PACKAGES := coturn
+# systemd: the unit file is checked with systemd-analyze verify and security.
+TEST_SYSTEM_PACKAGES := coturn systemd
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test system-packages clean
