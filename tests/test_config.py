@@ -1,6 +1,7 @@
 """The installer's YAML: every mistake named with its key path and line, nothing started."""
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -206,3 +207,33 @@ def test_selftest_reports_a_broken_part_and_fails(tmp_path):
     assert code == 1 and report["ok"] is False
     assert report["speaker"]["ok"] is False and "nosuchcard" in report["speaker"]["error"]
     assert report["relay"] == {"ok": True, "skipped": "--no-relay"} and report["camera"]["ok"] is True
+
+
+def test_the_example_documents_every_key():
+    """Every key the door accepts appears in the annotated example an installer copies."""
+    from intercom.config import SCHEMA
+
+    example = (ROOT / "config/intercom.example.yaml").read_text()
+
+    def keys(schema, path=""):
+        for key, spec in schema.items():
+            yield f"{path}{key}"
+            nested = spec.schema or (spec.items.schema if spec.items is not None else None)
+            if nested:
+                yield from keys(nested, f"{path}{key}.")
+
+    missing = [k for k in keys(SCHEMA) if not re.search(rf"^\s*#?\s*-?\s*{k.rsplit('.', 1)[-1]}:", example, re.M)]
+    assert missing == []
+
+
+def test_door_policy_and_hardware_mistakes_are_named(tmp_path):
+    text = GOOD.replace("    bell_button: 17", "    bell_button: 17\n    relay: 99\n  camera:\n    backend: usb\n"
+                        "    width: 642") + "  auto_answer:\n    callers: everyone\n"
+    assert problems(tmp_path, text) == [
+        "hardware.pins.relay (line 9): GPIO number must be between 0 and 53, not 99",
+        "hardware.camera.backend (line 11): must be one of test_pattern, picamera2, v4l2, not 'usb'",
+        "hardware.camera.width (line 12): must be a multiple of 4 (the encoder's blocks), not 642",
+        "calls.auto_answer.callers (line 17): must be site_residents or a list of user ids, not 'everyone'",
+    ]
+    late_warning = GOOD + "  max_call_s: 60\n  warning_before_s: 60\n"
+    assert problems(tmp_path, late_warning) == ["calls.warning_before_s: must be shorter than calls.max_call_s"]
