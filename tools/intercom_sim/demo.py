@@ -56,7 +56,7 @@ async def demo(out: Path, frames: int) -> int:
             f"{ended['width']}x{ended['height']}), first one {ended['first_frame_after_accept_s'] * 1000:.0f} ms "
             f"after answering")
         say(f"   resident heard the door at {ended['audio_peak_dbfs']} dBFS peak over {ended['audio_frames']} frames")
-        say(f"   door heard the resident: {status['speaker']['frames']} frames played on ALSA "
+        say(f"   door heard the resident: {status['speaker']['voice_frames']} frames of voice played on ALSA "
             f"'{status['speaker']['device']}' at {status['speaker']['peak_dbfs']} dBFS peak")
         say(f"   door is {status['state']}; LED pattern {status['pins']['status_led']['pattern']}")
         say(f"   server's call record: {record['end_reason']}, {record['duration_s']} s, "
