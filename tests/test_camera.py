@@ -30,6 +30,15 @@ async def packets(track, count: int) -> list[av.Packet]:
     return [await asyncio.wait_for(track.recv(), 5) for _ in range(count)]
 
 
+async def first_packets(camera, count: int) -> list[av.Packet]:
+    """Start the camera, take the first `count` packets of a new call's track, stop it."""
+    camera.start()
+    try:
+        return await packets(camera.track(), count)
+    finally:
+        camera.close()
+
+
 def decode(packets: list[av.Packet]) -> list[av.VideoFrame]:
     ctx = av.CodecContext.create("h264", "r")
     return [f for p in packets for f in ctx.decode(av.Packet(bytes(p)))]
@@ -47,13 +56,7 @@ def picamera2(monkeypatch):
 
 
 async def test_test_pattern_track_starts_at_a_keyframe_with_its_parameter_sets():
-    camera = TestPatternCamera(320, 240, fps=30, iperiod=600)
-    camera.start()
-    try:
-        track = camera.track()
-        got = await packets(track, 10)
-    finally:
-        camera.close()
+    got = await first_packets(TestPatternCamera(320, 240, fps=30, iperiod=600), 10)
     first = bytes(got[0])
     assert {NAL_SPS, NAL_PPS, NAL_IDR} <= set(nal_types(first))
     assert all(NAL_IDR not in nal_types(bytes(p)) for p in got[1:])  # the GOP is 600: no more IDRs
@@ -210,11 +213,7 @@ async def test_v4l2_backend_passes_h264_through(tmp_path):
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
     camera = V4l2Camera(str(source), 160, 120, 30, 500_000, 30, container_format="h264")
-    camera.start()
-    try:
-        got = await packets(camera.track(), 12)
-    finally:
-        camera.close()
+    got = await first_packets(camera, 12)
     assert camera.passthrough is True
     assert NAL_IDR in nal_types(bytes(got[0])) and len(decode(got)) == 12
 
@@ -222,11 +221,7 @@ async def test_v4l2_backend_passes_h264_through(tmp_path):
 async def test_v4l2_backend_encodes_a_raw_camera():
     camera = V4l2Camera("testsrc2=size=160x120:rate=30,realtime", 160, 120, 30, 500_000, 600,
                         container_format="lavfi")
-    camera.start()
-    try:
-        got = await packets(camera.track(), 5)
-    finally:
-        camera.close()
+    got = await first_packets(camera, 5)
     assert camera.passthrough is False
     assert {NAL_SPS, NAL_PPS, NAL_IDR} <= set(nal_types(bytes(got[0])))
     assert len(decode(got)) == 5

@@ -21,6 +21,17 @@ def factory():
     Device.pin_factory = None
 
 
+async def blinks(pin, within_s: float = 3.0) -> bool:
+    """True once the pin has been seen both on and off: gpiozero blinks it on its own thread,
+    so the test samples the level until it has seen both, or gives up."""
+    seen = set()
+    deadline = asyncio.get_running_loop().time() + within_s
+    while len(seen) < 2 and asyncio.get_running_loop().time() < deadline:
+        seen.add(pin.state)
+        await asyncio.sleep(0.01)
+    return seen == {True, False}
+
+
 async def test_a_press_on_the_pin_reaches_the_event_loop_from_any_thread(factory):
     loop = asyncio.get_running_loop()
     pressed = asyncio.Event()
@@ -61,13 +72,8 @@ async def test_led_patterns_follow_the_door_state(factory):
     assert led_pin.state is True
     pins.show("off")
     assert led_pin.state is False
-    pins.show("calling")  # blinking: the pin toggles on gpiozero's own thread
-    toggles = set()
-    deadline = asyncio.get_running_loop().time() + 2
-    while len(toggles) < 2 and asyncio.get_running_loop().time() < deadline:
-        toggles.add(led_pin.state)
-        await asyncio.sleep(0.01)
-    assert toggles == {True, False}
+    pins.show("calling")
+    assert await blinks(led_pin)
     assert pins.state()["status_led"]["pattern"] == "calling"
     pins.close()
 
@@ -131,12 +137,7 @@ async def test_the_backlight_stays_lit_offline_and_breathes_while_ringing(factor
     pins.show("offline")
     assert backlight.state is True  # the bell still chimes offline: visitors should find it
     pins.show("calling")
-    seen = set()
-    deadline = asyncio.get_running_loop().time() + 3
-    while len(seen) < 2 and asyncio.get_running_loop().time() < deadline:
-        seen.add(backlight.state)
-        await asyncio.sleep(0.02)
-    assert seen == {True, False}
+    assert await blinks(backlight)
     pins.show("off")
     assert backlight.state is False
     pins.close()
