@@ -74,3 +74,46 @@ def test_steady_noise_is_suppressed():
     attenuation = power_db(hum[SETTLE:]) - power_db(out[SETTLE:])
     print(f"noise suppression: {attenuation:.1f} dB")
     assert attenuation >= 6
+
+
+def test_cancellation_holds_with_speaker_and_microphone_on_their_own_threads():
+    """As in the daemon: the speaker's writer thread feeds the far end and the capture thread
+    cleans the microphone, each at its own real-time pace, with no lock-step between them.
+
+    The speaker's thread writes four 20 ms periods ahead of what the loudspeaker plays (the
+    ALSA buffer the daemon opens), so the microphone hears each block 80 ms after the
+    canceller was given it."""
+    import threading
+    import time
+
+    from intercom.media.audio import RealTime
+
+    far = speech_like(4).astype(np.int16)
+    near = echo_path(far.astype(np.float64)).astype(np.int16)
+    canceller = EchoCanceller(echo_cancellation=True, noise_suppression=False)
+    out = np.zeros_like(near)
+    start = threading.Barrier(2)
+
+    def speaker() -> None:
+        start.wait()
+        clock = RealTime()
+        for i in range(0, len(far) - FRAME_SAMPLES + 1, FRAME_SAMPLES):
+            canceller.far_end(far[i:i + FRAME_SAMPLES])
+            clock.tick()
+
+    def microphone() -> None:
+        start.wait()
+        time.sleep(4 * FRAME_SAMPLES / RATE)  # the speaker's ALSA buffer
+        clock = RealTime()
+        for i in range(0, len(near) - FRAME_SAMPLES + 1, FRAME_SAMPLES):
+            out[i:i + FRAME_SAMPLES] = canceller.near_end(near[i:i + FRAME_SAMPLES])
+            clock.tick()
+
+    threads = [threading.Thread(target=speaker), threading.Thread(target=microphone)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=SECONDS * 3)
+    attenuation = power_db(near[SETTLE:]) - power_db(out[SETTLE:])
+    print(f"echo return loss enhancement, two threads in real time: {attenuation:.1f} dB")
+    assert attenuation >= 20

@@ -6,6 +6,11 @@ high-pass) through livekit's maintained bindings does the work; it needs the exa
 the speaker played (`far_end`, fed by the speaker's own writer thread) and the microphone's
 (`near_end`, from the capture thread), both in 10 ms frames. WebRTC's module locks its render
 and capture sides separately, so the two threads may call it concurrently.
+
+Each far-end block must reach the canceller before its echo reaches the microphone. Giving it
+the block when the speaker thread writes it does that: the write is the ALSA buffer (80 ms)
+ahead of the loudspeaker. Measured (tests/test_echo.py): 60 dB of echo removed that way; with
+the microphone's block sometimes handled before its far end, 4 dB.
 """
 
 from __future__ import annotations
