@@ -71,6 +71,7 @@ async def test_a_press_rings_the_resident_who_sees_and_hears_the_visitor(site, t
                                         "role": "caller"}
     assert door_status["speaker"]["tones_played"][:2] == ["chime", "ringback"] and door_status["speaker"]["tone"] is None
     assert door_status["camera"]["keyframe_requests"] >= 2  # the snapshot's and the call's first picture
+    assert door_status["camera"]["viewers"] == 0  # the call's view of the camera ended with it
     assert door_status["speaker"]["voice_frames"] > 0 and door_status["speaker"]["peak_dbfs"] > -30  # heard the resident
     assert door_status["pins"]["status_led"]["pattern"] == "idle"
     assert await stored_reason(site, ended["call_id"]) == "completed"
@@ -96,6 +97,8 @@ async def test_a_press_with_nobody_online_ends_no_answer(site):
     await press(door)
     status = await door.wait_status(lambda s: s["last_call"] is not None)
     assert status["last_call"]["end_reason"] == "no_answer" and status["state"] == "idle"
+    assert status["camera"]["viewers"] == 0  # a call that never connected let go of the camera too
+    assert "no_answer" in status["speaker"]["tones_played"]
     assert await stored_reason(site, status["last_call"]["call_id"]) == "no_answer"
 
 
@@ -180,7 +183,7 @@ async def test_the_pi_camera_path_carries_the_call_and_the_resident_opens_the_do
     ended = await alice.wait_for_event("ended", timeout=30)
     assert ended["reason"] == "completed" and ended["video_frames"] >= 30 and ended["distinct_frames"] >= 10
     status = await door.wait_status(lambda s: s["state"] == "idle" and not s["pins"]["relay"]["energised"])
-    assert status["camera"]["backend"] == "picamera2"
+    assert status["camera"]["backend"] == "picamera2" and status["camera"]["viewers"] == 0
     assert status["pins"]["relay"]["pulses"] == 1
     assert status["door_openings"][0]["by"] == "alice" and status["door_openings"][0]["call_id"] == opened["call_id"]
     code, audit = await site.api("GET", "/v1/sites/home/audit")

@@ -408,6 +408,12 @@ class Station:
         self.microphone = None
         pc, self.pc = self.pc, None
         if pc is not None:
+            # aiortc stops a sender's track only when its media had started: without this a
+            # call nobody answered would leave its microphone thread holding the sound card,
+            # and its view of the camera subscribed, filling up and asking for keyframes.
+            for transceiver in pc.getTransceivers():
+                if transceiver.sender.track is not None:
+                    transceiver.sender.track.stop()
             await pc.close()
 
     # -- the door action (a request from the server) -----------------------------------------
@@ -466,7 +472,8 @@ class Station:
                        "user_id": self.config.user_id, "device_id": self.client.device_id,
                        "last_error": self.client.last_error},
             "pins": self.pins.state(),
-            "camera": {"backend": self.camera.name, "frames": video.frames, "keyframes": video.keyframes,
+            "camera": {"backend": self.camera.name, "viewers": self.camera.video.viewers,
+                       "frames": video.frames, "keyframes": video.keyframes,
                        "keyframe_requests": video.keyframe_requests},
             "speaker": {"device": self.config.speaker_device, "frames": stats.frames, "voice_frames": stats.voice_frames,
                         "dropped": stats.dropped, "tone": self.speaker.playing_tone, "tones_played": stats.tones[-10:],

@@ -107,6 +107,10 @@ class EncodedVideo:
         except Exception:  # noqa: BLE001 - a camera that cannot be asked still sends its GOP's IDR
             log.exception("the camera did not take a keyframe request")
 
+    @property
+    def viewers(self) -> int:
+        return len(self._tracks)
+
     def track(self) -> "H264Track":
         track = H264Track(self)
         self._tracks.add(track)
