@@ -13,6 +13,7 @@ import yaml
 
 import pytest
 
+from intercom_server.openapi import OPENAPI
 from intercom_sim.harness import Installation
 
 pytestmark = pytest.mark.timeout(90)
@@ -256,6 +257,8 @@ async def test_a_press_while_offline_chimes_and_is_reported_when_the_server_is_b
     assert record["end_reason"] == "dial_failed" and record["has_snapshot"] is True
     code, detail = await site.api("GET", f"/v1/direct_calls/{record['call_id']}")
     assert [e["event"] for e in detail["timeline"]] == ["pressed_offline", "reported"]
+    documented = OPENAPI["components"]["schemas"]["CallWithTimeline"]["properties"]["timeline"]["items"]
+    assert {e["event"] for e in detail["timeline"]} <= set(documented["properties"]["event"]["enum"])
 
 
 async def test_sighup_reloads_the_ring_groups_and_a_bad_file_changes_nothing(site):

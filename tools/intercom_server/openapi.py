@@ -104,7 +104,8 @@ SCHEMAS: dict[str, Any] = {
             "type": "object", "required": ["at", "event"],
             "properties": {"at": {"type": "string", "format": "date-time"},
                            "event": {"type": "string", "enum": ["ringing", "reached", "accepted", "declined",
-                                                                 "lost", "ended"]}}}}}},
+                                                                 "lost", "ended", "pressed_offline",
+                                                                 "reported"]}}}}}},
     "AuditEvent": {"type": "object", "required": ["audit_id", "at", "action", "outcome", "by", "call_id"],
                    "properties": {
                        "audit_id": {"type": "integer"}, "at": {"type": "string", "format": "date-time"},
