@@ -56,7 +56,13 @@ def picamera2(monkeypatch):
 
 
 async def test_test_pattern_track_starts_at_a_keyframe_with_its_parameter_sets():
-    got = await first_packets(TestPatternCamera(320, 240, fps=30, iperiod=600), 10)
+    camera = TestPatternCamera(320, 240, fps=30, iperiod=600)
+    camera.start()
+    try:
+        await camera.video.next_keyframe(timeout_s=2)  # running, as it is long before any call
+        got = await packets(camera.track(), 10)
+    finally:
+        camera.close()
     first = bytes(got[0])
     assert {NAL_SPS, NAL_PPS, NAL_IDR} <= set(nal_types(first))
     assert all(NAL_IDR not in nal_types(bytes(p)) for p in got[1:])  # the GOP is 600: no more IDRs

@@ -86,7 +86,7 @@ def test_cancellation_holds_with_speaker_and_microphone_on_their_own_threads():
     import threading
     import time
 
-    from intercom.media.audio import RealTime
+    from intercom.media.pacing import RealTime
 
     far = speech_like(4).astype(np.int16)
     near = echo_path(far.astype(np.float64)).astype(np.int16)
@@ -96,7 +96,7 @@ def test_cancellation_holds_with_speaker_and_microphone_on_their_own_threads():
 
     def speaker() -> None:
         start.wait()
-        clock = RealTime()
+        clock = RealTime(FRAME_SAMPLES / RATE)
         for i in range(0, len(far) - FRAME_SAMPLES + 1, FRAME_SAMPLES):
             canceller.far_end(far[i:i + FRAME_SAMPLES])
             clock.tick()
@@ -104,7 +104,7 @@ def test_cancellation_holds_with_speaker_and_microphone_on_their_own_threads():
     def microphone() -> None:
         start.wait()
         time.sleep(4 * FRAME_SAMPLES / RATE)  # the speaker's ALSA buffer
-        clock = RealTime()
+        clock = RealTime(FRAME_SAMPLES / RATE)
         for i in range(0, len(near) - FRAME_SAMPLES + 1, FRAME_SAMPLES):
             out[i:i + FRAME_SAMPLES] = canceller.near_end(near[i:i + FRAME_SAMPLES])
             clock.tick()

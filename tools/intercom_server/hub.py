@@ -301,10 +301,7 @@ class Hub:
         self._remember(call)
         conn.send(m.ok(req.id, call_id=call.call_id))
         log.info("%s reports a press at %s while offline: %s", conn.user["user_id"], req.body["pressed_at"], call.call_id)
-        for send in sends:
-            target = self.devices.get(send.to)
-            if target is not None:
-                target.send(send.message)
+        self._deliver(call, sends)
 
     @staticmethod
     def _may_call(caller: dict[str, Any], callee: dict[str, Any]) -> bool:

@@ -26,7 +26,7 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 from .echo import EchoCanceller
-from .pacing import Pacer
+from .pacing import Pacer, RealTime
 from .tones import TONES
 
 log = logging.getLogger("intercom.audio")
@@ -84,23 +84,6 @@ def _open_pcm(kind: int, device: str):  # type: ignore[no-untyped-def]
                          format=alsaaudio.PCM_FORMAT_S16_LE, periodsize=FRAME_SAMPLES, periods=4)
 
 
-class RealTime:
-    """Keeps a thread that reads or writes ALSA from running ahead of real time: devices such
-    as `null` return at once, a sound card blocks and this never sleeps."""
-
-    def __init__(self) -> None:
-        self._start = time.monotonic()
-        self._count = 0
-
-    def tick(self) -> None:
-        self._count += 1
-        ahead = self._start + self._count * FRAME_SAMPLES / RATE - time.monotonic()
-        if ahead > 0:
-            time.sleep(ahead)
-        elif ahead < -1.0:
-            self._start, self._count = time.monotonic(), 0
-
-
 class AlsaCaptureTrack(MediaStreamTrack):
     """The microphone through ALSA: a reader thread cleans each 20 ms frame (echo, noise)
     and hands it to the event loop."""
@@ -123,7 +106,7 @@ class AlsaCaptureTrack(MediaStreamTrack):
 
     def _read(self) -> None:
         buf = b""
-        clock = RealTime()
+        clock = RealTime(FRAME_SAMPLES / RATE)
         while self._running:
             length, data = self._pcm.read()
             if length < 0:
@@ -286,7 +269,7 @@ class Speaker:
     # -- the writer thread ---------------------------------------------------------------------
 
     def _write(self, pcm) -> None:  # type: ignore[no-untyped-def]
-        clock = RealTime()
+        clock = RealTime(FRAME_SAMPLES / RATE)
         silence = np.zeros(FRAME_SAMPLES, np.int16)
         try:
             while self._running:

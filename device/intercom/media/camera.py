@@ -25,6 +25,7 @@ import av
 import numpy as np
 from aiortc import MediaStreamTrack
 
+from .pacing import RealTime
 from .video import EncodedVideo
 
 log = logging.getLogger("intercom.camera")
@@ -167,19 +168,14 @@ class TestPatternCamera(EncodedCamera):
         self._encoder.force_keyframe()
 
     def _run(self) -> None:
-        start = time.monotonic()
+        clock = RealTime(1 / self.fps)
         n = 0
         while self._running:
-            due = start + n / self.fps
-            delay = due - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            elif delay < -1.0:
-                start, n = time.monotonic(), 0  # the host was suspended: do not burst
             out = self._encoder.encode(self.pattern.frame(n))
             if out is not None:
                 self._publish(out[0], out[1], monotonic_us())
             n += 1
+            clock.tick()
 
     def close(self) -> None:
         self._running = False

@@ -26,3 +26,22 @@ class Pacer:
             # Fell far behind (the host was suspended): restart the clock rather than burst.
             self._start = now - self.index * self.period
         return self.index
+
+
+class RealTime:
+    """The same clock for a thread at the hardware edge (an ALSA reader or writer, a camera's
+    encoder loop): `tick()` after each frame sleeps until the next one is due. Devices such as
+    ALSA's `null` return at once; a sound card blocks by itself and this never sleeps."""
+
+    def __init__(self, period_s: float) -> None:
+        self.period = period_s
+        self._start = time.monotonic()
+        self._count = 0
+
+    def tick(self) -> None:
+        self._count += 1
+        ahead = self._start + self._count * self.period - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)
+        elif ahead < -1.0:
+            self._start, self._count = time.monotonic(), 0  # the host was suspended: do not burst
