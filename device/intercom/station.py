@@ -64,7 +64,6 @@ class Station:
         self.pins = Pins(config.pins, self.press, self.loop, factory=pin_factory)
         self.call: ClientCall | None = None
         self.pc: RTCPeerConnection | None = None
-        self.microphone: MediaStreamTrack | None = None
         self.group = 0
         self.last_call: dict[str, Any] | None = None
         self.calls_placed = 0
@@ -246,8 +245,7 @@ class Station:
 
     def _microphone(self) -> MediaStreamTrack:
         mic = self.config.microphone
-        self.microphone = ToneTrack() if mic["backend"] == "tone" else AlsaCaptureTrack(mic["device"], self.echo)
-        return self.microphone
+        return ToneTrack() if mic["backend"] == "tone" else AlsaCaptureTrack(mic["device"], self.echo)
 
     def _remote_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "audio":
@@ -405,7 +403,6 @@ class Station:
         self._call_timers = []
         self.speaker.stop_tone("ringback")
         self.speaker.stop()
-        self.microphone = None
         pc, self.pc = self.pc, None
         if pc is not None:
             # aiortc stops a sender's track only when its media had started: without this a
