@@ -8,7 +8,8 @@ BIN    := $(VENV)/bin
 SYSTEM_PACKAGES := libasound2-dev gcc pkg-config
 # coturn: the TURN tests start a real turnserver on loopback.
 # systemd: the unit file is checked with systemd-analyze verify and security.
-TEST_SYSTEM_PACKAGES := coturn systemd
+# chromium: the web app is tested in a real browser (Debian's, driven by playwright).
+TEST_SYSTEM_PACKAGES := coturn systemd chromium fonts-dejavu-core
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test system-packages clean

@@ -119,7 +119,20 @@ async def test_a_party_lists_only_its_own_calls_and_cannot_use_the_admin_calls(s
     status, body = await server.api("GET", "/v1/direct_calls?user_id=bob", bearer=alice_token)
     assert status == 403 and body["error"]["code"] == "forbidden"
     assert (await server.api("GET", "/v1/users/alice", bearer=alice_token))[0] == 401
-    assert (await server.api("GET", "/v1/sites/home/audit", bearer=alice_token))[0] == 401
+    assert (await server.api("GET", "/v1/sites/home/users", bearer=alice_token))[0] == 401
+
+
+async def test_residents_read_their_own_sites_door_log_and_nobody_elses(server):
+    """The web app shows who opened the door; a door's token, or a resident of another site,
+    is told the site does not exist."""
+    alice = server.user("alice")
+    door = server.user("door", kind="door")
+    mallory = server.user("mallory", site="other")
+    status, page = await server.api("GET", "/v1/sites/home/audit", bearer=alice)
+    assert status == 200 and page == {"events": [], "next": None}
+    for token, site in ((door, "home"), (mallory, "home"), (alice, "other"), (alice, "nowhere")):
+        status, body = await server.api("GET", f"/v1/sites/{site}/audit", bearer=token)
+        assert status == 404 and body["error"]["code"] == "not_found"
 
 
 async def test_sites_and_their_users_are_listed(server):

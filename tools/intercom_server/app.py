@@ -15,39 +15,50 @@ from intercom.core.messages import CLOSE_UNAUTHENTICATED, PROTOCOL_PATH
 
 from .hub import Hub, HubSettings
 from .openapi import AUDIT_CURSOR, CALLS_CURSOR, OPENAPI
-from .store import Forbidden, NotFound, Store, StoreError
+from .store import Forbidden, NotFound, Store, StoreError, Unauthenticated
+from .webapp import add_webapp_routes
 
 log = logging.getLogger("intercom.server")
 
 HUB = web.AppKey("hub", Hub)
 STORE = web.AppKey("store", Store)
 API_TOKEN = web.AppKey("api_token", str)
+#: Where residents reach the server (config `public_url`), for invite links; by default the
+#: address the request came to.
+PUBLIC_URL = web.AppKey("public_url", str)
 #: Larger frames than the protocol allows are still read, so they get a `too_large` reply;
 #: only absurd ones make aiohttp drop the connection.
 _WS_READ_LIMIT = 4 * 1024 * 1024
 
 
-def create_app(store: Store, settings: HubSettings, api_token: str) -> web.Application:
+def create_app(store: Store, settings: HubSettings, api_token: str, public_url: str = "") -> web.Application:
     app = web.Application(middlewares=[_json_errors])
     app[STORE] = store
     app[HUB] = Hub(store, settings)
     app[API_TOKEN] = api_token
+    app[PUBLIC_URL] = public_url
     app.router.add_get(PROTOCOL_PATH, _websocket)
     app.router.add_get("/v1/openapi.json", _openapi)
     app.router.add_post("/v1/sites", _api(_post_site))
     app.router.add_get("/v1/sites", _api(_get_sites))
     app.router.add_get("/v1/sites/{site_id}", _api(_get_site))
     app.router.add_get("/v1/sites/{site_id}/users", _api(_get_site_users))
-    app.router.add_get("/v1/sites/{site_id}/audit", _api(_get_audit))
+    app.router.add_get("/v1/sites/{site_id}/audit", _api(_get_audit, parties=True))
     app.router.add_post("/v1/users", _api(_post_user))
     app.router.add_get("/v1/users/{user_id}", _api(_get_user))
     app.router.add_post("/v1/users/{user_id}/tokens", _api(_post_token))
     app.router.add_get("/v1/users/{user_id}/tokens", _api(_get_tokens))
     app.router.add_delete("/v1/users/{user_id}/tokens/{token_id}", _api(_delete_token))
+    app.router.add_post("/v1/users/{user_id}/invites", _api(_post_invite))
+    app.router.add_get("/v1/users/{user_id}/invites", _api(_get_invites))
+    app.router.add_post("/v1/invites/redeem", _redeem_invite)
+    app.router.add_get("/v1/me", _api(_get_me, parties=True, bearer_only=True))
+    app.router.add_delete("/v1/me/token", _sign_out)
     app.router.add_get("/v1/direct_calls", _api(_get_calls, parties=True))
     app.router.add_get("/v1/direct_calls/{call_id}", _api(_get_call, parties=True))
     app.router.add_get("/v1/direct_calls/{call_id}/snapshot", _api(_get_snapshot, parties=True))
     app.router.add_get("/healthz", _health)
+    add_webapp_routes(app)
 
     async def on_shutdown(app: web.Application) -> None:
         await app[HUB].shutdown()
@@ -97,18 +108,27 @@ Handler = Callable[[web.Request], Awaitable[Any]]
 VIEWER = web.RequestKey("viewer", str)
 
 
-def _api(handler: Handler, parties: bool = False) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def _bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    return header[7:].strip() or None if header[:7].lower() == "bearer " else None
+
+
+def _api(handler: Handler, parties: bool = False,
+         bearer_only: bool = False) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """Guard a Platform API handler with the Api-Token header (or, where `parties` is set, a
-    party's `Authorization: Bearer` access token too); serialise its result."""
+    party's `Authorization: Bearer` access token too; with `bearer_only`, that alone);
+    serialise its result."""
 
     async def guarded(request: web.Request) -> web.StreamResponse:
-        given = request.headers.get("Api-Token")
-        bearer = request.headers.get("Authorization", "")
+        given = None if bearer_only else request.headers.get("Api-Token")
+        bearer = _bearer(request)
+        if bearer_only and not bearer:
+            return _error(401, "unauthenticated", "this call needs an Authorization: Bearer access token")
         if given is not None:
             if not hmac.compare_digest(given.encode(), request.app[API_TOKEN].encode()):
                 return _error(401, "unauthenticated", "wrong Api-Token header")
-        elif parties and bearer[:7].lower() == "bearer " and bearer[7:].strip():
-            owner = request.app[STORE].token_owner(bearer[7:].strip())
+        elif parties and bearer:
+            owner = request.app[STORE].token_owner(bearer)
             if owner is None:
                 return _error(401, "unauthenticated", "unknown, expired or revoked access token")
             request[VIEWER] = owner
@@ -175,7 +195,19 @@ async def _get_site_users(request: web.Request) -> Any:
     return {"users": request.app[STORE].list_users(request.match_info["site_id"])}
 
 
+def _resident_of(request: web.Request, site_id: str) -> None:
+    """A resident with its own token sees its own site's door log; anyone else is told the site
+    does not exist, as with calls, so sites cannot be probed."""
+    viewer = request.get(VIEWER)
+    if viewer is None:
+        return
+    user = request.app[STORE].get_user(viewer)
+    if user["kind"] != "resident" or user["site_id"] != site_id:
+        raise NotFound(f"no site '{site_id}'")
+
+
 async def _get_audit(request: web.Request) -> Any:
+    _resident_of(request, request.match_info["site_id"])
     limit = _limit(request)
     text = request.query.get("next")
     before = int(_cursor(text, AUDIT_CURSOR)) if text else None
@@ -205,6 +237,47 @@ async def _get_tokens(request: web.Request) -> Any:
 async def _delete_token(request: web.Request) -> Any:
     request.app[STORE].revoke_token(request.match_info["user_id"], request.match_info["token_id"])
     return web.Response(status=204)
+
+
+async def _post_invite(request: web.Request) -> Any:
+    body = await _body(request, (), ("expires_in_s",)) if request.can_read_body else {}
+    invite = request.app[STORE].create_invite(request.match_info["user_id"], body.get("expires_in_s"))
+    return {**invite, "url": invite_url(request.app[PUBLIC_URL] or str(request.url.origin()), invite["code"])}
+
+
+async def _get_invites(request: web.Request) -> Any:
+    return {"invites": request.app[STORE].list_invites(request.match_info["user_id"])}
+
+
+async def _redeem_invite(request: web.Request) -> web.Response:
+    """No credentials: the one-time code is the credential. It is 192 random bits, so
+    guessing is hopeless even without a rate limit."""
+    body = await _body(request, ("code",))
+    if not isinstance(body["code"], str) or not 1 <= len(body["code"]) <= 200:
+        raise StoreError("code must be the text after 'invite=' in the invite link")
+    return web.json_response(request.app[STORE].redeem_invite(body["code"]), status=201)
+
+
+async def _get_me(request: web.Request) -> Any:
+    """Who the web app is signed in as, and the site's directory: door names for "Look
+    outside", residents' names for the history."""
+    store = request.app[STORE]
+    user = store.get_user(request[VIEWER])
+    return {"user": user, "site": store.get_site(user["site_id"]), "users": store.list_users(user["site_id"])}
+
+
+async def _sign_out(request: web.Request) -> web.Response:
+    """The phone's own token is revoked, so a lost or shared phone's copy is worthless."""
+    token = _bearer(request)
+    if token is None or request.app[STORE].revoke_secret(token) is None:
+        raise Unauthenticated("unknown, expired or revoked access token")
+    return web.Response(status=204)
+
+
+def invite_url(base: str, code: str) -> str:
+    """The code is in the fragment, which browsers never send to a server or in a Referer,
+    so it stays out of access logs and proxies."""
+    return f"{base.rstrip('/')}/#invite={code}"
 
 
 def _cursor_out(cursor: tuple[float, str]) -> str:

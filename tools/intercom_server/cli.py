@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import signal
+import ssl
 import sys
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from aiohttp import web
 
 from intercom.core.yamlconfig import ConfigError
 
-from .app import create_app
+from .app import create_app, invite_url
 from .config import ServerConfig
 from .store import Store, StoreError
 
@@ -43,15 +44,24 @@ async def _serve(config: ServerConfig) -> None:
     if closed:
         log.warning("%d call(s) were live when the server last stopped; recorded as ended 'unknown'", closed)
     token, source = config.resolve_api_token()
-    app = create_app(store, config.hub, token)
+    app = create_app(store, config.hub, token, public_url=config.public_url or "")
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port)
+    tls = None
+    if config.tls_cert and config.tls_key:
+        # Phones allow the microphone only on https (or localhost): serve TLS here, or put the
+        # server behind a reverse proxy that does.
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(config.tls_cert, config.tls_key)
+    site = web.TCPSite(runner, config.host, config.port, ssl_context=tls)
     await site.start()
     port = runner.addresses[0][1]
     log.info("Platform API token from %s", source)
     # Tests and the demo read this line to learn the port when --port 0 was given.
-    print(f"intercom-server listening on http://{config.host}:{port}", flush=True)
+    print(f"intercom-server listening on {'https' if tls else 'http'}://{config.host}:{port}", flush=True)
+    if not tls and config.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving plain http on %s: phones will keep the microphone off (browsers allow it only "
+                    "on https); set tls: in the config or use a reverse proxy with TLS", config.host)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -60,6 +70,18 @@ async def _serve(config: ServerConfig) -> None:
     log.info("shutting down")
     await runner.cleanup()
     store.close()
+
+
+def _print_invite(invite: dict[str, str]) -> None:
+    """For the installer's terminal: the link to send, and a QR code to show the phone."""
+    import qrcode
+
+    qr = qrcode.QRCode(border=2, error_correction=qrcode.constants.ERROR_CORRECT_L)
+    qr.add_data(invite["url"])
+    print(f"Invite for {invite['user_id']}: open this link on the resident's phone (once, before {invite['expires_at']}):")
+    print(f"  {invite['url']}")
+    print("or scan this code with the phone's camera:")
+    qr.print_ascii(out=sys.stdout, invert=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,6 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("user_id")
     p.add_argument("token_id")
 
+    p = sub.add_parser("invite", help="a one-time sign-in link (and QR code) for a resident's phone")
+    p.add_argument("user_id")
+    p.add_argument("--expires-in", type=float, metavar="SECONDS", help="default: 7 days")
+    p.add_argument("--url", help="where phones reach the server; default: public_url from the config")
+    p.add_argument("--json", action="store_true", help="print JSON only, no QR code")
+
     sub.add_parser("api-token", help="print the Platform API token (made on first use)")
 
     args = parser.parse_args(argv)
@@ -118,6 +146,12 @@ def main(argv: list[str] | None = None) -> int:
             result = store.add_user(args.user_id, args.kind, args.site, args.name)
         elif args.command == "user":
             result = store.get_user(args.user_id)
+        elif args.command == "invite":
+            invite = store.create_invite(args.user_id, args.expires_in)
+            result = {**invite, "url": invite_url(args.url or config.base_url, invite["code"])}
+            if not args.json:
+                _print_invite(result)
+                return 0
         elif args.action == "issue":
             result = store.issue_token(args.user_id, args.expires_in)
         elif args.action == "list":

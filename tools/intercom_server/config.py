@@ -31,11 +31,22 @@ def _turn_urls(value: Any) -> None:
         raise ValueError("must be turn: or turns: URLs")
 
 
+def _public_url(value: Any) -> None:
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")) or "#" in value:
+        raise ValueError("must be an http:// or https:// URL without a fragment")
+
+
 SCHEMA = {
     "listen": Field(schema={
         "host": Field(str, default="127.0.0.1", help="address to listen on; 0.0.0.0 for every interface"),
         "port": Field(int, default=8080, check=in_range(0, 65535)),
     }),
+    "public_url": Field(str, check=lambda v: _public_url(v),
+                        help="where residents' phones reach this server, e.g. https://door.example.org; used in invite links"),
+    "tls": Field(schema={
+        "cert": Field(str, required=True, help="PEM certificate chain"),
+        "key": Field(str, required=True, help="PEM private key"),
+    }, optional_section=True),
     "data_dir": Field(str, default="/var/lib/intercom-server"),
     "database": Field(str, help="the SQLite file; default: intercom.db in data_dir"),
     "api_token": Field(str, help="the Platform API's master token; or set INTERCOM_SERVER_API_TOKEN"),
@@ -72,6 +83,9 @@ class ServerConfig:
     data_dir: Path = Path("/var/lib/intercom-server")
     api_token: str | None = None
     database: Path | None = None
+    public_url: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     hub: HubSettings = field(default_factory=HubSettings)
 
     @classmethod
@@ -79,9 +93,12 @@ class ServerConfig:
         raw = load_file(path, SCHEMA)
         calls = raw["calls"]
         turn = raw.get("turn")
+        tls = raw.get("tls")
         return cls(
             host=raw["listen"]["host"], port=raw["listen"]["port"], data_dir=Path(raw["data_dir"]),
             api_token=raw["api_token"], database=Path(raw["database"]) if raw["database"] else None,
+            public_url=raw["public_url"],
+            tls_cert=Path(tls["cert"]) if tls else None, tls_key=Path(tls["key"]) if tls else None,
             hub=HubSettings(
                 ring_timeout_s=calls["ring_timeout_s"], max_duration_s=calls["max_duration_s"],
                 grace_s=calls["grace_s"], open_door_window_s=calls["open_door_window_s"],
@@ -93,6 +110,15 @@ class ServerConfig:
     @property
     def db_path(self) -> Path:
         return self.database or self.data_dir / "intercom.db"
+
+    @property
+    def base_url(self) -> str:
+        """Where the web app is: the configured public URL, else the listening address."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        scheme = "https" if self.tls_cert else "http"
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"{scheme}://{host}:{self.port}"
 
     def resolve_api_token(self) -> tuple[str, str]:
         """The master Api-Token and where it came from; made and kept (0600) on first start."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .store import ID_PATTERN, MAX_NAME, MAX_TOKEN_LIFETIME_S, NAME_PATTERN
+from .store import ID_PATTERN, MAX_INVITE_LIFETIME_S, MAX_NAME, MAX_TOKEN_LIFETIME_S, NAME_PATTERN
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -44,6 +44,7 @@ _CALLS_NEXT = _next(CALLS_CURSOR)
 _AUDIT_NEXT = _next(AUDIT_CURSOR)
 _API_ONLY = [{"ApiToken": []}]
 _API_OR_PARTY = [{"ApiToken": []}, {"AccessToken": []}]
+_PARTY_ONLY = [{"AccessToken": []}]
 _NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
 _DEVICE = {"type": "object", "required": ["user_id", "device_id"],
            "properties": {"user_id": {"type": "string"}, "device_id": {"type": "string"}}}
@@ -97,6 +98,26 @@ SCHEMAS: dict[str, Any] = {
     "TokenInfo": {"type": "object", "required": ["token_id", "created_at", "expires_at"], "properties": {
         "token_id": {"type": "string"}, "created_at": {"type": "string", "format": "date-time"},
         "expires_at": _NULLABLE_TIME}},
+    "NewInvite": {"type": "object", "additionalProperties": False, "properties": {
+        "expires_in_s": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_INVITE_LIFETIME_S,
+                         "description": "how long the link can be used; default 7 days"}}},
+    "Invite": {"type": "object", "required": ["invite_id", "user_id", "code", "expires_at", "url"], "properties": {
+        "invite_id": {"type": "string"}, "user_id": {"type": "string"},
+        "code": {"type": "string", "description": "shown this once; the server keeps only its hash"},
+        "expires_at": {"type": "string", "format": "date-time"},
+        "url": {"type": "string", "description": "the link to send, the code in its fragment"}}},
+    "InviteInfo": {"type": "object", "required": ["invite_id", "created_at", "expires_at", "redeemed_at", "token_id"],
+                   "properties": {"invite_id": {"type": "string"},
+                                  "created_at": {"type": "string", "format": "date-time"},
+                                  "expires_at": {"type": "string", "format": "date-time"},
+                                  "redeemed_at": _NULLABLE_TIME, "token_id": {"type": ["string", "null"]}}},
+    "Redeem": {"type": "object", "required": ["code"], "additionalProperties": False, "properties": {
+        "code": {"type": "string", "minLength": 1, "maxLength": 200}}},
+    "SignedIn": {"type": "object", "required": ["token_id", "access_token", "expires_at", "user"], "properties": {
+        "token_id": {"type": "string"}, "access_token": {"type": "string"}, "expires_at": _NULLABLE_TIME,
+        "user": _ref("User")}},
+    "Me": {"type": "object", "required": ["user", "site", "users"], "properties": {
+        "user": _ref("User"), "site": _ref("Site"), "users": {"type": "array", "items": _ref("User")}}},
     "Call": {"type": "object", "required": list(_CALL_PROPERTIES), "properties": _CALL_PROPERTIES},
     "CallWithTimeline": {"type": "object", "required": [*_CALL_PROPERTIES, "timeline"], "properties": {
         **_CALL_PROPERTIES,
@@ -151,7 +172,8 @@ PATHS: dict[str, Any] = {
     },
     "/v1/sites/{site_id}/audit": {
         "get": {"summary": "Door openings, refusals and failures of a site, newest first", "operationId": "listAudit",
-                "security": _API_ONLY, "parameters": [_SITE_ID, _LIMIT, _AUDIT_NEXT],
+                "description": "With an access token: residents of this site only; anyone else gets 404.",
+                "security": _API_OR_PARTY, "parameters": [_SITE_ID, _LIMIT, _AUDIT_NEXT],
                 "responses": {"200": _json(_page("events", "AuditEvent"), "a page of the audit log"),
                               **_errors(404)}},
     },
@@ -177,6 +199,31 @@ PATHS: dict[str, Any] = {
                    "parameters": [_USER_ID, {"name": "token_id", "in": "path", "required": True,
                                              "schema": {"type": "string", "minLength": 1}}],
                    "responses": {"204": {"description": "revoked"}, **_errors(404)}},
+    },
+    "/v1/users/{user_id}/invites": {
+        "post": {"summary": "A one-time sign-in link for a resident's phone", "operationId": "createInvite",
+                 "security": _API_ONLY, "parameters": [_USER_ID], "requestBody": _body("NewInvite", required=False),
+                 "responses": {"201": _json(_ref("Invite"), "the invite, its code shown once"),
+                               **_errors(404, 409)}},
+        "get": {"summary": "The user's invites, without codes", "operationId": "listInvites",
+                "security": _API_ONLY, "parameters": [_USER_ID],
+                "responses": {"200": _json(_list("invites", "InviteInfo"), "the invites"), **_errors(404)}},
+    },
+    "/v1/invites/redeem": {
+        "post": {"summary": "Exchange an invite's code for an access token, once", "operationId": "redeemInvite",
+                 "description": "No credentials: the code is one. Unknown, used and expired codes get the same 401.",
+                 "security": [], "requestBody": _body("Redeem"),
+                 "responses": {"201": _json(_ref("SignedIn"), "the phone's own access token"), **_errors()}},
+    },
+    "/v1/me": {
+        "get": {"summary": "Who this access token belongs to, its site and the site's users", "operationId": "getMe",
+                "security": _PARTY_ONLY,
+                "responses": {"200": _json(_ref("Me"), "the signed-in user"), **_errors()}},
+    },
+    "/v1/me/token": {
+        "delete": {"summary": "Sign out: revoke the access token given", "operationId": "signOut",
+                   "security": _PARTY_ONLY,
+                   "responses": {"204": {"description": "revoked"}, **_errors()}},
     },
     "/v1/direct_calls": {
         "get": {"summary": "Call history, newest first", "operationId": "listCalls", "security": _API_OR_PARTY,

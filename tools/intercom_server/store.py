@@ -26,6 +26,9 @@ MAX_NAME = 100
 #: A name needs one visible character; written so JSON Schema and Python read it alike.
 NAME_PATTERN = r"[^ \t\r\n]"
 MAX_TOKEN_LIFETIME_S = 10 * 365 * 86400
+#: An invite is a link sent by message or shown as a QR code: short-lived, used once.
+DEFAULT_INVITE_LIFETIME_S = 7 * 86400
+MAX_INVITE_LIFETIME_S = 30 * 86400
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sites (
@@ -54,6 +57,11 @@ CREATE TABLE IF NOT EXISTS audit (
     call_id TEXT NOT NULL, door_id TEXT, detail TEXT);
 CREATE INDEX IF NOT EXISTS audit_site ON audit(site_id, audit_id);
 CREATE INDEX IF NOT EXISTS tokens_hash ON tokens(token_hash);
+CREATE TABLE IF NOT EXISTS invites (
+    invite_id TEXT PRIMARY KEY, user_id TEXT NOT NULL REFERENCES users(user_id),
+    code_hash TEXT NOT NULL UNIQUE, created_at REAL NOT NULL, expires_at REAL NOT NULL,
+    redeemed_at REAL, token_id TEXT);
+CREATE INDEX IF NOT EXISTS invites_user ON invites(user_id);
 """
 
 
@@ -75,6 +83,11 @@ class Forbidden(StoreError):
 class Conflict(StoreError):
     status = 409
     code = "conflict"
+
+
+class Unauthenticated(StoreError):
+    status = 401
+    code = "unauthenticated"
 
 
 def hash_token(token: str) -> str:
@@ -199,6 +212,58 @@ class Store:
                               (time.time(), user_id, token_id))
         if cur.rowcount == 0:
             raise NotFound(f"no token '{token_id}' for user '{user_id}'")
+
+    def revoke_secret(self, token: str) -> str | None:
+        """Sign-out: the holder of a token revokes it; returns its owner, or None if unknown."""
+        owner = self.token_owner(token)
+        if owner is not None:
+            self.db.execute("UPDATE tokens SET revoked_at = ? WHERE token_hash = ? AND revoked_at IS NULL",
+                            (time.time(), hash_token(token)))
+        return owner
+
+    # -- invites -----------------------------------------------------------------------------
+
+    def create_invite(self, user_id: str, expires_in_s: float | None = None) -> dict[str, Any]:
+        """A one-time code a resident's phone exchanges for an access token, so nobody types
+        or copies tokens. Kept as a hash, like tokens; shown once."""
+        user = self.get_user(user_id)
+        if user["kind"] != "resident":
+            raise Conflict(f"'{user_id}' is a door station: invites are for residents' phones; "
+                           f"a door gets a token with `token issue`")
+        lifetime = DEFAULT_INVITE_LIFETIME_S if expires_in_s is None else expires_in_s
+        if isinstance(lifetime, bool) or not isinstance(lifetime, (int, float)) \
+                or not 0 < lifetime <= MAX_INVITE_LIFETIME_S:
+            raise StoreError(f"expires_in_s must be a number of seconds above 0 and at most {MAX_INVITE_LIFETIME_S}")
+        now = time.time()
+        invite_id = "inv_" + secrets.token_hex(8)
+        code = secrets.token_urlsafe(24)  # 192 bits: short enough for a QR code, far too many to guess
+        self.db.execute("INSERT INTO invites VALUES (?, ?, ?, ?, ?, NULL, NULL)",
+                        (invite_id, user_id, hash_token(code), now, now + lifetime))
+        return {"invite_id": invite_id, "user_id": user_id, "code": code, "expires_at": iso(now + lifetime)}
+
+    def redeem_invite(self, code: str, now: float | None = None) -> dict[str, Any]:
+        """Exchange an invite's code for a new access token, exactly once.
+
+        The single UPDATE is the check and the claim together, so two phones racing with the
+        same code cannot both win. Unknown, used and expired codes get the same answer."""
+        now = time.time() if now is None else now
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            row = self.db.execute(
+                "UPDATE invites SET redeemed_at = ? WHERE code_hash = ? AND redeemed_at IS NULL AND expires_at > ? "
+                "RETURNING invite_id, user_id", (now, hash_token(code), now)).fetchone()
+            if row is None:
+                raise Unauthenticated("this invite is unknown, already used or expired; ask for a new one")
+            token = self.issue_token(row["user_id"])
+            self.db.execute("UPDATE invites SET token_id = ? WHERE invite_id = ?", (token["token_id"], row["invite_id"]))
+        return {**token, "user": self.get_user(row["user_id"])}
+
+    def list_invites(self, user_id: str) -> list[dict[str, Any]]:
+        self.get_user(user_id)
+        rows = self.db.execute("SELECT * FROM invites WHERE user_id = ? ORDER BY created_at", (user_id,)).fetchall()
+        return [{"invite_id": r["invite_id"], "created_at": iso(r["created_at"]), "expires_at": iso(r["expires_at"]),
+                 "redeemed_at": iso(r["redeemed_at"]) if r["redeemed_at"] else None, "token_id": r["token_id"]}
+                for r in rows]
 
     def verify_token(self, user_id: str, token: str, now: float | None = None) -> bool:
         """Constant-time over the candidate hashes, so timing says nothing about the secret."""
