@@ -247,6 +247,13 @@ class Installation:
         path.chmod(0o600)
         return path
 
+    async def invite(self, user_id: str, name: str | None = None) -> str:
+        """A resident for the web app, and the one-time link that signs a phone in as them."""
+        await self.server_cli("user", "add", user_id, "--kind", "resident", "--site", self.site_id,
+                              "--name", name or user_id.title())
+        invite = await self.server_cli("invite", user_id, "--json", "--url", self.http_url)
+        return str(invite["url"])
+
     # -- doors and residents -------------------------------------------------------------------
 
     def door_config(self, user_id: str, token_file: Path, ring_groups: list[dict[str, Any]]) -> dict[str, Any]:

@@ -662,14 +662,23 @@ function wire() {
   window.addEventListener("online", () => { if (session && !ws) connect(); });
 }
 
+function inviteFromAddress() {
+  const code = inviteCode(location.hash);
+  if (code) history.replaceState(null, "", location.pathname); // the code is spent: keep it out of history
+  return code;
+}
+
 wire();
 if (navigator.serviceWorker) navigator.serviceWorker.register("/sw.js").catch(() => {});
-const code = inviteCode(location.hash);
-if (code) {
-  history.replaceState(null, "", location.pathname); // the code is spent: keep it out of history
-  signInWith(code);
-} else if (session) {
-  start();
-} else {
-  showSignIn(null);
-}
+// An invite opened while the app is already open arrives as a change of the fragment only.
+window.addEventListener("hashchange", () => {
+  const code = inviteFromAddress();
+  if (code) {
+    disconnect();
+    signInWith(code);
+  }
+});
+const firstCode = inviteFromAddress();
+if (firstCode) signInWith(firstCode);
+else if (session) start();
+else showSignIn(null);

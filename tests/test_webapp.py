@@ -1,0 +1,274 @@
+"""The resident web app in a real browser: Debian's Chromium, driven by Playwright, against the
+real server and a simulated door daemon, each a process of its own.
+
+Chromium's fake media devices stand in for the phone's camera and microphone. What is asserted
+is what a resident would notice (the page rings, the video plays with decoded frames, the door
+opens) and what the door notices (it hears the phone, its relay clicks), read through
+`intercom ctl status` as an installer would. Screenshots of the ringing, in-call and history
+screens go to test-output/screenshots (or $INTERCOM_SCREENSHOTS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import aiohttp
+import pytest
+
+from intercom_sim.harness import Installation
+
+playwright_api = pytest.importorskip("playwright.async_api")
+
+pytestmark = pytest.mark.timeout(120)
+
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOTS = Path(os.environ.get("INTERCOM_SCREENSHOTS", Path(__file__).parent.parent / "test-output" / "screenshots"))
+RELAY = {"hardware": {"pins": {"relay": 22, "relay_pulse_s": 0.5}}}
+#: A phone as a test can have one: Chromium's fake camera and microphone. Local addresses are
+#: not hidden behind mDNS names, which this sandbox cannot resolve.
+BROWSER_ARGS = ["--use-fake-device-for-media-stream", "--autoplay-policy=no-user-gesture-required",
+                "--disable-features=WebRtcHideLocalIpsWithMdns", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+GRANT_MICROPHONE = "--use-fake-ui-for-media-stream"  # the user taps "Allow"; without it Chromium refuses
+
+if not shutil.which(CHROMIUM):
+    pytest.skip(f"{CHROMIUM} is missing: `make test` installs Debian's chromium package", allow_module_level=True)
+
+INBOUND_VIDEO = """async () => {
+  const pc = window.intercom.pc;
+  if (!pc) return {frames: 0};
+  let out = {frames: 0};
+  (await pc.getStats()).forEach((s) => {
+    if (s.type === "inbound-rtp" && s.kind === "video") out = {frames: s.framesDecoded || 0, codec: s.codecId,
+                                                               width: s.frameWidth, height: s.frameHeight};
+  });
+  return out;
+}"""
+OUTBOUND_AUDIO = """async () => {
+  let sent = 0;
+  (await window.intercom.pc.getStats()).forEach((s) => {
+    if (s.type === "outbound-rtp" && s.kind === "audio") sent = s.packetsSent;
+  });
+  return sent;
+}"""
+
+
+async def until(page: Any, expression: str, timeout_s: float = 15, what: str = "") -> Any:
+    """Poll an expression in the page until it is truthy. (Playwright's wait_for_function
+    evaluates strings with eval, which the app's Content-Security-Policy forbids; evaluate
+    goes through the DevTools protocol and is not subject to it.)"""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        value = await page.evaluate(expression)
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise TimeoutError(f"{what or expression} still false after {timeout_s} s")
+        await asyncio.sleep(0.05)
+
+
+class Phone:
+    """One resident's browser profile: its own storage, so its own session and device id."""
+
+    def __init__(self, name: str, page: Any, origin: str) -> None:
+        self.name = name
+        self.page = page
+        self.origin = origin
+        self.requests: list[str] = []
+        self.problems: list[str] = []
+        page.on("request", lambda request: self.requests.append(request.url))
+        page.on("console", lambda msg: self.problems.append(f"console {msg.type}: {msg.text}")
+                if msg.type == "error" else None)
+        page.on("pageerror", lambda error: self.problems.append(f"page error: {error}"))
+
+    async def sign_in(self, invite_url: str) -> None:
+        await self.page.goto(invite_url)
+        await until(self.page, "window.intercom && window.intercom.online", what="signed in and online")
+        assert "invite=" not in self.page.url  # the spent code is not left in the address bar
+
+    async def shot(self, name: str) -> None:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        await self.page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
+
+    async def wait_frames(self, count: int, timeout_s: float = 20) -> dict[str, Any]:
+        await until(self.page, f"({INBOUND_VIDEO})().then((v) => v.frames >= {count})", timeout_s,
+                    what=f"{count} decoded video frames")
+        return dict(await self.page.evaluate(INBOUND_VIDEO))
+
+    async def video_playing(self) -> None:
+        await until(self.page, "(() => { const v = document.getElementById('remote-video');"
+                               " return v.readyState >= 2 && v.videoWidth > 0 && !v.paused; })()", what="video playing")
+
+    def foreign_requests(self) -> list[str]:
+        return [u for u in self.requests if not u.startswith((self.origin, "blob:", "data:"))]
+
+
+@pytest.fixture
+async def site(tmp_path: Path) -> AsyncIterator[Installation]:
+    installation = Installation(tmp_path)
+    await installation.start_server()
+    try:
+        yield installation
+    finally:
+        await installation.close()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    async with playwright_api.async_playwright() as pw:
+        chromium = await pw.chromium.launch(executable_path=CHROMIUM, args=[*BROWSER_ARGS, GRANT_MICROPHONE])
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+async def phone(browser: Any, site: Installation, name: str, **context: Any) -> Phone:
+    ctx = await browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=1,
+                                    is_mobile=True, has_touch=True, **context)
+    return Phone(name, await ctx.new_page(), site.http_url)
+
+
+async def press(door: Any) -> None:
+    await door.ctl("press")
+    await door.ctl("release")
+
+
+async def test_a_resident_signs_in_answers_talks_opens_the_door_and_sees_the_history(site, browser):
+    invite = await site.invite("alice", "Alice")
+    door = await site.start_door("frontdoor", [{"residents": ["alice"], "timeout_s": 30}], settings=RELAY)
+    alice = await phone(browser, site, "alice")
+    await alice.sign_in(invite)
+    page = alice.page
+    assert await page.locator("#who").inner_text() == "Signed in as Alice"
+    await page.evaluate("navigator.serviceWorker.ready.then(() => true)")  # installable: the worker runs
+
+    await press(door)
+    await page.locator("#ring-screen").wait_for(state="visible", timeout=10000)
+    assert await page.locator("#ring-caller").inner_text() == "Front door is ringing"
+    await until(page, "document.getElementById('ring-snapshot').naturalWidth > 0", what="the visitor's picture")
+    assert await page.evaluate("document.getElementById('ring-snapshot').naturalWidth") == 640  # the visitor
+    await alice.shot("ringing")
+
+    await page.locator("#answer").click()
+    video = await alice.wait_frames(20)
+    await alice.video_playing()
+    assert video["width"] == 640 and video["height"] == 480
+    assert await page.locator("#mic-note").is_hidden()  # the microphone was allowed
+    # The door hears the phone: the resident's voice reaches the door's speaker.
+    heard = await door.wait_status(lambda s: s["state"] == "connected" and s["speaker"]["voice_frames"] > 25)
+    assert heard["call"]["peer"]["user_id"] == "alice"
+    assert await page.evaluate(OUTBOUND_AUDIO) > 25
+    await page.locator("#call-state").filter(has_text="Live").wait_for(timeout=5000)
+    await alice.shot("in-call")
+
+    await page.locator("#open-door").click()
+    await page.locator("#door-result[data-outcome='opened']").wait_for(timeout=10000)
+    assert await page.locator("#door-result").inner_text() == "Door opened"
+    opened = await door.wait_status(lambda s: s["pins"]["relay"]["pulses"] == 1)
+    assert opened["door_openings"][-1]["by"] == "alice"
+
+    call_id = heard["call"]["call_id"]
+    await page.locator("#hangup").click()
+    await page.locator("#call-screen").wait_for(state="hidden", timeout=5000)
+    await door.wait_status(lambda s: s["state"] == "idle")
+    status, record = await site.api("GET", f"/v1/direct_calls/{call_id}")
+    assert status == 200 and record["end_reason"] == "completed"
+    assert record["accepted_by"]["user_id"] == "alice" and record["ended_by"]["user_id"] == "alice"
+
+    first = page.locator("#history li").first
+    await first.filter(has_text="Answered by you").wait_for(timeout=10000)
+    assert "Front door rang" in await first.inner_text()
+    await until(page, "document.querySelector('#history li img') && "
+                      "document.querySelector('#history li img').naturalWidth > 0", what="the history's picture")
+    await alice.shot("history")
+    await page.locator("#tab-openings").click()
+    await page.locator("#openings li").filter(has_text="Opened by Alice").wait_for(timeout=10000)
+    await alice.shot("history-door-openings")
+
+    assert alice.foreign_requests() == []  # nothing fetched from anywhere but the server
+    assert alice.problems == []  # no script errors, no Content-Security-Policy violations
+
+
+async def test_when_one_resident_answers_the_others_ring_stops(site, browser):
+    invites = {name: await site.invite(name) for name in ("alice", "bob")}
+    door = await site.start_door("frontdoor", [{"residents": ["alice", "bob"], "timeout_s": 30}])
+    alice, bob = [await phone(browser, site, name) for name in ("alice", "bob")]
+    for resident in (alice, bob):
+        await resident.sign_in(invites[resident.name])
+
+    await press(door)
+    for resident in (alice, bob):
+        await resident.page.locator("#ring-screen").wait_for(state="visible", timeout=10000)
+    await bob.page.locator("#answer").click()
+    await bob.wait_frames(5)
+    await alice.page.locator("#ring-screen").wait_for(state="hidden", timeout=5000)
+    assert await alice.page.locator("#toast").inner_text() == "Answered on another device"
+    assert await alice.page.evaluate("window.intercom.ringing") is None
+    status = await door.wait_status(lambda s: s["state"] == "connected")
+    assert status["call"]["peer"]["user_id"] == "bob"
+
+
+async def test_a_refused_microphone_still_lets_the_resident_look_outside_and_open_the_door(site):
+    invite = await site.invite("alice", "Alice")
+    door = await site.start_door("frontdoor", [{"residents": ["alice"], "timeout_s": 30}], settings=RELAY)
+    async with playwright_api.async_playwright() as pw:
+        refusing = await pw.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)  # no "Allow"
+        try:
+            alice = await phone(refusing, site, "alice")
+            await alice.sign_in(invite)
+            page = alice.page
+            await page.locator("button[data-door='frontdoor']").click()
+            await page.locator("#mic-note").filter(has_text="Microphone access is blocked").wait_for(timeout=10000)
+            await alice.wait_frames(10)
+            await alice.video_playing()
+            status = await door.wait_status(lambda s: s["state"] == "connected")
+            assert status["call"]["role"] == "callee" and status["call"]["peer"]["user_id"] == "alice"
+            assert await page.locator("#mute").is_disabled()
+            await alice.shot("look-outside-without-microphone")
+
+            await page.locator("#open-door").click()
+            await page.locator("#door-result[data-outcome='opened']").wait_for(timeout=10000)
+            await door.wait_status(lambda s: s["pins"]["relay"]["pulses"] == 1)
+            await page.locator("#hangup").click()
+            await door.wait_status(lambda s: s["state"] == "idle")
+            assert alice.problems == []
+        finally:
+            await refusing.close()
+
+
+async def test_the_app_says_when_the_server_is_unreachable_and_reconnects_by_itself(site, browser):
+    invite = await site.invite("alice")
+    alice = await phone(browser, site, "alice")
+    await alice.sign_in(invite)
+    await site.stop_server()
+    banner = alice.page.locator("#banner")
+    await banner.filter(has_text="Cannot reach the server").wait_for(timeout=10000)
+    assert await alice.page.locator("#connection").inner_text() == "offline"
+    await site.restart_server()
+    await banner.wait_for(state="hidden", timeout=20000)
+    door = await site.start_door("frontdoor", [{"residents": ["alice"], "timeout_s": 30}])
+    await press(door)
+    await alice.page.locator("#ring-screen").wait_for(state="visible", timeout=10000)
+
+
+async def test_signing_out_forgets_the_phone_and_revokes_its_access(site, browser):
+    invite = await site.invite("alice")
+    alice = await phone(browser, site, "alice")
+    await alice.sign_in(invite)
+    token = await alice.page.evaluate("JSON.parse(localStorage.getItem('intercom.session')).access_token")
+    await alice.page.locator("#signout").click()
+    await alice.page.locator("#signin-screen").wait_for(state="visible", timeout=5000)
+    assert await alice.page.evaluate("localStorage.getItem('intercom.session')") is None
+    assert (await site.api("GET", "/v1/users/alice/tokens"))[1]["tokens"] == []  # revoked on the server
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{site.http_url}/v1/me", headers={"Authorization": f"Bearer {token}"}) as response:
+            assert response.status == 401  # a copy of the token kept anywhere is worthless
+    # The spent invite cannot sign anyone in again.
+    await alice.page.goto(invite)
+    await alice.page.locator("#signin-error").filter(has_text="already used").wait_for(timeout=5000)
