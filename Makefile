@@ -12,10 +12,14 @@ SYSTEM_PACKAGES := libasound2-dev gcc pkg-config
 TEST_SYSTEM_PACKAGES := coturn systemd chromium fonts-dejavu-core
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test system-packages clean
+.PHONY: demo demo-auto test system-packages clean
 
 demo: $(VENV)/.installed
-	$(BIN)/python -m intercom_sim.demo
+	$(BIN)/python -m intercom_sim.demo $(DEMO_ARGS)
+
+# The unattended call of the first demo: a command-line resident answers by itself.
+demo-auto: $(VENV)/.installed
+	$(BIN)/python -m intercom_sim.demo --auto
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

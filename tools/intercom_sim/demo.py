@@ -1,22 +1,28 @@
-"""`make demo`: a whole call on simulated hardware, narrated.
+"""`make demo`: the web app on a phone (or a desktop browser) against a simulated door.
 
-Starts the signaling server on 127.0.0.1, a door station with a simulated bell, camera and
-audio, and a resident client that answers by itself; presses the bell through the door's
-control socket (`intercom ctl press`, the same path as the GPIO button) and shows each step.
-The resident's last received video frame is saved as demo-output/received.png.
+Starts the signaling server on 127.0.0.1, a door station with a simulated bell, camera, audio
+and door relay, and makes a resident with a one-time invite link. Open the link, then ring
+the bell by pressing Enter here or with the button on the door panel page; both press the
+button through the door's control socket (`intercom ctl press`), the path of the GPIO pin.
+
+`--auto` runs the earlier unattended demo instead: a command-line resident (aiortc) answers
+by itself, and its last received video frame is saved as demo-output/received.png.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import html
 import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from .harness import Installation
+from aiohttp import web
+
+from .harness import Door, Installation
 
 
 def say(text: str) -> None:
@@ -74,6 +80,90 @@ async def demo(out: Path, frames: int) -> int:
         await site.close()
 
 
+PANEL = """<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>Door panel (simulated)</title>
+<link rel="stylesheet" href="/panel.css"></head><body><main>
+<h1>Front door</h1><p class="note">The simulated door station's panel</p>
+<form method="post" action="/press"><button type="submit">&#x1F514; Ring the bell</button></form>
+<dl><dt>State</dt><dd>{state}</dd><dt>Door strike</dt><dd>{relay}</dd><dt>Status LED</dt><dd>{led}</dd></dl>
+<p class="note"><a href="/">Refresh</a></p></main></body></html>"""
+PANEL_CSS = """body{font:18px system-ui,sans-serif;background:#222;color:#eee;display:flex;justify-content:center}
+main{max-width:420px;padding:24px;text-align:center}button{font:inherit;font-size:1.4em;padding:1em 1.4em;
+border-radius:18px;border:0;background:#e0a526;cursor:pointer}dl{display:grid;grid-template-columns:auto auto;
+gap:.4em 1em;text-align:left;margin:2em auto;width:max-content}dt{color:#aaa}.note{color:#aaa}a{color:#9cf}"""
+
+
+async def door_panel(door: Door) -> web.AppRunner:
+    """A page with the door's bell button, for a second window or the installer's laptop."""
+
+    async def show(request: web.Request) -> web.Response:
+        status = await door.ctl("status")
+        relay = status["pins"]["relay"]
+        page = PANEL.format(state=html.escape(status["state"]),
+                            relay=f"{'OPEN' if relay['energised'] else 'locked'}, opened {relay['pulses']} time(s)",
+                            led=html.escape(str(status["pins"]["status_led"]["pattern"])))
+        return web.Response(text=page, content_type="text/html",
+                            headers={"Content-Security-Policy": "default-src 'none'; style-src 'self'; form-action 'self'"})
+
+    async def css(request: web.Request) -> web.Response:
+        return web.Response(text=PANEL_CSS, content_type="text/css")
+
+    async def ring(request: web.Request) -> web.Response:
+        await door.ctl("press")
+        await door.ctl("release")
+        raise web.HTTPSeeOther("/")
+
+    app = web.Application()
+    app.router.add_get("/", show)
+    app.router.add_get("/panel.css", css)
+    app.router.add_post("/press", ring)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner
+
+
+async def web_demo(out: Path, port: int) -> int:
+    if out.exists():
+        shutil.rmtree(out)
+    site = Installation(out)
+    panel = None
+    try:
+        say("Starting the signaling server, which also serves the resident web app ...")
+        await site.start_server(port=port)
+        invite = await site.invite("alice", "Alice")
+        door = await site.start_door("frontdoor", [{"residents": ["alice"], "timeout_s": 30}],
+                                     settings={"hardware": {"pins": {"relay": 22, "relay_pulse_s": 3}}})
+        panel = await door_panel(door)
+        panel_url = f"http://127.0.0.1:{panel.addresses[0][1]}/"
+        say("")
+        say(f"  Web app:      {site.http_url}/")
+        say(f"  Invite link:  {invite}")
+        say("                (signs one browser in as Alice, once; open it in Chromium, Firefox or a phone)")
+        say(f"  Door panel:   {panel_url}")
+        say(f"  Logs:         {site.logs}")
+        say("")
+        say("Press Enter to ring the bell, or type q and Enter to stop.")
+        say("(Phones other than this machine need the server on the network with https: see README.)")
+        while True:
+            line = await asyncio.to_thread(sys.stdin.readline)
+            if line == "":  # no terminal: keep running until interrupted
+                await asyncio.Event().wait()
+            if line.strip().lower() in ("q", "quit", "exit"):
+                return 0
+            await door.ctl("press")
+            await door.ctl("release")
+            status = await door.wait_status(lambda s: s["state"] != "idle" or s["last_call"] is not None, timeout=5)
+            say(f"  ding dong: the door is {status['state']}")
+    except (TimeoutError, RuntimeError) as exc:
+        say(f"Demo failed: {exc}")
+        return 1
+    finally:
+        if panel is not None:
+            await panel.cleanup()
+        await site.close()
+
+
 def _narrate(line: str, start: float) -> None:
     import json
 
@@ -98,9 +188,16 @@ def _narrate(line: str, start: float) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m intercom_sim.demo", description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("demo-output"))
-    parser.add_argument("--frames", type=int, default=90, help="video frames the resident watches before hanging up")
+    parser.add_argument("--frames", type=int, default=90, help="with --auto: video frames the resident watches")
+    parser.add_argument("--auto", action="store_true", help="an unattended call with a command-line resident")
+    parser.add_argument("--port", type=int, default=8080, help="the server's port (0: any free one)")
     args = parser.parse_args()
-    return asyncio.run(demo(args.out.resolve(), args.frames))
+    try:
+        if args.auto:
+            return asyncio.run(demo(args.out.resolve(), args.frames))
+        return asyncio.run(web_demo(args.out.resolve(), args.port))
+    except KeyboardInterrupt:
+        return 0
 
 
 if __name__ == "__main__":

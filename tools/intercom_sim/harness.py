@@ -190,8 +190,8 @@ class Installation:
 
     # -- server ------------------------------------------------------------------------------
 
-    async def start_server(self, ring_timeout_s: float = 30.0, grace_s: float = 10.0) -> None:
-        config = {"listen": {"host": "127.0.0.1", "port": 0}, "data_dir": str(self.data_dir),
+    async def start_server(self, ring_timeout_s: float = 30.0, grace_s: float = 10.0, port: int = 0) -> None:
+        config = {"listen": {"host": "127.0.0.1", "port": port}, "data_dir": str(self.data_dir),
                   "calls": {"ring_timeout_s": ring_timeout_s, "grace_s": grace_s}}
         path = self.root / "server.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
