@@ -71,6 +71,15 @@ async def until(page: Any, expression: str, timeout_s: float = 15, what: str = "
             raise TimeoutError(f"{what or expression} still false after {timeout_s} s")
         await asyncio.sleep(0.05)
 
+#: What the phone feeds its audio sender: Chromium's fake microphone beeps, a muted one is 0.
+MICROPHONE_LEVEL = """(async () => {
+  let level = -1;
+  (await window.intercom.pc.getStats()).forEach((s) => {
+    if (s.type === "media-source" && s.kind === "audio") level = s.audioLevel;
+  });
+  return level;
+})()"""
+
 
 class Phone:
     """One resident's browser profile: its own storage, so its own session and device id."""
@@ -167,6 +176,12 @@ async def test_a_resident_signs_in_answers_talks_opens_the_door_and_sees_the_his
     await page.locator("#call-state").filter(has_text="Live").wait_for(timeout=5000)
     await alice.shot("in-call")
 
+    await page.locator("#mute").click()  # the phone's microphone goes silent, the call goes on
+    assert await page.locator("#mute").get_attribute("aria-pressed") == "true"
+    await until(page, MICROPHONE_LEVEL + ".then((level) => level === 0)", what="a muted microphone")
+    await page.locator("#mute").click()
+    await until(page, MICROPHONE_LEVEL + ".then((level) => level > 0)", what="an unmuted microphone")
+
     await page.locator("#open-door").click()
     await page.locator("#door-result[data-outcome='opened']").wait_for(timeout=10000)
     assert await page.locator("#door-result").inner_text() == "Door opened"
@@ -212,6 +227,20 @@ async def test_when_one_resident_answers_the_others_ring_stops(site, browser):
     assert await alice.page.evaluate("window.intercom.ringing") is None
     status = await door.wait_status(lambda s: s["state"] == "connected")
     assert status["call"]["peer"]["user_id"] == "bob"
+
+
+async def test_the_ring_stops_at_once_when_the_visitor_gives_up(site, browser):
+    invite = await site.invite("alice")
+    door = await site.start_door("frontdoor", [{"residents": ["alice"], "timeout_s": 30}])
+    alice = await phone(browser, site, "alice")
+    await alice.sign_in(invite)
+    await press(door)
+    await alice.page.locator("#ring-screen").wait_for(state="visible", timeout=10000)
+    await door.ctl("hangup")
+    await alice.page.locator("#ring-screen").wait_for(state="hidden", timeout=5000)
+    assert await alice.page.locator("#toast").inner_text() == "The visitor left."
+    await alice.page.locator("#history li").filter(has_text="The visitor left before anyone answered").wait_for(
+        timeout=10000)
 
 
 async def test_a_refused_microphone_still_lets_the_resident_look_outside_and_open_the_door(site):
