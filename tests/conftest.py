@@ -15,6 +15,7 @@ from aiohttp import web
 from intercom_server.app import HUB, create_app
 from intercom_server.hub import Hub, HubSettings
 from intercom_server.store import Store
+from intercom_sim.harness import Installation
 
 OFFER = {"type": "offer", "sdp": "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"}
 ANSWER = {"type": "answer", "sdp": "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"}
@@ -140,3 +141,15 @@ async def server(tmp_path: Path, settings: HubSettings) -> AsyncIterator[ServerU
         await sut.close()
     await runner.cleanup()
     store.close()
+
+
+@pytest.fixture
+async def site(tmp_path: Path) -> AsyncIterator[Installation]:
+    """A whole installation as processes: the server is up; doors and residents are added by
+    each test."""
+    installation = Installation(tmp_path)
+    await installation.start_server()
+    try:
+        yield installation
+    finally:
+        await installation.close()

@@ -7,7 +7,6 @@ path from the button to the resident's screen is the one a real door takes.
 import os
 import signal
 from pathlib import Path
-from typing import AsyncIterator
 
 import yaml
 
@@ -21,15 +20,6 @@ pytestmark = pytest.mark.timeout(90)
 STANDINS = str(Path(__file__).parent / "standins")
 RELAY = {"hardware": {"pins": {"relay": 22, "relay_pulse_s": 0.5, "backlight_led": 23}}}
 
-
-@pytest.fixture
-async def site(tmp_path: Path) -> AsyncIterator[Installation]:
-    installation = Installation(tmp_path)
-    await installation.start_server()
-    try:
-        yield installation
-    finally:
-        await installation.close()
 
 
 async def press(door) -> None:

@@ -10,8 +10,6 @@ import re
 import subprocess
 import sys
 
-import pytest
-
 from intercom_server.webapp import CONTENT_SECURITY_POLICY
 
 

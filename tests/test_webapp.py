@@ -117,15 +117,6 @@ class Phone:
         return [u for u in self.requests if not u.startswith((self.origin, "blob:", "data:"))]
 
 
-@pytest.fixture
-async def site(tmp_path: Path) -> AsyncIterator[Installation]:
-    installation = Installation(tmp_path)
-    await installation.start_server()
-    try:
-        yield installation
-    finally:
-        await installation.close()
-
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
