@@ -30,9 +30,8 @@ let nextRequest = 1;
 const pending = new Map(); // request id -> {resolve, reject}
 let reconnectDelay = 1000;
 let reconnectTimer = null;
-let ringing = null; // {call_id, caller, offer, snapshotUrl}
+let ringing = null; // {call_id, caller, offer}
 let call = null; // {call_id, pc, role, peerName, mic, stream}
-const blobUrls = new Set();
 let historyNext = null;
 let historyTab = "calls";
 
@@ -131,9 +130,14 @@ async function api(path) {
 }
 
 async function blobUrl(path) {
-  const url = URL.createObjectURL(await (await api(path)).blob());
-  blobUrls.add(url);
-  return url;
+  return URL.createObjectURL(await (await api(path)).blob());
+}
+
+function releasePictures(root) {
+  // A blob URL holds its picture in memory until revoked: let go of the ones leaving the screen.
+  for (const img of root.querySelectorAll("img")) {
+    if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
+  }
 }
 
 // -- WebSocket ------------------------------------------------------------------------------
@@ -246,7 +250,7 @@ function toast(text) {
 
 async function onIncoming(event) {
   if (call) return; // busy in a call: another device can take it
-  ringing = { call_id: event.call_id, caller: event.caller, offer: event.offer, snapshotUrl: event.snapshot_url };
+  ringing = { call_id: event.call_id, caller: event.caller, offer: event.offer };
   $("ring-caller").textContent = `${event.caller.display_name} is ringing`;
   $("ring-title").textContent = event.caller.kind === "door" ? "Someone is at the door" : `${event.caller.display_name} is calling`;
   $("ring-snapshot").hidden = true;
@@ -260,6 +264,8 @@ async function onIncoming(event) {
       if (ringing && ringing.call_id === event.call_id) {
         $("ring-snapshot").src = url;
         $("ring-snapshot").hidden = false;
+      } else {
+        URL.revokeObjectURL(url); // the ring ended while the picture was on its way
       }
     } catch {
       // the ring goes on without a picture
@@ -271,6 +277,8 @@ function stopRinging() {
   ringing = null;
   ringtone.stop();
   $("ring-screen").hidden = true;
+  releasePictures($("ring-screen"));
+  $("ring-snapshot").removeAttribute("src");
 }
 
 async function decline() {
@@ -593,7 +601,10 @@ async function loadHistory(reset) {
       });
       historyNext = page.next;
     }
-    if (reset) list.replaceChildren(...rows);
+    if (reset) {
+      releasePictures(list);
+      list.replaceChildren(...rows);
+    }
     else list.append(...rows);
     $("history-empty").hidden = list.children.length > 0;
     $("history-more").hidden = !historyNext;
