@@ -134,11 +134,6 @@ async def phone(browser: Any, site: Installation, name: str, **context: Any) -> 
     return Phone(name, await ctx.new_page(), site.http_url)
 
 
-async def press(door: Any) -> None:
-    await door.ctl("press")
-    await door.ctl("release")
-
-
 async def test_a_resident_signs_in_answers_talks_opens_the_door_and_sees_the_history(site, browser):
     invite = await site.invite("alice", "Alice")
     door = await site.start_door("frontdoor", [{"residents": ["alice"], "timeout_s": 30}], settings=RELAY)
@@ -148,7 +143,7 @@ async def test_a_resident_signs_in_answers_talks_opens_the_door_and_sees_the_his
     assert await page.locator("#who").inner_text() == "Signed in as Alice"
     await page.evaluate("navigator.serviceWorker.ready.then(() => true)")  # installable: the worker runs
 
-    await press(door)
+    await door.ring()
     await page.locator("#ring-screen").wait_for(state="visible", timeout=10000)
     assert await page.locator("#ring-caller").inner_text() == "Front door is ringing"
     await until(page, "document.getElementById('ring-snapshot').naturalWidth > 0", what="the visitor's picture")
@@ -208,7 +203,7 @@ async def test_when_one_resident_answers_the_others_ring_stops(site, browser):
     for resident in (alice, bob):
         await resident.sign_in(invites[resident.name])
 
-    await press(door)
+    await door.ring()
     for resident in (alice, bob):
         await resident.page.locator("#ring-screen").wait_for(state="visible", timeout=10000)
     await bob.page.locator("#answer").click()
@@ -225,7 +220,7 @@ async def test_the_ring_stops_at_once_when_the_visitor_gives_up(site, browser):
     door = await site.start_door("frontdoor", [{"residents": ["alice"], "timeout_s": 30}])
     alice = await phone(browser, site, "alice")
     await alice.sign_in(invite)
-    await press(door)
+    await door.ring()
     await alice.page.locator("#ring-screen").wait_for(state="visible", timeout=10000)
     await door.ctl("hangup")
     await alice.page.locator("#ring-screen").wait_for(state="hidden", timeout=5000)
@@ -273,7 +268,7 @@ async def test_the_app_says_when_the_server_is_unreachable_and_reconnects_by_its
     await site.restart_server()
     await banner.wait_for(state="hidden", timeout=20000)
     door = await site.start_door("frontdoor", [{"residents": ["alice"], "timeout_s": 30}])
-    await press(door)
+    await door.ring()
     await alice.page.locator("#ring-screen").wait_for(state="visible", timeout=10000)
 
 

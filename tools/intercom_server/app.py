@@ -15,7 +15,7 @@ from intercom.core.messages import CLOSE_UNAUTHENTICATED, PROTOCOL_PATH
 
 from .hub import Hub, HubSettings
 from .openapi import AUDIT_CURSOR, CALLS_CURSOR, OPENAPI
-from .store import Forbidden, NotFound, Store, StoreError, Unauthenticated
+from .store import Forbidden, NotFound, Store, StoreError
 from .webapp import add_webapp_routes
 
 log = logging.getLogger("intercom.server")
@@ -53,7 +53,7 @@ def create_app(store: Store, settings: HubSettings, api_token: str, public_url: 
     app.router.add_get("/v1/users/{user_id}/invites", _api(_get_invites))
     app.router.add_post("/v1/invites/redeem", _redeem_invite)
     app.router.add_get("/v1/me", _api(_get_me, parties=True, bearer_only=True))
-    app.router.add_delete("/v1/me/token", _sign_out)
+    app.router.add_delete("/v1/me/token", _api(_sign_out, parties=True, bearer_only=True))
     app.router.add_get("/v1/direct_calls", _api(_get_calls, parties=True))
     app.router.add_get("/v1/direct_calls/{call_id}", _api(_get_call, parties=True))
     app.router.add_get("/v1/direct_calls/{call_id}/snapshot", _api(_get_snapshot, parties=True))
@@ -268,9 +268,7 @@ async def _get_me(request: web.Request) -> Any:
 
 async def _sign_out(request: web.Request) -> web.Response:
     """The phone's own token is revoked, so a lost or shared phone's copy is worthless."""
-    token = _bearer(request)
-    if token is None or request.app[STORE].revoke_secret(token) is None:
-        raise Unauthenticated("unknown, expired or revoked access token")
+    request.app[STORE].revoke_secret(request[VIEWER], _bearer(request) or "")
     return web.Response(status=204)
 
 

@@ -213,13 +213,10 @@ class Store:
         if cur.rowcount == 0:
             raise NotFound(f"no token '{token_id}' for user '{user_id}'")
 
-    def revoke_secret(self, token: str) -> str | None:
-        """Sign-out: the holder of a token revokes it; returns its owner, or None if unknown."""
-        owner = self.token_owner(token)
-        if owner is not None:
-            self.db.execute("UPDATE tokens SET revoked_at = ? WHERE token_hash = ? AND revoked_at IS NULL",
-                            (time.time(), hash_token(token)))
-        return owner
+    def revoke_secret(self, user_id: str, token: str) -> None:
+        """Sign-out: the holder of a token (already checked, see `token_owner`) revokes it."""
+        self.db.execute("UPDATE tokens SET revoked_at = ? WHERE user_id = ? AND token_hash = ? AND revoked_at IS NULL",
+                        (time.time(), user_id, hash_token(token)))
 
     # -- invites -----------------------------------------------------------------------------
 

@@ -51,8 +51,7 @@ async def demo(out: Path, frames: int) -> int:
         say("4. Pressing the bell: intercom ctl press")
         start = time.monotonic()
         alice.on_line = lambda line: _narrate(line, start)
-        await door.ctl("press")
-        await door.ctl("release")
+        await door.ring()
         ended = await alice.wait_for_event("ended", timeout=60)
 
         status = await door.wait_status(lambda s: s["state"] == "idle" and s["last_call"] is not None)
@@ -109,8 +108,7 @@ async def door_panel(door: Door) -> web.AppRunner:
         return web.Response(text=PANEL_CSS, content_type="text/css")
 
     async def ring(request: web.Request) -> web.Response:
-        await door.ctl("press")
-        await door.ctl("release")
+        await door.ring()
         raise web.HTTPSeeOther("/")
 
     app = web.Application()
@@ -151,8 +149,7 @@ async def web_demo(out: Path, port: int) -> int:
                 await asyncio.Event().wait()
             if line.strip().lower() in ("q", "quit", "exit"):
                 return 0
-            await door.ctl("press")
-            await door.ctl("release")
+            await door.ring()
             status = await door.wait_status(lambda s: s["state"] != "idle" or s["last_call"] is not None, timeout=5)
             say(f"  ding dong: the door is {status['state']}")
     except (TimeoutError, RuntimeError) as exc:

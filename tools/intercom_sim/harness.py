@@ -158,6 +158,11 @@ class Door:
             raise RuntimeError(f"intercom ctl {action} failed ({proc.returncode}): {err.decode()}{out.decode()}")
         return json.loads(out)
 
+    async def ring(self) -> None:
+        """A visitor's press and release of the bell button, through the GPIO pin's path."""
+        await self.ctl("press")
+        await self.ctl("release")
+
     async def wait_status(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 20.0,
                           interval: float = 0.05) -> dict[str, Any]:
         """Poll `ctl status` until the predicate holds: the installer's view is the one asserted."""
