@@ -22,6 +22,7 @@ def test_every_request_type_parses_with_its_fields():
         "authenticate": {"user_id": "alice", "access_token": "t", "device_id": "phone"},
         "dial": {"callees": ["alice"], "video": True, "offer": OFFER, "ring_timeout_s": 20, "snapshot": "AAAA"},
         "accept": {"call_id": "c1", "answer": ANSWER},
+        "snapshot": {"call_id": "c1", "snapshot": "AAAA"},
         "decline": {"call_id": "c1"},
         "end": {"call_id": "c1"},
         "action": {"call_id": "c1", "name": "open_door"},

@@ -111,6 +111,36 @@ async def test_dial_rings_every_device_and_the_first_accept_wins(server):
     assert server.store.snapshot(call_id) == b"\xff\xd8\xff\xe0fake-jpeg"
 
 
+async def test_the_visitors_picture_follows_the_dial_to_every_ringing_device(server):
+    """The door rings first and sends the picture when its camera has one: every phone that
+    rings is told, a phone that starts ringing later gets it in `incoming`, and it is stored."""
+    door, alice_phone, alice_tablet, bob = await site_with_door_and_residents(server)
+    call_id = (await door.request("dial", callees=["alice", "bob"], offer=OFFER))["call_id"]
+    for device in (alice_phone, alice_tablet, bob):
+        assert "snapshot_url" not in await device.next("incoming")
+
+    refused = await bob.request("snapshot", call_id=call_id, snapshot=base64.b64encode(b"bob's").decode())
+    assert refused["code"] == "forbidden"  # only the caller shows the visitor
+    bad = await door.request("snapshot", call_id=call_id, snapshot="not base64!")
+    assert bad["code"] == "bad_request" and "snapshot" in bad["message"]
+
+    picture = b"\xff\xd8\xff\xe0the-visitor"
+    assert (await door.request("snapshot", call_id=call_id, snapshot=base64.b64encode(picture).decode()))["type"] == "ok"
+    url = f"/v1/direct_calls/{call_id}/snapshot"
+    for device in (alice_phone, alice_tablet, bob):
+        assert await device.next("snapshot") == {"type": "snapshot", "call_id": call_id, "snapshot_url": url}
+    again = await door.request("snapshot", call_id=call_id, snapshot=base64.b64encode(b"other").decode())
+    assert again["code"] == "conflict"
+    assert server.store.snapshot(call_id) == picture  # the first picture stays
+
+    late = await server.signed_in("alice", server.store.issue_token("alice")["access_token"], "laptop")
+    assert (await late.next("incoming"))["snapshot_url"] == url
+    await door.request("end", call_id=call_id)
+    ended_late = await door.request("snapshot", call_id=call_id, snapshot=base64.b64encode(picture).decode())
+    assert ended_late["code"] == "conflict"
+    assert server.store.get_call(call_id)["has_snapshot"] is True
+
+
 async def test_decline_from_one_device_keeps_ringing_from_all_ends_declined(server):
     door, alice_phone, alice_tablet, bob = await site_with_door_and_residents(server)
     call_id = (await door.request("dial", callees=["alice", "bob"], offer=OFFER))["call_id"]

@@ -154,6 +154,8 @@ class Resident:
             if event.get("snapshot_url"):
                 self._spawn(self._fetch_snapshot(event["call_id"], event["snapshot_url"]))
             self._spawn(self._respond(event))
+        elif kind == "snapshot" and self.call is not None and event.get("call_id") == self.call.call_id:
+            self._spawn(self._fetch_snapshot(event["call_id"], event["snapshot_url"]))
         elif kind == "accepted" and self.call is not None and event.get("call_id") == self.call.call_id:
             self._spawn(self._door_answered(event))
         elif kind == "ended" and self.call is not None and event.get("call_id") == self.call.call_id:

@@ -103,6 +103,13 @@ class Connection:
         await self._close(code, reason)
 
 
+def _decode_snapshot(req: Request) -> bytes:
+    try:
+        return base64.b64decode(req.body["snapshot"], validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"'{req.type}.snapshot' is not valid base64", req.id) from None
+
+
 def _id_of(text: str) -> str | None:
     """The request id of a frame that will not be parsed further, if it is easy to find."""
     try:
@@ -255,12 +262,7 @@ class Hub:
             user = found.get(callee)
             if user is None or not self._may_call(conn.user, user):
                 raise ProtocolError(ErrorCode.FORBIDDEN, f"you may not call '{callee}'", req.id)
-        snapshot = None
-        if "snapshot" in body:
-            try:
-                snapshot = base64.b64decode(body["snapshot"], validate=True)
-            except (binascii.Error, ValueError):
-                raise ProtocolError(ErrorCode.BAD_REQUEST, f"'{req.type}.snapshot' is not valid base64", req.id) from None
+        snapshot = _decode_snapshot(req) if "snapshot" in body else None
         call_id = "call_" + secrets.token_hex(8)
         call = ServerCall(
             call_id=call_id, caller=conn.device,
@@ -313,6 +315,14 @@ class Hub:
         if call is None or conn.device is None or not call.involves(conn.device):
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no live call '{req.body['call_id']}'", req.id)
         return call
+
+    def _on_snapshot(self, conn: Connection, req: Request) -> None:
+        call = self._call_for(conn, req)
+        picture = _decode_snapshot(req)
+        sends = call.add_snapshot(conn.device, f"/v1/direct_calls/{call.call_id}/snapshot", time.time())  # type: ignore[arg-type]
+        self.store.set_snapshot(call.call_id, picture)
+        conn.send(m.ok(req.id))
+        self._deliver(call, sends)
 
     def _on_accept(self, conn: Connection, req: Request) -> None:
         call = self._call_for(conn, req)

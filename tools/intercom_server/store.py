@@ -300,6 +300,9 @@ class Store:
             self.db.executemany("INSERT OR IGNORE INTO call_parties VALUES (?, ?)",
                                 [(call.call_id, u) for u in (call.caller.user_id, *call.callees)])
 
+    def set_snapshot(self, call_id: str, snapshot: bytes) -> None:
+        self.db.execute("UPDATE calls SET snapshot = ? WHERE call_id = ?", (snapshot, call_id))
+
     def finish_call(self, call: ServerCall) -> None:
         by = call.ended_by
         accepted = call.accepted_by

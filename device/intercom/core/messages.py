@@ -145,6 +145,7 @@ _REQUESTS: dict[str, dict[str, tuple[bool, Any, str]]] = {
         "call_id": (True, _nonempty_str, ""),
         "answer": (True, _check_description, "answer"),
     },
+    "snapshot": {"call_id": (True, _nonempty_str, ""), "snapshot": (True, _check_snapshot, "")},
     "decline": {"call_id": (True, _nonempty_str, "")},
     "end": {"call_id": (True, _nonempty_str, "")},
     "missed": {

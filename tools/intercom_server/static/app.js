@@ -221,7 +221,7 @@ function onMessage(message) {
     ws.send(JSON.stringify({ type: "error", re: message.id, code: "bad_request", message: "not handled by the web app" }));
     return;
   }
-  const handler = { incoming: onIncoming, ended: onEnded, accepted: onAccepted, ringing: onRinging, missed: onMissed }[message.type];
+  const handler = { incoming: onIncoming, ended: onEnded, accepted: onAccepted, ringing: onRinging, missed: onMissed, snapshot: showVisitor }[message.type];
   if (handler) handler(message);
 }
 
@@ -258,18 +258,24 @@ async function onIncoming(event) {
   $("answer").disabled = false;
   $("decline").disabled = false;
   ringtone.start();
-  if (event.snapshot_url) {
-    try {
-      const url = await blobUrl(event.snapshot_url);
-      if (ringing && ringing.call_id === event.call_id) {
-        $("ring-snapshot").src = url;
-        $("ring-snapshot").hidden = false;
-      } else {
-        URL.revokeObjectURL(url); // the ring ended while the picture was on its way
-      }
-    } catch {
-      // the ring goes on without a picture
+  if (event.snapshot_url) await showVisitor(event);
+}
+
+// The door rings first and sends the visitor's picture a frame later (`snapshot`); a phone
+// that starts ringing after that gets it in `incoming` instead.
+async function showVisitor(event) {
+  if (!ringing || ringing.call_id !== event.call_id || ringing.pictured) return;
+  ringing.pictured = true;
+  try {
+    const url = await blobUrl(event.snapshot_url);
+    if (ringing && ringing.call_id === event.call_id) {
+      $("ring-snapshot").src = url;
+      $("ring-snapshot").hidden = false;
+    } else {
+      URL.revokeObjectURL(url); // the ring ended while the picture was on its way
     }
+  } catch {
+    // the ring goes on without a picture
   }
 }
 
