@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from aiortc import RTCPeerConnection
 
-from intercom.media.camera import Picamera2Camera, TestPatternCamera, V4l2Camera, make_camera
+from intercom.media.camera import (Picamera2Camera, TestPattern, TestPatternCamera, V4l2Camera, make_camera,
+                                   monotonic_us, read_stamp)
 from intercom.media.peer import rtc_configuration
-from intercom.media.video import EncodedVideo, H264Track, forward_keyframe_requests, prefer_h264
+from intercom.media.video import EncodedVideo, H264Track
 
 STANDINS = Path(__file__).parent / "standins"
 NAL_SPS, NAL_PPS, NAL_IDR = 7, 8, 5
@@ -151,12 +152,11 @@ async def test_a_viewer_joining_later_starts_clean_because_sps_pps_repeat(picame
     assert len(decode(late)) == 3
 
 
-async def call_and_send_pli(camera) -> tuple[str, int]:
-    """A real aiortc call over loopback; the receiver decodes video, then sends a PLI."""
+async def loopback_call(camera):
+    """A real aiortc call over loopback, the camera given to it as the door does; yields the
+    offer and a queue of the resident's decoded frames, and the resident's connection."""
     door, resident = RTCPeerConnection(rtc_configuration([])), RTCPeerConnection(rtc_configuration([]))
-    video = door.addTransceiver(camera.track(), direction="sendonly")
-    prefer_h264(video)
-    forward_keyframe_requests(video.sender, camera.video)
+    camera.add_to(door)
     frames: asyncio.Queue = asyncio.Queue()
 
     @resident.on("track")
@@ -174,6 +174,12 @@ async def call_and_send_pli(camera) -> tuple[str, int]:
     await resident.setRemoteDescription(door.localDescription)
     await resident.setLocalDescription(await resident.createAnswer())
     await door.setRemoteDescription(resident.localDescription)
+    return door, resident, offer_sdp, frames
+
+
+async def call_and_send_pli(camera) -> tuple[str, int]:
+    """The receiver decodes video, then sends a PLI."""
+    door, resident, offer_sdp, frames = await loopback_call(camera)
     try:
         for _ in range(3):
             await asyncio.wait_for(frames.get(), 10)
@@ -188,6 +194,32 @@ async def call_and_send_pli(camera) -> tuple[str, int]:
     finally:
         await door.close()
         await resident.close()
+
+
+@pytest.mark.parametrize("encoding, codec", [("passthrough", "H264"), ("vp8", "VP8"), ("h264", "H264")])
+async def test_each_encoding_sends_its_codec_and_the_pictures_carry_their_capture_time(encoding, codec):
+    """Pass-through sends the camera's H.264; vp8 and h264 hand raw pictures to aiortc, which
+    encodes them for the call. Whichever way, the resident reads each picture's capture time
+    from the test pattern (what the glass-to-glass benchmark measures)."""
+    camera = TestPatternCamera(320, 240, 30, 500_000, 30, encoding=encoding)
+    camera.start()
+    door, resident, offer_sdp, frames = await loopback_call(camera)
+    try:
+        got = [await asyncio.wait_for(frames.get(), 10) for _ in range(10)]
+        arrived_us = monotonic_us()
+    finally:
+        await door.close()
+        await resident.close()
+        camera.close()
+    video_section = offer_sdp[offer_sdp.index("m=video"):]
+    offered = {c for c in ("H264", "VP8") if f"{c}/90000" in video_section}
+    assert offered == {codec}
+    assert {(f.width, f.height) for f in got} == {(320, 240)}
+    stamps = [read_stamp(f) for f in got]
+    assert None not in stamps and stamps == sorted(stamps) and len(set(stamps)) == 10
+    assert 0 < arrived_us - stamps[-1] < 1_000_000  # captured moments ago, on this machine's clock
+    assert camera.video.viewers == 0  # the call's view ended with it
+    assert read_stamp(TestPattern(320, 240).frame(0)) is None  # no stamp drawn, none read
 
 
 async def test_a_residents_keyframe_request_reaches_the_pi_encoder(picamera2):
@@ -220,7 +252,7 @@ async def test_v4l2_backend_passes_h264_through(tmp_path):
         out.mux(stream.encode(None))
     camera = V4l2Camera(str(source), 160, 120, 30, 500_000, 30, container_format="h264")
     got = await first_packets(camera, 12)
-    assert camera.passthrough is True
+    assert camera.passes_camera_h264 is True
     assert NAL_IDR in nal_types(bytes(got[0])) and len(decode(got)) == 12
 
 
@@ -228,7 +260,7 @@ async def test_v4l2_backend_encodes_a_raw_camera():
     camera = V4l2Camera("testsrc2=size=160x120:rate=30,realtime", 160, 120, 30, 500_000, 600,
                         container_format="lavfi")
     got = await first_packets(camera, 5)
-    assert camera.passthrough is False
+    assert camera.passes_camera_h264 is False
     assert {NAL_SPS, NAL_PPS, NAL_IDR} <= set(nal_types(bytes(got[0])))
     assert len(decode(got)) == 5
 

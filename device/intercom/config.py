@@ -85,6 +85,8 @@ SCHEMA: dict[str, Field] = {
             "device": Field(str, default="/dev/video0", check=nonempty, help="v4l2 only"),
             "format": Field(str, default="v4l2", check=nonempty, help="v4l2 only: the FFmpeg input format"),
             "input_format": Field(str, default="h264", help="v4l2 only: ask the camera for this pixel format"),
+            "encoding": Field(str, default="passthrough", check=one_of("passthrough", "vp8", "h264"),
+                              help="passthrough: the camera's H.264 as is; vp8/h264: encoded again for each call"),
         }),
         "microphone": Field(schema={
             "backend": Field(str, default="alsa", check=one_of("alsa", "tone")),
@@ -167,6 +169,9 @@ def _build(raw: dict[str, Any], path: Path) -> DoorConfig:
     calls = raw["calls"]
     if calls["warning_before_s"] >= calls["max_call_s"]:
         raise ConfigError(str(path), [Problem("calls.warning_before_s", None, "must be shorter than calls.max_call_s")])
+    if hw["camera"]["backend"] == "picamera2" and hw["camera"]["encoding"] != "passthrough":
+        raise ConfigError(str(path), [Problem("hardware.camera.encoding", None,
+                                              "picamera2 sends its hardware encoder's H.264: use passthrough")])
     callers = calls["auto_answer"]["callers"]
     return DoorConfig(
         server_url=server["url"], user_id=server["user_id"], access_token=token or "", device_id=server["device_id"],

@@ -27,7 +27,6 @@ from .media.audio import AlsaCaptureTrack, Speaker, ToneTrack
 from .media.camera import EncodedCamera, make_camera
 from .media.echo import EchoCanceller
 from .media.peer import rtc_configuration
-from .media.video import forward_keyframe_requests, prefer_h264
 from .pins import Pins
 from .signaling import NotConnected, RequestFailed, SignalingClient
 
@@ -210,14 +209,12 @@ class Station:
         """A peer connection with the door's two transceivers, made before any description so
         that the H.264-only preference holds whether the door offers or answers.
 
-        The camera's H.264 goes out as is, and the resident's keyframe requests reach its
-        encoder; the microphone goes out and the resident's voice comes back."""
+        The camera's H.264 goes out as is (unless the installer chose per-call encoding), and
+        the resident's keyframe requests reach its encoder; the microphone goes out and the resident's voice comes back."""
         pc = RTCPeerConnection(rtc_configuration(self.client.ice_servers))
         pc.on("track", self._remote_track)
         pc.on("connectionstatechange", lambda: self._inbox.put_nowait(("media", (pc, pc.connectionState))))
-        video = pc.addTransceiver(self.camera.track(), direction="sendonly")
-        prefer_h264(video)
-        forward_keyframe_requests(video.sender, self.camera.video)
+        self.camera.add_to(pc)
         pc.addTransceiver(self._microphone(), direction="sendrecv")
         return pc
 
@@ -496,7 +493,7 @@ class Station:
                        "user_id": self.config.user_id, "device_id": self.client.device_id,
                        "last_error": self.client.last_error},
             "pins": self.pins.state(),
-            "camera": {"backend": self.camera.name, "viewers": self.camera.video.viewers,
+            "camera": {"backend": self.camera.name, "encoding": self.camera.encoding, "viewers": self.camera.video.viewers,
                        "frames": video.frames, "keyframes": video.keyframes,
                        "keyframe_requests": video.keyframe_requests},
             "speaker": {"device": self.config.speaker_device, "frames": stats.frames, "voice_frames": stats.voice_frames,

@@ -23,6 +23,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from intercom.core.calls import CallState, ClientCall
 from intercom.media.audio import ToneTrack, level_dbfs, packed_s16
+from intercom.media.camera import monotonic_us, read_stamp
 from intercom.media.peer import rtc_configuration
 from intercom.media.video import encode_image
 from intercom.signaling import NotConnected, RequestFailed, SignalingClient
@@ -55,6 +56,9 @@ class Reception:
     audio_frames: int = 0
     audio_peak_dbfs: float = float("-inf")
     first_frame_after_accept_s: float | None = None
+    #: Capture to decode, per frame, for pictures that carry their capture time (the door's
+    #: test pattern): glass to glass on one machine, whose monotonic clock both sides share.
+    glass_to_glass_ms: list[float] = field(default_factory=list)
     _last_fingerprint: bytes = b""
     last_frame: Any = None
 
@@ -67,6 +71,9 @@ class Reception:
             self.distinct_frames += 1
             self._last_fingerprint = fingerprint
         self.last_frame = frame
+        stamp = read_stamp(frame)
+        if stamp is not None:
+            self.glass_to_glass_ms.append(round((monotonic_us() - stamp) / 1000, 2))
 
     def add_audio(self, frame: av.AudioFrame) -> None:
         self.audio_frames += 1
@@ -79,6 +86,7 @@ class Reception:
             "width": self.width, "height": self.height, "audio_frames": self.audio_frames,
             "audio_peak_dbfs": None if self.audio_peak_dbfs == float("-inf") else round(self.audio_peak_dbfs, 1),
             "first_frame_after_accept_s": self.first_frame_after_accept_s,
+            "glass_to_glass_ms": self.glass_to_glass_ms,
         }
 
 

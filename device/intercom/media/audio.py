@@ -27,6 +27,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from .echo import EchoCanceller
 from .pacing import Pacer, RealTime
+from .threads import name_thread
 from .tones import TONES
 
 log = logging.getLogger("intercom.audio")
@@ -105,6 +106,7 @@ class AlsaCaptureTrack(MediaStreamTrack):
         self._thread.start()
 
     def _read(self) -> None:
+        name_thread("alsa-capture")
         buf = b""
         clock = RealTime(FRAME_SAMPLES / RATE)
         while self._running:
@@ -269,6 +271,7 @@ class Speaker:
     # -- the writer thread ---------------------------------------------------------------------
 
     def _write(self, pcm) -> None:  # type: ignore[no-untyped-def]
+        name_thread("alsa-playback")
         clock = RealTime(FRAME_SAMPLES / RATE)
         silence = np.zeros(FRAME_SAMPLES, np.int16)
         try:

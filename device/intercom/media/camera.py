@@ -26,7 +26,11 @@ import numpy as np
 from aiortc import MediaStreamTrack
 
 from .pacing import RealTime
-from .video import EncodedVideo
+from .threads import name_thread
+from .video import EncodedVideo, RawVideo, forward_keyframe_requests, prefer_codec
+
+#: How calls get the camera's pictures (`hardware.camera.encoding`).
+ENCODINGS = {"passthrough": "video/H264", "vp8": "video/VP8", "h264": "video/H264"}
 
 log = logging.getLogger("intercom.camera")
 
@@ -51,7 +55,9 @@ class TestPattern:
         self._v_row = (128 + 100 * np.cos(cx / width * 4 * math.pi)).astype(np.uint8)
         self.box = max(8, height // 8)
 
-    def frame(self, n: int) -> av.VideoFrame:
+    def frame(self, n: int, stamp_us: int | None = None) -> av.VideoFrame:
+        """Frame N; with `stamp_us`, its capture time is drawn in a strip along the top, so a
+        receiver can measure glass-to-glass delay from the picture alone (`read_stamp`)."""
         w, h, box = self.width, self.height, self.box
         off = (n * 4) % w
         y = np.empty((h * 3 // 2, w), dtype=np.uint8)
@@ -62,7 +68,55 @@ class TestPattern:
         c_off = (n * 2) % (w // 2)
         y[h:h + h // 4] = np.roll(self._u_row, c_off)
         y[h + h // 4:] = np.roll(self._v_row, -c_off)
+        if stamp_us is not None:
+            draw_stamp(y[:h], stamp_us)
         return av.VideoFrame.from_ndarray(y, format="yuv420p")
+
+
+#: The capture-time strip: 40 bits of CLOCK_MONOTONIC in 100 µs units (3.4 years of uptime)
+#: and an 8-bit check, as black and white cells big enough to survive H.264 and VP8 at a
+#: low bitrate: 24 cells a row, 2 rows.
+_STAMP_BITS, _STAMP_COLS = 48, 24
+
+
+def _stamp_cells(width: int, height: int) -> tuple[int, int]:
+    return width // _STAMP_COLS, max(8, height // 30)
+
+
+def _check_byte(value: int) -> int:
+    return (sum(value.to_bytes(5, "big")) * 31 + 7) & 0xFF
+
+
+def draw_stamp(luma: np.ndarray, stamp_us: int) -> None:
+    value = (stamp_us // 100) & ((1 << 40) - 1)
+    word = (value << 8) | _check_byte(value)
+    cw, ch = _stamp_cells(luma.shape[1], luma.shape[0])
+    for i in range(_STAMP_BITS):
+        bit = (word >> (_STAMP_BITS - 1 - i)) & 1
+        row, col = divmod(i, _STAMP_COLS)
+        luma[row * ch:(row + 1) * ch, col * cw:(col + 1) * cw] = 235 if bit else 16
+
+
+def read_stamp(frame: av.VideoFrame) -> int | None:
+    """The capture time (monotonic µs, to 100 µs) a test-pattern frame carries, or None when
+    the frame has no readable stamp (another camera, or a picture damaged in transit)."""
+    plane = frame.planes[0]
+    luma = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:frame.height, :frame.width]
+    cw, ch = _stamp_cells(frame.width, frame.height)
+    if cw < 4:
+        return None
+    word = 0
+    for i in range(_STAMP_BITS):
+        row, col = divmod(i, _STAMP_COLS)
+        cell = luma[row * ch + ch // 4:(row + 1) * ch - ch // 4, col * cw + cw // 4:(col + 1) * cw - cw // 4]
+        level = float(cell.mean())
+        if 60 < level < 190:
+            return None  # neither black nor white: not a stamp
+        word = (word << 1) | (level >= 128)
+    value = word >> 8
+    if word & 0xFF != _check_byte(value):
+        return None
+    return value * 100
 
 
 class X264:
@@ -110,13 +164,29 @@ class X264:
 
 
 class EncodedCamera:
-    """What every backend shares: the fan-out to calls and the snapshot from a keyframe."""
+    """What every backend shares: the fan-out to calls and the snapshot.
+
+    With `encoding: passthrough` (the default) the backend's H.264 goes to every call as it
+    is. With `vp8` or `h264` the backend hands over raw pictures instead and aiortc encodes
+    them for each call: the cost the benchmarks compare, kept for peers without H.264.
+    """
 
     name = "camera"
 
-    def __init__(self) -> None:
-        self.video = EncodedVideo(self.force_keyframe)
+    def __init__(self, encoding: str = "passthrough") -> None:
+        if encoding not in ENCODINGS:
+            raise ValueError(f"unknown camera encoding {encoding!r}; known: {', '.join(ENCODINGS)}")
+        self.encoding = encoding
+        self.passthrough = encoding == "passthrough"
+        self.video: EncodedVideo | RawVideo = EncodedVideo(self.force_keyframe) if self.passthrough else RawVideo()
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    def add_to(self, pc: Any) -> None:
+        """Give a call the camera: a send-only video transceiver offering only our codec."""
+        transceiver = pc.addTransceiver(self.track(), direction="sendonly")
+        prefer_codec(transceiver, ENCODINGS[self.encoding])
+        if isinstance(self.video, EncodedVideo):
+            forward_keyframe_requests(transceiver.sender, self.video)
 
     def start(self) -> None:
         """Start capturing; called on the event loop."""
@@ -132,6 +202,14 @@ class EncodedCamera:
             self._loop.call_soon_threadsafe(self.video.publish, data, keyframe, timestamp_us)
         except RuntimeError:
             pass  # the loop has closed: the daemon is stopping
+
+    def _publish_raw(self, frame: av.VideoFrame, timestamp_us: int) -> None:
+        """From the capture thread: hand one raw picture to the loop (encoding vp8/h264)."""
+        assert self._loop is not None and isinstance(self.video, RawVideo)
+        try:
+            self._loop.call_soon_threadsafe(self.video.publish, frame, timestamp_us)
+        except RuntimeError:
+            pass
 
     def track(self) -> MediaStreamTrack:
         return self.video.track()
@@ -150,8 +228,8 @@ class TestPatternCamera(EncodedCamera):
     name = "test_pattern"
 
     def __init__(self, width: int = 640, height: int = 480, fps: float = 15.0, bitrate: int = 1_000_000,
-                 iperiod: int = 60) -> None:
-        super().__init__()
+                 iperiod: int = 60, encoding: str = "passthrough") -> None:
+        super().__init__(encoding)
         self.pattern = TestPattern(width, height)
         self.fps = fps
         self._encoder = X264(width, height, fps, bitrate, iperiod)
@@ -168,12 +246,18 @@ class TestPatternCamera(EncodedCamera):
         self._encoder.force_keyframe()
 
     def _run(self) -> None:
+        name_thread("camera")
         clock = RealTime(1 / self.fps)
         n = 0
         while self._running:
-            out = self._encoder.encode(self.pattern.frame(n))
-            if out is not None:
-                self._publish(out[0], out[1], monotonic_us())
+            captured = monotonic_us()
+            frame = self.pattern.frame(n, stamp_us=captured)
+            if self.passthrough:
+                out = self._encoder.encode(frame)
+                if out is not None:
+                    self._publish(out[0], out[1], captured)
+            else:
+                self._publish_raw(frame, captured)
             n += 1
             clock.tick()
 
@@ -193,7 +277,7 @@ class Picamera2Camera(EncodedCamera):
     name = "picamera2"
 
     def __init__(self, width: int, height: int, fps: float, bitrate: int, iperiod: int) -> None:
-        super().__init__()
+        super().__init__("passthrough")  # the hardware encoder's H.264 (the config allows nothing else)
         self.size, self.fps, self.bitrate, self.iperiod = (width, height), fps, bitrate, iperiod
         self._picam2: Any = None
         self._encoder: Any = None
@@ -245,8 +329,8 @@ class V4l2Camera(EncodedCamera):
     name = "v4l2"
 
     def __init__(self, device: str, width: int, height: int, fps: float, bitrate: int, iperiod: int,
-                 container_format: str = "v4l2", input_format: str = "h264") -> None:
-        super().__init__()
+                 container_format: str = "v4l2", input_format: str = "h264", encoding: str = "passthrough") -> None:
+        super().__init__(encoding)
         self.device, self.container_format = device, container_format
         self.size, self.fps = (width, height), fps
         self._options = {"video_size": f"{width}x{height}", "framerate": f"{fps:g}"} if container_format == "v4l2" else {}
@@ -254,7 +338,7 @@ class V4l2Camera(EncodedCamera):
             self._options["input_format"] = input_format
         self._bitrate, self._iperiod = bitrate, iperiod
         self._encoder: X264 | None = None
-        self.passthrough: bool | None = None
+        self.passes_camera_h264: bool | None = None
         self._running = False
         self._thread: threading.Thread | None = None
         self._opened = threading.Event()
@@ -271,6 +355,7 @@ class V4l2Camera(EncodedCamera):
             self._encoder.force_keyframe()
 
     def _run(self) -> None:
+        name_thread("camera")
         try:
             container = av.open(self.device, format=self.container_format, options=self._options)
         except (av.FFmpegError, OSError) as exc:
@@ -280,11 +365,12 @@ class V4l2Camera(EncodedCamera):
             return
         try:
             stream = container.streams.video[0]
-            self.passthrough = stream.codec_context.name == "h264"
-            if not self.passthrough:
+            self.passes_camera_h264 = self.passthrough and stream.codec_context.name == "h264"
+            if self.passthrough and not self.passes_camera_h264:
                 self._encoder = X264(*self.size, self.fps, self._bitrate, self._iperiod)
             log.info("camera %s: %s, %s", self.device, stream.codec_context.name,
-                     "passed through" if self.passthrough else "encoded with libx264")
+                     "passed through" if self.passes_camera_h264 else
+                     "encoded with libx264" if self.passthrough else f"raw pictures for {self.encoding} per call")
             self._opened.set()
             start = time.monotonic()
             for packet in container.demux(stream):
@@ -296,11 +382,14 @@ class V4l2Camera(EncodedCamera):
                     delay = start + float(packet.pts * packet.time_base) - time.monotonic()
                     if 0 < delay < 2:
                         time.sleep(delay)
-                if self.passthrough:
+                if self.passes_camera_h264:
                     self._publish(bytes(packet), packet.is_keyframe, monotonic_us())
                     continue
                 for frame in packet.decode():
-                    out = self._encoder.encode(frame)  # type: ignore[union-attr]
+                    if self._encoder is None:
+                        self._publish_raw(frame, monotonic_us())
+                        continue
+                    out = self._encoder.encode(frame)
                     if out is not None:
                         self._publish(out[0], out[1], monotonic_us())
         except av.FFmpegError as exc:
@@ -321,7 +410,8 @@ def make_camera(config: dict[str, Any]) -> EncodedCamera:
     backend = config["backend"]
     if backend == "picamera2":
         return Picamera2Camera(*size)
+    encoding = config.get("encoding", "passthrough")
     if backend == "v4l2":
         return V4l2Camera(config["device"], *size, container_format=config["format"],
-                          input_format=config["input_format"])
-    return TestPatternCamera(*size)
+                          input_format=config["input_format"], encoding=encoding)
+    return TestPatternCamera(*size, encoding=encoding)

@@ -193,12 +193,96 @@ class H264Track(MediaStreamTrack):
         super().stop()
 
 
+class RawVideo:
+    """One camera's raw pictures, each encoded by aiortc for each call (VP8 or H.264).
+
+    The installer's `encoding: vp8` or `h264`, for peers that cannot take the camera's own
+    H.264. Each sender encodes every frame for itself (media-notes: 3.7-11.6 ms a frame
+    here, several times that on a Pi), which is why pass-through is the default. A sender
+    that is busy encoding skips to the newest picture instead of queueing old ones.
+    """
+
+    def __init__(self) -> None:
+        self._tracks: set[RawTrack] = set()
+        self.latest: tuple[av.VideoFrame, int] | None = None
+        self.stats = VideoStats()
+
+    def publish(self, frame: av.VideoFrame, timestamp_us: int) -> None:
+        self.stats.frames += 1
+        self.latest = (frame, timestamp_us)
+        for track in list(self._tracks):
+            track._offer(frame, timestamp_us)
+
+    def keyframe_requested(self) -> None:
+        self.stats.keyframe_requests += 1  # aiortc's own encoder answers PLI/FIR for raw frames
+
+    @property
+    def viewers(self) -> int:
+        return len(self._tracks)
+
+    def track(self) -> "RawTrack":
+        track = RawTrack(self)
+        self._tracks.add(track)
+        return track
+
+    def _remove(self, track: "RawTrack") -> None:
+        self._tracks.discard(track)
+
+    async def snapshot_jpeg(self, timeout_s: float = 1.0) -> bytes | None:
+        """The newest picture: with raw frames there is no keyframe to wait for."""
+        if self.latest is None:
+            return None
+        return await asyncio.to_thread(encode_image, self.latest[0])
+
+
+class RawTrack(MediaStreamTrack):
+    """One call's view of the raw pictures: always the newest one."""
+
+    kind = "video"
+
+    def __init__(self, source: RawVideo) -> None:
+        super().__init__()
+        self._source = source
+        self._next: tuple[av.VideoFrame, int] | None = None
+        self._ready = asyncio.Event()
+        self._first_us: int | None = None
+
+    def _offer(self, frame: av.VideoFrame, timestamp_us: int) -> None:
+        self._next = (frame, timestamp_us)
+        self._ready.set()
+
+    async def recv(self) -> av.VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        await self._ready.wait()
+        self._ready.clear()
+        assert self._next is not None
+        frame, timestamp_us = self._next
+        if self._first_us is None:
+            self._first_us = timestamp_us
+        # A fresh frame object: the same picture goes to every call, each with its own clock.
+        out = av.VideoFrame.from_ndarray(frame.to_ndarray(), format=frame.format.name) \
+            if self._source.viewers > 1 else frame
+        out.pts = (timestamp_us - self._first_us) * 9 // 100
+        out.time_base = VIDEO_TIME_BASE
+        return out
+
+    def stop(self) -> None:
+        self._source._remove(self)
+        super().stop()
+
+
+def prefer_codec(transceiver: RTCRtpTransceiver, mime_type: str) -> None:
+    """Offer one video codec (with its retransmission codec)."""
+    codecs = RTCRtpSender.getCapabilities("video").codecs
+    chosen = [c for c in codecs if c.mimeType == mime_type]
+    rtx = [c for c in codecs if c.mimeType == "video/rtx"]
+    transceiver.setCodecPreferences(chosen + rtx)
+
+
 def prefer_h264(transceiver: RTCRtpTransceiver) -> None:
     """Offer H.264 only (with its retransmission codec): the packets are H.264 already."""
-    codecs = RTCRtpSender.getCapabilities("video").codecs
-    h264 = [c for c in codecs if c.mimeType == "video/H264"]
-    rtx = [c for c in codecs if c.mimeType == "video/rtx"]
-    transceiver.setCodecPreferences(h264 + rtx)
+    prefer_codec(transceiver, "video/H264")
 
 
 def forward_keyframe_requests(sender: RTCRtpSender, video: EncodedVideo) -> None:
