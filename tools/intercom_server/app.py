@@ -77,13 +77,17 @@ async def _websocket(request: web.Request) -> web.WebSocketResponse:
     conn = hub.connection(ws.send_str, lambda code, reason: ws.close(code=code, message=reason.encode()),
                           request.remote or "?")
 
-    async def require_auth() -> None:
-        """Does nothing once the connection has authenticated."""
-        await asyncio.sleep(hub.settings.auth_timeout_s)
-        if conn.user is None:
-            await conn.close(CLOSE_UNAUTHENTICATED, "authenticate first")
+    closing: set[asyncio.Task[None]] = set()  # a task the loop only weakly refers to must be held
 
-    deadline = asyncio.get_running_loop().create_task(require_auth())
+    def require_auth() -> None:
+        if conn.user is None and not conn.closed:
+            task = loop.create_task(conn.close(CLOSE_UNAUTHENTICATED, "authenticate first"))
+            closing.add(task)
+            task.add_done_callback(closing.discard)
+
+    # A timer, not a sleeping task: it is all an idle connection keeps of its first 10 s.
+    loop = asyncio.get_running_loop()
+    deadline = loop.call_later(hub.settings.auth_timeout_s, require_auth)
     try:
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:

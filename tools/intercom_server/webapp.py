@@ -50,7 +50,12 @@ SECURITY_HEADERS = {
 
 
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """`on_response_prepare`: runs before any response's headers go out, WebSocket ones too."""
+    """`on_response_prepare`: runs before any response's headers go out.
+
+    Not on the WebSocket's 101 switch: no document is rendered from it, so the headers would
+    protect nothing, and each of thousands of open connections would hold ~1 KiB of them."""
+    if isinstance(response, web.WebSocketResponse):
+        return
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
 

@@ -85,9 +85,10 @@ class Process:
                 out.append(value)
         return out
 
-    async def wait_for_line(self, predicate: Callable[[str], bool], timeout: float = 20.0) -> str:
+    async def wait_for_line(self, predicate: Callable[[str], bool], timeout: float = 20.0, after: int = 0) -> str:
+        """The first line (from line number `after` on) that matches, waiting for it to come."""
         async def scan() -> str:
-            seen = 0
+            seen = after
             async with self._new_line:
                 while True:
                     for line in self.lines[seen:]:
@@ -104,7 +105,7 @@ class Process:
             raise TimeoutError(f"{self.name}: no matching line within {timeout}s; stdout so far:\n"
                                + "\n".join(self.lines[-20:]) + f"\nlog:\n{self.log_tail()}") from None
 
-    async def wait_for_event(self, event: str, timeout: float = 20.0, **fields: Any) -> dict[str, Any]:
+    async def wait_for_event(self, event: str, timeout: float = 20.0, after: int = 0, **fields: Any) -> dict[str, Any]:
         def match(line: str) -> bool:
             try:
                 value = json.loads(line)
@@ -113,7 +114,7 @@ class Process:
             return (isinstance(value, dict) and value.get("event") == event
                     and all(value.get(k) == v for k, v in fields.items()))
 
-        return json.loads(await self.wait_for_line(match, timeout))
+        return json.loads(await self.wait_for_line(match, timeout, after))
 
     def log_tail(self, lines: int = 30) -> str:
         try:

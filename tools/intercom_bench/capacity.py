@@ -1,0 +1,75 @@
+"""The server under load: memory per signed-in idle device, and call set-ups per second.
+
+The server runs as `intercom-server serve`, as installed; the load comes from
+`intercom_bench.loadgen` in a process of its own. Accounts are written straight into the
+server's database beforehand (provisioning 5,000 devices through the CLI would measure the
+CLI), as a building's installer would import them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from intercom_server.store import Store
+from intercom_sim.harness import Installation, Process
+
+from .figures import memory_kib
+from .scene import installation
+
+#: Devices per resident account: phones, tablets and laptops of one household member.
+DEVICES_PER_RESIDENT = 5
+
+
+def provision(site: Installation, residents: int, doors: int) -> Path:
+    store = Store(site.data_dir / "intercom.db")
+    try:
+        accounts: dict[str, list[list[str]]] = {"residents": [], "doors": []}
+        for kind, count in (("resident", residents), ("door", doors)):
+            for n in range(count):
+                user = f"{kind}-{n}"
+                store.add_user(user, kind, site.site_id, f"{kind.title()} {n}")
+                accounts[f"{kind}s"].append([user, store.issue_token(user)["access_token"]])
+    finally:
+        store.close()
+    path = site.root / "accounts.json"
+    path.write_text(json.dumps(accounts))
+    path.chmod(0o600)
+    return path
+
+
+async def _loadgen(site: Installation, *args: str) -> Process:
+    process = await Process.start("loadgen", [sys.executable, "-m", "intercom_bench.loadgen", *args,
+                                              "--url", site.ws_url, "--accounts", str(site.root / "accounts.json")],
+                                  site.logs)
+    return process
+
+
+async def run(root: Path, connections: int, pairs: int, seconds: float) -> dict[str, Any]:
+    async with installation(root) as site:
+        assert site.server is not None
+        pid = site.server.proc.pid
+        residents = max(pairs, -(-connections // DEVICES_PER_RESIDENT))
+        provision(site, residents, pairs)
+
+        # Idle devices: the server's memory before and after they have all signed in.
+        baseline = memory_kib(pid)["VmRSS"]
+        idle = await _loadgen(site, "idle", "--connections", str(connections))
+        ready = await idle.wait_for_event("ready", timeout=300)
+        loaded = memory_kib(pid)["VmRSS"]
+        await idle.stop()
+        per_client = (loaded - baseline) / connections
+
+        # Call set-ups, closed loop, with the idle devices gone.
+        calls = await _loadgen(site, "calls", "--pairs", str(pairs), "--seconds", f"{seconds:g}")
+        result = await calls.wait_for_event("result", timeout=seconds + 120)
+        await calls.stop()
+    return {
+        "idle": {"connections": ready["connections"], "signed_in_in_s": ready["seconds"],
+                 "server_rss_before_kib": baseline, "server_rss_after_kib": loaded,
+                 "per_connection_kib": round(per_client, 2)},
+        "setups": {k: result[k] for k in ("pairs", "seconds", "calls", "offered_per_s", "per_s", "setup_ms", "error_count", "errors")},
+    }

@@ -1,0 +1,91 @@
+"""`intercom-bench` (`make bench`): what visitors and residents feel, and what it costs.
+
+Runs the server, door and resident as real processes on loopback, with the door's simulated
+hardware, and writes `results.json` and `results.md` in the output directory (`bench/`).
+Every part is bounded: the full run takes about six minutes on a 2-core machine; `--quick`
+runs every part with tiny counts (the test suite's smoke test) in well under a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from . import capacity, media, press
+from .figures import machine
+from .report import markdown
+
+PARTS = ("press", "answer", "cost", "server")
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="intercom-bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("bench"), help="where results go (default: bench)")
+    parser.add_argument("--quick", action="store_true", help="tiny counts: proves the benchmarks run, measures little")
+    parser.add_argument("--only", choices=PARTS, action="append", help="run only this part (repeatable)")
+    parser.add_argument("--presses", type=int, default=100)
+    parser.add_argument("--calls", type=int, default=50, help="answered calls per camera path")
+    parser.add_argument("--call-seconds", type=float, default=30.0)
+    parser.add_argument("--sizes", default="640x480,1280x720")
+    parser.add_argument("--connections", type=int, default=5000)
+    parser.add_argument("--pairs", type=int, default=100, help="door/phone pairs setting up calls, 8 a second each at most")
+    parser.add_argument("--setup-seconds", type=float, default=30.0)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.presses, args.calls, args.call_seconds, args.sizes = 3, 2, 2.0, "320x240"
+        args.connections, args.pairs, args.setup_seconds = 50, 4, 1.0
+    args.sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    return args
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    work = args.out / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    parts = args.only or PARTS
+    started = time.monotonic()
+    results: dict[str, Any] = {"machine": machine(), "quick": args.quick}
+
+    def step(name: str) -> None:
+        print(f"[{time.monotonic() - started:5.0f} s] {name}", file=sys.stderr, flush=True)
+
+    if "press" in parts:
+        step(f"press to ring: {args.presses} presses")
+        results["press_to_ring"] = await press.run(work / "press", args.presses)
+    if "answer" in parts:
+        step(f"answer to first frame: {args.calls} calls per camera path")
+        results["answer_to_first_frame"] = await media.answer_to_first_frame(work / "answer", args.calls)
+    if "cost" in parts:
+        step(f"cost on the board: {len(args.sizes) * len(media.ENCODINGS)} calls of {args.call_seconds:g} s")
+        results["call_cost"] = await media.call_cost(work / "cost", args.call_seconds, args.sizes)
+    if "server" in parts:
+        step(f"server: {args.connections} idle devices, then {args.setup_seconds:g} s of call set-ups")
+        results["capacity"] = await capacity.run(work / "server", args.connections, args.pairs, args.setup_seconds)
+    results["duration_s"] = round(time.monotonic() - started, 1)
+    results["finished_at"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    step("done")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    results = asyncio.run(run(args))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    table = markdown(results)
+    (args.out / "results.md").write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

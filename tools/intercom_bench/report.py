@@ -1,0 +1,121 @@
+"""The results as a markdown table, each figure beside the target it is held to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Target:
+    figure: str
+    text: str
+    value: Callable[[dict[str, Any]], float | None]
+    limit: float
+    above: bool = False  # True when the figure must reach the limit rather than stay under it
+
+    def verdict(self, results: dict[str, Any]) -> tuple[float | None, str]:
+        try:
+            value = self.value(results)
+        except (KeyError, TypeError, StopIteration, ZeroDivisionError):
+            value = None
+        if value is None:
+            return None, "not run"
+        met = value >= self.limit if self.above else value < self.limit
+        return value, "met" if met else "**missed**"
+
+
+def _run(results: dict[str, Any], encoding: str, size: str) -> dict[str, Any]:
+    return next(r for r in results["call_cost"]["runs"] if r["encoding"] == encoding and r["size"] == size)
+
+
+def _largest(results: dict[str, Any]) -> str:
+    return max((r["size"] for r in results["call_cost"]["runs"]), key=lambda s: int(s.split("x")[0]))
+
+
+TARGETS = [
+    Target("press to ring p99", "< 50 ms", lambda r: r["press_to_ring"]["press_to_ring_ms"]["p99"], 50),
+    Target("answer to first frame p50, pass-through", "< 150 ms",
+           lambda r: r["answer_to_first_frame"]["passthrough"]["p50"], 150),
+    Target("door CPU, pass-through / VP8 at the largest size", "< 0.2",
+           lambda r: _run(r, "passthrough", _largest(r))["door_percent"] / _run(r, "vp8", _largest(r))["door_percent"],
+           0.2),
+    Target("idle door RSS", "< 120 MB", lambda r: r["call_cost"]["idle_rss_kib"] / 1024, 120),
+    Target("server memory per idle connection", "< 20 KiB",
+           lambda r: r["capacity"]["idle"]["per_connection_kib"], 20),
+    Target("call set-ups per second", ">= 200", lambda r: r["capacity"]["setups"]["per_s"], 200, above=True),
+    Target("call set-up p99", "< 100 ms", lambda r: r["capacity"]["setups"]["setup_ms"]["p99"], 100),
+]
+
+
+def _ms(stats: dict[str, Any] | None) -> list[str]:
+    if not stats or not stats.get("n"):
+        return ["–", "–", "–", "0"]
+    return [f"{stats['p50']:g}", f"{stats['p99']:g}", f"{stats['max']:g}", str(stats["n"])]
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    lines = [
+        "# Intercom benchmarks",
+        "",
+        f"Measured {results['finished_at']} on {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, "
+        f"Linux {m['kernel']}, Python {m['python']}, aiortc {m['versions']['aiortc']}, "
+        f"commit {m['commit'] or '?'}; loopback, `make bench`{' --quick' if results.get('quick') else ''} "
+        f"in {results['duration_s']:.0f} s.",
+        "",
+        "## Targets",
+        "",
+        "| figure | measured | target | |",
+        "|---|---|---|---|",
+    ]
+    for target in TARGETS:
+        value, verdict = target.verdict(results)
+        shown = "–" if value is None else f"{value:.3g}" if abs(value) < 1 else f"{value:.1f}"
+        lines.append(f"| {target.figure} | {shown} | {target.text} | {verdict} |")
+
+    lines += ["", "## Latency (ms)", "", "| what | p50 | p99 | max | n |", "|---|---|---|---|---|"]
+    press = results.get("press_to_ring")
+    if press:
+        cam = press["camera"]
+        lines.append(f"| press to ring (GPIO event to `incoming` at the phone; camera {cam}) | "
+                     + " | ".join(_ms(press["press_to_ring_ms"])) + " |")
+        lines.append("| press to dial sent (the door's own share) | " + " | ".join(_ms(press["press_to_dial_sent_ms"])) + " |")
+        lines.append("| press to the visitor's picture at the phone | " + " | ".join(_ms(press["press_to_picture_ms"])) + " |")
+    answer = results.get("answer_to_first_frame")
+    if answer:
+        for encoding, label in (("passthrough", "H.264 pass-through"), ("vp8", "software VP8")):
+            lines.append(f"| answer to first decoded frame, {label} ({answer['camera']}) | "
+                         + " | ".join(_ms(answer.get(encoding))) + " |")
+    cost = results.get("call_cost")
+    if cost:
+        for run in cost["runs"]:
+            lines.append(f"| glass to glass, {run['encoding']} {run['size']} | " + " | ".join(_ms(run["glass_to_glass_ms"])) + " |")
+    setups = (results.get("capacity") or {}).get("setups")
+    if setups:
+        lines.append(f"| call set-up at the server (dial to accepted; {setups['pairs']} pairs) | "
+                     + " | ".join(_ms(setups["setup_ms"])) + " |")
+
+    if cost:
+        lines += ["", f"## Cost on the board: one call of {cost['seconds']:g} s at {cost['fps']:g} fps", "",
+                  "| camera path | size | door CPU % of a core | simulated camera % | whole process % | peak RSS MiB | frames received/s |",
+                  "|---|---|---|---|---|---|---|"]
+        for run in cost["runs"]:
+            lines.append(f"| {run['encoding']} | {run['size']} | {run['door_percent']} | {run['camera_thread_percent']} | "
+                         f"{run['cpu_percent']} | {run['peak_rss_kib'] / 1024:.1f} | {run['fps_received']} |")
+        lines += ["", f"Idle door RSS: {cost['idle_rss_kib'] / 1024:.1f} MiB ({cost['idle_camera']}). "
+                  "\"Door CPU\" leaves out the thread that draws the test pattern (and, for pass-through, "
+                  "encodes it with libx264): on a Pi the camera's ISP and hardware encoder do that work."]
+    capacity = results.get("capacity")
+    if capacity:
+        idle, s = capacity["idle"], capacity["setups"]
+        lines += ["", "## Server", "",
+                  f"- {idle['connections']} devices signed in and idle (in {idle['signed_in_in_s']} s): server RSS "
+                  f"{idle['server_rss_before_kib'] / 1024:.1f} → {idle['server_rss_after_kib'] / 1024:.1f} MiB, "
+                  f"{idle['per_connection_kib']} KiB each.",
+                  f"- {s['calls']} calls set up and ended in {s['seconds']} s by {s['pairs']} door/phone pairs: "
+                  f"{s['per_s']} a second (at most {s['offered_per_s']:g} offered), {s['error_count']} errors."]
+    notes = results.get("notes") or []
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
