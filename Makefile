@@ -1,5 +1,6 @@
-# Two commands for a new user: `make demo` and `make test`. Everything they need is installed
-# here, system packages included, so a fresh Debian machine with Python 3.11 and git is enough.
+# Two commands for a new user: `make demo` and `make test` (`make bench` for the figures).
+# Everything they need is installed here, system packages included, so a fresh Debian machine
+# with Python 3.11 and git is enough.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -12,7 +13,7 @@ SYSTEM_PACKAGES := libasound2-dev gcc pkg-config
 TEST_SYSTEM_PACKAGES := coturn systemd chromium fonts-dejavu-core
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo demo-auto test system-packages clean
+.PHONY: demo demo-auto test bench system-packages clean
 
 demo: $(VENV)/.installed
 	$(BIN)/python -m intercom_sim.demo $(DEMO_ARGS)
@@ -23,6 +24,11 @@ demo-auto: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# What visitors and residents feel, and what it costs the board: about six minutes on two
+# cores; writes bench/results.json and bench/results.md. BENCH_ARGS=--quick for a dry run.
+bench: $(VENV)/.installed
+	$(BIN)/python -m intercom_bench.cli $(BENCH_ARGS)
 
 system-packages: $(VENV)/.system-packages
 
@@ -53,4 +59,4 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 	@touch $@
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache
+	rm -rf $(VENV) demo-output .pytest_cache bench/work

@@ -21,7 +21,7 @@ from typing import Any
 
 from . import capacity, media, press
 from .figures import machine
-from .report import markdown
+from .report import markdown, notes
 
 PARTS = ("press", "answer", "cost", "server")
 
@@ -69,6 +69,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if "server" in parts:
         step(f"server: {args.connections} idle devices, then {args.setup_seconds:g} s of call set-ups")
         results["capacity"] = await capacity.run(work / "server", args.connections, args.pairs, args.setup_seconds)
+    results["notes"] = notes(results)
     results["duration_s"] = round(time.monotonic() - started, 1)
     results["finished_at"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     step("done")

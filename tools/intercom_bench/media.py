@@ -20,7 +20,7 @@ from .figures import cpu_times, memory_kib, reset_peak_rss, summary
 from .scene import Bell, camera, installation
 
 #: The camera paths: per-call software encoding from raw pictures, and the camera's H.264.
-ENCODINGS = ("vp8", "h264", "passthrough")
+ENCODINGS = ("passthrough", "vp8", "h264")
 #: Frames left out of glass to glass at a call's start, while the receiver's jitter buffer settles.
 SETTLE_FRAMES = 30
 
@@ -79,7 +79,7 @@ async def call_cost(root: Path, seconds: float, sizes: list[tuple[int, int]], fp
                 pid = door.process.proc.pid
                 bell = Bell(door)
                 try:
-                    if "idle_rss_kib" not in results:
+                    if "idle_rss_kib" not in results:  # the first door: pass-through, the default
                         # Idle is a state that lasts: measured over a span, not at one instant.
                         await asyncio.sleep(idle_s)
                         results["idle_rss_kib"] = memory_kib(pid)["VmRSS"]
@@ -111,6 +111,8 @@ async def _measure_call(bell: Bell, resident: Process, pid: int, seconds: float,
     await bell.until_idle()
     await bell.release()
     camera_s = after.by_thread.get("camera", 0.0) - before.by_thread.get("camera", 0.0)
+    threads = {name: round(100 * (seconds - before.by_thread.get(name, 0.0)) / elapsed, 1)
+               for name, seconds in after.by_thread.items()}
     total_s = after.total - before.total
     glass = ended["glass_to_glass_ms"][SETTLE_FRAMES:]
     return {
@@ -121,6 +123,7 @@ async def _measure_call(bell: Bell, resident: Process, pid: int, seconds: float,
         # what the process spends beside it.
         "camera_thread_percent": round(100 * camera_s / elapsed, 1),
         "door_percent": round(100 * (total_s - camera_s) / elapsed, 1),
+        "threads_percent": dict(sorted(threads.items(), key=lambda kv: -kv[1])),
         "peak_rss_kib": peak,
         "frames_decoded": ended["video_frames"],
         "fps_received": round(ended["video_frames"] / max(elapsed, 1e-9), 1),

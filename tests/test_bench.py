@@ -1,0 +1,58 @@
+"""The benchmarks run: `intercom-bench --quick` goes through every part with tiny counts and
+writes its results. Timing is not asserted here (the figures are for reading, in
+bench/results.md); what is asserted is that each part measured what it says it measures."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+import pytest
+
+from intercom_bench.figures import percentile, summary
+from intercom_bench.report import TARGETS, markdown
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def test_percentiles_are_nearest_rank():
+    samples = list(range(1, 101))  # 1..100
+    assert percentile(samples, 50) == 50 and percentile(samples, 99) == 99 and percentile(samples, 100) == 100
+    assert summary([3.0, 1.0, 2.0]) == {"n": 3, "p50": 2.0, "p99": 3.0, "max": 3.0}
+    assert summary([]) == {"n": 0, "p50": None, "p99": None, "max": None}
+
+
+async def test_quick_bench_runs_every_part_and_writes_results(tmp_path):
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "intercom_bench.cli", "--quick", "--out", str(tmp_path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 220)
+    assert proc.returncode == 0, err.decode()[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    table = (tmp_path / "results.md").read_text()
+    assert table == markdown(results) and out.decode().startswith("# Intercom benchmarks")
+
+    press = results["press_to_ring"]
+    assert press["press_to_ring_ms"]["n"] == 3 and press["press_to_picture_ms"]["n"] == 3
+    # The phone rings before the picture arrives: the dial no longer waits for the camera.
+    assert press["press_to_ring_ms"]["max"] > 0 and press["press_to_dial_sent_ms"]["n"] == 3
+
+    answer = results["answer_to_first_frame"]
+    assert answer["passthrough"]["n"] == 2 and answer["vp8"]["n"] == 2
+
+    cost = results["call_cost"]
+    assert [(r["encoding"], r["size"]) for r in cost["runs"]] == [
+        ("passthrough", "320x240"), ("vp8", "320x240"), ("h264", "320x240")]
+    for run in cost["runs"]:
+        assert run["frames_decoded"] > 10, run  # the resident saw the call
+        assert run["glass_to_glass_ms"]["n"] > 0 and run["stamps_read"] >= run["frames_decoded"] - 2, run
+        assert run["cpu_percent"] > 0 and run["peak_rss_kib"] > 0 and "camera" in run["threads_percent"]
+    assert cost["idle_rss_kib"] > 10_000
+
+    capacity = results["capacity"]
+    assert capacity["idle"]["connections"] == 50 and capacity["idle"]["per_connection_kib"] > 0
+    assert capacity["setups"]["calls"] > 0 and capacity["setups"]["error_count"] == 0
+
+    for target in TARGETS:  # every target was measured, whatever the verdict
+        assert target.figure in table and target.verdict(results)[1] != "not run"
