@@ -11,15 +11,19 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from intercom_server.store import Store
 from intercom_sim.harness import Installation, Process
 
-from .figures import memory_kib
+from .figures import cpu_times, memory_kib
 from .scene import installation
 
+#: Calls a second one door/phone pair offers at most: the server allows a connection 20
+#: messages a second, and a door sends two per call.
+PEAK_PER_PAIR = 8.0
 #: Devices per resident account: phones, tablets and laptops of one household member.
 DEVICES_PER_RESIDENT = 5
 
@@ -48,7 +52,7 @@ async def _loadgen(site: Installation, *args: str) -> Process:
     return process
 
 
-async def run(root: Path, connections: int, pairs: int, seconds: float) -> dict[str, Any]:
+async def run(root: Path, connections: int, pairs: int, seconds: float, steady_rate: float) -> dict[str, Any]:
     async with installation(root) as site:
         assert site.server is not None
         pid = site.server.proc.pid
@@ -63,13 +67,26 @@ async def run(root: Path, connections: int, pairs: int, seconds: float) -> dict[
         await idle.stop()
         per_client = (loaded - baseline) / connections
 
-        # Call set-ups, closed loop, with the idle devices gone.
-        calls = await _loadgen(site, "calls", "--pairs", str(pairs), "--seconds", f"{seconds:g}")
-        result = await calls.wait_for_event("result", timeout=seconds + 120)
-        await calls.stop()
+        # Call set-ups with the idle devices gone: at a steady rate twice the target, for the
+        # latency a building sees on a busy evening; then as fast as the pairs may go.
+        setups = {}
+        for phase, per_pair in (("steady", steady_rate / pairs), ("peak", PEAK_PER_PAIR)):
+            calls = await _loadgen(site, "calls", "--pairs", str(pairs), "--seconds", f"{seconds:g}",
+                                   "--per-pair", f"{per_pair:g}")
+            await calls.wait_for_event("connected", timeout=60)
+            server_before, load_before, started = cpu_times(pid), cpu_times(calls.proc.pid), time.monotonic()
+            result = await calls.wait_for_event("result", timeout=seconds + 120)
+            elapsed = time.monotonic() - started
+            server_s = cpu_times(pid).total - server_before.total
+            load_s = cpu_times(calls.proc.pid).total - load_before.total
+            await calls.stop()
+            setups[phase] = {k: result[k] for k in ("pairs", "seconds", "calls", "offered_per_s", "per_s", "setup_ms",
+                                                     "error_count", "errors")}
+            setups[phase]["server_cpu_percent"] = round(100 * server_s / elapsed, 1)
+            setups[phase]["loadgen_cpu_percent"] = round(100 * load_s / elapsed, 1)
     return {
         "idle": {"connections": ready["connections"], "signed_in_in_s": ready["seconds"],
                  "server_rss_before_kib": baseline, "server_rss_after_kib": loaded,
                  "per_connection_kib": round(per_client, 2)},
-        "setups": {k: result[k] for k in ("pairs", "seconds", "calls", "offered_per_s", "per_s", "setup_ms", "error_count", "errors")},
+        "setups": setups,
     }

@@ -38,17 +38,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sizes", default="640x480,1280x720")
     parser.add_argument("--connections", type=int, default=5000)
     parser.add_argument("--pairs", type=int, default=100, help="door/phone pairs setting up calls, 8 a second each at most")
-    parser.add_argument("--setup-seconds", type=float, default=30.0)
+    parser.add_argument("--setup-seconds", type=float, default=30.0, help="for each of the two set-up phases")
+    parser.add_argument("--setup-rate", type=float, default=400.0,
+                        help="calls a second offered in the steady phase (the peak phase offers pairs x 8)")
     args = parser.parse_args(argv)
     if args.quick:
         args.presses, args.calls, args.call_seconds, args.sizes = 3, 2, 2.0, "320x240"
-        args.connections, args.pairs, args.setup_seconds = 50, 4, 1.0
+        args.connections, args.pairs, args.setup_seconds, args.setup_rate = 50, 4, 1.0, 8.0
     args.sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     return args
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    work = args.out / "work"
+    work = (args.out / "work").resolve()  # the door configs name their token files by absolute path
     shutil.rmtree(work, ignore_errors=True)
     parts = args.only or PARTS
     started = time.monotonic()
@@ -67,8 +69,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         step(f"cost on the board: {len(args.sizes) * len(media.ENCODINGS)} calls of {args.call_seconds:g} s")
         results["call_cost"] = await media.call_cost(work / "cost", args.call_seconds, args.sizes)
     if "server" in parts:
-        step(f"server: {args.connections} idle devices, then {args.setup_seconds:g} s of call set-ups")
-        results["capacity"] = await capacity.run(work / "server", args.connections, args.pairs, args.setup_seconds)
+        step(f"server: {args.connections} idle devices, then 2 x {args.setup_seconds:g} s of call set-ups")
+        results["capacity"] = await capacity.run(work / "server", args.connections, args.pairs, args.setup_seconds,
+                                                 args.setup_rate)
     results["notes"] = notes(results)
     results["duration_s"] = round(time.monotonic() - started, 1)
     results["finished_at"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

@@ -43,8 +43,9 @@ TARGETS = [
     Target("idle door RSS", "< 120 MB", lambda r: r["call_cost"]["idle_rss_kib"] / 1024, 120),
     Target("server memory per idle connection", "< 20 KiB",
            lambda r: r["capacity"]["idle"]["per_connection_kib"], 20),
-    Target("call set-ups per second", ">= 200", lambda r: r["capacity"]["setups"]["per_s"], 200, above=True),
-    Target("call set-up p99", "< 100 ms", lambda r: r["capacity"]["setups"]["setup_ms"]["p99"], 100),
+    Target("call set-ups per second, steady phase", ">= 200", lambda r: r["capacity"]["setups"]["steady"]["per_s"], 200,
+           above=True),
+    Target("call set-up p99 at that rate", "< 100 ms", lambda r: r["capacity"]["setups"]["steady"]["setup_ms"]["p99"], 100),
 ]
 
 
@@ -118,10 +119,9 @@ def markdown(results: dict[str, Any]) -> str:
     if cost:
         for run in cost["runs"]:
             lines.append(f"| glass to glass, {run['encoding']} {run['size']} | " + " | ".join(_ms(run["glass_to_glass_ms"])) + " |")
-    setups = (results.get("capacity") or {}).get("setups")
-    if setups:
-        lines.append(f"| call set-up at the server (dial to accepted; {setups['pairs']} pairs) | "
-                     + " | ".join(_ms(setups["setup_ms"])) + " |")
+    for phase, run in ((results.get("capacity") or {}).get("setups") or {}).items():
+        lines.append(f"| call set-up at the server, {phase} (dial to accepted; {run['per_s']:g}/s by {run['pairs']} pairs) | "
+                     + " | ".join(_ms(run["setup_ms"])) + " |")
 
     if cost:
         lines += ["", f"## Cost on the board: one call of {cost['seconds']:g} s at {cost['fps']:g} fps", "",
@@ -135,13 +135,16 @@ def markdown(results: dict[str, Any]) -> str:
                   "encodes it with libx264): on a Pi the camera's ISP and hardware encoder do that work."]
     capacity = results.get("capacity")
     if capacity:
-        idle, s = capacity["idle"], capacity["setups"]
+        idle = capacity["idle"]
         lines += ["", "## Server", "",
                   f"- {idle['connections']} devices signed in and idle (in {idle['signed_in_in_s']} s): server RSS "
                   f"{idle['server_rss_before_kib'] / 1024:.1f} → {idle['server_rss_after_kib'] / 1024:.1f} MiB, "
-                  f"{idle['per_connection_kib']} KiB each.",
-                  f"- {s['calls']} calls set up and ended in {s['seconds']} s by {s['pairs']} door/phone pairs: "
-                  f"{s['per_s']} a second (at most {s['offered_per_s']:g} offered), {s['error_count']} errors."]
+                  f"{idle['per_connection_kib']} KiB each."]
+        for phase, s in capacity["setups"].items():
+            lines.append(f"- {phase}: {s['calls']} calls set up and ended in {s['seconds']} s by {s['pairs']} door/phone "
+                         f"pairs: {s['per_s']} a second (at most {s['offered_per_s']:g} offered), {s['error_count']} errors; "
+                         f"server CPU {s['server_cpu_percent']} % of a core, load generator {s['loadgen_cpu_percent']} % "
+                         "(on the same two cores).")
     notes = results.get("notes") or []
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
