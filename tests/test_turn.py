@@ -32,7 +32,10 @@ def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     assert binary, "turnserver not found: `make test` installs Debian's coturn package"
     workdir = tmp_path_factory.mktemp("coturn")
     port = _free_udp_port()
-    relay_low = 40000 + port % 20000
+    # Below Linux's ephemeral ports (32768-60999), so the relay range can neither contain the
+    # listening port (40000 + port % 20000 did, for ports from 40000: one allocation in 51
+    # failed) nor ports the kernel hands other sockets meanwhile.
+    relay_low = 20000 + port % 10000
     proc = subprocess.Popen(
         [binary, "-n", "--listening-ip=127.0.0.1", f"--listening-port={port}", "--relay-ip=127.0.0.1",
          f"--min-port={relay_low}", f"--max-port={relay_low + 50}", "--use-auth-secret",
