@@ -73,6 +73,16 @@ def notes(results: dict[str, Any]) -> list[str]:
                 f"profile of the pass-through door shows the rest spread over RTP sending (~40 % of its main thread), "
                 f"the speaker's resampling and level metering (~15 %) and aiortc's pure-Python audio-level "
                 f"computation for each outgoing audio frame (~10 %).")
+    steady = ((results.get("capacity") or {}).get("setups") or {}).get("steady")
+    if steady and TARGETS[6].verdict(results)[1] != "met":
+        out.append(
+            f"Call set-up p99 at {steady['per_s']:g}/s is {steady['setup_ms']['p99']:g} ms (p50 "
+            f"{steady['setup_ms']['p50']:g} ms) while the server used only {steady['server_cpu_percent']} % of a core "
+            f"and the load generator {steady['loadgen_cpu_percent']} %: the slow set-ups wait rather than compute. "
+            "On this virtual machine the same phase measured p99 17 ms in another run. The likely wait, not yet "
+            "proven: each call commits to SQLite twice (at the dial and at the end) with an fsync, on the event "
+            "loop. A writer thread, or `synchronous=NORMAL` with WAL (no fsync per commit, at the price of the "
+            "last commits on a power cut), are the next things to measure.")
     return out
 
 
