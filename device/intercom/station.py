@@ -244,14 +244,16 @@ class Station:
             return
         call.dialed(reply["call_id"])
         self.calls_placed += 1
-        self.press_timings = {"press_to_dial_ms": round((sent - self._pressed_mono) * 1000, 1),
-                              "dial_reply_ms": round((time.monotonic() - sent) * 1000, 1)}
+        if group == 0:  # an escalation's dial comes a ring timeout after the press: not a press timing
+            self.press_timings = {"press_to_dial_ms": round((sent - self._pressed_mono) * 1000, 1),
+                                  "dial_reply_ms": round((time.monotonic() - sent) * 1000, 1)}
         log.info("call %s placed", call.call_id)
         self._snapshot_task = self.loop.create_task(self._send_snapshot(call, snapshot), name="send-snapshot")
 
     async def _send_snapshot(self, call: ClientCall, picture: "asyncio.Task[bytes | None]") -> None:
         jpeg = await picture
-        self.press_timings["press_to_snapshot_ms"] = round((time.monotonic() - self._pressed_mono) * 1000, 1)
+        if self.group == 0:
+            self.press_timings["press_to_snapshot_ms"] = round((time.monotonic() - self._pressed_mono) * 1000, 1)
         if not jpeg or not call.live:
             return
         try:
