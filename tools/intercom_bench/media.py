@@ -29,20 +29,20 @@ async def _door(site: Installation, name: str, width: int, height: int, fps: flo
     return await site.start_door(name, [{"residents": ["alice"]}], settings=camera(width, height, fps, encoding))
 
 
-async def _stop(site: Installation, process: Process) -> None:
-    await process.stop()
-    site.processes.remove(process)
-
-
-async def _call(bell: Bell, resident: Process, timeout_s: float) -> tuple[dict[str, Any], dict[str, Any]]:
-    """One press answered by the resident; returns its first_frame and ended events."""
+async def _answered(bell: Bell, resident: Process, timeout_s: float = 20) -> tuple[int, dict[str, Any]]:
+    """Press and wait for the resident's first decoded frame; returns where the call's
+    events begin in the resident's output, and the first_frame event."""
     mark = len(resident.lines)
     await bell.press()
-    first = await resident.wait_for_event("first_frame", timeout_s, after=mark)
+    return mark, await resident.wait_for_event("first_frame", timeout_s, after=mark)
+
+
+async def _ended(bell: Bell, resident: Process, mark: int, timeout_s: float = 20) -> dict[str, Any]:
+    """Wait for the resident's end of the call and the door's return to idle; release the bell."""
     ended = await resident.wait_for_event("ended", timeout_s, after=mark)
     await bell.until_idle()
     await bell.release()
-    return first, ended
+    return ended
 
 
 async def answer_to_first_frame(root: Path, calls: int, width: int = 640, height: int = 480,
@@ -57,11 +57,12 @@ async def answer_to_first_frame(root: Path, calls: int, width: int = 640, height
             samples = []
             try:
                 for _ in range(calls):
-                    first, _ = await _call(bell, resident, 20)
+                    mark, first = await _answered(bell, resident)
+                    await _ended(bell, resident, mark)
                     samples.append(first["after_accept_s"] * 1000)
             finally:
                 bell.close()
-                await _stop(site, door.process)
+                await site.stop(door.process)
             results[encoding] = summary(samples)
     return results
 
@@ -87,15 +88,13 @@ async def call_cost(root: Path, seconds: float, sizes: list[tuple[int, int]], fp
                     results["runs"].append(await _measure_call(bell, resident, pid, seconds, width, height, encoding))
                 finally:
                     bell.close()
-                    await _stop(site, door.process)
+                    await site.stop(door.process)
     return results
 
 
 async def _measure_call(bell: Bell, resident: Process, pid: int, seconds: float, width: int, height: int,
                         encoding: str) -> dict[str, Any]:
-    mark = len(resident.lines)
-    await bell.press()
-    first = await resident.wait_for_event("first_frame", 20, after=mark)
+    mark, first = await _answered(bell, resident)
     reset_peak_rss(pid)
     before, started = cpu_times(pid), time.monotonic()
     peak_sampled = 0
@@ -107,9 +106,7 @@ async def _measure_call(bell: Bell, resident: Process, pid: int, seconds: float,
     after, elapsed = cpu_times(pid), time.monotonic() - started
     await hanging_up
     peak = max(peak_sampled, memory_kib(pid)["VmHWM"])
-    ended = await resident.wait_for_event("ended", 20, after=mark)
-    await bell.until_idle()
-    await bell.release()
+    ended = await _ended(bell, resident, mark)
     camera_s = after.by_thread.get("camera", 0.0) - before.by_thread.get("camera", 0.0)
     threads = {name: round(100 * (seconds - before.by_thread.get(name, 0.0)) / elapsed, 1)
                for name, seconds in after.by_thread.items()}

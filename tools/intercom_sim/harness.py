@@ -218,8 +218,12 @@ class Installation:
 
     async def stop_server(self, crash: bool = False) -> None:
         assert self.server is not None
-        await (self.server.kill() if crash else self.server.stop())
-        self.processes.remove(self.server)
+        await self.stop(self.server, crash)
+
+    async def stop(self, process: Process, crash: bool = False) -> None:
+        """Stop one of the installation's processes (SIGTERM, or SIGKILL for a crash) for good."""
+        await (process.kill() if crash else process.stop())
+        self.processes.remove(process)
 
     async def restart_server(self) -> None:
         await self._launch_server(self.root / "server.yaml")
