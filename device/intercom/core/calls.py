@@ -96,16 +96,30 @@ class ServerCall:
     def involves(self, device: DeviceRef) -> bool:
         return device == self.caller or device in self.reached
 
+    def holds(self, device: DeviceRef) -> bool:
+        """Whether this device is still in the call: its caller, the device that answered, or
+        one that still rings. A device that declined or lost to another answer is not."""
+        return not self.ended and (device == self.caller or device == self.accepted_by or device in self.ringing)
+
+    def summary_for(self, device: DeviceRef) -> dict[str, Any]:
+        """What a device is told of this call when it signs in (see `authenticate.calls`)."""
+        role = "caller" if device == self.caller else "callee"
+        return {"call_id": self.call_id, "state": str(self.state), "role": role}
+
     def _log(self, now: float, what: str, **detail: Any) -> None:
         self.timeline.append((now, what, detail))
 
-    def incoming_event(self) -> dict[str, Any]:
+    def incoming_event(self, now: float) -> dict[str, Any]:
+        """`expires_in_s` is the ring's remaining lifetime, counted by the receiver's own clock
+        (no clock skew between them): a ring that arrives late, or whose `ended` is lost, stops
+        by itself instead of ringing for a visitor who left."""
         body: dict[str, Any] = {
             "call_id": self.call_id,
             "caller": self.caller_info,
             "video": self.video,
             "offer": self.offer,
             "created_at": iso(self.created_at),
+            "expires_in_s": round(max(0.0, self.ring_deadline - now), 3),
         }
         if self.snapshot_url:
             body["snapshot_url"] = self.snapshot_url
@@ -119,7 +133,7 @@ class ServerCall:
         self.ringing = dict.fromkeys(devices)
         self.reached = dict.fromkeys(devices)
         self._log(now, "ringing", devices=len(devices))
-        sends = [Send(d, self.incoming_event()) for d in devices]
+        sends = [Send(d, self.incoming_event(now)) for d in devices]
         sends.append(Send(self.caller, event("ringing", call_id=self.call_id, devices=len(devices))))
         return sends
 
@@ -130,7 +144,7 @@ class ServerCall:
         self.ringing[device] = None
         self.reached[device] = None
         self._log(now, "reached", **device.as_json())
-        return [Send(device, self.incoming_event())]
+        return [Send(device, self.incoming_event(now))]
 
     def add_snapshot(self, device: DeviceRef, url: str, now: float) -> list[Send]:
         """The caller's picture of the visitor, sent after the dial so the phones ring first.

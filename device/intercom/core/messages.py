@@ -9,6 +9,7 @@ sends, which is lenient about fields it does not know so that newer servers stay
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,11 +21,18 @@ PROTOCOL_PATH = "/v1/ws"
 MAX_MESSAGE_BYTES = 512 * 1024
 MAX_SNAPSHOT_BYTES = 256 * 1024
 MAX_CALLEES = 64
+#: Calls one device may claim when it signs in (a door or a phone holds one or two).
+MAX_CLAIMED_CALLS = 16
 MAX_RING_TIMEOUT_S = 300.0
 #: A press reported after an outage older than this is history, not news.
 MAX_MISSED_AGE_S = 7 * 24 * 3600
 #: Close code when the first message is not a successful authenticate in time.
 CLOSE_UNAUTHENTICATED = 4401
+#: Close code when the session's access token was revoked or expired: signing in again fails.
+CLOSE_TOKEN_REVOKED = 4403
+#: An escaped UTF-16 surrogate, the only way JSON text can carry a string that is not valid
+#: Unicode (a WebSocket text frame is checked UTF-8 already).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class ErrorCode(StrEnum):
@@ -117,6 +125,13 @@ def _check_past_time(value: Any, kind: str) -> None:
         raise ValueError("must be within the last 7 days, not in the future")
 
 
+def _call_ids(value: Any, kind: str) -> None:
+    if not isinstance(value, list) or len(value) > MAX_CLAIMED_CALLS:
+        raise ValueError(f"must be a list of at most {MAX_CLAIMED_CALLS} call ids")
+    if not all(isinstance(v, str) and 0 < len(v) <= 256 for v in value):
+        raise ValueError("must contain only call ids (non-empty strings)")
+
+
 def _nonempty_str(value: Any, kind: str) -> None:
     if not isinstance(value, str) or not value or len(value) > 256:
         raise ValueError("must be a non-empty string of at most 256 characters")
@@ -133,6 +148,7 @@ _REQUESTS: dict[str, dict[str, tuple[bool, Any, str]]] = {
         "user_id": (True, _nonempty_str, ""),
         "access_token": (True, _nonempty_str, ""),
         "device_id": (False, _nonempty_str, ""),
+        "calls": (False, _call_ids, ""),
     },
     "dial": {
         "callees": (True, _check_callees, ""),
@@ -170,11 +186,30 @@ def decode(text: str | bytes) -> dict[str, Any]:
         data = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "JSON nested too deeply") from None
+    if _has_invalid_text(text, data):
+        raise ProtocolError(ErrorCode.BAD_REQUEST,
+                            "text must be valid Unicode: a \\u escape names a lone surrogate")
     if not isinstance(data, dict):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "a message must be a JSON object")
     if not isinstance(data.get("type"), str):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "a message needs a string 'type'", _re_of(data))
     return data
+
+
+def _has_invalid_text(text: str | bytes, data: Any) -> bool:
+    """Whether a decoded frame holds a lone surrogate (`"\\ud800"`): valid JSON, but not text
+    that UTF-8 can store or send on, so a device id holding one once broke the audit insert
+    after the door had opened. Checked only when the raw frame has such an escape."""
+    raw = text if isinstance(text, str) else text.decode("utf-8", "replace")
+    if not _SURROGATE_ESCAPE.search(raw):
+        return False
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _re_of(data: dict[str, Any]) -> str | None:
