@@ -207,13 +207,17 @@ async def test_a_resident_may_only_call_doors_of_its_own_site(server):
     server.user("far_door", kind="door", site="elsewhere")
     door = await server.signed_in("door", server.user("door", kind="door"), "door")
     alice = await server.signed_in("alice", server.user("alice"), "phone")
-    for callees in (["bob"], ["far_door"], ["door", "bob"]):
+    for callees in (["bob"], ["far_door"], ["far_door", "bob"]):
         reply = await alice.request("dial", callees=callees, offer=OFFER)
         assert reply["code"] == "forbidden", callees
     assert server.store.list_calls(None, 10, None) == []
-    call_id = (await alice.request("dial", callees=["door"], offer=OFFER))["call_id"]
+    # One callable door among the names: it rings, and the others are named, alike whether
+    # they do not exist or are not hers to call.
+    reply = await alice.request("dial", callees=["door", "bob", "far_door", "ghost"], offer=OFFER)
+    assert reply["type"] == "ok" and reply["unknown"] == ["bob", "far_door", "ghost"]
     incoming = await door.next("incoming")
-    assert incoming["call_id"] == call_id and incoming["caller"]["user_id"] == "alice"
+    assert incoming["call_id"] == reply["call_id"] and incoming["caller"]["user_id"] == "alice"
+    assert server.store.get_call(reply["call_id"])["callees"] == ["door"]
 
 
 async def test_a_stranger_cannot_end_or_accept_someone_elses_call(server):
@@ -225,7 +229,7 @@ async def test_a_stranger_cannot_end_or_accept_someone_elses_call(server):
     assert (await alice_phone.next("incoming"))["call_id"] == call_id  # the call still rings
 
 
-@pytest.mark.parametrize("settings", [HubSettings(grace_s=0.2)])
+@pytest.mark.parametrize("settings", [HubSettings(grace_s=0.2, media_grace_s=0.3)])
 async def test_a_party_gone_past_the_grace_period_ends_connection_lost(server):
     door, alice_phone, _, _ = await site_with_door_and_residents(server)
     call_id = (await door.request("dial", callees=["alice"], offer=OFFER))["call_id"]

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
+import ipaddress
 import logging
 import re
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
+from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
 
@@ -59,6 +62,7 @@ def create_app(store: Store, settings: HubSettings, api_token: str, public_url: 
     app.router.add_get("/v1/direct_calls/{call_id}/snapshot", _api(_get_snapshot, parties=True))
     app.router.add_get("/healthz", _health)
     add_webapp_routes(app)
+    app.cleanup_ctx.append(_watch_revocations)
 
     async def on_shutdown(app: web.Application) -> None:
         await app[HUB].shutdown()
@@ -67,15 +71,86 @@ def create_app(store: Store, settings: HubSettings, api_token: str, public_url: 
     return app
 
 
+async def _watch_revocations(app: web.Application) -> AsyncIterator[None]:
+    """A token revoked from a shell (`intercom-server token revoke`, another process) ends its
+    live sessions within a second: SQLite's data_version says when another connection wrote,
+    so an idle server reads nothing else."""
+    hub, store = app[HUB], app[STORE]
+
+    async def watch() -> None:
+        seen = store.changed_elsewhere()
+        while True:
+            await asyncio.sleep(REVOCATION_CHECK_S)
+            try:
+                version = store.changed_elsewhere()
+                if version != seen:
+                    seen = version
+                    hub.revoked()
+            except Exception:  # noqa: BLE001 - a failed check is tried again, the server goes on
+                log.exception("checking for revoked tokens")
+
+    task = asyncio.get_running_loop().create_task(watch(), name="revocations")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+#: How often the server looks for tokens revoked by another process.
+REVOCATION_CHECK_S = 1.0
+
+
+def client_address(request: web.Request, trusted: tuple[str, ...]) -> str:
+    """The address a request really came from: behind a trusted reverse proxy, the last
+    address in X-Forwarded-For that is not itself a trusted proxy."""
+    remote = request.remote or "?"
+    if not trusted or not _in_networks(remote, trusted):
+        return remote
+    hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _in_networks(hop, trusted):
+            return hop
+    return hops[0] if hops else remote
+
+
+def _in_networks(address: str, networks: tuple[str, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in ipaddress.ip_network(n, strict=False) for n in networks)
+
+
+def origin_allowed(request: web.Request, public_url: str, allowed: tuple[str, ...]) -> bool:
+    """Browsers send Origin with every WebSocket; a page of another site must not open one
+    with the user's stored token or use it to throttle the door. Programs (the door, the
+    command-line resident) send none and are let through: they hold their own tokens."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    host = urlsplit(origin).netloc.lower()
+    own = {request.host.lower()}
+    forwarded = request.headers.get("X-Forwarded-Host")
+    if forwarded and _in_networks(request.remote or "", request.app[HUB].settings.trusted_proxies):
+        own.add(forwarded.split(",")[0].strip().lower())
+    if public_url:
+        own.add(urlsplit(public_url).netloc.lower())
+    own.update(urlsplit(o).netloc.lower() for o in allowed)
+    return host in own
+
+
 # -- WebSocket -------------------------------------------------------------------------------
 
 
 async def _websocket(request: web.Request) -> web.WebSocketResponse:
     hub = request.app[HUB]
+    if not origin_allowed(request, request.app[PUBLIC_URL], hub.settings.allowed_origins):
+        log.warning("refused a WebSocket from the page of another site (%s)", request.headers.get("Origin"))
+        return _error(403, "forbidden", "this server does not take WebSockets from pages of other sites")
     ws = web.WebSocketResponse(heartbeat=hub.settings.heartbeat_s, max_msg_size=_WS_READ_LIMIT)
     await ws.prepare(request)
     conn = hub.connection(ws.send_str, lambda code, reason: ws.close(code=code, message=reason.encode()),
-                          request.remote or "?")
+                          client_address(request, hub.settings.trusted_proxies))
 
     closing: set[asyncio.Task[None]] = set()  # a task the loop only weakly refers to must be held
 
@@ -160,6 +235,11 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
                 response.headers["Allow"] = exc.headers["Allow"]
             return response
         raise
+    except (asyncio.CancelledError, ConnectionError):
+        raise
+    except Exception:  # noqa: BLE001 - a JSON error, never aiohttp's plain-text page with a trace
+        log.exception("internal error on %s %s", request.method, request.path)
+        return _error(500, "internal", "internal error")
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
@@ -169,8 +249,8 @@ def _error(status: int, code: str, message: str) -> web.Response:
 async def _body(request: web.Request, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, Any]:
     try:
         data = await request.json()
-    except ValueError:
-        raise StoreError("body must be a JSON object") from None
+    except (ValueError, RecursionError):
+        raise StoreError("body must be a JSON object (valid UTF-8, nested at most a few hundred levels)") from None
     if not isinstance(data, dict):
         raise StoreError("body must be a JSON object")
     missing = [k for k in required if k not in data]
@@ -239,7 +319,9 @@ async def _get_tokens(request: web.Request) -> Any:
 
 
 async def _delete_token(request: web.Request) -> Any:
-    request.app[STORE].revoke_token(request.match_info["user_id"], request.match_info["token_id"])
+    token_id = request.match_info["token_id"]
+    request.app[STORE].revoke_token(request.match_info["user_id"], token_id)
+    request.app[HUB].revoked({token_id})
     return web.Response(status=204)
 
 
@@ -272,7 +354,11 @@ async def _get_me(request: web.Request) -> Any:
 
 async def _sign_out(request: web.Request) -> web.Response:
     """The phone's own token is revoked, so a lost or shared phone's copy is worthless."""
-    request.app[STORE].revoke_secret(request[VIEWER], _bearer(request) or "")
+    store = request.app[STORE]
+    token_id = store.token_id_of(request[VIEWER], _bearer(request) or "")
+    store.revoke_secret(request[VIEWER], _bearer(request) or "")
+    if token_id:
+        request.app[HUB].revoked({token_id})
     return web.Response(status=204)
 
 
@@ -349,5 +435,11 @@ async def _openapi(request: web.Request) -> web.Response:
 
 
 async def _health(request: web.Request) -> web.Response:
-    return web.json_response({"ok": True, "connected_devices": len(request.app[HUB].devices),
-                              "live_calls": len(request.app[HUB].calls)})
+    """For a load balancer or a monitor: up or not. Counts of devices and calls say when a
+    household is home, so only the Api-Token sees them."""
+    given = request.headers.get("Api-Token")
+    if given is None or not hmac.compare_digest(given.encode(), request.app[API_TOKEN].encode()):
+        return web.json_response({"ok": True})
+    hub = request.app[HUB]
+    return web.json_response({"ok": True, "connected_devices": len(hub.devices), "live_calls": len(hub.calls),
+                              "store_errors": hub.store_errors, "last_store_error": hub.last_store_error})

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import signal
+import sqlite3
 import ssl
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from intercom.core.yamlconfig import ConfigError
 
 from .app import create_app, invite_url
 from .config import ServerConfig
-from .store import Store, StoreError
+from .store import Store, StoreError, StoreUnavailable
 
 log = logging.getLogger("intercom.server")
 
@@ -33,14 +34,31 @@ def _config(args: argparse.Namespace) -> ServerConfig:
     return config
 
 
+class StartupError(Exception):
+    """Something on this machine stops the server from starting; the message is one line an
+    installer can act on, not a traceback."""
+
+
 def _open_store(config: ServerConfig) -> Store:
-    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return Store(config.db_path)
+    if config.data_dir.exists() and not config.data_dir.is_dir():
+        raise StartupError(f"data_dir {config.data_dir} is a file, not a directory")
+    try:
+        config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise StartupError(f"cannot create data_dir {config.data_dir}: {exc.strerror}") from None
+    try:
+        return Store(config.db_path)
+    except StoreUnavailable as exc:
+        raise StartupError(str(exc)) from None
 
 
 async def _serve(config: ServerConfig) -> None:
     store = _open_store(config)
-    closed = store.close_interrupted_calls()
+    try:
+        closed = store.close_interrupted_calls()
+    except sqlite3.Error as exc:
+        store.close()
+        raise StartupError(f"the database {config.db_path} cannot be written: {exc}") from None
     if closed:
         log.warning("%d call(s) were live when the server last stopped; recorded as ended 'unknown'", closed)
     token, source = config.resolve_api_token()
@@ -52,9 +70,19 @@ async def _serve(config: ServerConfig) -> None:
         # Phones allow the microphone only on https (or localhost): serve TLS here, or put the
         # server behind a reverse proxy that does.
         tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        tls.load_cert_chain(config.tls_cert, config.tls_key)
+        try:
+            tls.load_cert_chain(config.tls_cert, config.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            await runner.cleanup()
+            raise StartupError(f"cannot load tls.cert {config.tls_cert} with tls.key {config.tls_key}: "
+                               f"{getattr(exc, 'strerror', None) or exc}") from None
     site = web.TCPSite(runner, config.host, config.port, ssl_context=tls)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise StartupError(f"cannot listen on {config.host}:{config.port}: {exc.strerror}; is another server "
+                           f"running there? choose another port (listen.port in the YAML, or --port)") from None
     port = runner.addresses[0][1]
     log.info("Platform API token from %s", source)
     # Tests and the demo read this line to learn the port when --port 0 was given.
@@ -164,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    except StartupError as exc:
+        print(f"intercom-server: {exc}", file=sys.stderr)
+        return 1
     except StoreError as exc:
         print(f"intercom-server: {exc}", file=sys.stderr)
         return 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -24,6 +25,13 @@ def _ice_server(value: Any) -> None:
     extra = set(value) - {"urls", "username", "credential"}
     if extra:
         raise ValueError(f"unknown keys {', '.join(sorted(extra))}; an ICE server has urls, username, credential")
+
+
+def _network(value: Any) -> None:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError("must be an IP address or network, such as 127.0.0.1 or 10.0.0.0/8") from None
 
 
 def _turn_urls(value: Any) -> None:
@@ -50,11 +58,18 @@ SCHEMA = {
     "data_dir": Field(str, default="/var/lib/intercom-server"),
     "database": Field(str, help="the SQLite file; default: intercom.db in data_dir"),
     "api_token": Field(str, help="the Platform API's master token; or set INTERCOM_SERVER_API_TOKEN"),
-    "heartbeat_s": Field(float, default=20.0, check=in_range(1, 300)),
+    "heartbeat_s": Field(float, default=10.0, check=in_range(1, 300),
+                         help="WebSocket pings: a dead link is found within 1.5 times this"),
+    "trusted_proxies": Field(list, default=[], items=Field(str, check=_network),
+                             help="reverse proxies whose X-Forwarded-For names the client, e.g. 127.0.0.1"),
+    "allowed_origins": Field(list, default=[], items=Field(str, check=lambda v: _public_url(v)),
+                             help="other web origins whose pages may open the WebSocket"),
     "calls": Field(schema={
         "ring_timeout_s": Field(float, default=30.0, check=in_range(1, 300)),
         "max_duration_s": Field(float, default=3600.0, check=in_range(10, 86400)),
         "grace_s": Field(float, default=10.0, check=in_range(0, 300)),
+        "media_grace_s": Field(float, default=60.0, check=in_range(0, 3600),
+                               help="how long an answered call waits for a party's lost connection"),
         "open_door_window_s": Field(float, default=30.0, check=in_range(0, RECENT_CALLS_S)),
         "door_reply_timeout_s": Field(float, default=5.0, check=in_range(0.5, 60)),
     }),
@@ -101,11 +116,12 @@ class ServerConfig:
             tls_cert=Path(tls["cert"]) if tls else None, tls_key=Path(tls["key"]) if tls else None,
             hub=HubSettings(
                 ring_timeout_s=calls["ring_timeout_s"], max_duration_s=calls["max_duration_s"],
-                grace_s=calls["grace_s"], open_door_window_s=calls["open_door_window_s"],
+                grace_s=calls["grace_s"], media_grace_s=calls["media_grace_s"], open_door_window_s=calls["open_door_window_s"],
                 door_reply_timeout_s=calls["door_reply_timeout_s"], heartbeat_s=raw["heartbeat_s"],
                 ice=IceSettings(static=[dict(s) for s in raw["ice_servers"]],
                                 turn=TurnSettings(**turn) if turn else None),
-                limits=LimitSettings(**raw["limits"])))
+                limits=LimitSettings(**raw["limits"]),
+                trusted_proxies=tuple(raw["trusted_proxies"]), allowed_origins=tuple(raw["allowed_origins"])))
 
     @property
     def db_path(self) -> Path:

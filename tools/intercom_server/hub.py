@@ -14,6 +14,7 @@ import binascii
 import logging
 import math
 import secrets
+import sqlite3
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -39,15 +40,24 @@ RECENT_CALLS_MAX = 10_000
 class HubSettings:
     ring_timeout_s: float = 30.0
     max_duration_s: float = 3600.0
+    #: How long a device may be gone before its ringing or dialing call gives up on it.
     grace_s: float = 10.0
+    #: The same for a call that was answered: its media may well be flowing while the
+    #: signaling link is down, and the device claims the call back when it returns.
+    media_grace_s: float = 60.0
     auth_timeout_s: float = 10.0
-    heartbeat_s: float = 20.0
+    heartbeat_s: float = 10.0
     #: A resident may still open the door this long after the call ended (walking to the gate).
     open_door_window_s: float = 30.0
     #: How long the server waits for the door to answer its `action` request.
     door_reply_timeout_s: float = 5.0
     ice: IceSettings = field(default_factory=IceSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
+    #: Reverse proxies (addresses or networks) whose X-Forwarded-For names the real client;
+    #: without them, one bad client behind the proxy would throttle everyone.
+    trusted_proxies: tuple[str, ...] = ()
+    #: Web origins besides the server's own (and public_url's) whose pages may open the WebSocket.
+    allowed_origins: tuple[str, ...] = ()
 
 
 class ConnectionGone(Exception):
@@ -62,8 +72,8 @@ class Connection:
     the outbox and its writer exist only while there is something to send (an asyncio.Queue
     and a parked writer task cost about 4.5 KiB a connection; see bench/results.md)."""
 
-    __slots__ = ("_send_text", "_close", "peer", "user", "device", "bucket", "pending", "_max_queue", "closed",
-                 "_closer", "outbox", "_writer", "__weakref__")
+    __slots__ = ("_send_text", "_close", "peer", "user", "device", "token_id", "bucket", "pending", "_max_queue",
+                 "closed", "_closer", "outbox", "_writer", "__weakref__")
 
     def __init__(self, send_text: Callable[[str], Any], close: Callable[[int, str], Any], peer: str,
                  limits: LimitSettings) -> None:
@@ -72,6 +82,8 @@ class Connection:
         self.peer = peer
         self.user: dict[str, Any] | None = None
         self.device: DeviceRef | None = None
+        #: The access token this session signed in with: its revocation or expiry ends the session.
+        self.token_id: str | None = None
         self.bucket = TokenBucket(limits.messages_per_s, limits.message_burst, time.monotonic())
         self.pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._max_queue = limits.send_queue
@@ -150,11 +162,15 @@ class Hub:
         #: instead of `not_found`, and a resident may still open the door. Oldest first.
         self.recent: dict[str, ServerCall] = {}
         self._timers: dict[str, list[asyncio.TimerHandle]] = {}
-        self._grace: dict[DeviceRef, asyncio.TimerHandle] = {}
+        self._grace: dict[DeviceRef, list[asyncio.TimerHandle]] = {}
         limits = settings.limits
         self._auth_by_user = FailureWindow(limits.auth_failures_per_user, limits.auth_window_s)
         self._auth_by_address = FailureWindow(limits.auth_failures_per_address, limits.auth_window_s)
         self._actions: set[asyncio.Task[None]] = set()
+        self._expiry: dict[Connection, asyncio.TimerHandle] = {}
+        #: Writes that failed (the bell rang anyway); shown to the operator by /healthz.
+        self.store_errors = 0
+        self.last_store_error: str | None = None
 
     def connection(self, send_text: Callable[[str], Any], close: Callable[[int, str], Any], peer: str) -> Connection:
         return Connection(send_text, close, peer, self.settings.limits)
@@ -203,6 +219,9 @@ class Hub:
             fut.set_result(reply)
 
     def disconnected(self, conn: Connection) -> None:
+        expiry = self._expiry.pop(conn, None)
+        if expiry is not None:
+            expiry.cancel()
         device = conn.device
         if device is None or self.devices.get(device) is not conn:
             return
@@ -210,32 +229,54 @@ class Hub:
         live = [c for c in self.calls.values() if c.involves(device)]
         if not live:
             return
+        # An answered call may have healthy media while the signaling link is down: it waits
+        # longer for its device to come back and claim it than a ring does.
+        answered = any(c.accepted_by is not None and device in (c.caller, c.accepted_by) for c in live)
+        grace = self.settings.media_grace_s if answered else self.settings.grace_s
         log.info("%s/%s disconnected during a call; waiting %.0fs for it to return",
-                 device.user_id, device.device_id, self.settings.grace_s)
+                 device.user_id, device.device_id, grace)
         loop = asyncio.get_running_loop()
-        self._grace[device] = loop.call_later(self.settings.grace_s, self._grace_over, device)
+        self._grace[device] = [loop.call_later(self.settings.grace_s, self._grace_over, device, False)]
+        if answered:
+            self._grace[device].append(loop.call_later(grace, self._grace_over, device, True))
 
-    def _grace_over(self, device: DeviceRef) -> None:
-        self._grace.pop(device, None)
+    def _grace_over(self, device: DeviceRef, answered: bool) -> None:
+        """The device did not come back: its rings stop, and (after the longer wait) its
+        answered calls end `connection_lost`."""
+        timers = self._grace.get(device)
+        if answered or (timers is not None and len(timers) == 1):
+            self._grace.pop(device, None)
         now = time.time()
         for call in list(self.calls.values()):
-            if call.involves(device):
+            if call.involves(device) and (answered or call.accepted_by is None):
                 self._deliver(call, call.lose(device, now))
 
     # -- requests --------------------------------------------------------------------------
 
     def _authenticate(self, conn: Connection, req: Request) -> None:
+        """Sign a connection in, then resynchronise its device's calls.
+
+        Throttling keys on the source address only and never refuses a valid token: failures
+        for one user id from anywhere used to lock that user out, so anyone who could reach
+        the server could keep a door offline by guessing wrong on purpose."""
         user_id = req.body["user_id"]
         clock = time.monotonic()
-        wait = max(self._auth_by_user.blocked_for(user_id, clock), self._auth_by_address.blocked_for(conn.peer, clock))
-        if wait > 0:
-            raise ProtocolError(ErrorCode.RATE_LIMITED,
-                                f"too many failed sign-ins; try again in {math.ceil(wait)} s", req.id)
         user = self.store.find_user(user_id)
         # The token is checked even for an unknown user, so both fail alike.
-        if not self.store.verify_token(user_id, req.body["access_token"]) or user is None:
-            self._auth_by_user.fail(user_id, clock)
+        token = self.store.check_token(user_id, req.body["access_token"])
+        if token is None or user is None:
+            wait = self._auth_by_address.blocked_for(conn.peer, clock)
             self._auth_by_address.fail(conn.peer, clock)
+            if self._auth_by_user.blocked_for(user_id, clock) == 0:
+                self._auth_by_user.fail(user_id, clock)
+                if self._auth_by_user.blocked_for(user_id, clock) > 0:
+                    log.warning("%d failed sign-ins as '%s' within %.0f s, the last from %s; its own devices "
+                                "still sign in", self.settings.limits.auth_failures_per_user, user_id,
+                                self.settings.limits.auth_window_s, conn.peer)
+            if wait > 0:
+                raise ProtocolError(ErrorCode.RATE_LIMITED,
+                                    f"too many failed sign-ins from {conn.peer}; try again in {math.ceil(wait)} s",
+                                    req.id)
             raise ProtocolError(ErrorCode.UNAUTHENTICATED, "unknown user or bad access token", req.id)
         device = DeviceRef(user_id, req.body.get("device_id") or "dev_" + secrets.token_hex(6))
         previous = self.devices.get(device)
@@ -244,22 +285,73 @@ class Hub:
             raise ProtocolError(ErrorCode.RATE_LIMITED,
                                 f"this user already has {others} devices signed in, the most allowed", req.id)
         if previous is not None and previous is not conn:
+            del self.devices[device]
             previous.device = None
             asyncio.get_running_loop().create_task(previous.close(4409, "signed in again elsewhere"))
+        returned = self._grace.pop(device, None)
+        for timer in returned or ():
+            timer.cancel()
+        now = time.time()
+        claims = req.body.get("calls")
+        if claims is not None:
+            self._drop_unclaimed(device, set(claims), now)
         conn.user = user
         conn.device = device
+        conn.token_id, expires_at = token
         self.devices[device] = conn
-        returned = self._grace.pop(device, None)
-        if returned is not None:
-            returned.cancel()
-        now = time.time()
+        if expires_at is not None:
+            self._expiry[conn] = asyncio.get_running_loop().call_later(
+                max(0.0, expires_at - now), self._end_session, conn, "the access token expired")
+        live = [call.summary_for(device) for call in self.calls.values() if call.holds(device)]
         conn.send(m.ok(req.id, user=user, device_id=device.device_id,
-                       ice_servers=self.settings.ice.for_user(user_id, now), heartbeat_s=self.settings.heartbeat_s))
+                       ice_servers=self.settings.ice.for_user(user_id, now), heartbeat_s=self.settings.heartbeat_s,
+                       calls=live))
         for call in list(self.calls.values()):
-            if returned is not None and device in call.ringing:
-                conn.send(call.incoming_event())  # it missed nothing else: replay the ring
+            if device in call.ringing and (returned is not None or claims is not None):
+                conn.send(call.incoming_event(now))  # it missed nothing else: replay the ring
             else:
                 self._deliver(call, call.reach(device, now))
+
+    def _drop_unclaimed(self, device: DeviceRef, claims: set[str], now: float) -> None:
+        """A device that signs in says which calls it still holds: one it placed or answered
+        and no longer knows (a restarted process with the same device id) is over. Left alone,
+        the resident stayed in a call with nobody, and the next visitor was declined as busy."""
+        for call in list(self.calls.values()):
+            if call.call_id in claims or device not in (call.caller, call.accepted_by) or not call.holds(device):
+                continue
+            log.info("%s/%s signed in without call %s: ending it", device.user_id, device.device_id, call.call_id)
+            self._deliver(call, call.lose(device, now))
+
+    def _end_session(self, conn: Connection, why: str) -> None:
+        """A revoked or expired token ends its sessions at once; its calls go as after a crash."""
+        self._expiry.pop(conn, None)
+        if conn.closed:
+            return
+        device, conn.device = conn.device, None
+        if device is not None and self.devices.get(device) is conn:
+            del self.devices[device]
+        log.info("closing %s/%s: %s", device.user_id if device else "?", device.device_id if device else "?", why)
+        task = asyncio.get_running_loop().create_task(conn.close(m.CLOSE_TOKEN_REVOKED, why))
+        self._actions.add(task)
+        task.add_done_callback(self._actions.discard)
+        if device is not None:
+            now = time.time()
+            for call in list(self.calls.values()):
+                if call.involves(device):
+                    self._deliver(call, call.lose(device, now))
+
+    def revoked(self, token_ids: set[str] | None = None) -> int:
+        """End the sessions of these tokens, or of every token the store no longer accepts
+        (revoked or expired from a shell, another process). Returns how many ended."""
+        sessions = [c for c in self.devices.values() if c.token_id is not None]
+        gone = token_ids if token_ids is not None else self.store.invalid_tokens(c.token_id for c in sessions
+                                                                                  if c.token_id)
+        ended = 0
+        for conn in sessions:
+            if conn.token_id in gone:
+                self._end_session(conn, "the access token was revoked")
+                ended += 1
+        return ended
 
     def _on_authenticate(self, conn: Connection, req: Request) -> None:
         raise ProtocolError(ErrorCode.CONFLICT, "this connection is already authenticated", req.id)
@@ -272,16 +364,22 @@ class Hub:
         conn.send(m.ok(req.id))
         return False
 
-    def _new_call(self, conn: Connection, req: Request, created_at: float, ring_timeout_s: float) -> tuple[ServerCall, bytes | None]:
-        """Check the callees and the snapshot of a `dial` or `missed`, and make the call."""
+    def _new_call(self, conn: Connection, req: Request, created_at: float,
+                  ring_timeout_s: float) -> tuple[ServerCall, bytes | None, list[str]]:
+        """Check the callees and the snapshot of a `dial` or `missed`, and make the call.
+
+        Callees that do not exist or may not be called are left out and named in the reply:
+        a ring group that names one stale user still rings everyone else. Both kinds are
+        named alike, so the reply does not tell whether a user exists on another site."""
         assert conn.user is not None and conn.device is not None
         body = req.body
-        callees = list(dict.fromkeys(body["callees"]))
-        found = self.store.users_of(callees)
-        for callee in callees:
-            user = found.get(callee)
-            if user is None or not self._may_call(conn.user, user):
-                raise ProtocolError(ErrorCode.FORBIDDEN, f"you may not call '{callee}'", req.id)
+        wanted = list(dict.fromkeys(body["callees"]))
+        found = self.store.users_of(wanted)
+        callees = [c for c in wanted if c in found and self._may_call(conn.user, found[c])]
+        unknown = [c for c in wanted if c not in callees]
+        if not callees:
+            names = ", ".join(f"'{c}'" for c in unknown)
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"you may not call {names}: no such user on your site", req.id)
         snapshot = _decode_snapshot(req) if "snapshot" in body else None
         call_id = "call_" + secrets.token_hex(8)
         call = ServerCall(
@@ -289,25 +387,40 @@ class Hub:
             caller_info={k: conn.user[k] for k in ("user_id", "display_name", "kind")},
             callees=tuple(callees), video=body.get("video", True), offer=body.get("offer", {}), created_at=created_at,
             ring_timeout_s=ring_timeout_s, snapshot_url=f"/v1/direct_calls/{call_id}/snapshot" if snapshot else None)
-        return call, snapshot
+        return call, snapshot, unknown
+
+    def _store(self, what: str, write: Callable[..., Any], *args: Any) -> bool:
+        """A write that must not stop the call: a full disk or a read-only database is logged
+        and counted, and the ring, the answer and the hang-up go on."""
+        try:
+            write(*args)
+            return True
+        except (sqlite3.Error, OSError) as exc:
+            self.store_errors += 1
+            self.last_store_error = f"{what}: {exc}"
+            log.error("could not %s: %s", what, exc)
+            return False
 
     def _on_dial(self, conn: Connection, req: Request) -> None:
+        """Ring first, store after: the phones are rung before the call is written, so a
+        failing disk never silences the bell (the record is completed at the end)."""
         now = time.time()
-        call, snapshot = self._new_call(conn, req, now,
-                                        float(req.body.get("ring_timeout_s", self.settings.ring_timeout_s)))
+        call, snapshot, unknown = self._new_call(conn, req, now,
+                                                 float(req.body.get("ring_timeout_s", self.settings.ring_timeout_s)))
         call_id = call.call_id
-        self.store.record_call(call, snapshot)
         self.calls[call_id] = call
-        conn.send(m.ok(req.id, call_id=call_id))
+        conn.send(m.ok(req.id, call_id=call_id, **({"unknown": unknown} if unknown else {})))
         devices = sorted(d for d in self.devices if d.user_id in call.callees)
         loop = asyncio.get_running_loop()
         self._timers[call_id] = [
             loop.call_later(call.ring_timeout_s, lambda: self._deliver(call, call.expire(time.time()))),
             loop.call_later(self.settings.max_duration_s, lambda: self._deliver(call, call.time_out(time.time()))),
         ]
-        log.info("%s dials %s: %s, %d device(s) ringing", conn.device.user_id, ",".join(call.callees), call_id,
-                 len(devices))
+        log.info("%s dials %s: %s, %d device(s) ringing%s", conn.device.user_id, ",".join(call.callees), call_id,
+                 len(devices), f"; not callers' users: {', '.join(unknown)}" if unknown else "")
         self._deliver(call, call.ring(devices, now))
+        if not call.ended:
+            self._store("record the call", self.store.record_call, call, snapshot)
 
     def _on_missed(self, conn: Connection, req: Request) -> None:
         """A door reports a press it made while it could not reach the server."""
@@ -315,7 +428,7 @@ class Hub:
         if conn.user["kind"] != "door":
             raise ProtocolError(ErrorCode.FORBIDDEN, "only a door station reports missed presses", req.id)
         pressed_at = datetime.fromisoformat(req.body["pressed_at"]).timestamp()
-        call, snapshot = self._new_call(conn, req, pressed_at, 0.0)
+        call, snapshot, _ = self._new_call(conn, req, pressed_at, 0.0)
         self.store.record_call(call, snapshot)
         devices = sorted(d for d in self.devices if d.user_id in call.callees)
         sends = call.missed(devices, time.time())
@@ -340,7 +453,9 @@ class Hub:
         call = self._call_for(conn, req)
         picture = _decode_snapshot(req)
         sends = call.add_snapshot(conn.device, f"/v1/direct_calls/{call.call_id}/snapshot", time.time())  # type: ignore[arg-type]
-        self.store.set_snapshot(call.call_id, picture)
+        if not self._store("store the visitor's picture", self.store.set_snapshot, call.call_id, picture):
+            call.snapshot_url = None
+            raise ProtocolError(ErrorCode.INTERNAL, "the picture could not be stored; the call goes on")
         conn.send(m.ok(req.id))
         self._deliver(call, sends)
 
@@ -349,6 +464,7 @@ class Hub:
         sends = call.accept(conn.device, req.body["answer"], time.time())  # type: ignore[arg-type]
         conn.send(m.ok(req.id))
         self._deliver(call, sends)
+        self._store("record the answer", self.store.accept_call, call)
 
     def _on_decline(self, conn: Connection, req: Request) -> None:
         call = self._call_for(conn, req)
@@ -379,7 +495,14 @@ class Hub:
         if door_conn is None:
             self._audit(conn, call_id, door, "failed", "the door station is not connected", now)
             raise ProtocolError(ErrorCode.CONFLICT, "the door station is not connected", req.id)
-        task = asyncio.get_running_loop().create_task(self._open_door(conn, req, door_conn))
+        # Fail closed: the entry is on disk before the door is asked, or the door stays shut.
+        try:
+            entry = self._audit(conn, call_id, door, "opening", "asked the door; no answer recorded yet", now,
+                                must=True)
+        except (sqlite3.Error, OSError):
+            raise ProtocolError(ErrorCode.INTERNAL, "the door log cannot be written, so the door was not opened",
+                                req.id) from None
+        task = asyncio.get_running_loop().create_task(self._open_door(conn, req, door_conn, entry))
         self._actions.add(task)
         task.add_done_callback(self._actions.discard)
 
@@ -405,7 +528,7 @@ class Hub:
             raise ProtocolError(ErrorCode.FORBIDDEN, f"the call ended more than {window:g} s ago")
         return door
 
-    async def _open_door(self, conn: Connection, req: Request, door_conn: Connection) -> None:
+    async def _open_door(self, conn: Connection, req: Request, door_conn: Connection, entry: int) -> None:
         assert conn.user is not None and conn.device is not None and door_conn.device is not None
         call_id = req.body["call_id"]
         rid = "srv_" + secrets.token_hex(6)
@@ -419,28 +542,45 @@ class Hub:
         except (TimeoutError, ConnectionGone) as exc:
             why = ("the door station did not answer in time" if isinstance(exc, TimeoutError)
                    else "the door station disconnected before it answered")
-            self._audit(conn, call_id, door_conn.device, "failed", why, time.time())
+            self._settle(conn, entry, call_id, "failed", why)
             conn.send(m.error(req.id, ErrorCode.INTERNAL, why))
             return
         finally:
             door_conn.pending.pop(rid, None)
         if reply["type"] == "ok":
-            self._audit(conn, call_id, door_conn.device, "opened", None, time.time())
+            self._settle(conn, entry, call_id, "opened", None)
             conn.send(m.ok(req.id))
             return
         code = reply.get("code")
         code = code if isinstance(code, str) and code in _ERROR_CODES else ErrorCode.INTERNAL
         message = str(reply.get("message") or "no reason given")[:200]
-        self._audit(conn, call_id, door_conn.device, "refused", f"the door: {message}", time.time())
+        self._settle(conn, entry, call_id, "refused", f"the door: {message}")
         conn.send(m.error(req.id, code, f"the door refused: {message}"))
 
     def _audit(self, conn: Connection, call_id: str, door: DeviceRef | None, outcome: str, detail: str | None,
-               now: float) -> None:
+               now: float, must: bool = False) -> int:
+        """One entry of the site's door log. `must`: the write's failure is raised (an
+        opening is refused without its entry); otherwise it is logged and counted."""
         assert conn.user is not None and conn.device is not None
-        self.store.audit(site_id=conn.user["site_id"], at=now, action="open_door", outcome=outcome,
-                         by=conn.device, call_id=call_id, door_id=door.user_id if door else None, detail=detail)
         log.info("open_door by %s/%s for %s: %s%s", conn.device.user_id, conn.device.device_id, call_id, outcome,
                  f" ({detail})" if detail else "")
+        try:
+            return self.store.audit(site_id=conn.user["site_id"], at=now, action="open_door", outcome=outcome,
+                                    by=conn.device, call_id=call_id, door_id=door.user_id if door else None,
+                                    detail=detail)
+        except (sqlite3.Error, OSError) as exc:
+            self.store_errors += 1
+            self.last_store_error = f"write the door log: {exc}"
+            log.error("could not write the door log: %s", exc)
+            if must:
+                raise
+            return 0
+
+    def _settle(self, conn: Connection, entry: int, call_id: str, outcome: str, detail: str | None) -> None:
+        assert conn.device is not None
+        log.info("open_door by %s/%s for %s: %s%s", conn.device.user_id, conn.device.device_id, call_id, outcome,
+                 f" ({detail})" if detail else "")
+        self._store("write the door's answer to the door log", self.store.settle_audit, entry, outcome, detail)
 
     # -- delivery --------------------------------------------------------------------------
 
@@ -454,7 +594,7 @@ class Hub:
             self._remember(call)
             for timer in self._timers.pop(call.call_id, []):
                 timer.cancel()
-            self.store.finish_call(call)
+            self._store("record the call's end", self.store.finish_call, call)
             log.info("%s ended: %s", call.call_id, call.end_reason)
 
     def _remember(self, call: ServerCall) -> None:

@@ -131,7 +131,7 @@ SCHEMAS: dict[str, Any] = {
                    "properties": {
                        "audit_id": {"type": "integer"}, "at": {"type": "string", "format": "date-time"},
                        "action": {"type": "string", "enum": ["open_door"]},
-                       "outcome": {"type": "string", "enum": ["opened", "refused", "failed"]},
+                       "outcome": {"type": "string", "enum": ["opening", "opened", "refused", "failed"]},
                        "by": _DEVICE, "call_id": {"type": "string"},
                        "door_id": {"type": ["string", "null"]}, "detail": {"type": ["string", "null"]}}},
 }

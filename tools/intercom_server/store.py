@@ -3,6 +3,9 @@
 SQLite in WAL mode: one file an installer can back up, crash-safe, fast enough for a building.
 Writes are tiny and local, so they run on the event loop's thread; the store is also used
 directly by `intercom-server` shell commands while the server runs (WAL allows it).
+
+The file holds token hashes, visitors' pictures and the door log: it is made 0600 (SQLite
+gives its -wal and -shm files the same mode).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import re
 import secrets
 import sqlite3
@@ -112,15 +116,38 @@ def check_name(what: str, value: Any) -> str:
     return value
 
 
+class StoreUnavailable(Exception):
+    """The database cannot be opened or written at all; the message is the one line to show."""
+
+
 class Store:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        self.db.execute("PRAGMA busy_timeout=5000")
-        self.db.executescript(SCHEMA)
+        try:
+            self._make_private(Path(path))
+            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.execute("PRAGMA busy_timeout=5000")
+            self.db.executescript(SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreUnavailable(f"cannot open the database {self.path}: {exc}") from None
+
+    @staticmethod
+    def _make_private(path: Path) -> None:
+        """Create the file 0600, or take group and world access away from an existing one."""
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a directory, not a database file")
+        if not path.exists():
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        elif path.stat().st_mode & 0o077 and path.stat().st_uid == os.getuid():
+            path.chmod(0o600)
+
+    def changed_elsewhere(self) -> int:
+        """SQLite's data_version: it moves when another connection (an `intercom-server
+        token revoke` in a shell) commits, so the server notices without polling the tables."""
+        return int(self.db.execute("PRAGMA data_version").fetchone()[0])
 
     def close(self) -> None:
         self.db.close()
@@ -263,16 +290,40 @@ class Store:
                 for r in rows]
 
     def verify_token(self, user_id: str, token: str, now: float | None = None) -> bool:
-        """Constant-time over the candidate hashes, so timing says nothing about the secret."""
+        return self.check_token(user_id, token, now) is not None
+
+    def check_token(self, user_id: str, token: str, now: float | None = None) -> tuple[str, float | None] | None:
+        """The (token_id, expires_at) of a valid token of this user, else None.
+
+        Constant-time over the candidate hashes, so timing says nothing about the secret. The
+        server keeps the id with the session, to end it when the token is revoked or expires."""
         digest = hash_token(token)
         now = time.time() if now is None else now
-        rows = self.db.execute(
-            "SELECT token_hash, expires_at FROM tokens WHERE user_id = ? AND revoked_at IS NULL", (user_id,)).fetchall()
-        good = False
+        rows = self.db.execute("SELECT token_id, token_hash, expires_at FROM tokens WHERE user_id = ? "
+                               "AND revoked_at IS NULL", (user_id,)).fetchall()
+        found = None
         for row in rows:
             match = hmac.compare_digest(row["token_hash"], digest)
-            good |= match and (row["expires_at"] is None or row["expires_at"] > now)
-        return good
+            if match and (row["expires_at"] is None or row["expires_at"] > now):
+                found = (str(row["token_id"]), row["expires_at"])
+        return found
+
+    def invalid_tokens(self, token_ids: Iterable[str], now: float | None = None) -> set[str]:
+        """Which of these tokens are revoked, expired or gone."""
+        ids = list(dict.fromkeys(token_ids))
+        now = time.time() if now is None else now
+        valid: set[str] = set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            valid.update(r[0] for r in self.db.execute(
+                f"SELECT token_id FROM tokens WHERE token_id IN ({','.join('?' * len(chunk))}) "
+                "AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)", (*chunk, now)))
+        return set(ids) - valid
+
+    def token_id_of(self, user_id: str, token: str) -> str | None:
+        row = self.db.execute("SELECT token_id FROM tokens WHERE user_id = ? AND token_hash = ?",
+                              (user_id, hash_token(token))).fetchone()
+        return None if row is None else str(row[0])
 
     def token_owner(self, token: str, now: float | None = None) -> str | None:
         """The user a bearer token belongs to, for HTTP requests that carry no user id."""
@@ -303,7 +354,18 @@ class Store:
     def set_snapshot(self, call_id: str, snapshot: bytes) -> None:
         self.db.execute("UPDATE calls SET snapshot = ? WHERE call_id = ?", (snapshot, call_id))
 
+    def accept_call(self, call: ServerCall) -> None:
+        """Written when it happens: a crash mid-call leaves a record that says who answered."""
+        accepted = call.accepted_by
+        assert accepted is not None
+        self.db.execute("UPDATE calls SET accepted_by_user = ?, accepted_by_device = ?, accepted_at = ? "
+                        "WHERE call_id = ?", (accepted.user_id, accepted.device_id, call.accepted_at, call.call_id))
+
     def finish_call(self, call: ServerCall) -> None:
+        """The call's end; a call whose first write had failed (the bell rang anyway) is
+        recorded whole now."""
+        if self.db.execute("SELECT 1 FROM calls WHERE call_id = ?", (call.call_id,)).fetchone() is None:
+            self.record_call(call, None)
         by = call.ended_by
         accepted = call.accepted_by
         self.db.execute(
@@ -386,11 +448,16 @@ class Store:
     # -- the door's audit log ----------------------------------------------------------------
 
     def audit(self, site_id: str, at: float, action: str, outcome: str, by: DeviceRef, call_id: str,
-              door_id: str | None, detail: str | None) -> None:
-        self.db.execute(
+              door_id: str | None, detail: str | None) -> int:
+        cur = self.db.execute(
             "INSERT INTO audit (site_id, at, action, outcome, user_id, device_id, call_id, door_id, detail) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (site_id, at, action, outcome, by.user_id, by.device_id, call_id, door_id, detail))
+        return int(cur.lastrowid or 0)
+
+    def settle_audit(self, audit_id: int, outcome: str, detail: str | None) -> None:
+        """The outcome of an opening whose entry was written before the door was asked."""
+        self.db.execute("UPDATE audit SET outcome = ?, detail = ? WHERE audit_id = ?", (outcome, detail, audit_id))
 
     def list_audit(self, site_id: str, limit: int, before: int | None) -> list[dict[str, Any]]:
         """Newest first; `before` is the audit_id of the last entry of the previous page."""

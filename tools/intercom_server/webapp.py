@@ -49,6 +49,9 @@ SECURITY_HEADERS = {
 }
 
 
+HSTS = "max-age=31536000"
+
+
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
     """`on_response_prepare`: runs before any response's headers go out.
 
@@ -58,6 +61,9 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
         return
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
+    if request.secure:
+        # Over TLS, the browser is told to never try plain http here again (a year).
+        response.headers.setdefault("Strict-Transport-Security", HSTS)
 
 
 def add_webapp_routes(app: web.Application) -> None:

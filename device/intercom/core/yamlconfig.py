@@ -105,9 +105,35 @@ def _matches(value: Any, kind: type | tuple[type, ...]) -> bool:
     return isinstance(value, kinds)
 
 
+#: More values than any configuration has; a file whose aliases expand past it is refused.
+MAX_VALUES = 100_000
+
+
+def _expanded_size(value: Any, memo: dict[int, int]) -> int:
+    """How many values the document holds once its aliases (`*name`) are expanded, counted
+    without expanding them: a few lines of nested aliases (a "billion laughs") would
+    otherwise take gigabytes in the checks that walk the file."""
+    key = id(value)
+    if key in memo:
+        return memo[key]
+    memo[key] = 1  # a cycle counts once
+    if isinstance(value, dict):
+        size = 1 + sum(_expanded_size(v, memo) for v in value.values())
+    elif isinstance(value, list):
+        size = 1 + sum(_expanded_size(v, memo) for v in value)
+    else:
+        size = 1
+    memo[key] = size
+    return size
+
+
 def load_text(text: str, source: str = "<config>") -> Any:
     try:
-        return yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
+        if _expanded_size(data, {}) > MAX_VALUES:
+            raise ConfigError(source, [Problem("(file)", None, f"its aliases (*name) expand to more than "
+                                                               f"{MAX_VALUES:,} values; write the values out")])
+        return data
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None

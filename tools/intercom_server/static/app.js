@@ -148,9 +148,13 @@ function connect() {
   ws = socket;
   socket.onopen = async () => {
     try {
+      // Claim the calls this page still holds: the server ends the ones it does not hear of,
+      // and tells which of ours it still knows (the others ended while we were away).
+      const held = [call && call.call_id, ringing && ringing.call_id].filter(Boolean);
       const ok = await request("authenticate", { user_id: session.user_id, access_token: session.access_token,
-                                                 device_id: session.device_id });
+                                                 device_id: session.device_id, calls: held });
       iceServers = ok.ice_servers || [];
+      resync((ok.calls || []).map((c) => c.call_id));
       reconnectDelay = 1000;
       setOnline(true);
     } catch (error) {
@@ -177,6 +181,10 @@ function connect() {
     for (const { reject } of pending.values()) reject(Object.assign(new Error("the connection closed"), { code: "offline" }));
     pending.clear();
     if (!session) return;
+    if (event.code === 4403) {
+      signOut("This phone's access was revoked. Ask your installer for a new invite.");
+      return;
+    }
     if (event.code === 4409) {
       banner("Intercom is open in another tab or window; this one has stopped. Reload to use it here.");
       return;
@@ -248,9 +256,25 @@ function toast(text) {
 
 // -- ringing --------------------------------------------------------------------------------
 
+function resync(live) {
+  if (ringing && !live.includes(ringing.call_id)) {
+    stopRinging();
+    toast("The ring ended while this phone was offline.");
+  }
+  if (call && call.call_id && !live.includes(call.call_id)) {
+    closeCall();
+    toast("The call ended while this phone was offline.");
+  }
+}
+
 async function onIncoming(event) {
   if (call) return; // busy in a call: another device can take it
+  if (ringing && ringing.call_id === event.call_id) return; // the same ring, after a reconnection
+  const expires = typeof event.expires_in_s === "number" ? event.expires_in_s : 60;
   ringing = { call_id: event.call_id, caller: event.caller, offer: event.offer };
+  // The ring's own clock: it stops by itself if its `ended` never comes.
+  const mine = ringing;
+  setTimeout(() => { if (ringing === mine) stopRinging(); }, expires * 1000);
   $("ring-caller").textContent = `${event.caller.display_name} is ringing`;
   $("ring-title").textContent = event.caller.kind === "door" ? "Someone is at the door" : `${event.caller.display_name} is calling`;
   $("ring-snapshot").hidden = true;
