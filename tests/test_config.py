@@ -1,5 +1,6 @@
 """The installer's YAML: every mistake named with its key path and line, nothing started."""
 
+import asyncio
 import json
 import re
 import os
@@ -54,6 +55,7 @@ def test_a_minimal_config_gets_safe_defaults(tmp_path):
 def test_the_shipped_example_is_valid(tmp_path):
     text = (ROOT / "config/intercom.example.yaml").read_text()
     (tmp_path / "token").write_text("ict_x\n")
+    (tmp_path / "token").chmod(0o600)
     config = load(tmp_path, text.replace("/etc/intercom/token", str(tmp_path / "token")))
     assert [g.residents for g in config.ring_groups] == [("alice", "bob"), ("caretaker",)]
     ServerConfig.from_file(ROOT / "config/server.example.yaml")
@@ -105,6 +107,42 @@ def test_missing_sections_and_tokens(tmp_path):
     assert problems(tmp_path, no_token) == ["server.access_token: is required (or access_token_file)"]
     missing_file = GOOD.replace("access_token: ict_secret", "access_token_file: nowhere")
     assert "cannot read" in problems(tmp_path, missing_file)[0]
+
+
+def test_a_token_file_that_is_empty_or_readable_by_others_is_refused(tmp_path):
+    token = tmp_path / "token"
+    text = GOOD.replace("access_token: ict_secret", f"access_token_file: {token}")
+    token.write_text("\n")
+    token.chmod(0o600)
+    assert problems(tmp_path, text) == [f"server.access_token_file: {token} is empty; "
+                                        f"write the door's access token into it"]
+    token.write_text("ict_secret\n")
+    token.chmod(0o644)
+    assert problems(tmp_path, text) == [f"server.access_token_file: {token} can be read by other users "
+                                        f"(mode 644); run: chmod 600 {token}"]
+    token.chmod(0o600)
+    assert load(tmp_path, text).access_token == "ict_secret"
+
+
+def test_a_ca_file_must_exist_and_go_with_wss(tmp_path):
+    text = GOOD.replace("  access_token: ict_secret\n", "  access_token: ict_secret\n  ca_file: ca.pem\n")
+    assert problems(tmp_path, text) == [f"server.ca_file: {tmp_path / 'ca.pem'} is not a readable file"]
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    assert problems(tmp_path, text) == ["server.ca_file: is for wss:// URLs; server.url is ws://"]
+    secure = load(tmp_path, text.replace("ws://127.0.0.1", "wss://127.0.0.1"))
+    assert secure.ca_file == str(tmp_path / "ca.pem")
+
+
+def test_an_alias_bomb_is_refused_quickly_and_small(tmp_path):
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for prev, name in zip("abcdefgh", "bcdefghi"):
+        lines.append(f"{name}: &{name} [{','.join(['*' + prev] * 9)}]")
+    found = problems(tmp_path, "\n".join(lines) + "\n")
+    assert found == ["(file): its aliases (*name) expand to more than 100,000 values; write the values out"]
+    server_file = tmp_path / "server.yaml"
+    server_file.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError):
+        ServerConfig.from_file(server_file)
 
 
 def test_broken_yaml_and_duplicate_keys_name_the_line(tmp_path):
@@ -237,3 +275,74 @@ def test_door_policy_and_hardware_mistakes_are_named(tmp_path):
     ]
     late_warning = GOOD + "  max_call_s: 60\n  warning_before_s: 60\n"
     assert problems(tmp_path, late_warning) == ["calls.warning_before_s: must be shorter than calls.max_call_s"]
+
+
+async def test_selftest_checks_the_ring_groups_against_the_servers_residents(server, tmp_path):
+    token = server.user("frontdoor", kind="door")
+    server.user("alice")
+    path = selftest_config(tmp_path, microphone={"backend": "tone"}, speaker={"device": "null"})
+    config = yaml.safe_load(path.read_text())
+    config["server"].update(url=server.ws_url, access_token=token)
+    config["calls"]["ring_groups"] = [{"residents": ["alice", "bob"]}, {"residents": ["caretaker"]}]
+    path.write_text(yaml.safe_dump(config))
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "intercom.cli", "selftest", "--no-relay",
+                                                "--config", str(path), stdout=asyncio.subprocess.PIPE)
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    report = json.loads(out)
+    assert proc.returncode == 1 and report["ring_groups"]["ok"] is False
+    assert "bob, caretaker" in report["ring_groups"]["error"]
+    config["calls"]["ring_groups"] = [{"residents": ["alice"]}]
+    path.write_text(yaml.safe_dump(config))
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "intercom.cli", "selftest", "--no-relay",
+                                                "--config", str(path), stdout=asyncio.subprocess.PIPE)
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert json.loads(out)["ring_groups"] == {"ok": True, "checked": True, "residents": ["alice"]}
+
+
+def _server(tmp_path: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
+    path = tmp_path / "server.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return subprocess.run([sys.executable, "-m", "intercom_server.cli", "--config", str(path), *args, "serve"],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_the_server_says_in_one_line_why_it_cannot_start(tmp_path):
+    """An installer sees the reason and what to do, never a traceback."""
+    as_file = tmp_path / "not-a-dir"
+    as_file.write_text("")
+    cases = [
+        ({"data_dir": str(as_file)}, f"intercom-server: data_dir {as_file} is a file, not a directory"),
+        ({"data_dir": str(tmp_path / "d1"), "database": str(tmp_path)},
+         f"intercom-server: cannot open the database {tmp_path}: "),
+        ({"data_dir": str(tmp_path / "d2"), "listen": {"port": 0},
+          "tls": {"cert": str(tmp_path / "missing.pem"), "key": str(tmp_path / "missing.key")}},
+         f"intercom-server: cannot load tls.cert {tmp_path / 'missing.pem'} with tls.key"),
+    ]
+    for config, expected in cases:
+        result = _server(tmp_path, config)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1 and lines[-1].startswith(expected), result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_a_port_in_use_is_named(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _server(tmp_path, {"data_dir": str(tmp_path / "d"), "listen": {"port": port}})
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"intercom-server: cannot listen on 127.0.0.1:{port}: " in result.stderr
+    assert "choose another port" in result.stderr
+
+
+def test_a_control_socket_path_that_is_a_file_is_named(tmp_path):
+    path = selftest_config(tmp_path, microphone={"backend": "tone"}, speaker={"device": "null"})
+    (tmp_path / "control.sock").write_text("not a socket")
+    result = subprocess.run([sys.executable, "-m", "intercom.cli", "run", "--config", str(path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"intercom: cannot start: control.socket {tmp_path / 'control.sock'} exists and is not a socket" \
+        in result.stderr

@@ -77,7 +77,8 @@ async def test_a_resident_who_declines_ends_the_call_declined(site):
     await alice.wait_for_event("declined")
     ended = await alice.wait_for_event("ended")
     assert ended["reason"] == "declined"
-    status = await door.wait_status(lambda s: s["last_call"] is not None)
+    # The visitor hears that nobody will come (the tone follows the call's teardown).
+    status = await door.wait_status(lambda s: "no_answer" in s["speaker"]["tones_played"])
     assert status["state"] == "idle" and status["last_call"]["end_reason"] == "declined"
     assert await stored_reason(site, ended["call_id"]) == "declined"
 
@@ -86,10 +87,10 @@ async def test_a_press_with_nobody_online_ends_no_answer(site):
     door = await site.start_door("frontdoor", [{"residents": ["alice"], "timeout_s": 1}])
     await site.add_user("alice", "resident", "Alice")  # exists, but no device is signed in
     await press(door)
-    status = await door.wait_status(lambda s: s["last_call"] is not None)
+    # The "nobody answered" tone follows the call's teardown.
+    status = await door.wait_status(lambda s: "no_answer" in s["speaker"]["tones_played"])
     assert status["last_call"]["end_reason"] == "no_answer" and status["state"] == "idle"
     assert status["camera"]["viewers"] == 0  # a call that never connected let go of the camera too
-    assert "no_answer" in status["speaker"]["tones_played"]
     assert await stored_reason(site, status["last_call"]["call_id"]) == "no_answer"
 
 
@@ -204,6 +205,40 @@ async def test_a_resident_looks_outside_and_the_door_answers_by_itself(site):
     assert status["calls_answered"] == 1 and status["last_call"]["role"] == "callee"
     assert status["last_call"]["peer"] == "alice" and "announce" in status["speaker"]["tones_played"]
     assert await stored_reason(site, ended["call_id"]) == "completed"
+
+
+async def test_a_press_while_a_resident_looks_outside_rings_the_residents(site):
+    door = await site.start_door("frontdoor", [{"residents": ["alice", "bob"]}])
+    bob = await site.start_resident("bob", "--answer", "ignore")
+    alice = await site.start_resident("alice", "--look-outside", "frontdoor", "--hangup-after-frames", "0",
+                                      "--answer", "ignore")
+    looking = await alice.wait_for_event("answered", timeout=30)
+    await alice.wait_for_event("first_frame", timeout=30)
+    await door.ring()
+    ended = await alice.wait_for_event("ended", call_id=looking["call_id"], timeout=30)
+    assert ended["reason"] == "completed"
+    rung = await bob.wait_for_event("incoming", timeout=30)
+    assert rung["caller"]["user_id"] == "frontdoor"
+    await alice.wait_for_event("incoming", call_id=rung["call_id"], timeout=30)  # the looker is rung too
+    status = await door.wait_status(lambda s: s["state"] == "calling")
+    assert status["ignored_presses"] == 0 and status["call"]["role"] == "caller"
+
+
+async def test_a_ring_group_naming_an_unknown_resident_rings_the_others_and_says_so(site):
+    alice = await site.start_resident("alice", "--once", "--hangup-after-frames", "5")
+    door = await site.start_door("frontdoor", [{"residents": ["alice", "bob"]}, {"residents": ["caretaker"]}])
+    status = await door.wait_status(lambda s: s["unknown_residents"] == ["bob", "caretaker"])
+    assert "bob" in door.process.log_tail(50)
+    await door.ring()
+    ended = await alice.wait_for_event("ended", timeout=30)
+    assert ended["reason"] == "completed" and ended["video_frames"] >= 5
+    status = await door.wait_status(lambda s: s["state"] == "idle")
+    # The dial named bob as unknown; the call that got through cleared that error again.
+    assert status["last_error"] is None
+    log = door.process.log_tail(50)
+    assert "the server has no resident bob" in log
+    record = (await site.api("GET", f"/v1/direct_calls/{ended['call_id']}"))[1]
+    assert record["callees"] == ["alice"] and record["end_reason"] == "completed"
 
 
 async def test_the_door_declines_callers_off_its_auto_answer_list(site):

@@ -90,7 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("aioice").setLevel(logging.WARNING)
     try:
         if args.command == "run":
-            return asyncio.run(_run(args.config))
+            try:
+                return asyncio.run(_run(args.config))
+            except OSError as exc:
+                # A path or device that is not what the YAML says: one line, not a traceback.
+                print(f"intercom: cannot start: {exc}", file=sys.stderr)
+                return 1
         if args.command == "selftest":
             return asyncio.run(_selftest(args.config, not args.no_relay))
         if args.command == "check-config":

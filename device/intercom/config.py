@@ -60,6 +60,8 @@ SCHEMA: dict[str, Field] = {
         "access_token": Field(str, check=nonempty),
         "access_token_file": Field(str, check=nonempty, help="a file holding the access token (preferred)"),
         "device_id": Field(str, default="door", check=nonempty),
+        "ca_file": Field(str, check=nonempty,
+                         help="PEM file of the CA that signed the server's certificate (wss:// with a private CA)"),
     }),
     "hardware": Field(schema={
         "pins": Field(schema={
@@ -142,6 +144,7 @@ class DoorConfig:
     warning_before_s: float = 15.0
     tone_volume: float = 0.5
     source: str = "<config>"
+    ca_file: str | None = None
 
 
 def load(path: str | Path) -> DoorConfig:
@@ -159,10 +162,27 @@ def _build(raw: dict[str, Any], path: Path) -> DoorConfig:
         token_path = (path.parent / server["access_token_file"]).resolve()
         try:
             token = token_path.read_text().strip()
+            mode = token_path.stat().st_mode
         except OSError as exc:
             problems.append(Problem("server.access_token_file", None, f"cannot read {token_path}: {exc.strerror}"))
+        else:
+            if not token:
+                problems.append(Problem("server.access_token_file", None,
+                                        f"{token_path} is empty; write the door's access token into it"))
+            elif mode & 0o077:
+                problems.append(Problem("server.access_token_file", None,
+                                        f"{token_path} can be read by other users (mode {mode & 0o777:o}); "
+                                        f"run: chmod 600 {token_path}"))
     elif not token:
         problems.append(Problem("server.access_token", None, "is required (or access_token_file)"))
+    ca_file = None
+    if server["ca_file"]:
+        ca_path = (path.parent / server["ca_file"]).resolve()
+        if not ca_path.is_file():
+            problems.append(Problem("server.ca_file", None, f"{ca_path} is not a readable file"))
+        elif not server["url"].startswith("wss://"):
+            problems.append(Problem("server.ca_file", None, "is for wss:// URLs; server.url is ws://"))
+        ca_file = str(ca_path)
     if problems:
         raise ConfigError(str(path), problems)
     hw = raw["hardware"]
@@ -180,4 +200,4 @@ def _build(raw: dict[str, Any], path: Path) -> DoorConfig:
         control_socket=(path.parent / raw["control"]["socket"]).resolve(), source=str(path),
         auto_answer=None if callers == SITE_RESIDENTS else tuple(callers),
         announce=calls["auto_answer"]["announce"], max_call_s=calls["max_call_s"],
-        warning_before_s=calls["warning_before_s"], tone_volume=hw["speaker"]["tone_volume"])
+        warning_before_s=calls["warning_before_s"], tone_volume=hw["speaker"]["tone_volume"], ca_file=ca_file)

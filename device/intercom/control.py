@@ -28,6 +28,9 @@ class ControlServer:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.is_socket():
             self.path.unlink()  # left by a daemon that did not stop cleanly
+        elif self.path.exists():
+            raise FileExistsError(f"control.socket {self.path} exists and is not a socket: "
+                                  f"remove it or choose another path")
         self._server = await asyncio.start_unix_server(self._client, path=str(self.path))
         os.chmod(self.path, 0o660)
         log.info("control socket at %s", self.path)

@@ -16,6 +16,7 @@ from typing import Any
 import av
 
 from .config import DoorConfig
+from .directory import site_users, unknown_residents
 from .media.audio import AlsaCaptureTrack, Speaker, level_dbfs
 from .media.camera import make_camera
 from .pins import Pins
@@ -27,7 +28,7 @@ async def run(config: DoorConfig, click_relay: bool = True, listen_s: float = 1.
               pin_factory: Any = None) -> dict[str, Any]:
     report: dict[str, Any] = {}
     steps = [("leds", _leds), ("relay", _relay), ("speaker", _speaker), ("microphone", _microphone),
-             ("camera", _camera)]
+             ("camera", _camera), ("ring_groups", _ring_groups)]
     pins = Pins(config.pins, lambda: None, asyncio.get_running_loop(), factory=pin_factory)
     try:
         for name, step in steps:
@@ -42,6 +43,22 @@ async def run(config: DoorConfig, click_relay: bool = True, listen_s: float = 1.
         pins.close()
     report["ok"] = all(step["ok"] for step in report.values())
     return report
+
+
+async def _ring_groups(config: DoorConfig, pins: Pins, _: float) -> dict[str, Any]:
+    """Every ring-group name is a resident of the site on the server. A server that cannot be
+    reached is reported, not failed: the hardware may be tested before the server exists."""
+    import ssl
+
+    context: ssl.SSLContext | bool = ssl.create_default_context(cafile=config.ca_file) if config.ca_file else True
+    try:
+        users = await site_users(config.server_url, config.access_token, context)
+    except Exception as exc:  # noqa: BLE001 - unreachable, refused, or not a server of ours
+        return {"checked": False, "note": f"could not ask the server: {exc}"}
+    unknown = unknown_residents((g.residents for g in config.ring_groups), users)
+    if unknown:
+        raise RuntimeError(f"the ring groups name {', '.join(unknown)}, not residents of this site on the server")
+    return {"checked": True, "residents": sorted({r for g in config.ring_groups for r in g.residents})}
 
 
 async def _leds(config: DoorConfig, pins: Pins, _: float) -> dict[str, Any]:

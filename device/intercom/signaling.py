@@ -4,6 +4,11 @@ It owns the connection's life: connect, authenticate, reconnect with exponential
 jitter when the server goes away, and match replies to requests by id. Events from the
 server go to `on_event`; the server's own requests (the door action) go to `on_request`,
 whose return value or ProtocolError becomes the reply.
+
+Nothing waits forever on a server that may be gone: a connection attempt has a deadline,
+WebSocket pings find a dead or frozen server within 1.5 heartbeats (the server's own
+`heartbeat_s`), and a request gives up after its timeout. A reply that comes after its
+request gave up is handed to the request's `undo` (a late `dial` is ended, not left ringing).
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import asyncio
 import itertools
 import logging
 import random
+import ssl
+from collections import OrderedDict
 from typing import Any, Awaitable, Callable, Iterator
 
 import aiohttp
@@ -22,6 +29,15 @@ log = logging.getLogger("intercom.signaling")
 
 EventHandler = Callable[[dict[str, Any]], Awaitable[None] | None]
 RequestHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+Undo = Callable[[dict[str, Any]], Awaitable[None] | None]
+
+#: A TCP connect and WebSocket handshake that take longer than this are given up and retried
+#: (aiohttp's own default waits up to 300 s, so a healed network went unnoticed for minutes).
+CONNECT_TIMEOUT_S = 10.0
+#: Pings until the server has told its own heartbeat.
+DEFAULT_HEARTBEAT_S = 10.0
+#: Requests given up on whose late replies are still undone (oldest forgotten first).
+MAX_ABANDONED = 64
 
 
 class RequestFailed(Exception):
@@ -51,6 +67,8 @@ class SignalingClient:
         on_request: RequestHandler | None = None,
         on_connection: Callable[[bool], None] | None = None,
         request_timeout_s: float = 10.0,
+        claims: Callable[[], list[str]] | None = None,
+        ca_file: str | None = None,
     ) -> None:
         self.url = url
         self.user_id = user_id
@@ -60,6 +78,12 @@ class SignalingClient:
         self._on_request = on_request
         self._on_connection = on_connection
         self._timeout = request_timeout_s
+        #: The calls this client still holds, told to the server at every sign-in so that it
+        #: ends the ones this process no longer knows (see docs/protocol.md, authenticate).
+        self._claims = claims
+        self.ssl_context: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
+        self.heartbeat_s = DEFAULT_HEARTBEAT_S
+        self._abandoned: OrderedDict[str, Undo] = OrderedDict()
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._ids = itertools.count(1)
@@ -75,7 +99,8 @@ class SignalingClient:
     async def run(self) -> None:
         """Stay connected until `close()`; each failed attempt waits a little longer."""
         delays = backoff_delays()
-        async with aiohttp.ClientSession() as http:
+        timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_S, sock_connect=CONNECT_TIMEOUT_S)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
             while not self._closing:
                 try:
                     await self._session(http)
@@ -93,16 +118,25 @@ class SignalingClient:
                 await asyncio.sleep(delay)
 
     async def _session(self, http: aiohttp.ClientSession) -> None:
-        async with http.ws_connect(self.url, heartbeat=20.0, max_msg_size=4 * 1024 * 1024) as ws:
+        # The whole handshake has a deadline: a black-holed link accepts nothing and answers nothing.
+        ws = await asyncio.wait_for(http.ws_connect(self.url, heartbeat=self.heartbeat_s, ssl=self.ssl_context,
+                                                    max_msg_size=4 * 1024 * 1024), CONNECT_TIMEOUT_S)
+        async with ws:
             self._ws = ws
             reader = asyncio.get_running_loop().create_task(self._read(ws))
             try:
                 body: dict[str, Any] = {"user_id": self.user_id, "access_token": self._token}
                 if self.device_id:
                     body["device_id"] = self.device_id
+                if self._claims is not None:
+                    body["calls"] = self._claims()
                 info = await self.request("authenticate", _before_auth=True, **body)
                 self.session_info = info
                 self.device_id = info["device_id"]
+                heartbeat = info.get("heartbeat_s")
+                if isinstance(heartbeat, (int, float)) and heartbeat > 0 and heartbeat != self.heartbeat_s:
+                    # aiohttp takes the interval at connect: it applies from the next connection.
+                    self.heartbeat_s = float(heartbeat)
                 self.last_error = None
                 self.connected.set()
                 log.info("signed in to %s as %s/%s", self.url, self.user_id, self.device_id)
@@ -118,6 +152,7 @@ class SignalingClient:
                     if not fut.done():
                         fut.set_exception(NotConnected("connection to the server was lost"))
                 self._pending.clear()
+                self._abandoned.clear()  # replies come on the connection that asked: none will
                 if was_connected and self._on_connection:
                     self._on_connection(False)
 
@@ -133,6 +168,11 @@ class SignalingClient:
             kind = data["type"]
             if kind in ("ok", "error"):
                 fut = self._pending.pop(str(data.get("re")), None)
+                undo = self._abandoned.pop(str(data.get("re")), None)
+                if undo is not None and kind == "ok":
+                    result = undo(data)
+                    if asyncio.iscoroutine(result):
+                        asyncio.get_running_loop().create_task(result)
                 if fut is not None and not fut.done():
                     if kind == "ok":
                         fut.set_result(data)
@@ -164,8 +204,12 @@ class SignalingClient:
             raise NotConnected("not connected to the server")
         await self._ws.send_str(m.encode(message))
 
-    async def request(self, kind: str, _before_auth: bool = False, **body: Any) -> dict[str, Any]:
-        """Send a request and wait for its reply; raises RequestFailed on an `error` reply."""
+    async def request(self, kind: str, _before_auth: bool = False, undo: Undo | None = None,
+                      timeout: float | None = None, **body: Any) -> dict[str, Any]:
+        """Send a request and wait for its reply; raises RequestFailed on an `error` reply.
+
+        `undo` is called with the `ok` that arrives after this request timed out (the sender
+        gave up, so whatever the server did for it must be taken back)."""
         if not _before_auth and not self.connected.is_set():
             raise NotConnected("not connected to the server")
         rid = f"r{next(self._ids)}"
@@ -173,7 +217,13 @@ class SignalingClient:
         self._pending[rid] = fut
         try:
             await self.send(m.request(kind, rid, **body))
-            return await asyncio.wait_for(fut, self._timeout)
+            return await asyncio.wait_for(fut, self._timeout if timeout is None else timeout)
+        except asyncio.TimeoutError:
+            if undo is not None:
+                self._abandoned[rid] = undo
+                while len(self._abandoned) > MAX_ABANDONED:
+                    self._abandoned.popitem(last=False)
+            raise
         finally:
             self._pending.pop(rid, None)
 

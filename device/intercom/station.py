@@ -6,6 +6,11 @@ the server's `ringing` arriving while the dial's own reply is still being read, 
 crossing an `accepted`: each is handled after the previous one is complete.
 
 The camera, speaker and pins live as long as the daemon; a call only borrows them.
+
+The door keeps its own clocks and never trusts the server to remember: its ring has a
+deadline of its own, a dial whose reply comes too late is ended, and each time it signs in it
+tells the server which call it holds and ends the one the server no longer knows. A call that
+was answered survives the loss of the signaling link while its media flows.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from .config import DoorConfig
 from .core.calls import CallState, ClientCall, iso
 from .core.messages import EndReason, ErrorCode, ProtocolError
+from .directory import site_users, unknown_residents
 from .media.audio import AlsaCaptureTrack, Speaker, ToneTrack
 from .media.camera import EncodedCamera, make_camera
 from .media.echo import EchoCanceller
@@ -32,9 +38,13 @@ from .signaling import NotConnected, RequestFailed, SignalingClient
 
 log = logging.getLogger("intercom.station")
 
-#: How long a call may outlive a lost server connection before the door gives it up; the
-#: server's own grace period (10 s by default) decides first.
+#: How long a ring may outlive a lost server connection before the door gives it up (nobody
+#: can answer through a server that is gone); the server's own grace period decides first.
+#: An answered call is not given up for that: its media decides.
 LOST_SERVER_GRACE_S = 15.0
+#: The door's own ring deadline is the ring group's timeout plus this: the server's `no_answer`
+#: normally comes first, but a server that crashed or froze meanwhile never sends it.
+RING_MARGIN_S = 5.0
 #: Presses kept while the server is unreachable, to report once it is back (oldest dropped).
 MAX_MISSED = 20
 
@@ -53,7 +63,8 @@ class Station:
         self.loop = asyncio.get_running_loop()
         self.client = SignalingClient(config.server_url, config.user_id, config.access_token, config.device_id,
                                       on_event=self._server_event, on_request=self._server_request,
-                                      on_connection=self._connection_changed)
+                                      on_connection=self._connection_changed, claims=self._claims,
+                                      ca_file=config.ca_file)
         self.camera: EncodedCamera = make_camera(config.camera)
         mic = config.microphone
         self.echo: EchoCanceller | None = None
@@ -76,6 +87,10 @@ class Station:
         self._call_timers: list[asyncio.TimerHandle] = []
         self._snapshot_task: asyncio.Task[None] | None = None
         self._pressed_mono = 0.0
+        self._pressed_at = 0.0
+        #: Ring-group names the server has no resident for (checked at sign-in and reload).
+        self.unknown_residents: list[str] = []
+        self._background: set[asyncio.Task[None]] = set()
         #: How long the last press took to become a dial, and its picture to follow (ms).
         self.press_timings: dict[str, float] = {}
         self._inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
@@ -100,6 +115,9 @@ class Station:
         assert self._worker is not None and self._signaling is not None, "stop() before start()"
         self._inbox.put_nowait(("stop", None))
         await self._worker
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         await self.client.close()
         self._signaling.cancel()
         await asyncio.gather(self._signaling, return_exceptions=True)
@@ -124,6 +142,8 @@ class Station:
             self.client.reconfigure(*server)
             if self.call is None or not self.call.live:
                 self.client.reconnect()
+        elif self.client.connected.is_set():
+            self._spawn_check()
         log.info("configuration reloaded from %s%s", config.source,
                  f"; restart to apply {', '.join(needs_restart)}" if needs_restart else "")
         return needs_restart
@@ -143,18 +163,43 @@ class Station:
     def _server_event(self, event: dict[str, Any]) -> None:
         self._inbox.put_nowait(("event", event))
 
+    def _claims(self) -> list[str]:
+        """The call this process holds, told to the server at every sign-in."""
+        call = self.call
+        return [call.call_id] if call is not None and call.live and call.call_id else []
+
     def _connection_changed(self, up: bool) -> None:
         self._show()
         if up:
+            self._inbox.put_nowait(("resync", list(self.client.session_info.get("calls") or [])))
             self._inbox.put_nowait(("report_missed", None))
-        elif self.call is not None and self.call.live:
-            call_id = self.call.call_id
-            self.loop.call_later(LOST_SERVER_GRACE_S, lambda: self._inbox.put_nowait(("server_lost", call_id)))
+            self._spawn_check()
+        elif self.call is not None and self.call.live and self.call.state in (CallState.DIALING, CallState.RINGING):
+            call = self.call
+            self.loop.call_later(LOST_SERVER_GRACE_S, lambda: self._inbox.put_nowait(("server_lost", call)))
+
+    def _spawn_check(self) -> None:
+        task = self.loop.create_task(self._check_ring_groups(), name="check-ring-groups")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _check_ring_groups(self) -> None:
+        """Name the ring-group residents the server does not know, in the log and the status."""
+        try:
+            users = await site_users(self.config.server_url, self.config.access_token, self.client.ssl_context)
+        except Exception as exc:  # noqa: BLE001 - a check that could not run changes nothing
+            log.info("could not check the ring groups against the server's users: %s", exc)
+            return
+        unknown = unknown_residents((g.residents for g in self.config.ring_groups), users)
+        if unknown != self.unknown_residents and unknown:
+            log.warning("the ring groups name %s, not residents of this site on the server: they will not ring",
+                        ", ".join(unknown))
+        self.unknown_residents = unknown
 
     async def _work(self) -> None:
         handlers = {"press": self._on_press, "event": self._on_event, "media": self._on_media,
                     "server_lost": self._on_server_lost, "hangup": self._on_hangup, "timer": self._on_timer,
-                    "report_missed": self._report_missed}
+                    "report_missed": self._report_missed, "resync": self._on_resync}
         while True:
             kind, data = await self._inbox.get()
             if kind == "stop":
@@ -170,11 +215,20 @@ class Station:
     # -- the bell ----------------------------------------------------------------------------
 
     async def _on_press(self, pressed: tuple[float, float]) -> None:
-        pressed_at, self._pressed_mono = pressed
-        if self.call is not None and self.call.live:
+        pressed_at = pressed[0]
+        call = self.call
+        if call is not None and call.live and call.role == "caller":
             self.ignored_presses += 1
-            log.info("bell pressed during a call (%s): ignored", self.call.state)
+            log.info("bell pressed during a call (%s): ignored", call.state)
             return
+        self._pressed_at, self._pressed_mono = pressed
+        if call is not None and call.live:
+            # A resident looking outside must not stop a visitor from ringing: the view ends
+            # and every resident is rung, the one who was looking included.
+            log.info("bell pressed while %s looks outside: ending the view and ringing the residents",
+                     (call.peer or {}).get("user_id"))
+            await self._tell_server_end(call)
+            await self._teardown(EndReason.COMPLETED)
         self.speaker.tone("chime")  # the visitor hears the press worked, server or not
         if not self.client.connected.is_set():
             self.missed.append(MissedPress(pressed_at, await self.camera.snapshot_jpeg()))
@@ -228,6 +282,10 @@ class Station:
         self.group = group
         call = self.call = ClientCall(role="caller")
         self._show()
+        # The door's own deadline: a server that dies or freezes while it rings never says
+        # `no_answer`, and the visitor must not hear the ringback for ever.
+        deadline = ring.timeout_s + RING_MARGIN_S
+        self._call_timers = [self.loop.call_later(deadline, lambda: self._inbox.put_nowait(("timer", ("ring", call))))]
         pc = self.pc = self._new_peer()
         snapshot = self.loop.create_task(self.camera.snapshot_jpeg(), name="snapshot")
         await self._gather(pc)
@@ -235,20 +293,50 @@ class Station:
                                 "offer": {"type": "offer", "sdp": pc.localDescription.sdp}}
         sent = time.monotonic()
         try:
-            reply = await self.client.request("dial", **body)
-        except TRANSIENT as exc:
-            snapshot.cancel()
-            self.last_error = f"dial failed: {exc}"
-            log.error("%s", self.last_error)
+            reply = await self.client.request("dial", undo=self._undo_dial, **body)
+        except (TRANSIENT + (RequestFailed,)) as exc:
+            failed = f"dial failed: {exc or 'no answer from the server in time'}"
+            log.error("%s", failed)
+            if group == 0 and not isinstance(exc, RequestFailed):
+                # The server did not hear the press: keep it, to report once it is back.
+                picture = await self._picture_within(snapshot, 1.0)
+                self.missed.append(MissedPress(self._pressed_at, picture))
+                failed += "; the press is kept and will be reported when the server is back"
+            else:
+                snapshot.cancel()
+            self.last_error = failed
             await self._teardown(EndReason.DIAL_FAILED)
+            self.speaker.tone("no_answer")
             return
         call.dialed(reply["call_id"])
+        if reply.get("unknown"):
+            self.last_error = (f"the server has no resident {', '.join(map(str, reply['unknown']))} for this door: "
+                               f"check calls.ring_groups")
+            log.warning("%s; the others ring", self.last_error)
         self.calls_placed += 1
         if group == 0:  # an escalation's dial comes a ring timeout after the press: not a press timing
             self.press_timings = {"press_to_dial_ms": round((sent - self._pressed_mono) * 1000, 1),
                                   "dial_reply_ms": round((time.monotonic() - sent) * 1000, 1)}
         log.info("call %s placed", call.call_id)
         self._snapshot_task = self.loop.create_task(self._send_snapshot(call, snapshot), name="send-snapshot")
+
+    async def _undo_dial(self, reply: dict[str, Any]) -> None:
+        """The dial's `ok` came after the door gave up on it: end that call, or the residents
+        would be rung for a visitor the door no longer serves."""
+        call_id = reply.get("call_id")
+        log.warning("the server placed call %s after the door had given up on it: ending it", call_id)
+        try:
+            await self.client.request("end", call_id=call_id)
+        except TRANSIENT + (RequestFailed,) as exc:
+            log.info("could not end the abandoned call %s: %s", call_id, exc)
+        self._inbox.put_nowait(("report_missed", None))  # the server answers again: tell it of the press
+
+    @staticmethod
+    async def _picture_within(picture: "asyncio.Task[bytes | None]", timeout: float) -> bytes | None:
+        try:
+            return await asyncio.wait_for(picture, timeout)
+        except Exception:  # noqa: BLE001 - a missed press is kept with or without its picture
+            return None
 
     async def _send_snapshot(self, call: ClientCall, picture: "asyncio.Task[bytes | None]") -> None:
         jpeg = await picture
@@ -334,32 +422,51 @@ class Station:
             await self.pc.setRemoteDescription(RTCSessionDescription(**event["answer"]))
             call.accepted(event.get("by"))
             self._start_call_clock()
+            self.last_error = None  # a call got through: an older error no longer describes the door
             log.info("answered by %s", (event.get("by") or {}).get("user_id"))
         elif kind == "ended":
             reason = event.get("reason", EndReason.UNKNOWN)
             log.info("call %s ended: %s", call.call_id, reason)
+            was_ringing = call.state in (CallState.DIALING, CallState.RINGING)
             await self._teardown(reason)
-            if reason == EndReason.NO_ANSWER and call.role == "caller":
-                if self.group + 1 < len(self.config.ring_groups):
-                    log.info("no answer: escalating to ring group %d", self.group + 2)
-                    await self._dial(self.group + 1)
-                else:
-                    self.speaker.tone("no_answer")
+            if call.role == "caller" and was_ringing:
+                await self._unanswered(reason)
+
+    async def _unanswered(self, reason: str) -> None:
+        """The visitor's ring ended with nobody on the line: the next ring group if the group
+        simply did not answer, else the "nobody answered" tone (declined, server gone...)."""
+        if reason == EndReason.NO_ANSWER and self.group + 1 < len(self.config.ring_groups):
+            log.info("no answer: escalating to ring group %d", self.group + 2)
+            await self._dial(self.group + 1)
+        elif reason != EndReason.CANCELED:
+            self.speaker.tone("no_answer")
 
     def _start_call_clock(self) -> None:
         """The maximum call time counts from the answer; the warning tone comes before it."""
-        assert self.call is not None
-        call_id = self.call.call_id
+        call = self.call
+        assert call is not None
+        for timer in self._call_timers:  # the ring deadline no longer applies
+            timer.cancel()
         limit, warn = self.config.max_call_s, self.config.warning_before_s
         self._call_timers = [
-            self.loop.call_later(limit - warn, lambda: self._inbox.put_nowait(("timer", ("warning", call_id)))),
-            self.loop.call_later(limit, lambda: self._inbox.put_nowait(("timer", ("limit", call_id)))),
+            self.loop.call_later(limit - warn, lambda: self._inbox.put_nowait(("timer", ("warning", call)))),
+            self.loop.call_later(limit, lambda: self._inbox.put_nowait(("timer", ("limit", call)))),
         ]
 
-    async def _on_timer(self, data: tuple[str, str]) -> None:
-        what, call_id = data
-        call = self.call
-        if call is None or not call.live or call.call_id != call_id:
+    async def _on_timer(self, data: tuple[str, ClientCall]) -> None:
+        what, call = data
+        if call is not self.call or not call.live:
+            return
+        call_id = call.call_id
+        if what == "ring":
+            if call.state not in (CallState.DIALING, CallState.RINGING):
+                return
+            log.warning("call %s: no answer and no word from the server %.0fs after the dial: giving up",
+                        call_id, self.config.ring_groups[self.group].timeout_s + RING_MARGIN_S)
+            await self._teardown(EndReason.NO_ANSWER)
+            if call_id:
+                self._spawn_end(call_id)
+            await self._unanswered(EndReason.NO_ANSWER)
             return
         if what == "warning":
             log.info("call %s ends in %.0fs", call_id, self.config.warning_before_s)
@@ -409,10 +516,39 @@ class Station:
             return EndReason.CANCELED
         return EndReason.COMPLETED
 
-    async def _on_server_lost(self, call_id: str | None) -> None:
-        if self.call is not None and self.call.live and self.call.call_id == call_id and not self.client.connected.is_set():
-            log.warning("server gone for %.0fs during the call: giving it up", LOST_SERVER_GRACE_S)
+    async def _on_server_lost(self, call: ClientCall) -> None:
+        if call is self.call and call.live and call.state in (CallState.DIALING, CallState.RINGING) \
+                and not self.client.connected.is_set():
+            log.warning("server gone for %.0fs while ringing: nobody can answer; giving up", LOST_SERVER_GRACE_S)
             await self._teardown(EndReason.CONNECTION_LOST)
+            self.speaker.tone("no_answer")
+
+    async def _on_resync(self, calls: list[dict[str, Any]]) -> None:
+        """Signed in again: a call the server no longer knows (it restarted, or ended the call
+        while the link was down) is over here too, instead of ringing or filming for nobody."""
+        call = self.call
+        if call is None or not call.live or not call.call_id:
+            return
+        if call.call_id in {c.get("call_id") for c in calls if isinstance(c, dict)}:
+            log.info("call %s goes on after the reconnection", call.call_id)
+            return
+        was_ringing = call.role == "caller" and call.state in (CallState.DIALING, CallState.RINGING)
+        log.warning("the server no longer knows call %s: ending it", call.call_id)
+        await self._teardown(EndReason.CONNECTION_LOST)
+        if was_ringing:
+            self.speaker.tone("no_answer")
+
+    def _spawn_end(self, call_id: str) -> None:
+        """Tell the server a call is over without holding up the door (it may be frozen)."""
+        async def end() -> None:
+            try:
+                await self.client.request("end", call_id=call_id)
+            except TRANSIENT + (RequestFailed,) as exc:
+                log.info("could not tell the server call %s ended: %s", call_id, exc)
+
+        task = self.loop.create_task(end(), name="end")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _teardown(self, reason: str) -> None:
         call = self.call
@@ -509,6 +645,7 @@ class Station:
             "ignored_presses": self.ignored_presses,
             "missed_presses": len(self.missed),
             "missed_reported": self.missed_reported,
+            "unknown_residents": self.unknown_residents,
             "door_openings": self.door_openings[-5:],
             "last_error": self.last_error,
         }

@@ -3,7 +3,7 @@
 Every camera backend ends in an encoder (the Pi's hardware encoder, a UVC camera's own, or
 libx264 for the test pattern) whose access units arrive here on the event loop. `EncodedVideo`
 fans them out to one `H264Track` per call; aiortc packs `av.Packet`s into RTP without
-touching the picture (see media-notes: 0.014 ms per frame instead of 5-11 ms to encode).
+touching the picture (measured on x86: 0.014 ms per frame instead of 5-11 ms to encode).
 
 What pass-through gives up, this module puts back:
 - A new viewer must start at a keyframe, so a track asks the encoder for one when the call
@@ -197,8 +197,8 @@ class RawVideo:
     """One camera's raw pictures, each encoded by aiortc for each call (VP8 or H.264).
 
     The installer's `encoding: vp8` or `h264`, for peers that cannot take the camera's own
-    H.264. Each sender encodes every frame for itself (media-notes: 3.7-11.6 ms a frame
-    here, several times that on a Pi), which is why pass-through is the default. A sender
+    H.264. Each sender encodes every frame for itself (3.7-11.6 ms a frame
+    measured on x86, several times that on a Pi), which is why pass-through is the default. A sender
     that is busy encoding skips to the newest picture instead of queueing old ones.
     """
 
