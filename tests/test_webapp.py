@@ -272,6 +272,27 @@ async def test_the_app_says_when_the_server_is_unreachable_and_reconnects_by_its
     await alice.page.locator("#ring-screen").wait_for(state="visible", timeout=10000)
 
 
+async def test_a_ring_the_restarted_server_forgot_stops_and_a_revoked_phone_is_signed_out(site, browser):
+    invite = await site.invite("alice")
+    alice = await phone(browser, site, "alice")
+    await alice.sign_in(invite)
+    door = await site.start_door("frontdoor", [{"residents": ["alice"], "timeout_s": 60}])
+    await door.ring()
+    ring = alice.page.locator("#ring-screen")
+    await ring.wait_for(state="visible", timeout=10000)
+    await site.stop_server(crash=True)
+    await site.restart_server()
+    # Signed in again, the page learns the server no longer knows the call: the ring stops
+    # instead of ringing for a minute for a visitor nobody can answer.
+    await ring.wait_for(state="hidden", timeout=30000)
+    await alice.page.locator("#toast").filter(has_text="ended while this phone was offline").wait_for(timeout=5000)
+    await until(alice.page, "window.intercom && window.intercom.online", what="online again")
+    [token] = (await site.api("GET", "/v1/users/alice/tokens"))[1]["tokens"]
+    assert (await site.api("DELETE", f"/v1/users/alice/tokens/{token['token_id']}"))[0] == 204
+    await alice.page.locator("#signin-screen").wait_for(state="visible", timeout=5000)
+    await alice.page.locator("#signin-error").filter(has_text="access was revoked").wait_for(timeout=5000)
+
+
 async def test_signing_out_forgets_the_phone_and_revokes_its_access(site, browser):
     invite = await site.invite("alice")
     alice = await phone(browser, site, "alice")

@@ -97,7 +97,8 @@ class Resident:
     def __init__(self, client_args: dict[str, Any], policy: Policy, report: Reporter) -> None:
         self.policy = policy
         self.report = report
-        self.client = SignalingClient(**client_args, on_event=self._event, on_connection=self._connection)
+        self.client = SignalingClient(**client_args, on_event=self._event, on_connection=self._connection,
+                                      claims=self._claims)
         self._token: str = client_args["access_token"]
         self.call: ClientCall | None = None
         self.pc: RTCPeerConnection | None = None
@@ -117,8 +118,18 @@ class Resident:
             runner.cancel()
             await asyncio.gather(runner, return_exceptions=True)
 
+    def _claims(self) -> list[str]:
+        call = self.call
+        return [call.call_id] if call is not None and call.live and call.call_id else []
+
     def _connection(self, up: bool) -> None:
         self.report("online" if up else "offline", {"device_id": self.client.device_id})
+        if up:
+            # Signed in again: a call the server no longer knows is over here too.
+            live = {c.get("call_id") for c in self.client.session_info.get("calls") or [] if isinstance(c, dict)}
+            call = self.call
+            if call is not None and call.live and call.call_id and call.call_id not in live:
+                self._finish("connection_lost", call)
         if up and self.policy.look_outside and self.call is None:
             self._spawn(self._look_outside(self.policy.look_outside))
 
@@ -152,11 +163,17 @@ class Resident:
     def _event(self, event: dict[str, Any]) -> None:
         kind = event["type"]
         if kind == "incoming":
+            if self.call is not None and self.call.call_id == event["call_id"]:
+                return  # the same ring again, after a reconnection
             if self.call is not None and self.call.live:
                 self._spawn(self.client.request("decline", call_id=event["call_id"]))  # busy
                 return
             self.call = ClientCall.incoming(event["call_id"], event["caller"])
             self.reception = Reception()
+            lifetime = event.get("expires_in_s")
+            if isinstance(lifetime, (int, float)) and not isinstance(lifetime, bool):
+                # The ring's own clock: it stops by itself if its `ended` never comes.
+                asyncio.get_running_loop().call_later(max(0.0, lifetime), self._ring_expired, self.call)
             self.report("incoming", {"call_id": event["call_id"], "caller": event["caller"],
                                      "snapshot_url": event.get("snapshot_url")})
             if event.get("snapshot_url"):
@@ -167,9 +184,13 @@ class Resident:
         elif kind == "accepted" and self.call is not None and event.get("call_id") == self.call.call_id:
             self._spawn(self._door_answered(event))
         elif kind == "ended" and self.call is not None and event.get("call_id") == self.call.call_id:
-            self._spawn(self._finish(event.get("reason", "unknown")))
+            self._finish(event.get("reason", "unknown"))
         elif kind == "missed":
             self.report("missed", {k: event.get(k) for k in ("call_id", "caller", "pressed_at", "snapshot_url")})
+
+    def _ring_expired(self, call: ClientCall) -> None:
+        if call is self.call and call.state is CallState.RINGING:
+            self._finish("no_answer", call)
 
     async def _door_answered(self, event: dict[str, Any]) -> None:
         call, pc = self.call, self.pc
@@ -288,19 +309,28 @@ class Resident:
             except (RequestFailed, NotConnected) as exc:
                 log.warning("could not end the call: %s", exc)
 
-    async def _finish(self, reason: str) -> None:
-        call = self.call
-        if call is None or not call.live:
+    def _finish(self, reason: str, call: ClientCall | None = None) -> None:
+        """The call is over. It is marked so at once, so that a ring read right after the
+        `ended` (a door ending a look outside to ring everyone) is not declined as busy; the
+        media is closed and the end reported in a task of its own."""
+        current = self.call
+        if current is None or not current.live or (call is not None and call is not current):
             return
-        call.ended(reason)
+        current.ended(reason)
+        pc, self.pc = self.pc, None
+        self._spawn(self._report_end(current, reason, pc, self.reception))
+
+    async def _report_end(self, call: ClientCall, reason: str, pc: RTCPeerConnection | None,
+                          reception: Reception) -> None:
         picture = None
-        if self.policy.picture is not None and self.reception.last_frame is not None:
+        if self.policy.picture is not None and reception.last_frame is not None:
             self.policy.picture.parent.mkdir(parents=True, exist_ok=True)
-            self.policy.picture.write_bytes(encode_image(self.reception.last_frame, "png"))
+            self.policy.picture.write_bytes(encode_image(reception.last_frame, "png"))
             picture = str(self.policy.picture)
-        await self._close_media()
-        self.report("ended", {"call_id": call.call_id, "reason": reason, "picture": picture,
-                              **self.reception.as_json()})
+        if pc is not None:
+            self._closing = asyncio.get_running_loop().create_task(pc.close())
+            await asyncio.shield(self._closing)
+        self.report("ended", {"call_id": call.call_id, "reason": reason, "picture": picture, **reception.as_json()})
         if self.policy.once:
             self.done.set()
 
