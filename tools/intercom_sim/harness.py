@@ -196,9 +196,11 @@ class Installation:
 
     # -- server ------------------------------------------------------------------------------
 
-    async def start_server(self, ring_timeout_s: float = 30.0, grace_s: float = 10.0, port: int = 0) -> None:
-        config = {"listen": {"host": "127.0.0.1", "port": port}, "data_dir": str(self.data_dir),
-                  "calls": {"ring_timeout_s": ring_timeout_s, "grace_s": grace_s}}
+    async def start_server(self, ring_timeout_s: float = 30.0, grace_s: float = 10.0, port: int = 0,
+                           settings: dict[str, Any] | None = None) -> None:
+        """`settings` is merged into the server's YAML (e.g. {"heartbeat_s": 1})."""
+        config = merge({"listen": {"host": "127.0.0.1", "port": port}, "data_dir": str(self.data_dir),
+                        "calls": {"ring_timeout_s": ring_timeout_s, "grace_s": grace_s}}, settings or {})
         path = self.root / "server.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(config))
@@ -293,6 +295,14 @@ class Installation:
         door = Door(user_id, process, path, Path(config["control"]["socket"]))
         await door.wait_status(lambda s: s["server"]["connected"])
         return door
+
+    async def restart_door(self, door: Door) -> None:
+        """Start the door's daemon again from its YAML, as systemd does after a crash."""
+        if door.process in self.processes:
+            self.processes.remove(door.process)
+        door.process = await Process.start(door.user_id, [*INTERCOM, "run", "--config", str(door.config_path)],
+                                           self.logs)
+        self.processes.append(door.process)
 
     async def start_resident(self, user_id: str, *args: str, name: str | None = None,
                              device_id: str | None = None, create: bool = True) -> Process:

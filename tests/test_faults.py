@@ -1,0 +1,210 @@
+"""Faults injected into the real programs: the server killed or frozen while the bell rings and
+during a call, the door crashing and coming straight back, the door's link black-holed and
+healed. Each test asserts what the visitor and the resident notice: the door is idle again,
+the resident's ring or call ends instead of hanging, the history tells the truth, a press the
+server never heard is kept and reported, and a call whose media is fine survives.
+
+The server pings every second here (`heartbeat_s: 1`), so it notices a dead link at once;
+the door pings at its default until the server has told it otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+from typing import AsyncIterator
+
+import pytest
+
+from intercom_sim.harness import Door, Installation, Process
+
+pytestmark = pytest.mark.timeout(150)
+
+GROUPS = [{"residents": ["alice"], "timeout_s": 60}]
+
+
+@pytest.fixture
+async def site(tmp_path: Path) -> AsyncIterator[Installation]:
+    installation = Installation(tmp_path)
+    await installation.start_server(grace_s=2, settings={"heartbeat_s": 1})
+    try:
+        yield installation
+    finally:
+        await installation.close()
+
+
+async def record(site: Installation, call_id: str) -> dict:
+    status, body = await site.api("GET", f"/v1/direct_calls/{call_id}")
+    assert status == 200, body
+    return body
+
+
+async def crash_and_restart_server(site: Installation) -> None:
+    await site.stop_server(crash=True)  # SIGKILL: nothing is tidied up
+    await site.restart_server()
+
+
+async def ring_reaches(door: Door, alice: Process) -> dict:
+    """A press rings alice: the door is free again and the resident is not busy."""
+    seen = len(alice.lines)
+    await door.ring()
+    return await alice.wait_for_event("incoming", after=seen, timeout=30)
+
+
+async def test_server_killed_while_the_bell_rings(site):
+    alice = await site.start_resident("alice", "--answer", "ignore", device_id="phone")
+    door = await site.start_door("frontdoor", GROUPS)
+    await door.ring()
+    incoming = await alice.wait_for_event("incoming")
+    await door.wait_status(lambda s: s["state"] == "calling")
+    await crash_and_restart_server(site)
+    # Both sign in again, learn that the server no longer knows the call, and end it.
+    ended = await alice.wait_for_event("ended", call_id=incoming["call_id"], timeout=30)
+    assert ended["reason"] == "connection_lost"
+    # The ringback stops and the visitor hears that nobody will come (the tone follows the teardown).
+    idle = await door.wait_status(lambda s: s["server"]["connected"] and "no_answer" in s["speaker"]["tones_played"],
+                                  timeout=30)
+    assert idle["state"] == "idle" and idle["last_call"]["end_reason"] == "connection_lost"
+    assert idle["speaker"]["tone"] != "ringback"
+    assert idle["camera"]["viewers"] == 0
+    assert (await record(site, incoming["call_id"]))["end_reason"] == "unknown"
+    again = await ring_reaches(door, alice)
+    assert again["call_id"] != incoming["call_id"]
+
+
+async def test_server_killed_during_a_call(site):
+    alice = await site.start_resident("alice", "--hangup-after-frames", "0", device_id="phone")
+    door = await site.start_door("frontdoor", GROUPS)
+    await door.ring()
+    answered = await alice.wait_for_event("answered", timeout=30)
+    await alice.wait_for_event("first_frame", timeout=30)
+    await crash_and_restart_server(site)
+    ended = await alice.wait_for_event("ended", call_id=answered["call_id"], timeout=30)
+    assert ended["reason"] == "connection_lost" and ended["video_frames"] > 0
+    # The door gives its camera and microphone back instead of filming until the call limit.
+    idle = await door.wait_status(lambda s: s["state"] == "idle" and s["server"]["connected"], timeout=30)
+    assert idle["camera"]["viewers"] == 0 and idle["last_call"]["end_reason"] == "connection_lost"
+    stored = await record(site, answered["call_id"])
+    # The answer was stored when it happened, so the record says who answered.
+    assert stored["end_reason"] == "unknown" and stored["accepted_by"]["user_id"] == "alice"
+    await ring_reaches(door, alice)
+
+
+async def test_door_crashes_and_systemd_restarts_it_at_once(site):
+    alice = await site.start_resident("alice", "--hangup-after-frames", "0", device_id="phone")
+    door = await site.start_door("frontdoor", GROUPS)
+    await door.ring()
+    answered = await alice.wait_for_event("answered", timeout=30)
+    await alice.wait_for_event("first_frame", timeout=30)
+    await door.process.kill()
+    await site.restart_door(door)  # the same device id signs in again, holding no call
+    await door.wait_status(lambda s: s["server"]["connected"])
+    ended = await alice.wait_for_event("ended", call_id=answered["call_id"], timeout=30)
+    assert ended["reason"] == "connection_lost"
+    assert (await record(site, answered["call_id"]))["end_reason"] == "connection_lost"
+    # The next visitor rings the resident instead of being declined as busy.
+    await ring_reaches(door, alice)
+
+
+async def test_server_frozen_during_a_press(site):
+    alice = await site.start_resident("alice", "--answer", "ignore", device_id="phone")
+    door = await site.start_door("frontdoor", GROUPS)
+    assert site.server is not None
+    server = site.server.proc.pid
+    os.kill(server, signal.SIGSTOP)
+    try:
+        await door.ring()
+        # The dial gets no answer: the door gives up on its own clock and keeps the press.
+        gave_up = await door.wait_status(lambda s: s["missed_presses"] == 1
+                                         and "no_answer" in s["speaker"]["tones_played"], timeout=40)
+        assert gave_up["calls_placed"] == 0 and gave_up["state"] == "idle"
+    finally:
+        os.kill(server, signal.SIGCONT)
+    # The server wakes up and handles the dial it had queued: the door ends that call (or the
+    # server does when the door signs in again without it), so the resident's ring stops.
+    incoming = await alice.wait_for_event("incoming", timeout=30)
+    ended = await alice.wait_for_event("ended", call_id=incoming["call_id"], timeout=30)
+    assert ended["reason"] in ("canceled", "connection_lost")
+    reported = await door.wait_status(lambda s: s["missed_reported"] == 1, timeout=40)
+    assert reported["missed_presses"] == 0 and reported["state"] == "idle"
+    status, history = await site.api("GET", "/v1/direct_calls?user_id=alice")
+    reasons = sorted(c["end_reason"] for c in history["calls"])
+    assert "dial_failed" in reasons and "completed" not in reasons
+    assert all(c["accepted_by"] is None for c in history["calls"])
+
+
+class LinkProxy:
+    """A TCP relay on loopback between the door and the server whose link can be cut without
+    closing it: a black hole, as a dead router or a pulled cable upstream leaves it."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.open = True
+        self.port = 0
+        self._server: asyncio.base_events.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+        while not self.open:  # a black hole answers nothing, not even a refusal
+            if await reader.read(65536) == b"":
+                return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        self._writers.append(up_writer)
+        for source, sink in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.get_running_loop().create_task(self._pipe(source, sink))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        try:
+            while data := await source.read(65536):
+                if self.open:
+                    sink.write(data)
+                    await sink.drain()
+        except ConnectionError:
+            pass
+        finally:
+            sink.close()
+
+    async def close(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def test_a_black_holed_door_link_keeps_a_call_whose_media_flows(site):
+    alice = await site.start_resident("alice", "--hangup-after-frames", "0", device_id="phone")
+    proxy = LinkProxy(int(site.http_url.rsplit(":", 1)[1]))
+    await proxy.start()
+    door = await site.start_door("frontdoor", GROUPS, settings={
+        "server": {"url": f"ws://127.0.0.1:{proxy.port}/v1/ws"}})
+    try:
+        await door.ring()
+        answered = await alice.wait_for_event("answered", timeout=30)
+        await alice.wait_for_event("first_frame", timeout=30)
+        proxy.open = False
+        # The door notices (its pings go unanswered) but keeps the call: the media is direct.
+        cut_off = await door.wait_status(lambda s: not s["server"]["connected"], timeout=40)
+        assert cut_off["state"] == "connected" and cut_off["call"]["call_id"] == answered["call_id"]
+        proxy.open = True
+        # Back within the answered call's grace: the door claims the call and the server keeps it.
+        back = await door.wait_status(lambda s: s["server"]["connected"], timeout=40)
+        assert back["state"] == "connected"
+        await door.ctl("hangup")
+        ended = await alice.wait_for_event("ended", call_id=answered["call_id"], timeout=30)
+        assert ended["reason"] == "completed"
+        assert (await record(site, answered["call_id"]))["end_reason"] == "completed"
+    finally:
+        await proxy.close()
