@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -23,6 +25,23 @@ def _free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _answers_stun(port: int, within_s: float) -> bool:
+    """Send STUN binding requests (RFC 5389) until one is answered."""
+    deadline = time.monotonic() + within_s
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.5)
+        while time.monotonic() < deadline:
+            transaction = os.urandom(12)
+            s.sendto(struct.pack("!HHI", 0x0001, 0, 0x2112A442) + transaction, ("127.0.0.1", port))
+            try:
+                data, _ = s.recvfrom(2048)
+            except socket.timeout:
+                continue
+            if data[8:20] == transaction:
+                return True
+    return False
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +74,8 @@ def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     threading.Thread(target=read, daemon=True).start()
     assert ready.wait(15), "coturn did not start:\n" + "".join(log)
+    # Its log line comes before every listener thread is up: wait until it answers on UDP.
+    assert _answers_stun(port, 15), "coturn does not answer STUN:\n" + "".join(log)
     yield f"turn:127.0.0.1:{port}"
     proc.terminate()
     proc.wait(10)
