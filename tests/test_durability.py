@@ -39,6 +39,10 @@ async def test_a_crash_keeps_users_tokens_and_calls_and_ends_live_calls_unknown(
             live = (await door.request("dial", callees=["alice"], offer=OFFER))["call_id"]
             await alice.next("incoming")
             await alice.request("accept", call_id=live, answer=ANSWER)
+            # The record and its answer are committed off the event loop within milliseconds;
+            # once the API has shown them, they survive the crash.
+            status, record = await site.api("GET", f"/v1/direct_calls/{live}")
+            assert record["accepted_by"]["user_id"] == "alice" and record["ended_at"] is None
 
             await site.stop_server(crash=True)
             await site.restart_server()
@@ -52,6 +56,7 @@ async def test_a_crash_keeps_users_tokens_and_calls_and_ends_live_calls_unknown(
             assert record["has_snapshot"] is True
             status, record = await site.api("GET", f"/v1/direct_calls/{live}")
             assert record["end_reason"] == "unknown" and record["ended_at"] is not None
+            assert record["accepted_by"]["user_id"] == "alice"  # stored when it happened
             # The same tokens still sign in; the revoked one still does not.
             again = await _signed_in(http, site, "alice", tokens["alice"])
             assert (await again.request("ping"))["type"] == "ok"

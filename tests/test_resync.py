@@ -115,6 +115,7 @@ async def test_an_answered_call_whose_party_never_returns_ends_connection_lost(s
 async def _store_refuses_writes(server) -> None:
     """The database refuses every write from now on, as a full disk or a read-only file does."""
     server.store.db.execute("PRAGMA query_only = ON")
+    server.store.writer.submit(lambda db: db.execute("PRAGMA query_only = ON")).result(timeout=10)
 
 
 async def test_a_store_that_cannot_write_never_silences_the_bell(server):

@@ -1,6 +1,10 @@
 """What the server keeps, and what it must never keep."""
 
+import sqlite3
+import threading
 import time
+
+import pytest
 
 from intercom.core.calls import DeviceRef, ServerCall
 from intercom_server.store import Store
@@ -41,7 +45,7 @@ def test_wal_mode_and_calls_live_at_a_crash_end_unknown(tmp_path):
     store = make_store(tmp_path)
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     call = ServerCall("c1", DeviceRef("door", "d"), {}, ("alice",), True, OFFER, time.time(), 30)
-    store.record_call(call, None)
+    store.record_call(call, None).result(timeout=10)  # on disk once the future is done
     store.close()  # the process dies mid-call
     reopened = Store(tmp_path / "db.sqlite")
     assert reopened.close_interrupted_calls() == 1
@@ -55,3 +59,32 @@ def test_a_second_store_on_the_same_file_sees_provisioning_at_once(tmp_path):
     shell = Store(tmp_path / "db.sqlite")
     shell.add_user("bob", "resident", "home", "Bob")
     assert store.get_user("bob")["display_name"] == "Bob"
+
+
+def test_the_writer_commits_what_queued_together_and_a_bad_job_fails_alone(tmp_path):
+    store = make_store(tmp_path)
+    writer = store.writer
+    started, gate = threading.Event(), threading.Event()
+    writer.submit(lambda db: started.set() or gate.wait(10))  # holds the writer while the next jobs queue up
+    assert started.wait(10)
+    commits = writer.commits
+    calls = [ServerCall(f"c{i}", DeviceRef("door", "d"), {}, ("alice",), True, OFFER, time.time(), 30)
+             for i in range(20)]
+    futures = [store.record_call(call, None) for call in calls]
+    bad = writer.submit(lambda db: db.execute("INSERT INTO nowhere VALUES (1)"))
+    gate.set()
+    for future in futures:
+        future.result(timeout=10)
+    with pytest.raises(sqlite3.OperationalError):
+        bad.result(timeout=10)
+    assert writer.commits - commits == 2  # the gate's own, then the 21 queued jobs in one
+    assert len(store.list_calls(None, 100, None)) == 20
+
+
+def test_a_commit_the_disk_refuses_fails_every_job_in_it(tmp_path):
+    store = make_store(tmp_path)
+    store.writer.submit(lambda db: db.execute("PRAGMA query_only = ON")).result(timeout=10)
+    call = ServerCall("c1", DeviceRef("door", "d"), {}, ("alice",), True, OFFER, time.time(), 30)
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        store.record_call(call, None).result(timeout=10)
+    assert store.list_calls(None, 10, None) == []

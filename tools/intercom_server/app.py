@@ -441,5 +441,6 @@ async def _health(request: web.Request) -> web.Response:
     if given is None or not hmac.compare_digest(given.encode(), request.app[API_TOKEN].encode()):
         return web.json_response({"ok": True})
     hub = request.app[HUB]
+    await request.app[STORE].flushed()  # the writes queued until now have told of their failures
     return web.json_response({"ok": True, "connected_devices": len(hub.devices), "live_calls": len(hub.calls),
                               "store_errors": hub.store_errors, "last_store_error": hub.last_store_error})

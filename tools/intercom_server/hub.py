@@ -17,6 +17,7 @@ import secrets
 import sqlite3
 import time
 from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable
@@ -331,9 +332,7 @@ class Hub:
         if device is not None and self.devices.get(device) is conn:
             del self.devices[device]
         log.info("closing %s/%s: %s", device.user_id if device else "?", device.device_id if device else "?", why)
-        task = asyncio.get_running_loop().create_task(conn.close(m.CLOSE_TOKEN_REVOKED, why))
-        self._actions.add(task)
-        task.add_done_callback(self._actions.discard)
+        self._spawn(conn.close(m.CLOSE_TOKEN_REVOKED, why))
         if device is not None:
             now = time.time()
             for call in list(self.calls.values()):
@@ -389,17 +388,18 @@ class Hub:
             ring_timeout_s=ring_timeout_s, snapshot_url=f"/v1/direct_calls/{call_id}/snapshot" if snapshot else None)
         return call, snapshot, unknown
 
-    def _store(self, what: str, write: Callable[..., Any], *args: Any) -> bool:
-        """A write that must not stop the call: a full disk or a read-only database is logged
-        and counted, and the ring, the answer and the hang-up go on."""
-        try:
-            write(*args)
-            return True
-        except (sqlite3.Error, OSError) as exc:
-            self.store_errors += 1
-            self.last_store_error = f"{what}: {exc}"
-            log.error("could not %s: %s", what, exc)
-            return False
+    def _store(self, what: str, written: "Future[Any]") -> None:
+        """A write that must not stop the call: the ring, the answer and the hang-up go on
+        while it is committed, and a full disk or a read-only database is logged and counted."""
+        def done(result: "asyncio.Future[Any]") -> None:
+            if not result.cancelled() and result.exception() is not None:
+                self._store_failed(what, result.exception())
+        asyncio.wrap_future(written).add_done_callback(done)
+
+    def _store_failed(self, what: str, exc: BaseException | None) -> None:
+        self.store_errors += 1
+        self.last_store_error = f"{what}: {exc}"
+        log.error("could not %s: %s", what, exc)
 
     def _on_dial(self, conn: Connection, req: Request) -> None:
         """Ring first, store after: the phones are rung before the call is written, so a
@@ -420,7 +420,7 @@ class Hub:
                  len(devices), f"; not callers' users: {', '.join(unknown)}" if unknown else "")
         self._deliver(call, call.ring(devices, now))
         if not call.ended:
-            self._store("record the call", self.store.record_call, call, snapshot)
+            self._store("record the call", self.store.record_call(call, snapshot))
 
     def _on_missed(self, conn: Connection, req: Request) -> None:
         """A door reports a press it made while it could not reach the server."""
@@ -429,14 +429,30 @@ class Hub:
             raise ProtocolError(ErrorCode.FORBIDDEN, "only a door station reports missed presses", req.id)
         pressed_at = datetime.fromisoformat(req.body["pressed_at"]).timestamp()
         call, snapshot, _ = self._new_call(conn, req, pressed_at, 0.0)
-        self.store.record_call(call, snapshot)
         devices = sorted(d for d in self.devices if d.user_id in call.callees)
         sends = call.missed(devices, time.time())
-        self.store.finish_call(call)
+        self._spawn(self._store_missed(conn, req, call, snapshot, sends))
+
+    async def _store_missed(self, conn: Connection, req: Request, call: ServerCall, snapshot: bytes | None,
+                            sends: list[Send]) -> None:
+        """The door forgets a press once it has `ok`: the record is on disk before that, or
+        the door keeps the press for its next connection."""
+        try:
+            await asyncio.wrap_future(self.store.finish_call(call, snapshot))
+        except (sqlite3.Error, OSError) as exc:
+            self._store_failed("record a missed press", exc)
+            conn.send(m.error(req.id, ErrorCode.INTERNAL, "the press could not be stored; report it again later"))
+            return
         self._remember(call)
         conn.send(m.ok(req.id, call_id=call.call_id))
+        assert conn.user is not None
         log.info("%s reports a press at %s while offline: %s", conn.user["user_id"], req.body["pressed_at"], call.call_id)
         self._deliver(call, sends)
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._actions.add(task)
+        task.add_done_callback(self._actions.discard)
 
     @staticmethod
     def _may_call(caller: dict[str, Any], callee: dict[str, Any]) -> bool:
@@ -453,9 +469,7 @@ class Hub:
         call = self._call_for(conn, req)
         picture = _decode_snapshot(req)
         sends = call.add_snapshot(conn.device, f"/v1/direct_calls/{call.call_id}/snapshot", time.time())  # type: ignore[arg-type]
-        if not self._store("store the visitor's picture", self.store.set_snapshot, call.call_id, picture):
-            call.snapshot_url = None
-            raise ProtocolError(ErrorCode.INTERNAL, "the picture could not be stored; the call goes on")
+        self._store("store the visitor's picture", self.store.set_snapshot(call.call_id, picture))
         conn.send(m.ok(req.id))
         self._deliver(call, sends)
 
@@ -464,7 +478,7 @@ class Hub:
         sends = call.accept(conn.device, req.body["answer"], time.time())  # type: ignore[arg-type]
         conn.send(m.ok(req.id))
         self._deliver(call, sends)
-        self._store("record the answer", self.store.accept_call, call)
+        self._store("record the answer", self.store.accept_call(call))
 
     def _on_decline(self, conn: Connection, req: Request) -> None:
         call = self._call_for(conn, req)
@@ -495,16 +509,7 @@ class Hub:
         if door_conn is None:
             self._audit(conn, call_id, door, "failed", "the door station is not connected", now)
             raise ProtocolError(ErrorCode.CONFLICT, "the door station is not connected", req.id)
-        # Fail closed: the entry is on disk before the door is asked, or the door stays shut.
-        try:
-            entry = self._audit(conn, call_id, door, "opening", "asked the door; no answer recorded yet", now,
-                                must=True)
-        except (sqlite3.Error, OSError):
-            raise ProtocolError(ErrorCode.INTERNAL, "the door log cannot be written, so the door was not opened",
-                                req.id) from None
-        task = asyncio.get_running_loop().create_task(self._open_door(conn, req, door_conn, entry))
-        self._actions.add(task)
-        task.add_done_callback(self._actions.discard)
+        self._spawn(self._open_door(conn, req, door_conn, now))
 
     def _door_of(self, conn: Connection, call: ServerCall | None, now: float) -> DeviceRef:
         """The door device of a call this resident's device answered or placed, or `forbidden`."""
@@ -528,9 +533,16 @@ class Hub:
             raise ProtocolError(ErrorCode.FORBIDDEN, f"the call ended more than {window:g} s ago")
         return door
 
-    async def _open_door(self, conn: Connection, req: Request, door_conn: Connection, entry: int) -> None:
+    async def _open_door(self, conn: Connection, req: Request, door_conn: Connection, now: float) -> None:
         assert conn.user is not None and conn.device is not None and door_conn.device is not None
         call_id = req.body["call_id"]
+        # Fail closed: the entry is on disk before the door is asked, or the door stays shut.
+        try:
+            entry = await asyncio.wrap_future(self._audit(conn, call_id, door_conn.device, "opening",
+                                                          "asked the door; no answer recorded yet", now))
+        except (sqlite3.Error, OSError):
+            conn.send(m.error(req.id, ErrorCode.INTERNAL, "the door log cannot be written, so the door was not opened"))
+            return
         rid = "srv_" + secrets.token_hex(6)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         door_conn.pending[rid] = fut
@@ -558,29 +570,23 @@ class Hub:
         conn.send(m.error(req.id, code, f"the door refused: {message}"))
 
     def _audit(self, conn: Connection, call_id: str, door: DeviceRef | None, outcome: str, detail: str | None,
-               now: float, must: bool = False) -> int:
-        """One entry of the site's door log. `must`: the write's failure is raised (an
-        opening is refused without its entry); otherwise it is logged and counted."""
+               now: float) -> "Future[int]":
+        """One entry of the site's door log; its failure is logged and counted (and an opening
+        waits for it, see `_open_door`)."""
         assert conn.user is not None and conn.device is not None
         log.info("open_door by %s/%s for %s: %s%s", conn.device.user_id, conn.device.device_id, call_id, outcome,
                  f" ({detail})" if detail else "")
-        try:
-            return self.store.audit(site_id=conn.user["site_id"], at=now, action="open_door", outcome=outcome,
-                                    by=conn.device, call_id=call_id, door_id=door.user_id if door else None,
-                                    detail=detail)
-        except (sqlite3.Error, OSError) as exc:
-            self.store_errors += 1
-            self.last_store_error = f"write the door log: {exc}"
-            log.error("could not write the door log: %s", exc)
-            if must:
-                raise
-            return 0
+        written = self.store.audit(site_id=conn.user["site_id"], at=now, action="open_door", outcome=outcome,
+                                   by=conn.device, call_id=call_id, door_id=door.user_id if door else None,
+                                   detail=detail)
+        self._store("write the door log", written)
+        return written
 
     def _settle(self, conn: Connection, entry: int, call_id: str, outcome: str, detail: str | None) -> None:
         assert conn.device is not None
         log.info("open_door by %s/%s for %s: %s%s", conn.device.user_id, conn.device.device_id, call_id, outcome,
                  f" ({detail})" if detail else "")
-        self._store("write the door's answer to the door log", self.store.settle_audit, entry, outcome, detail)
+        self._store("write the door's answer to the door log", self.store.settle_audit(entry, outcome, detail))
 
     # -- delivery --------------------------------------------------------------------------
 
@@ -594,7 +600,7 @@ class Hub:
             self._remember(call)
             for timer in self._timers.pop(call.call_id, []):
                 timer.cancel()
-            self._store("record the call's end", self.store.finish_call, call)
+            self._store("record the call's end", self.store.finish_call(call))
             log.info("%s ended: %s", call.call_id, call.end_reason)
 
     def _remember(self, call: ServerCall) -> None:

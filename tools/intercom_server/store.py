@@ -1,8 +1,10 @@
 """What the server keeps: sites, users, access tokens (as hashes only) and finished calls.
 
 SQLite in WAL mode: one file an installer can back up, crash-safe, fast enough for a building.
-Writes are tiny and local, so they run on the event loop's thread; the store is also used
-directly by `intercom-server` shell commands while the server runs (WAL allows it).
+What changes with every call (its record, its answer and end, the door log) is written by the
+`Writer` thread, many commits to one fsync, so the event loop never waits on the disk; those
+writes return futures. Sites, users and tokens change rarely and are written directly. The
+store is also used by `intercom-server` shell commands while the server runs (WAL allows it).
 
 The file holds token hashes, visitors' pictures and the door log: it is made 0600 (SQLite
 gives its -wal and -shm files the same mode).
@@ -10,6 +12,7 @@ gives its -wal and -shm files the same mode).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -18,10 +21,13 @@ import re
 import secrets
 import sqlite3
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Iterable
 
 from intercom.core.calls import DeviceRef, ServerCall, iso
+
+from .writer import Writer
 
 USER_KINDS = ("door", "resident")
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"
@@ -131,6 +137,7 @@ class Store:
             self.db.execute("PRAGMA foreign_keys=ON")
             self.db.execute("PRAGMA busy_timeout=5000")
             self.db.executescript(SCHEMA)
+            self.writer = Writer(self.path)
         except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(f"cannot open the database {self.path}: {exc}") from None
 
@@ -149,7 +156,17 @@ class Store:
         token revoke` in a shell) commits, so the server notices without polling the tables."""
         return int(self.db.execute("PRAGMA data_version").fetchone()[0])
 
+    async def flushed(self) -> None:
+        """Resume once every write queued so far is committed or has failed (and the loop has
+        run what waited on it)."""
+        try:
+            await asyncio.wrap_future(self.writer.submit(lambda db: None))
+        except (sqlite3.Error, OSError):
+            pass  # a database that refuses writes still has its queue drained
+
     def close(self) -> None:
+        """Commits what is queued, then closes both connections."""
+        self.writer.close()
         self.db.close()
 
     # -- sites and users -------------------------------------------------------------------
@@ -339,41 +356,53 @@ class Store:
 
     # -- calls -----------------------------------------------------------------------------
 
-    def record_call(self, call: ServerCall, snapshot: bytes | None) -> None:
+    # Each write below reads the call on the loop's thread, now, and hands plain values to the
+    # writer: the call goes on changing while the write waits its turn.
+
+    @staticmethod
+    def _insert_call(call: ServerCall, snapshot: bytes | None) -> Any:
+        row = (call.call_id, call.caller.user_id, call.caller.device_id, json.dumps(list(call.callees)),
+               int(call.video), call.created_at, snapshot)
+        parties = [(call.call_id, u) for u in (call.caller.user_id, *call.callees)]
+
+        def insert(db: sqlite3.Connection) -> None:
+            db.execute("INSERT OR IGNORE INTO calls (call_id, caller_id, caller_device, callees, video, created_at, "
+                       "snapshot) VALUES (?, ?, ?, ?, ?, ?, ?)", row)
+            db.executemany("INSERT OR IGNORE INTO call_parties VALUES (?, ?)", parties)
+        return insert
+
+    def record_call(self, call: ServerCall, snapshot: bytes | None) -> "Future[None]":
         """Written at the dial, so a crash mid-call leaves a trace that start-up closes."""
-        with self.db:
-            self.db.execute("BEGIN")
-            self.db.execute(
-                "INSERT INTO calls (call_id, caller_id, caller_device, callees, video, created_at, snapshot) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (call.call_id, call.caller.user_id, call.caller.device_id, json.dumps(list(call.callees)),
-                 int(call.video), call.created_at, snapshot))
-            self.db.executemany("INSERT OR IGNORE INTO call_parties VALUES (?, ?)",
-                                [(call.call_id, u) for u in (call.caller.user_id, *call.callees)])
+        return self.writer.submit(self._insert_call(call, snapshot))
 
-    def set_snapshot(self, call_id: str, snapshot: bytes) -> None:
-        self.db.execute("UPDATE calls SET snapshot = ? WHERE call_id = ?", (snapshot, call_id))
+    def set_snapshot(self, call_id: str, snapshot: bytes) -> "Future[None]":
+        return self.writer.submit(
+            lambda db: db.execute("UPDATE calls SET snapshot = ? WHERE call_id = ?", (snapshot, call_id)))
 
-    def accept_call(self, call: ServerCall) -> None:
+    def accept_call(self, call: ServerCall) -> "Future[None]":
         """Written when it happens: a crash mid-call leaves a record that says who answered."""
         accepted = call.accepted_by
         assert accepted is not None
-        self.db.execute("UPDATE calls SET accepted_by_user = ?, accepted_by_device = ?, accepted_at = ? "
-                        "WHERE call_id = ?", (accepted.user_id, accepted.device_id, call.accepted_at, call.call_id))
+        values = (accepted.user_id, accepted.device_id, call.accepted_at, call.call_id)
+        return self.writer.submit(lambda db: db.execute(
+            "UPDATE calls SET accepted_by_user = ?, accepted_by_device = ?, accepted_at = ? WHERE call_id = ?",
+            values))
 
-    def finish_call(self, call: ServerCall) -> None:
+    def finish_call(self, call: ServerCall, snapshot: bytes | None = None) -> "Future[None]":
         """The call's end; a call whose first write had failed (the bell rang anyway) is
-        recorded whole now."""
-        if self.db.execute("SELECT 1 FROM calls WHERE call_id = ?", (call.call_id,)).fetchone() is None:
-            self.record_call(call, None)
+        recorded whole now (a missed press is recorded whole at once, with its picture)."""
+        insert = self._insert_call(call, snapshot)
         by = call.ended_by
         accepted = call.accepted_by
-        self.db.execute(
-            "UPDATE calls SET accepted_by_user = ?, accepted_by_device = ?, accepted_at = ?, ended_at = ?, "
-            "end_reason = ?, ended_by_user = ?, ended_by_device = ?, timeline = ? WHERE call_id = ?",
-            (accepted.user_id if accepted else None, accepted.device_id if accepted else None, call.accepted_at,
-             call.ended_at, str(call.end_reason), by.user_id if by else None, by.device_id if by else None,
-             json.dumps([{"at": iso(t), "event": e, **d} for t, e, d in call.timeline]), call.call_id))
+        values = (accepted.user_id if accepted else None, accepted.device_id if accepted else None, call.accepted_at,
+                  call.ended_at, str(call.end_reason), by.user_id if by else None, by.device_id if by else None,
+                  json.dumps([{"at": iso(t), "event": e, **d} for t, e, d in call.timeline]), call.call_id)
+
+        def finish(db: sqlite3.Connection) -> None:
+            insert(db)
+            db.execute("UPDATE calls SET accepted_by_user = ?, accepted_by_device = ?, accepted_at = ?, ended_at = ?, "
+                       "end_reason = ?, ended_by_user = ?, ended_by_device = ?, timeline = ? WHERE call_id = ?", values)
+        return self.writer.submit(finish)
 
     def close_interrupted_calls(self) -> int:
         """Calls live when the server last stopped can no longer be reached: they end `unknown`."""
@@ -408,16 +437,19 @@ class Store:
                      "timeline, snapshot IS NOT NULL AS has_snapshot")
 
     def get_call(self, call_id: str) -> dict[str, Any]:
+        self.writer.wait_idle()
         row = self.db.execute(f"SELECT {self._CALL_COLUMNS} FROM calls WHERE call_id = ?", (call_id,)).fetchone()
         if row is None:
             raise NotFound(f"no call '{call_id}'")
         return self._call_json(row, timeline=True)
 
     def call_parties(self, call_id: str) -> list[str]:
+        self.writer.wait_idle()
         return [r[0] for r in self.db.execute("SELECT user_id FROM call_parties WHERE call_id = ?", (call_id,))]
 
     def list_calls(self, user_id: str | None, limit: int, before: tuple[float, str] | None) -> list[dict[str, Any]]:
         """Newest first; `before` is the (created_at, call_id) of the last call of the previous page."""
+        self.writer.wait_idle()
         where, args = [], []  # type: list[str], list[Any]
         if user_id is not None:
             where.append("call_id IN (SELECT call_id FROM call_parties WHERE user_id = ?)")
@@ -433,6 +465,7 @@ class Store:
         return [{**self._call_json(r, timeline=False), "_cursor": (r["ts"], r["call_id"])} for r in rows]
 
     def snapshot(self, call_id: str) -> bytes:
+        self.writer.wait_idle()
         row = self.db.execute("SELECT snapshot FROM calls WHERE call_id = ?", (call_id,)).fetchone()
         if row is None or row["snapshot"] is None:
             raise NotFound(f"no snapshot for call '{call_id}'")
@@ -448,19 +481,24 @@ class Store:
     # -- the door's audit log ----------------------------------------------------------------
 
     def audit(self, site_id: str, at: float, action: str, outcome: str, by: DeviceRef, call_id: str,
-              door_id: str | None, detail: str | None) -> int:
-        cur = self.db.execute(
-            "INSERT INTO audit (site_id, at, action, outcome, user_id, device_id, call_id, door_id, detail) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (site_id, at, action, outcome, by.user_id, by.device_id, call_id, door_id, detail))
-        return int(cur.lastrowid or 0)
+              door_id: str | None, detail: str | None) -> "Future[int]":
+        """An entry of the door log; the future gives its id once it is on disk."""
+        values = (site_id, at, action, outcome, by.user_id, by.device_id, call_id, door_id, detail)
 
-    def settle_audit(self, audit_id: int, outcome: str, detail: str | None) -> None:
+        def insert(db: sqlite3.Connection) -> int:
+            cur = db.execute("INSERT INTO audit (site_id, at, action, outcome, user_id, device_id, call_id, door_id, "
+                             "detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
+            return int(cur.lastrowid or 0)
+        return self.writer.submit(insert)
+
+    def settle_audit(self, audit_id: int, outcome: str, detail: str | None) -> "Future[None]":
         """The outcome of an opening whose entry was written before the door was asked."""
-        self.db.execute("UPDATE audit SET outcome = ?, detail = ? WHERE audit_id = ?", (outcome, detail, audit_id))
+        return self.writer.submit(lambda db: db.execute("UPDATE audit SET outcome = ?, detail = ? WHERE audit_id = ?",
+                                                        (outcome, detail, audit_id)))
 
     def list_audit(self, site_id: str, limit: int, before: int | None) -> list[dict[str, Any]]:
         """Newest first; `before` is the audit_id of the last entry of the previous page."""
+        self.writer.wait_idle()
         self.get_site(site_id)
         rows = self.db.execute(
             "SELECT * FROM audit WHERE site_id = ? AND audit_id < ? ORDER BY audit_id DESC LIMIT ?",
