@@ -2,7 +2,7 @@
 
 import pytest
 
-from intercom.core.calls import CallError, CallState, ClientCall, DeviceRef, InvalidTransition, ServerCall
+from intercom.core.calls import LINK_GRACE_S, CallError, CallState, ClientCall, DeviceRef, InvalidTransition, ServerCall
 from intercom.core.messages import ErrorCode
 
 from .conftest import ANSWER, OFFER
@@ -215,3 +215,51 @@ def test_client_call_refuses_illegal_steps(steps):
         getattr(call, step)()
     with pytest.raises(InvalidTransition):
         getattr(call, last)()
+
+
+# -- a party's own clocks: the fault cases, against a given clock -----------------------------
+
+
+def test_a_caller_gives_up_by_its_own_deadline_when_the_server_never_says_no_answer():
+    call = ClientCall.dial(now=100.0, ring_timeout_s=30)
+    call.dialed("c1")
+    call.ringing()
+    assert call.deadline() == 135.0  # the ring timeout plus the margin
+    assert call.expire(134.9) is None and call.live
+    assert call.expire(135.0) == "no_answer"
+    assert call.state is CallState.ENDED and call.unanswered and call.claims() == []
+
+
+def test_a_ring_whose_link_is_gone_gives_up_but_an_answered_call_waits_for_its_media():
+    ringing = ClientCall.dial(now=0.0, ring_timeout_s=60)
+    ringing.dialed("c1")
+    ringing.link_lost(10.0)
+    assert ringing.deadline() == 10.0 + LINK_GRACE_S
+    assert ringing.expire(10.0 + LINK_GRACE_S) == "connection_lost" and ringing.unanswered
+    answered = ClientCall.dial(now=0.0, ring_timeout_s=60)
+    answered.dialed("c2")
+    answered.ringing()
+    answered.accepted()
+    answered.media_connected()
+    answered.link_lost(10.0)
+    assert answered.deadline() is None and answered.expire(1e9) is None and answered.live
+    assert answered.claims() == ["c2"]
+
+
+def test_signing_in_again_keeps_a_listed_call_and_ends_a_forgotten_one():
+    kept = ClientCall.dial(now=0.0, ring_timeout_s=60)
+    kept.dialed("c1")
+    kept.link_lost(5.0)
+    assert kept.signed_in({"c1", "other"}) is None and kept.live
+    assert kept.link_lost_at is None and kept.deadline() == 65.0  # the link clock stopped
+    forgotten = ClientCall.incoming("c2", {"user_id": "door"}, now=0.0, expires_in_s=30)
+    forgotten.accepted()
+    assert forgotten.signed_in(set()) == "connection_lost" and not forgotten.live
+    assert not forgotten.unanswered  # a callee's end plays nothing at a door
+
+
+def test_a_ring_stops_at_its_lifetime_and_a_call_without_an_id_is_not_claimed():
+    ring = ClientCall.incoming("c1", {"user_id": "door"}, now=50.0, expires_in_s=12.5)
+    assert ring.deadline() == 62.5 and ring.expire(62.5) == "no_answer" and not ring.unanswered
+    dialing = ClientCall.dial(now=0.0, ring_timeout_s=30)
+    assert dialing.claims() == [] and dialing.signed_in(set()) is None and dialing.live

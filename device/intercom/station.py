@@ -7,10 +7,11 @@ crossing an `accepted`: each is handled after the previous one is complete.
 
 The camera, speaker and pins live as long as the daemon; a call only borrows them.
 
-The door keeps its own clocks and never trusts the server to remember: its ring has a
-deadline of its own, a dial whose reply comes too late is ended, and each time it signs in it
-tells the server which call it holds and ends the one the server no longer knows. A call that
-was answered survives the loss of the signaling link while its media flows.
+The door keeps its own clocks and never trusts the server to remember; the rules are the
+shared core's `ClientCall` (its ring deadline, the ring that gives up when the link is gone,
+the call the server no longer lists), and this class arms the one timer the call asks for
+and carries out what it decides. A dial whose reply comes too late is ended. A call that was
+answered survives the loss of the signaling link while its media flows.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 
 from .config import DoorConfig
-from .core.calls import CallState, ClientCall, iso
+from .core.calls import LINK_GRACE_S, CallState, ClientCall, iso
 from .core.messages import EndReason, ErrorCode, ProtocolError
 from .directory import site_users, unknown_residents
 from .media.audio import AlsaCaptureTrack, Speaker, ToneTrack
@@ -38,13 +39,6 @@ from .signaling import NotConnected, RequestFailed, SignalingClient
 
 log = logging.getLogger("intercom.station")
 
-#: How long a ring may outlive a lost server connection before the door gives it up (nobody
-#: can answer through a server that is gone); the server's own grace period decides first.
-#: An answered call is not given up for that: its media decides.
-LOST_SERVER_GRACE_S = 15.0
-#: The door's own ring deadline is the ring group's timeout plus this: the server's `no_answer`
-#: normally comes first, but a server that crashed or froze meanwhile never sends it.
-RING_MARGIN_S = 5.0
 #: Presses kept while the server is unreachable, to report once it is back (oldest dropped).
 MAX_MISSED = 20
 
@@ -85,6 +79,8 @@ class Station:
         self.last_error: str | None = None
         self.reloads = 0
         self._call_timers: list[asyncio.TimerHandle] = []
+        #: The live call's own clock (`ClientCall.deadline`): at most one armed at a time.
+        self._clock: asyncio.TimerHandle | None = None
         self._snapshot_task: asyncio.Task[None] | None = None
         self._pressed_mono = 0.0
         self._pressed_at = 0.0
@@ -165,8 +161,34 @@ class Station:
 
     def _claims(self) -> list[str]:
         """The call this process holds, told to the server at every sign-in."""
-        call = self.call
-        return [call.call_id] if call is not None and call.live and call.call_id else []
+        return self.call.claims() if self.call is not None else []
+
+    def _arm_clock(self, call: ClientCall) -> None:
+        """One timer at the call's next deadline; it posts to the inbox like every event."""
+        if self._clock is not None:
+            self._clock.cancel()
+            self._clock = None
+        deadline = call.deadline()
+        if deadline is not None and call is self.call:
+            self._clock = self.loop.call_later(max(0.0, deadline - time.monotonic()),
+                                               lambda: self._inbox.put_nowait(("clock", call)))
+
+    async def _on_clock(self, call: ClientCall) -> None:
+        if call is not self.call:
+            return
+        reason = call.expire(time.monotonic())
+        if reason is None:
+            self._arm_clock(call)
+            return
+        if reason == EndReason.NO_ANSWER:
+            log.warning("call %s: no answer and no word from the server by the door's own deadline: giving up",
+                        call.call_id)
+        else:
+            log.warning("server gone for %.0fs while ringing: nobody can answer; giving up", LINK_GRACE_S)
+        await self._teardown(reason)
+        if call.call_id and self.client.connected.is_set():
+            self._spawn_end(call.call_id)
+        await self._unanswered(reason)
 
     def _connection_changed(self, up: bool) -> None:
         self._show()
@@ -174,9 +196,9 @@ class Station:
             self._inbox.put_nowait(("resync", list(self.client.session_info.get("calls") or [])))
             self._inbox.put_nowait(("report_missed", None))
             self._spawn_check()
-        elif self.call is not None and self.call.live and self.call.state in (CallState.DIALING, CallState.RINGING):
-            call = self.call
-            self.loop.call_later(LOST_SERVER_GRACE_S, lambda: self._inbox.put_nowait(("server_lost", call)))
+        elif self.call is not None and self.call.live:
+            self.call.link_lost(time.monotonic())
+            self._arm_clock(self.call)
 
     def _spawn_check(self) -> None:
         task = self.loop.create_task(self._check_ring_groups(), name="check-ring-groups")
@@ -198,7 +220,7 @@ class Station:
 
     async def _work(self) -> None:
         handlers = {"press": self._on_press, "event": self._on_event, "media": self._on_media,
-                    "server_lost": self._on_server_lost, "hangup": self._on_hangup, "timer": self._on_timer,
+                    "clock": self._on_clock, "hangup": self._on_hangup, "timer": self._on_timer,
                     "report_missed": self._report_missed, "resync": self._on_resync}
         while True:
             kind, data = await self._inbox.get()
@@ -249,6 +271,10 @@ class Station:
             try:
                 reply = await self.client.request("missed", **body)
             except RequestFailed as exc:
+                if exc.code == ErrorCode.INTERNAL:  # the server could not store it: try again later
+                    log.warning("the server could not store the press from %s: %s; keeping it",
+                                body["pressed_at"], exc)
+                    return
                 log.error("the server refused a missed press from %s: %s; dropping it", body["pressed_at"], exc)
             except (NotConnected, asyncio.TimeoutError):
                 return  # reported at the next connection
@@ -280,12 +306,11 @@ class Station:
         network, decide how fast the phones rang."""
         ring = self.config.ring_groups[group]
         self.group = group
-        call = self.call = ClientCall(role="caller")
+        # The call's own ring deadline: a server that dies or freezes while it rings never
+        # says `no_answer`, and the visitor must not hear the ringback for ever.
+        call = self.call = ClientCall.dial(time.monotonic(), ring.timeout_s)
+        self._arm_clock(call)
         self._show()
-        # The door's own deadline: a server that dies or freezes while it rings never says
-        # `no_answer`, and the visitor must not hear the ringback for ever.
-        deadline = ring.timeout_s + RING_MARGIN_S
-        self._call_timers = [self.loop.call_later(deadline, lambda: self._inbox.put_nowait(("timer", ("ring", call))))]
         pc = self.pc = self._new_peer()
         snapshot = self.loop.create_task(self.camera.snapshot_jpeg(), name="snapshot")
         await self._gather(pc)
@@ -427,9 +452,8 @@ class Station:
         elif kind == "ended":
             reason = event.get("reason", EndReason.UNKNOWN)
             log.info("call %s ended: %s", call.call_id, reason)
-            was_ringing = call.state in (CallState.DIALING, CallState.RINGING)
             await self._teardown(reason)
-            if call.role == "caller" and was_ringing:
+            if call.unanswered:
                 await self._unanswered(reason)
 
     async def _unanswered(self, reason: str) -> None:
@@ -445,8 +469,7 @@ class Station:
         """The maximum call time counts from the answer; the warning tone comes before it."""
         call = self.call
         assert call is not None
-        for timer in self._call_timers:  # the ring deadline no longer applies
-            timer.cancel()
+        self._arm_clock(call)  # answered: the ring's clocks stop
         limit, warn = self.config.max_call_s, self.config.warning_before_s
         self._call_timers = [
             self.loop.call_later(limit - warn, lambda: self._inbox.put_nowait(("timer", ("warning", call)))),
@@ -458,16 +481,6 @@ class Station:
         if call is not self.call or not call.live:
             return
         call_id = call.call_id
-        if what == "ring":
-            if call.state not in (CallState.DIALING, CallState.RINGING):
-                return
-            log.warning("call %s: no answer and no word from the server %.0fs after the dial: giving up",
-                        call_id, self.config.ring_groups[self.group].timeout_s + RING_MARGIN_S)
-            await self._teardown(EndReason.NO_ANSWER)
-            if call_id:
-                self._spawn_end(call_id)
-            await self._unanswered(EndReason.NO_ANSWER)
-            return
         if what == "warning":
             log.info("call %s ends in %.0fs", call_id, self.config.warning_before_s)
             self.speaker.tone("warning")
@@ -516,26 +529,21 @@ class Station:
             return EndReason.CANCELED
         return EndReason.COMPLETED
 
-    async def _on_server_lost(self, call: ClientCall) -> None:
-        if call is self.call and call.live and call.state in (CallState.DIALING, CallState.RINGING) \
-                and not self.client.connected.is_set():
-            log.warning("server gone for %.0fs while ringing: nobody can answer; giving up", LOST_SERVER_GRACE_S)
-            await self._teardown(EndReason.CONNECTION_LOST)
-            self.speaker.tone("no_answer")
-
     async def _on_resync(self, calls: list[dict[str, Any]]) -> None:
         """Signed in again: a call the server no longer knows (it restarted, or ended the call
         while the link was down) is over here too, instead of ringing or filming for nobody."""
         call = self.call
-        if call is None or not call.live or not call.call_id:
+        if call is None or not call.live:
             return
-        if call.call_id in {c.get("call_id") for c in calls if isinstance(c, dict)}:
-            log.info("call %s goes on after the reconnection", call.call_id)
+        reason = call.signed_in({str(c.get("call_id")) for c in calls if isinstance(c, dict)})
+        self._arm_clock(call)
+        if reason is None:
+            if call.call_id:
+                log.info("call %s goes on after the reconnection", call.call_id)
             return
-        was_ringing = call.role == "caller" and call.state in (CallState.DIALING, CallState.RINGING)
         log.warning("the server no longer knows call %s: ending it", call.call_id)
-        await self._teardown(EndReason.CONNECTION_LOST)
-        if was_ringing:
+        await self._teardown(reason)
+        if call.unanswered:
             self.speaker.tone("no_answer")
 
     def _spawn_end(self, call_id: str) -> None:
@@ -560,6 +568,9 @@ class Station:
         for timer in self._call_timers:
             timer.cancel()
         self._call_timers = []
+        if self._clock is not None:
+            self._clock.cancel()
+            self._clock = None
         if self._snapshot_task is not None:
             self._snapshot_task.cancel()
             self._snapshot_task = None

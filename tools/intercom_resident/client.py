@@ -30,6 +30,9 @@ from intercom.signaling import NotConnected, RequestFailed, SignalingClient
 
 log = logging.getLogger("intercom.resident")
 
+#: The server's default ring timeout: a door answers a look outside at once, or declines.
+LOOK_OUTSIDE_RING_S = 30.0
+
 
 @dataclass
 class Policy:
@@ -107,6 +110,8 @@ class Resident:
         self._accepted_at = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing: asyncio.Task[None] | None = None
+        #: The live call's own clock (`ClientCall.deadline`).
+        self._clock: asyncio.TimerHandle | None = None
 
     async def run(self) -> None:
         runner = asyncio.get_running_loop().create_task(self.client.run())
@@ -119,23 +124,30 @@ class Resident:
             await asyncio.gather(runner, return_exceptions=True)
 
     def _claims(self) -> list[str]:
-        call = self.call
-        return [call.call_id] if call is not None and call.live and call.call_id else []
+        return self.call.claims() if self.call is not None else []
 
     def _connection(self, up: bool) -> None:
+        """The call's rules (the shared core's `ClientCall`) decide what a lost or regained
+        link means for it; a call the server no longer lists is over here too."""
         self.report("online" if up else "offline", {"device_id": self.client.device_id})
-        if up:
-            # Signed in again: a call the server no longer knows is over here too.
-            live = {c.get("call_id") for c in self.client.session_info.get("calls") or [] if isinstance(c, dict)}
-            call = self.call
-            if call is not None and call.live and call.call_id and call.call_id not in live:
-                self._finish("connection_lost", call)
+        call = self.call
+        if call is not None and call.live:
+            if up:
+                live = {str(c.get("call_id")) for c in self.client.session_info.get("calls") or []
+                        if isinstance(c, dict)}
+                reason = call.signed_in(live)
+                if reason is not None:
+                    self._closed(call, str(reason))
+            else:
+                call.link_lost(time.monotonic())
+            self._arm_clock(call)
         if up and self.policy.look_outside and self.call is None:
             self._spawn(self._look_outside(self.policy.look_outside))
 
     async def _look_outside(self, door: str) -> None:
         """Call the door: it answers by itself for residents it allows, and shows the street."""
-        call = self.call = ClientCall(role="caller")
+        call = self.call = ClientCall.dial(time.monotonic(), LOOK_OUTSIDE_RING_S)
+        self._arm_clock(call)
         self.reception = Reception()
         pc = self.pc = RTCPeerConnection(rtc_configuration(self.client.ice_servers))
         pc.on("track", self._track)
@@ -168,12 +180,13 @@ class Resident:
             if self.call is not None and self.call.live:
                 self._spawn(self.client.request("decline", call_id=event["call_id"]))  # busy
                 return
-            self.call = ClientCall.incoming(event["call_id"], event["caller"])
-            self.reception = Reception()
             lifetime = event.get("expires_in_s")
-            if isinstance(lifetime, (int, float)) and not isinstance(lifetime, bool):
-                # The ring's own clock: it stops by itself if its `ended` never comes.
-                asyncio.get_running_loop().call_later(max(0.0, lifetime), self._ring_expired, self.call)
+            if not isinstance(lifetime, (int, float)) or isinstance(lifetime, bool):
+                lifetime = None
+            # The ring's own clock: it stops by itself if its `ended` never comes.
+            self.call = ClientCall.incoming(event["call_id"], event["caller"], time.monotonic(), lifetime)
+            self._arm_clock(self.call)
+            self.reception = Reception()
             self.report("incoming", {"call_id": event["call_id"], "caller": event["caller"],
                                      "snapshot_url": event.get("snapshot_url")})
             if event.get("snapshot_url"):
@@ -188,9 +201,23 @@ class Resident:
         elif kind == "missed":
             self.report("missed", {k: event.get(k) for k in ("call_id", "caller", "pressed_at", "snapshot_url")})
 
-    def _ring_expired(self, call: ClientCall) -> None:
-        if call is self.call and call.state is CallState.RINGING:
-            self._finish("no_answer", call)
+    def _arm_clock(self, call: ClientCall) -> None:
+        if self._clock is not None:
+            self._clock.cancel()
+            self._clock = None
+        deadline = call.deadline()
+        if deadline is not None:
+            self._clock = asyncio.get_running_loop().call_later(max(0.0, deadline - time.monotonic()),
+                                                                self._on_clock, call)
+
+    def _on_clock(self, call: ClientCall) -> None:
+        if call is not self.call:
+            return
+        reason = call.expire(time.monotonic())
+        if reason is None:
+            self._arm_clock(call)
+        else:
+            self._closed(call, str(reason))
 
     async def _door_answered(self, event: dict[str, Any]) -> None:
         call, pc = self.call, self.pc
@@ -202,6 +229,7 @@ class Resident:
             # call id from the reply, so it was not matched to the call: it did happen.
             call.ringing()
         call.accepted(event.get("by"))
+        self._arm_clock(call)  # answered: the ring's clocks stop
         self.report("answered", {"call_id": call.call_id, "by": event.get("by")})
 
     async def _fetch_snapshot(self, call_id: str, path: str) -> None:
@@ -252,6 +280,7 @@ class Resident:
             return
         if call.live:
             call.accepted()
+            self._arm_clock(call)
             self.report("answered", {"call_id": call.call_id})
             if self.policy.hangup_after_s is not None:
                 self._spawn(self._hang_up_later(call, self.policy.hangup_after_s))
@@ -317,8 +346,15 @@ class Resident:
         if current is None or not current.live or (call is not None and call is not current):
             return
         current.ended(reason)
+        self._closed(current, reason)
+
+    def _closed(self, call: ClientCall, reason: str) -> None:
+        """A call that has just ended: its media goes, and the end is reported once."""
+        if self._clock is not None:
+            self._clock.cancel()
+            self._clock = None
         pc, self.pc = self.pc, None
-        self._spawn(self._report_end(current, reason, pc, self.reception))
+        self._spawn(self._report_end(call, reason, pc, self.reception))
 
     async def _report_end(self, call: ClientCall, reason: str, pc: RTCPeerConnection | None,
                           reception: Reception) -> None:

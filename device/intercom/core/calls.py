@@ -7,7 +7,11 @@ accept, ...) are decided in one place and tested without sockets or timers. The 
 layer delivers the messages and arms the timers named by `ring_deadline`.
 
 `ClientCall` is a party's own view (door or resident): dialing/ringing -> connecting ->
-connected -> ended, with illegal steps refused loudly rather than silently ignored.
+connected -> ended, with illegal steps refused loudly rather than silently ignored. It keeps
+the party's own clocks, fed with time like `ServerCall`, so that no call waits for ever on a
+server that crashed, froze or forgot: a ring has a deadline of its own, a ring whose signaling
+link is gone gives up, and a sign-in that does not list the call ends it. An answered call
+survives a signaling outage: its media decides.
 """
 
 from __future__ import annotations
@@ -300,19 +304,86 @@ _CLIENT_STEPS: dict[CallState, frozenset[CallState]] = {
 }
 
 
+#: A caller's own ring deadline is the ring timeout it asked for plus this: the server's
+#: `no_answer` normally comes first, but a server that crashed or froze never sends it.
+RING_MARGIN_S = 5.0
+#: How long a ring outlives the loss of its signaling link: nobody can answer through a
+#: server that is gone, and the link usually comes back within a few seconds if it comes.
+LINK_GRACE_S = 15.0
+
+
 @dataclass
 class ClientCall:
-    """A party's view of one call; the caller starts in `dialing`, a callee in `ringing`."""
+    """A party's view of one call; the caller starts in `dialing`, a callee in `ringing`.
+
+    Times are the party's own monotonic clock. The I/O layer arms one timer at `deadline()`
+    and calls `expire(now)` when it fires; it reports the signaling link with `link_lost` and
+    `signed_in`. Each returns the end reason when it ended the call, else None."""
 
     role: str  # "caller" or "callee"
     call_id: str | None = None
     state: CallState = CallState.DIALING
     end_reason: str | None = None
     peer: dict[str, Any] | None = None
+    #: Until when this call may ring (caller: its own deadline; callee: the ring's lifetime).
+    ring_until: float | None = None
+    #: When the signaling link went, while it is gone.
+    link_lost_at: float | None = None
+    #: Whether the call ended before anyone answered it (the visitor hears "nobody answered").
+    unanswered: bool = False
 
     @classmethod
-    def incoming(cls, call_id: str, caller: dict[str, Any]) -> "ClientCall":
-        return cls(role="callee", call_id=call_id, state=CallState.RINGING, peer=caller)
+    def dial(cls, now: float, ring_timeout_s: float) -> "ClientCall":
+        return cls(role="caller", ring_until=now + ring_timeout_s + RING_MARGIN_S)
+
+    @classmethod
+    def incoming(cls, call_id: str, caller: dict[str, Any], now: float | None = None,
+                 expires_in_s: float | None = None) -> "ClientCall":
+        ring_until = now + expires_in_s if now is not None and expires_in_s is not None else None
+        return cls(role="callee", call_id=call_id, state=CallState.RINGING, peer=caller, ring_until=ring_until)
+
+    @property
+    def ringing_state(self) -> bool:
+        return self.state in (CallState.DIALING, CallState.RINGING)
+
+    def deadline(self) -> float | None:
+        """When `expire` must next be called; None while no clock runs (an answered call)."""
+        if not self.ringing_state:
+            return None
+        times = [t for t in (self.ring_until,
+                             None if self.link_lost_at is None else self.link_lost_at + LINK_GRACE_S) if t is not None]
+        return min(times) if times else None
+
+    def expire(self, now: float) -> EndReason | None:
+        """The call's own clocks at `now`: a ring past its deadline ends `no_answer`, a ring
+        whose link has been gone too long ends `connection_lost`."""
+        if not self.ringing_state:
+            return None
+        if self.ring_until is not None and now >= self.ring_until:
+            return self._end_by_clock(EndReason.NO_ANSWER)
+        if self.link_lost_at is not None and now >= self.link_lost_at + LINK_GRACE_S:
+            return self._end_by_clock(EndReason.CONNECTION_LOST)
+        return None
+
+    def link_lost(self, now: float) -> None:
+        if self.live and self.link_lost_at is None:
+            self.link_lost_at = now
+
+    def signed_in(self, live_call_ids: set[str]) -> EndReason | None:
+        """Signed in again; the server listed the calls it knows for this device. A call it
+        does not list is over (it restarted, or ended the call while the link was down)."""
+        self.link_lost_at = None
+        if self.live and self.call_id and self.call_id not in live_call_ids:
+            return self._end_by_clock(EndReason.CONNECTION_LOST)
+        return None
+
+    def claims(self) -> list[str]:
+        """What this party tells the server it still holds when it signs in."""
+        return [self.call_id] if self.live and self.call_id else []
+
+    def _end_by_clock(self, reason: EndReason) -> EndReason:
+        self.ended(str(reason))
+        return reason
 
     def _step(self, to: CallState) -> None:
         if to not in _CLIENT_STEPS[self.state]:
@@ -340,6 +411,7 @@ class ClientCall:
     def ended(self, reason: str) -> None:
         if self.state is CallState.ENDED:
             return
+        self.unanswered = self.role == "caller" and self.ringing_state
         self._step(CallState.ENDED)
         self.end_reason = reason
 
