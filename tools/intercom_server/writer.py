@@ -5,7 +5,7 @@ thread: under 400 set-ups a second the loop waited on the disk, and the 99th per
 set-up rose to 100-200 ms while the server used half a core. Here one thread owns a second
 connection to the same file and commits whatever has queued meanwhile in one transaction,
 with full durability (`synchronous=FULL` in WAL mode: a commit is on disk before its future
-is resolved). Each job runs in a savepoint of its own, so one bad write fails alone.
+is resolved). A bad write fails alone: its batch is then run again job by job.
 
 Reads on the loop's connection that must see these writes (a call's record, the door log)
 wait for the queue to drain first (`wait_idle`); what the hot path reads (users, tokens) is
@@ -88,27 +88,47 @@ class Writer:
                 self._changed.notify_all()
 
     def _commit(self, batch: list[tuple[Job, Future[Any]]]) -> list[tuple[Any, BaseException | None]]:
-        outcomes: list[tuple[Any, BaseException | None]] = []
-        db = self._db
+        """The whole batch in one transaction; if a job fails, the batch is rolled back and each
+        job runs again in a transaction of its own, so that only the bad one fails (a
+        savepoint per job would cost two more statements for every write, every time)."""
         try:
-            db.execute("BEGIN IMMEDIATE")
-            for job, _ in batch:
-                db.execute("SAVEPOINT job")
+            results = self._transaction([job for job, _ in batch])
+        except _JobFailed:
+            return [self._alone(job) for job, _ in batch]
+        except Exception as exc:  # noqa: BLE001 - the commit itself failed: every job fails with it
+            return [(None, exc)] * len(batch)
+        return [(result, None) for result in results]
+
+    def _alone(self, job: Job) -> tuple[Any, BaseException | None]:
+        try:
+            return self._transaction([job])[0], None
+        except _JobFailed as failed:
+            return None, failed.__cause__
+        except Exception as exc:  # noqa: BLE001 - reported to whoever waits for this job
+            return None, exc
+
+    def _transaction(self, jobs: list[Job]) -> list[Any]:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            results = []
+            for job in jobs:
                 try:
-                    outcomes.append((job(db), None))
-                    db.execute("RELEASE job")
-                except Exception as exc:  # noqa: BLE001 - this job fails; the others go on
-                    db.execute("ROLLBACK TO job")
-                    db.execute("RELEASE job")
-                    outcomes.append((None, exc))
+                    results.append(job(db))
+                except Exception as exc:
+                    raise _JobFailed() from exc
             db.execute("COMMIT")
-        except Exception as exc:  # noqa: BLE001 - nothing was committed: every job fails with it
+        except BaseException:
             if db.in_transaction:
                 try:
                     db.execute("ROLLBACK")
                 except sqlite3.Error:
-                    log.exception("rolling back a failed commit")
-            return [(None, exc)] * len(batch)
+                    log.exception("rolling back a failed transaction")
+            raise
         self.commits += 1
-        self.jobs += len(batch)
-        return outcomes
+        self.jobs += len(jobs)
+        return results
+
+
+class _JobFailed(Exception):
+    """One job of a transaction raised (its exception is the cause)."""
