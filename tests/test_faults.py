@@ -74,12 +74,20 @@ async def test_server_killed_while_the_bell_rings(site):
     assert again["call_id"] != incoming["call_id"]
 
 
-async def test_server_killed_during_a_call(site):
+async def call_in_progress(site: Installation, settings: dict | None = None) -> tuple[Process, Door, dict]:
+    """A visitor rang and alice answered: the video reaches her. `settings` go to the door's YAML."""
     alice = await site.start_resident("alice", "--hangup-after-frames", "0", device_id="phone")
-    door = await site.start_door("frontdoor", GROUPS)
+    door = await site.start_door("frontdoor", GROUPS, settings=settings)
     await door.ring()
     answered = await alice.wait_for_event("answered", timeout=30)
     await alice.wait_for_event("first_frame", timeout=30)
+    return alice, door, answered
+
+
+async def test_server_killed_during_a_call(site):
+    alice, door, answered = await call_in_progress(site)
+    # Stored when it happened: once the history shows the answer, a crash keeps it.
+    assert (await record(site, answered["call_id"]))["accepted_by"]["user_id"] == "alice"
     await crash_and_restart_server(site)
     ended = await alice.wait_for_event("ended", call_id=answered["call_id"], timeout=30)
     assert ended["reason"] == "connection_lost" and ended["video_frames"] > 0
@@ -87,17 +95,12 @@ async def test_server_killed_during_a_call(site):
     idle = await door.wait_status(lambda s: s["state"] == "idle" and s["server"]["connected"], timeout=30)
     assert idle["camera"]["viewers"] == 0 and idle["last_call"]["end_reason"] == "connection_lost"
     stored = await record(site, answered["call_id"])
-    # The answer was stored when it happened, so the record says who answered.
     assert stored["end_reason"] == "unknown" and stored["accepted_by"]["user_id"] == "alice"
     await ring_reaches(door, alice)
 
 
 async def test_door_crashes_and_systemd_restarts_it_at_once(site):
-    alice = await site.start_resident("alice", "--hangup-after-frames", "0", device_id="phone")
-    door = await site.start_door("frontdoor", GROUPS)
-    await door.ring()
-    answered = await alice.wait_for_event("answered", timeout=30)
-    await alice.wait_for_event("first_frame", timeout=30)
+    alice, door, answered = await call_in_progress(site)
     await door.process.kill()
     await site.restart_door(door)  # the same device id signs in again, holding no call
     await door.wait_status(lambda s: s["server"]["connected"])
@@ -185,15 +188,10 @@ class LinkProxy:
 
 
 async def test_a_black_holed_door_link_keeps_a_call_whose_media_flows(site):
-    alice = await site.start_resident("alice", "--hangup-after-frames", "0", device_id="phone")
     proxy = LinkProxy(int(site.http_url.rsplit(":", 1)[1]))
     await proxy.start()
-    door = await site.start_door("frontdoor", GROUPS, settings={
-        "server": {"url": f"ws://127.0.0.1:{proxy.port}/v1/ws"}})
     try:
-        await door.ring()
-        answered = await alice.wait_for_event("answered", timeout=30)
-        await alice.wait_for_event("first_frame", timeout=30)
+        alice, door, answered = await call_in_progress(site, {"server": {"url": f"ws://127.0.0.1:{proxy.port}/v1/ws"}})
         proxy.open = False
         # The door notices (its pings go unanswered) but keeps the call: the media is direct.
         cut_off = await door.wait_status(lambda s: not s["server"]["connected"], timeout=40)
