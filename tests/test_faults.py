@@ -11,10 +11,14 @@ the door pings at its default until the server has told it otherwise.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Iterator
 
 import pytest
 
@@ -206,3 +210,68 @@ async def test_a_black_holed_door_link_keeps_a_call_whose_media_flows(site):
         assert (await record(site, answered["call_id"]))["end_reason"] == "completed"
     finally:
         await proxy.close()
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A small file system of its own (root mounts it, as CI here is), to fill or make read-only."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def fill(directory: Path) -> Path:
+    """Write until the disk is full."""
+    filler = directory / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+    return filler
+
+
+async def test_a_full_disk_never_silences_the_bell_and_loses_nothing_stored(tmp_path):
+    site = Installation(tmp_path)
+    with tmpfs(site.data_dir, "4m"):
+        await site.start_server(grace_s=2, settings={"heartbeat_s": 1})
+        try:
+            alice = await site.start_resident("alice", "--answer", "ignore", device_id="phone")
+            door = await site.start_door("frontdoor", GROUPS)
+            filler = fill(site.data_dir)
+            first = await ring_reaches(door, alice)  # the call cannot be written; the phone rings anyway
+            await door.ctl("hangup")
+            assert (await alice.wait_for_event("ended", call_id=first["call_id"]))["reason"] == "canceled"
+            status, health = await site.api("GET", "/healthz")
+            assert health["store_errors"] >= 1 and "full" in health["last_store_error"]
+            filler.unlink()  # the installer frees space: calls are recorded again
+            second = await ring_reaches(door, alice)
+            await door.ctl("hangup")
+            await alice.wait_for_event("ended", call_id=second["call_id"])
+            assert (await record(site, second["call_id"]))["end_reason"] == "canceled"
+            assert (await site.api("GET", "/v1/users/alice"))[0] == 200
+        finally:
+            await site.close()
+
+
+async def test_a_read_only_database_stops_the_server_with_one_line(tmp_path):
+    site = Installation(tmp_path)
+    with tmpfs(site.data_dir, "8m"):
+        await site.start_server()
+        await site.stop_server()
+        subprocess.run(["mount", "-o", "remount,ro", str(site.data_dir)], check=True)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "intercom_server.cli", "--config", str(tmp_path / "server.yaml"), "serve",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+    lines = err.decode().strip().splitlines()
+    assert proc.returncode == 1 and "Traceback" not in err.decode()
+    assert lines[-1].startswith(f"intercom-server: cannot open the database {site.data_dir / 'intercom.db'}")
