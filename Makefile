@@ -10,7 +10,9 @@ SYSTEM_PACKAGES := libasound2-dev gcc pkg-config
 # coturn: the TURN tests start a real turnserver on loopback.
 # systemd: the unit file is checked with systemd-analyze verify and security.
 # chromium: the web app is tested in a real browser (Debian's, driven by playwright).
-TEST_SYSTEM_PACKAGES := coturn systemd chromium fonts-dejavu-core
+# iproute2 and nftables: a fault test puts the door on a network namespace of its own and
+# drops its link to the server with nftables.
+TEST_SYSTEM_PACKAGES := coturn systemd chromium fonts-dejavu-core iproute2 nftables
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo demo-auto test bench system-packages clean

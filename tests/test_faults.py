@@ -275,3 +275,62 @@ async def test_a_read_only_database_stops_the_server_with_one_line(tmp_path):
     lines = err.decode().strip().splitlines()
     assert proc.returncode == 1 and "Traceback" not in err.decode()
     assert lines[-1].startswith(f"intercom-server: cannot open the database {site.data_dir / 'intercom.db'}")
+
+
+@contextlib.contextmanager
+def door_host() -> Iterator[tuple[str, str, str]]:
+    """A test host of our own for the door: a network namespace joined to this one by a veth
+    pair. Yields (namespace, server-side address, door-side address)."""
+    n = os.getpid() % 250 + 1
+    name, outer, inner = f"icdoor{os.getpid()}", f"icv{os.getpid()}h", f"icv{os.getpid()}d"
+    host, door = f"10.213.{n}.1", f"10.213.{n}.2"
+    steps = [["ip", "netns", "add", name],
+             ["ip", "link", "add", outer, "type", "veth", "peer", "name", inner],
+             ["ip", "link", "set", inner, "netns", name],
+             ["ip", "addr", "add", f"{host}/30", "dev", outer], ["ip", "link", "set", outer, "up"],
+             ["ip", "netns", "exec", name, "ip", "addr", "add", f"{door}/30", "dev", inner],
+             ["ip", "netns", "exec", name, "ip", "link", "set", inner, "up"],
+             ["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"]]
+    try:
+        for step in steps:
+            done = subprocess.run(step, capture_output=True, text=True)
+            if done.returncode != 0:
+                pytest.skip(f"cannot make a network namespace here ({' '.join(step)}): {done.stderr.strip()}")
+        yield name, host, door
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        subprocess.run(["ip", "link", "del", outer], capture_output=True)
+
+
+def nft(namespace: str, script: str) -> None:
+    subprocess.run(["ip", "netns", "exec", namespace, "nft", "-f", "-"], input=script, text=True, check=True)
+
+
+async def test_the_doors_network_drops_its_server_link_and_the_answered_call_goes_on(tmp_path):
+    """The link dropped by a firewall rule on the door's own host, as a failing router does:
+    packets vanish, nothing is refused. The media takes the same wire on other ports."""
+    with door_host() as (namespace, host, door_address):
+        site = Installation(tmp_path)
+        await site.start_server(grace_s=2, settings={"heartbeat_s": 1, "listen": {"host": host}})
+        port = int(site.http_url.rsplit(":", 1)[1])
+        try:
+            alice = await site.start_resident("alice", "--hangup-after-frames", "0", device_id="phone")
+            door = await site.start_door("frontdoor", GROUPS, prefix=("ip", "netns", "exec", namespace))
+            await door.ring()
+            answered = await alice.wait_for_event("answered", timeout=30)
+            await alice.wait_for_event("first_frame", timeout=30)
+            nft(namespace, f"""table inet cut {{
+                chain out {{ type filter hook output priority 0; tcp dport {port} drop; }}
+                chain in {{ type filter hook input priority 0; tcp sport {port} drop; }}
+            }}""")
+            cut_off = await door.wait_status(lambda s: not s["server"]["connected"], timeout=40)
+            assert cut_off["state"] == "connected"
+            nft(namespace, "delete table inet cut")
+            back = await door.wait_status(lambda s: s["server"]["connected"], timeout=40)
+            assert back["state"] == "connected" and back["call"]["call_id"] == answered["call_id"]
+            await door.ctl("hangup")
+            ended = await alice.wait_for_event("ended", call_id=answered["call_id"], timeout=30)
+            assert ended["reason"] == "completed" and ended["video_frames"] > 0
+            assert (await record(site, answered["call_id"]))["end_reason"] == "completed"
+        finally:
+            await site.close()

@@ -283,14 +283,16 @@ class Installation:
         }
 
     async def start_door(self, user_id: str, ring_groups: list[dict[str, Any]], name: str = "Front door",
-                         settings: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Door:
+                         settings: dict[str, Any] | None = None, env: dict[str, str] | None = None,
+                         prefix: tuple[str, ...] = ()) -> Door:
         """A door daemon; `settings` is merged into its YAML section by section (e.g.
-        {"hardware": {"pins": {"relay": 22}}}), `env` goes to its process."""
+        {"hardware": {"pins": {"relay": 22}}}), `env` goes to its process, and `prefix` comes
+        before its command (e.g. `ip netns exec NAME` to put it on a test host of its own)."""
         token_file = await self.add_user(user_id, "door", name)
         config = merge(self.door_config(user_id, token_file, ring_groups), settings or {})
         path = self.root / f"{user_id}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
-        process = await Process.start(user_id, [*INTERCOM, "run", "--config", str(path)], self.logs, env=env)
+        process = await Process.start(user_id, [*prefix, *INTERCOM, "run", "--config", str(path)], self.logs, env=env)
         self.processes.append(process)
         door = Door(user_id, process, path, Path(config["control"]["socket"]))
         await door.wait_status(lambda s: s["server"]["connected"])
