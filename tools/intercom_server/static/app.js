@@ -411,6 +411,12 @@ function newCall(role, peerName, mic) {
   pc.onconnectionstatechange = () => {
     const words = { connecting: "Connecting…", connected: "Live", disconnected: "Reconnecting…", failed: "Connection failed" };
     if (call && call.pc === pc && words[pc.connectionState]) $("call-state").textContent = words[pc.connectionState];
+    // The media's own clock (ICE consent): a call whose media is dead ends here too, even
+    // when the server cannot be told (it is told if it can).
+    if (call && call.pc === pc && pc.connectionState === "failed") {
+      toast("The connection to the door was lost.");
+      hangUp();
+    }
   };
   $("call-title").textContent = peerName;
   $("call-state").textContent = "Connecting…";
