@@ -39,6 +39,12 @@ async def site(tmp_path: Path) -> AsyncIterator[Installation]:
         await installation.close()
 
 
+async def no_live_calls(site: Installation) -> None:
+    """The server holds no orphan call: every call of the fault has ended there too."""
+    status, health = await site.api("GET", "/healthz")
+    assert status == 200 and health["live_calls"] == 0, health
+
+
 async def record(site: Installation, call_id: str) -> dict:
     status, body = await site.api("GET", f"/v1/direct_calls/{call_id}")
     assert status == 200, body
@@ -74,6 +80,7 @@ async def test_server_killed_while_the_bell_rings(site):
     assert idle["speaker"]["tone"] != "ringback"
     assert idle["camera"]["viewers"] == 0
     assert (await record(site, incoming["call_id"]))["end_reason"] == "unknown"
+    await no_live_calls(site)
     again = await ring_reaches(door, alice)
     assert again["call_id"] != incoming["call_id"]
 
@@ -100,7 +107,28 @@ async def test_server_killed_during_a_call(site):
     assert idle["camera"]["viewers"] == 0 and idle["last_call"]["end_reason"] == "connection_lost"
     stored = await record(site, answered["call_id"])
     assert stored["end_reason"] == "unknown" and stored["accepted_by"]["user_id"] == "alice"
+    await no_live_calls(site)
     await ring_reaches(door, alice)
+
+
+async def test_server_frozen_during_a_call(site):
+    """SIGSTOP for longer than the door's heartbeat: the door notices, keeps the call whose
+    media goes on directly, and claims it back when the server thaws."""
+    alice, door, answered = await call_in_progress(site)
+    assert site.server is not None
+    server = site.server.proc.pid
+    os.kill(server, signal.SIGSTOP)
+    try:
+        cut_off = await door.wait_status(lambda s: not s["server"]["connected"], timeout=40)
+        assert cut_off["state"] == "connected"
+    finally:
+        os.kill(server, signal.SIGCONT)
+    back = await door.wait_status(lambda s: s["server"]["connected"], timeout=40)
+    assert back["state"] == "connected" and back["call"]["call_id"] == answered["call_id"]
+    await door.ctl("hangup")
+    ended = await alice.wait_for_event("ended", call_id=answered["call_id"], timeout=30)
+    assert ended["reason"] == "completed" and ended["video_frames"] > 0
+    await no_live_calls(site)
 
 
 async def test_door_crashes_and_systemd_restarts_it_at_once(site):
@@ -111,6 +139,7 @@ async def test_door_crashes_and_systemd_restarts_it_at_once(site):
     ended = await alice.wait_for_event("ended", call_id=answered["call_id"], timeout=30)
     assert ended["reason"] == "connection_lost"
     assert (await record(site, answered["call_id"]))["end_reason"] == "connection_lost"
+    await no_live_calls(site)
     # The next visitor rings the resident instead of being declined as busy.
     await ring_reaches(door, alice)
 
