@@ -112,6 +112,8 @@ class Resident:
         self._closing: asyncio.Task[None] | None = None
         #: The live call's own clock (`ClientCall.deadline`).
         self._clock: asyncio.TimerHandle | None = None
+        #: Events that came while our dial's reply was still on its way to the dialing task.
+        self._early: list[dict[str, Any]] = []
 
     async def run(self) -> None:
         runner = asyncio.get_running_loop().create_task(self.client.run())
@@ -160,12 +162,21 @@ class Resident:
             reply = await self.client.request("dial", callees=[door], video=True,
                                               offer={"type": "offer", "sdp": pc.localDescription.sdp})
         except (RequestFailed, NotConnected) as exc:
+            self._early = []
             self.report("dial_failed", {"error": str(exc)})
             await self._close_media()
             self.done.set()
             return
-        call.dialed(reply["call_id"])
+        self._dialed(call, reply["call_id"])
         self.report("dialed", {"call_id": call.call_id, "door": door})
+
+    def _dialed(self, call: ClientCall, call_id: str) -> None:
+        """The dial's reply named the call: what the server said of it meanwhile applies now."""
+        call.dialed(call_id)
+        early, self._early = self._early, []
+        for event in early:
+            if event.get("call_id") == call_id:
+                self._event(event)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -174,6 +185,14 @@ class Resident:
 
     def _event(self, event: dict[str, Any]) -> None:
         kind = event["type"]
+        call = self.call
+        if kind in ("ringing", "accepted", "ended", "snapshot") and call is not None and call.live \
+                and call.call_id is None:
+            # Our dial's `ok` and the call's first events (a door declining at once) are read
+            # in one go, before the dialing task has taken the call id from the reply: keep
+            # them for it instead of dropping them as another call's.
+            self._early.append(event)
+            return
         if kind == "incoming":
             if self.call is not None and self.call.call_id == event["call_id"]:
                 return  # the same ring again, after a reconnection
