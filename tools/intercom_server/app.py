@@ -204,7 +204,7 @@ def _api(handler: Handler, parties: bool = False,
         if bearer_only and not bearer:
             return _error(401, "unauthenticated", "this call needs an Authorization: Bearer access token")
         if given is not None:
-            if not hmac.compare_digest(given.encode(), request.app[API_TOKEN].encode()):
+            if not _is_api_token(request, given):
                 return _error(401, "unauthenticated", "wrong Api-Token header")
         elif parties and bearer:
             owner = request.app[STORE].token_owner(bearer)
@@ -220,6 +220,10 @@ def _api(handler: Handler, parties: bool = False,
         return web.json_response(result, status=201 if request.method == "POST" else 200)
 
     return guarded
+
+
+def _is_api_token(request: web.Request, given: str) -> bool:
+    return hmac.compare_digest(given.encode(), request.app[API_TOKEN].encode())
 
 
 @web.middleware
@@ -354,9 +358,7 @@ async def _get_me(request: web.Request) -> Any:
 
 async def _sign_out(request: web.Request) -> web.Response:
     """The phone's own token is revoked, so a lost or shared phone's copy is worthless."""
-    store = request.app[STORE]
-    token_id = store.token_id_of(request[VIEWER], _bearer(request) or "")
-    store.revoke_secret(request[VIEWER], _bearer(request) or "")
+    token_id = request.app[STORE].revoke_secret(request[VIEWER], _bearer(request) or "")
     if token_id:
         request.app[HUB].revoked({token_id})
     return web.Response(status=204)
@@ -438,7 +440,7 @@ async def _health(request: web.Request) -> web.Response:
     """For a load balancer or a monitor: up or not. Counts of devices and calls say when a
     household is home, so only the Api-Token sees them."""
     given = request.headers.get("Api-Token")
-    if given is None or not hmac.compare_digest(given.encode(), request.app[API_TOKEN].encode()):
+    if given is None or not _is_api_token(request, given):
         return web.json_response({"ok": True})
     hub = request.app[HUB]
     await request.app[STORE].flushed()  # the writes queued until now have told of their failures

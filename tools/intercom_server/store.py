@@ -257,10 +257,13 @@ class Store:
         if cur.rowcount == 0:
             raise NotFound(f"no token '{token_id}' for user '{user_id}'")
 
-    def revoke_secret(self, user_id: str, token: str) -> None:
-        """Sign-out: the holder of a token (already checked, see `token_owner`) revokes it."""
-        self.db.execute("UPDATE tokens SET revoked_at = ? WHERE user_id = ? AND token_hash = ? AND revoked_at IS NULL",
-                        (time.time(), user_id, hash_token(token)))
+    def revoke_secret(self, user_id: str, token: str) -> str | None:
+        """Sign-out: the holder of a token (already checked, see `token_owner`) revokes it.
+        Returns the token's id, so its live sessions can be ended."""
+        row = self.db.execute("UPDATE tokens SET revoked_at = ? WHERE user_id = ? AND token_hash = ? "
+                              "AND revoked_at IS NULL RETURNING token_id",
+                              (time.time(), user_id, hash_token(token))).fetchone()
+        return None if row is None else str(row[0])
 
     # -- invites -----------------------------------------------------------------------------
 
@@ -336,11 +339,6 @@ class Store:
                 f"SELECT token_id FROM tokens WHERE token_id IN ({','.join('?' * len(chunk))}) "
                 "AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)", (*chunk, now)))
         return set(ids) - valid
-
-    def token_id_of(self, user_id: str, token: str) -> str | None:
-        row = self.db.execute("SELECT token_id FROM tokens WHERE user_id = ? AND token_hash = ?",
-                              (user_id, hash_token(token))).fetchone()
-        return None if row is None else str(row[0])
 
     def token_owner(self, token: str, now: float | None = None) -> str | None:
         """The user a bearer token belongs to, for HTTP requests that carry no user id."""
