@@ -20,6 +20,7 @@ from .directory import site_users, unknown_residents
 from .media.audio import AlsaCaptureTrack, Speaker, level_dbfs
 from .media.camera import make_camera
 from .pins import Pins
+from .signaling import tls_context
 
 log = logging.getLogger("intercom.selftest")
 
@@ -48,11 +49,8 @@ async def run(config: DoorConfig, click_relay: bool = True, listen_s: float = 1.
 async def _ring_groups(config: DoorConfig, pins: Pins, _: float) -> dict[str, Any]:
     """Every ring-group name is a resident of the site on the server. A server that cannot be
     reached is reported, not failed: the hardware may be tested before the server exists."""
-    import ssl
-
-    context: ssl.SSLContext | bool = ssl.create_default_context(cafile=config.ca_file) if config.ca_file else True
     try:
-        users = await site_users(config.server_url, config.access_token, context)
+        users = await site_users(config.server_url, config.access_token, tls_context(config.ca_file))
     except Exception as exc:  # noqa: BLE001 - unreachable, refused, or not a server of ours
         return {"checked": False, "note": f"could not ask the server: {exc}"}
     unknown = unknown_residents((g.residents for g in config.ring_groups), users)

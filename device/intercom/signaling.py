@@ -51,6 +51,11 @@ class NotConnected(Exception):
     pass
 
 
+def tls_context(ca_file: str | None) -> ssl.SSLContext | bool:
+    """For wss://: the installer's own CA when one is given (`server.ca_file`), else the system's."""
+    return ssl.create_default_context(cafile=ca_file) if ca_file else True
+
+
 def backoff_delays(first: float = 0.5, cap: float = 30.0) -> Iterator[float]:
     """Exponential backoff with jitter, so a building's doors do not reconnect in step."""
     return (random.uniform(first / 2, min(cap, first * 2**n)) for n in itertools.count())
@@ -81,7 +86,7 @@ class SignalingClient:
         #: The calls this client still holds, told to the server at every sign-in so that it
         #: ends the ones this process no longer knows (see docs/protocol.md, authenticate).
         self._claims = claims
-        self.ssl_context: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
+        self.ssl_context = tls_context(ca_file)
         self.heartbeat_s = DEFAULT_HEARTBEAT_S
         self._abandoned: OrderedDict[str, Undo] = OrderedDict()
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -91,6 +96,12 @@ class SignalingClient:
         self.connected = asyncio.Event()
         self.last_error: str | None = None
         self._closing = False
+
+    @property
+    def live_calls(self) -> set[str]:
+        """The calls the server listed for this device at the last sign-in (`ok.calls`)."""
+        calls = self.session_info.get("calls")
+        return {str(c.get("call_id")) for c in calls if isinstance(c, dict)} if isinstance(calls, list) else set()
 
     @property
     def ice_servers(self) -> list[dict[str, Any]]:
@@ -205,7 +216,7 @@ class SignalingClient:
         await self._ws.send_str(m.encode(message))
 
     async def request(self, kind: str, _before_auth: bool = False, undo: Undo | None = None,
-                      timeout: float | None = None, **body: Any) -> dict[str, Any]:
+                      **body: Any) -> dict[str, Any]:
         """Send a request and wait for its reply; raises RequestFailed on an `error` reply.
 
         `undo` is called with the `ok` that arrives after this request timed out (the sender
@@ -217,7 +228,7 @@ class SignalingClient:
         self._pending[rid] = fut
         try:
             await self.send(m.request(kind, rid, **body))
-            return await asyncio.wait_for(fut, self._timeout if timeout is None else timeout)
+            return await asyncio.wait_for(fut, self._timeout)
         except asyncio.TimeoutError:
             if undo is not None:
                 self._abandoned[rid] = undo

@@ -193,7 +193,7 @@ class Station:
     def _connection_changed(self, up: bool) -> None:
         self._show()
         if up:
-            self._inbox.put_nowait(("resync", list(self.client.session_info.get("calls") or [])))
+            self._inbox.put_nowait(("resync", self.client.live_calls))
             self._inbox.put_nowait(("report_missed", None))
             self._spawn_check()
         elif self.call is not None and self.call.live:
@@ -348,12 +348,9 @@ class Station:
     async def _undo_dial(self, reply: dict[str, Any]) -> None:
         """The dial's `ok` came after the door gave up on it: end that call, or the residents
         would be rung for a visitor the door no longer serves."""
-        call_id = reply.get("call_id")
+        call_id = str(reply.get("call_id"))
         log.warning("the server placed call %s after the door had given up on it: ending it", call_id)
-        try:
-            await self.client.request("end", call_id=call_id)
-        except TRANSIENT + (RequestFailed,) as exc:
-            log.info("could not end the abandoned call %s: %s", call_id, exc)
+        await self._end_on_server(call_id)
         self._inbox.put_nowait(("report_missed", None))  # the server answers again: tell it of the press
 
     @staticmethod
@@ -529,13 +526,13 @@ class Station:
             return EndReason.CANCELED
         return EndReason.COMPLETED
 
-    async def _on_resync(self, calls: list[dict[str, Any]]) -> None:
+    async def _on_resync(self, live: set[str]) -> None:
         """Signed in again: a call the server no longer knows (it restarted, or ended the call
         while the link was down) is over here too, instead of ringing or filming for nobody."""
         call = self.call
         if call is None or not call.live:
             return
-        reason = call.signed_in({str(c.get("call_id")) for c in calls if isinstance(c, dict)})
+        reason = call.signed_in(live)
         self._arm_clock(call)
         if reason is None:
             if call.call_id:
@@ -546,15 +543,16 @@ class Station:
         if call.unanswered:
             self.speaker.tone("no_answer")
 
+    async def _end_on_server(self, call_id: str) -> None:
+        """`end` for a call the door has already given up on: whatever the answer, it is over here."""
+        try:
+            await self.client.request("end", call_id=call_id)
+        except TRANSIENT + (RequestFailed,) as exc:
+            log.info("could not tell the server call %s ended: %s", call_id, exc)
+
     def _spawn_end(self, call_id: str) -> None:
         """Tell the server a call is over without holding up the door (it may be frozen)."""
-        async def end() -> None:
-            try:
-                await self.client.request("end", call_id=call_id)
-            except TRANSIENT + (RequestFailed,) as exc:
-                log.info("could not tell the server call %s ended: %s", call_id, exc)
-
-        task = self.loop.create_task(end(), name="end")
+        task = self.loop.create_task(self._end_on_server(call_id), name="end")
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

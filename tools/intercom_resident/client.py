@@ -135,9 +135,7 @@ class Resident:
         call = self.call
         if call is not None and call.live:
             if up:
-                live = {str(c.get("call_id")) for c in self.client.session_info.get("calls") or []
-                        if isinstance(c, dict)}
-                reason = call.signed_in(live)
+                reason = call.signed_in(self.client.live_calls)
                 if reason is not None:
                     self._closed(call, str(reason))
             else:
