@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import struct
@@ -21,10 +22,19 @@ from intercom_server.ice import IceSettings, TurnSettings, turn_credentials
 SECRET = "coturn-shared-secret-for-tests"
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _free_port() -> int:
+    """A port free for both UDP and TCP (coturn listens on both), below Linux's ephemeral
+    ports (32768-60999): a kernel-chosen UDP port could be taken for TCP by any client socket
+    meanwhile, and coturn then retried its TCP bind for ever without answering on UDP."""
+    for port in random.sample(range(10000, 20000), 200):
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, socket.socket() as tcp:
+                udp.bind(("127.0.0.1", port))
+                tcp.bind(("127.0.0.1", port))
+                return port
+        except OSError:
+            continue
+    raise RuntimeError("no port free for both UDP and TCP in 10000-19999")
 
 
 def _answers_stun(port: int, within_s: float) -> bool:
@@ -50,10 +60,10 @@ def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     binary = shutil.which("turnserver")
     assert binary, "turnserver not found: `make test` installs Debian's coturn package"
     workdir = tmp_path_factory.mktemp("coturn")
-    port = _free_udp_port()
-    # Below Linux's ephemeral ports (32768-60999), so the relay range can neither contain the
-    # listening port (40000 + port % 20000 did, for ports from 40000: one allocation in 51
-    # failed) nor ports the kernel hands other sockets meanwhile.
+    port = _free_port()
+    # Also below the ephemeral ports, and above the listening port, so the relay range can
+    # neither contain the listening port (40000 + port % 20000 did, for ports from 40000: one
+    # allocation in 51 failed) nor ports the kernel hands other sockets meanwhile.
     relay_low = 20000 + port % 10000
     proc = subprocess.Popen(
         [binary, "-n", "--listening-ip=127.0.0.1", f"--listening-port={port}", "--relay-ip=127.0.0.1",
