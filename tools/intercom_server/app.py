@@ -14,11 +14,12 @@ from urllib.parse import urlsplit
 from aiohttp import WSMsgType, web
 
 from intercom.core import messages as m
+from intercom.core.calls import CallError, DeviceRef
 from intercom.core.messages import CLOSE_UNAUTHENTICATED, PROTOCOL_PATH
 
 from .hub import Hub, HubSettings
 from .openapi import AUDIT_CURSOR, CALLS_CURSOR, OPENAPI
-from .store import Forbidden, NotFound, Store, StoreError
+from .store import Bearer, Forbidden, NotFound, Store, StoreError, check_id
 from .webapp import add_webapp_routes
 
 log = logging.getLogger("intercom.server")
@@ -60,6 +61,12 @@ def create_app(store: Store, settings: HubSettings, api_token: str, public_url: 
     app.router.add_get("/v1/direct_calls", _api(_get_calls, parties=True))
     app.router.add_get("/v1/direct_calls/{call_id}", _api(_get_call, parties=True))
     app.router.add_get("/v1/direct_calls/{call_id}/snapshot", _api(_get_snapshot, parties=True))
+    app.router.add_post("/v1/direct_calls/{call_id}/decline", _api(_decline, parties=True, bearer_only=True))
+    app.router.add_get("/v1/push/public_key", _push_key)
+    app.router.add_get("/v1/me/push", _api(_get_push, parties=True, bearer_only=True))
+    app.router.add_put("/v1/me/devices/{device_id}/push", _api(_put_push, parties=True, bearer_only=True))
+    app.router.add_delete("/v1/me/devices/{device_id}/push", _api(_delete_push, parties=True, bearer_only=True))
+    app.router.add_post("/v1/me/devices/{device_id}/push/test", _api(_test_push, parties=True, bearer_only=True))
     app.router.add_get("/healthz", _health)
     add_webapp_routes(app)
     app.cleanup_ctx.append(_watch_revocations)
@@ -185,6 +192,9 @@ Handler = Callable[[web.Request], Awaitable[Any]]
 #: Set on a request that a party (a resident or a door) made with its own access token; absent
 #: when the master Api-Token was given. Such a caller sees only calls it was a party of.
 VIEWER = web.RequestKey("viewer", str)
+#: The access token itself, where a request needs more than whose it is (a push subscription
+#: belongs to the token that made it, and goes when it is revoked).
+VIEWER_TOKEN = web.RequestKey("viewer_token", Bearer)
 
 
 def _bearer(request: web.Request) -> str | None:
@@ -210,7 +220,8 @@ def _api(handler: Handler, parties: bool = False,
             owner = request.app[STORE].token_owner(bearer)
             if owner is None:
                 return _error(401, "unauthenticated", "unknown, expired or revoked access token")
-            request[VIEWER] = owner
+            request[VIEWER] = owner.user_id
+            request[VIEWER_TOKEN] = owner
         else:
             how = "an Api-Token header" + (" or an Authorization: Bearer access token" if parties else "")
             return _error(401, "unauthenticated", f"this call needs {how}")
@@ -364,6 +375,63 @@ async def _sign_out(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+# -- Web Push: the phone's own token manages its own device's subscription ----------------------
+
+_CALL_ERROR_STATUS = {"not_found": 404, "forbidden": 403, "conflict": 409}
+
+
+async def _push_key(request: web.Request) -> web.Response:
+    """The VAPID public key, which the browser needs to subscribe; public by nature."""
+    return web.json_response({"public_key": request.app[HUB].push.public_key})
+
+
+def _my_device(request: web.Request) -> DeviceRef:
+    return DeviceRef(request[VIEWER], check_id("device_id", request.match_info["device_id"]))
+
+
+async def _get_push(request: web.Request) -> Any:
+    """This user's subscribed devices; a push service's endpoint is never shown in full."""
+    return {"subscriptions": [s.as_json() for s in request.app[HUB].push.of_user(request[VIEWER])]}
+
+
+async def _put_push(request: web.Request) -> web.Response:
+    try:
+        body = await request.json()
+    except (ValueError, RecursionError):
+        raise StoreError("body must be the JSON of a push subscription") from None
+    device = _my_device(request)
+    store, token = request.app[STORE], request[VIEWER_TOKEN]
+    sub = request.app[HUB].push.subscribe(store.get_user(device.user_id), device.device_id, token.token_id,
+                                          token.expires_at, body)
+    return web.json_response(sub.as_json(), status=200)
+
+
+async def _delete_push(request: web.Request) -> web.Response:
+    request.app[HUB].push.unsubscribe(_my_device(request))
+    return web.Response(status=204)
+
+
+async def _test_push(request: web.Request) -> web.Response:
+    device = _my_device(request)
+    push = request.app[HUB].push
+    sub = next((s for s in push.of_user(device.user_id) if s.device == device), None)
+    if sub is None:
+        raise NotFound(f"device '{device.device_id}' does not ring when its app is closed; switch that on first")
+    push.test(sub)
+    return web.json_response({"sent_to": sub.service}, status=202)
+
+
+async def _decline(request: web.Request) -> web.Response:
+    """Decline from the notification, without opening the app."""
+    body = await _body(request, ("device_id",))
+    device = DeviceRef(request[VIEWER], check_id("device_id", body["device_id"]))
+    try:
+        request.app[HUB].decline_from(device, request.match_info["call_id"])
+    except CallError as exc:
+        return _error(_CALL_ERROR_STATUS.get(str(exc.code), 400), str(exc.code), exc.message)
+    return web.Response(status=204)
+
+
 def invite_url(base: str, code: str) -> str:
     """The code is in the fragment, which browsers never send to a server or in a Referer,
     so it stays out of access logs and proxies."""
@@ -444,5 +512,9 @@ async def _health(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
     hub = request.app[HUB]
     await request.app[STORE].flushed()  # the writes queued until now have told of their failures
+    push = hub.push.stats
     return web.json_response({"ok": True, "connected_devices": len(hub.devices), "live_calls": len(hub.calls),
-                              "store_errors": hub.store_errors, "last_store_error": hub.last_store_error})
+                              "store_errors": hub.store_errors, "last_store_error": hub.last_store_error,
+                              "push": {"subscriptions": hub.push.count(), "sent": push.sent, "failed": push.failed,
+                                       "retried": push.retried, "pruned": push.pruned, "expired": push.expired,
+                                       "pending": hub.push.pending(), "last_error": push.last_error}})

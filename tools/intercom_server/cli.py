@@ -62,7 +62,12 @@ async def _serve(config: ServerConfig) -> None:
     if closed:
         log.warning("%d call(s) were live when the server last stopped; recorded as ended 'unknown'", closed)
     token, source = config.resolve_api_token()
-    app = create_app(store, config.hub, token, public_url=config.public_url or "")
+    config.hub.push.key_file = config.data_dir / "vapid_private.pem"
+    try:
+        app = create_app(store, config.hub, token, public_url=config.public_url or "")
+    except (ValueError, OSError) as exc:
+        store.close()
+        raise StartupError(f"cannot start Web Push: {exc}") from None
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     tls = None

@@ -14,6 +14,7 @@ from intercom.core.yamlconfig import Field, in_range, load_file
 from .hub import RECENT_CALLS_S, HubSettings
 from .ice import IceSettings, TurnSettings
 from .limits import LimitSettings
+from .push import PushSettings
 
 
 def _ice_server(value: Any) -> None:
@@ -42,6 +43,11 @@ def _turn_urls(value: Any) -> None:
 def _public_url(value: Any) -> None:
     if not isinstance(value, str) or not value.startswith(("http://", "https://")) or "#" in value:
         raise ValueError("must be an http:// or https:// URL without a fragment")
+
+
+def _contact(value: Any) -> None:
+    if not isinstance(value, str) or not (value.startswith("mailto:") and "@" in value or value.startswith("https://")):
+        raise ValueError("must be a mailto: address or an https:// URL, e.g. mailto:you@example.org")
 
 
 SCHEMA = {
@@ -79,6 +85,16 @@ SCHEMA = {
         "shared_secret": Field(str, required=True, help="coturn's static-auth-secret (use-auth-secret mode)"),
         "ttl_s": Field(float, default=86400.0, check=in_range(60, 7 * 86400)),
     }, optional_section=True),
+    "push": Field(schema={
+        "vapid_private_key": Field(str, help="Web Push's VAPID private key (base64url); by default one is made "
+                                             "on first start and kept in data_dir/vapid_private.pem"),
+        "contact": Field(str, check=lambda v: _contact(v),
+                         help="mailto: or https: address push services may write to about this server"),
+        "subscriptions_per_user": Field(int, default=10, check=in_range(1, 100)),
+        "local_hosts": Field(list, default=[], items=Field(str),
+                             help="push services on your own network (a self-hosted ntfy), which may be http"),
+        "timeout_s": Field(float, default=10.0, check=in_range(1, 120)),
+    }),
     "limits": Field(schema={
         "messages_per_s": Field(float, default=20.0, check=in_range(1, 10_000)),
         "message_burst": Field(int, default=60, check=in_range(1, 100_000)),
@@ -109,6 +125,7 @@ class ServerConfig:
         calls = raw["calls"]
         turn = raw.get("turn")
         tls = raw.get("tls")
+        push = raw["push"]
         return cls(
             host=raw["listen"]["host"], port=raw["listen"]["port"], data_dir=Path(raw["data_dir"]),
             api_token=raw["api_token"], database=Path(raw["database"]) if raw["database"] else None,
@@ -121,6 +138,10 @@ class ServerConfig:
                 ice=IceSettings(static=[dict(s) for s in raw["ice_servers"]],
                                 turn=TurnSettings(**turn) if turn else None),
                 limits=LimitSettings(**raw["limits"]),
+                push=PushSettings(vapid_private_key=push["vapid_private_key"],
+                                  contact=push["contact"] or _default_contact(raw["public_url"]),
+                                  subscriptions_per_user=push["subscriptions_per_user"],
+                                  local_hosts=tuple(push["local_hosts"]), timeout_s=push["timeout_s"]),
                 trusted_proxies=tuple(raw["trusted_proxies"]), allowed_origins=tuple(raw["allowed_origins"])))
 
     @property
@@ -149,3 +170,10 @@ class ServerConfig:
             with os.fdopen(fd, "w") as f:
                 f.write(secrets.token_urlsafe(32) + "\n")
         return path.read_text().strip(), str(path)
+
+
+def _default_contact(public_url: str | None) -> str:
+    """VAPID's `sub`: the server's own https address, where it has one."""
+    if public_url and public_url.startswith("https://"):
+        return public_url.rstrip("/")
+    return PushSettings.contact

@@ -28,6 +28,7 @@ from intercom.core.messages import ErrorCode, ProtocolError, Request
 
 from .ice import IceSettings
 from .limits import FailureWindow, LimitSettings, TokenBucket
+from .push import Pusher, PushSettings
 from .store import Store
 
 log = logging.getLogger("intercom.server")
@@ -54,6 +55,7 @@ class HubSettings:
     door_reply_timeout_s: float = 5.0
     ice: IceSettings = field(default_factory=IceSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
+    push: PushSettings = field(default_factory=PushSettings)
     #: Reverse proxies (addresses or networks) whose X-Forwarded-For names the real client;
     #: without them, one bad client behind the proxy would throttle everyone.
     trusted_proxies: tuple[str, ...] = ()
@@ -172,6 +174,7 @@ class Hub:
         #: Writes that failed (the bell rang anyway); shown to the operator by /healthz.
         self.store_errors = 0
         self.last_store_error: str | None = None
+        self.push = Pusher(store, settings.push)
 
     def connection(self, send_text: Callable[[str], Any], close: Callable[[int, str], Any], peer: str) -> Connection:
         return Connection(send_text, close, peer, self.settings.limits)
@@ -345,6 +348,10 @@ class Hub:
         sessions = [c for c in self.devices.values() if c.token_id is not None]
         gone = token_ids if token_ids is not None else self.store.invalid_tokens(c.token_id for c in sessions
                                                                                   if c.token_id)
+        if token_ids is None:
+            self.push.reload()
+        else:
+            self.push.forget_tokens(token_ids)
         ended = 0
         for conn in sessions:
             if conn.token_id in gone:
@@ -410,7 +417,11 @@ class Hub:
         call_id = call.call_id
         self.calls[call_id] = call
         conn.send(m.ok(req.id, call_id=call_id, **({"unknown": unknown} if unknown else {})))
-        devices = sorted(d for d in self.devices if d.user_id in call.callees)
+        # A phone rings if it is connected or can be woken by Web Push; one that is both is
+        # one device, rung both ways (its service worker shows no notification while the app
+        # is on screen).
+        subs = self.push.subscribed(call.callees, now)
+        devices = sorted({d for d in self.devices if d.user_id in call.callees} | {s.device for s in subs})
         loop = asyncio.get_running_loop()
         self._timers[call_id] = [
             loop.call_later(call.ring_timeout_s, lambda: self._deliver(call, call.expire(time.time()))),
@@ -419,6 +430,7 @@ class Hub:
         log.info("%s dials %s: %s, %d device(s) ringing%s", conn.device.user_id, ",".join(call.callees), call_id,
                  len(devices), f"; not callers' users: {', '.join(unknown)}" if unknown else "")
         self._deliver(call, call.ring(devices, now))
+        self.push.ring(call, subs, now)
         if not call.ended:
             self._store("record the call", self.store.record_call(call, snapshot))
 
@@ -448,6 +460,7 @@ class Hub:
         assert conn.user is not None
         log.info("%s reports a press at %s while offline: %s", conn.user["user_id"], req.body["pressed_at"], call.call_id)
         self._deliver(call, sends)
+        self.push.missed(call, time.time())
 
     def _spawn(self, work: Any) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -474,10 +487,13 @@ class Hub:
         self._deliver(call, sends)
 
     def _on_accept(self, conn: Connection, req: Request) -> None:
+        assert conn.user is not None
         call = self._call_for(conn, req)
-        sends = call.accept(conn.device, req.body["answer"], time.time())  # type: ignore[arg-type]
+        now = time.time()
+        sends = call.accept(conn.device, req.body["answer"], now)  # type: ignore[arg-type]
         conn.send(m.ok(req.id))
         self._deliver(call, sends)
+        self.push.answered(call, conn.user["display_name"], now)
         self._store("record the answer", self.store.accept_call(call))
 
     def _on_decline(self, conn: Connection, req: Request) -> None:
@@ -485,6 +501,14 @@ class Hub:
         sends = call.decline(conn.device, time.time())  # type: ignore[arg-type]
         conn.send(m.ok(req.id))
         self._deliver(call, sends)
+
+    def decline_from(self, device: DeviceRef, call_id: str) -> None:
+        """A decline from a phone's notification, which has no WebSocket: the phone's service
+        worker sends it over HTTP with the phone's token. Raises `CallError`."""
+        call = self.calls.get(call_id) or self.recent.get(call_id)
+        if call is None or not call.involves(device):
+            raise CallError(ErrorCode.NOT_FOUND, f"no live call '{call_id}' rings this device")
+        self._deliver(call, call.decline(device, time.time()))
 
     def _on_end(self, conn: Connection, req: Request) -> None:
         call = self._call_for(conn, req)
@@ -602,6 +626,8 @@ class Hub:
                 timer.cancel()
             self._store("record the call's end", self.store.finish_call(call))
             log.info("%s ended: %s", call.call_id, call.end_reason)
+            if call.accepted_by is None:
+                self.push.missed(call, call.ended_at or time.time())
 
     def _remember(self, call: ServerCall) -> None:
         self.recent[call.call_id] = call
@@ -621,3 +647,4 @@ class Hub:
             self._deliver(call, call.abort(m.EndReason.UNKNOWN, now))
         for conn in list(self.devices.values()):
             await conn.close(1001, "server shutting down")
+        await self.push.close()

@@ -127,6 +127,25 @@ SCHEMAS: dict[str, Any] = {
                            "event": {"type": "string", "enum": ["ringing", "reached", "accepted", "declined",
                                                                  "lost", "ended", "pressed_offline",
                                                                  "reported"]}}}}}},
+    "PushSubscription": {
+        "type": "object", "required": ["endpoint", "keys"], "additionalProperties": False,
+        "description": "what the browser's PushSubscription.toJSON() gives",
+        "properties": {
+            "endpoint": {"type": "string", "maxLength": 2048,
+                         "description": "https:// at a push service (http:// only for push.local_hosts)"},
+            "expirationTime": {"type": ["number", "null"]},
+            "keys": {"type": "object", "required": ["p256dh", "auth"], "properties": {
+                "p256dh": {"type": "string", "description": "the P-256 public key, base64url"},
+                "auth": {"type": "string", "description": "16 bytes, base64url"}}}}},
+    "PushDevice": {"type": "object", "required": ["device_id", "push_service", "created_at"], "properties": {
+        "device_id": {"type": "string"},
+        "push_service": {"type": "string", "description": "the push service's origin; the endpoint is never shown"},
+        "created_at": {"type": "string", "format": "date-time"}}},
+    "PushKey": {"type": "object", "required": ["public_key"], "properties": {
+        "public_key": {"type": "string", "description": "the VAPID public key (applicationServerKey), base64url"}}},
+    "PushTest": {"type": "object", "required": ["sent_to"], "properties": {"sent_to": {"type": "string"}}},
+    "Decline": {"type": "object", "required": ["device_id"], "additionalProperties": False, "properties": {
+        "device_id": {"type": "string", "pattern": ID_PATTERN}}},
     "AuditEvent": {"type": "object", "required": ["audit_id", "at", "action", "outcome", "by", "call_id"],
                    "properties": {
                        "audit_id": {"type": "integer"}, "at": {"type": "string", "format": "date-time"},
@@ -152,6 +171,7 @@ def _body(schema: str, required: bool = True) -> dict[str, Any]:
 
 _SITE_ID = _path_id("site_id", "the site")
 _USER_ID = _path_id("user_id", "the user")
+_DEVICE_ID = _path_id("device_id", "one of this user's devices (the web app's own id)")
 
 PATHS: dict[str, Any] = {
     "/v1/sites": {
@@ -225,6 +245,31 @@ PATHS: dict[str, Any] = {
                    "security": _PARTY_ONLY,
                    "responses": {"204": {"description": "revoked"}, **_errors()}},
     },
+    "/v1/me/push": {
+        "get": {"summary": "This user's devices that ring by Web Push when their app is closed",
+                "operationId": "listPushDevices", "security": _PARTY_ONLY,
+                "responses": {"200": _json(_list("subscriptions", "PushDevice"), "the devices"), **_errors()}},
+    },
+    "/v1/me/devices/{device_id}/push": {
+        "put": {"summary": "Ring this device by Web Push when its app is closed", "operationId": "subscribePush",
+                "description": "Replaces the device's previous subscription. A user has at most "
+                               "push.subscriptions_per_user devices subscribed (409 beyond). The subscription "
+                               "ends with the access token that made it.",
+                "security": _PARTY_ONLY, "parameters": [_DEVICE_ID], "requestBody": _body("PushSubscription"),
+                "responses": {"200": _json(_ref("PushDevice"), "subscribed"), **_errors(409)}},
+        "delete": {"summary": "Stop ringing this device by Web Push", "operationId": "unsubscribePush",
+                   "security": _PARTY_ONLY, "parameters": [_DEVICE_ID],
+                   "responses": {"204": {"description": "not subscribed (any more)"}, **_errors()}},
+    },
+    "/v1/me/devices/{device_id}/push/test": {
+        "post": {"summary": "Send this device a test notification", "operationId": "testPush",
+                 "security": _PARTY_ONLY, "parameters": [_DEVICE_ID],
+                 "responses": {"202": _json(_ref("PushTest"), "queued for the push service"), **_errors(404)}},
+    },
+    "/v1/push/public_key": {
+        "get": {"summary": "The server's VAPID public key, for PushManager.subscribe", "operationId": "pushKey",
+                "security": [], "responses": {"200": _json(_ref("PushKey"), "the key")}},
+    },
     "/v1/direct_calls": {
         "get": {"summary": "Call history, newest first", "operationId": "listCalls", "security": _API_OR_PARTY,
                 "description": "With an access token: only the calls its user was a party of.",
@@ -243,6 +288,12 @@ PATHS: dict[str, Any] = {
                 "responses": {"200": {"description": "the JPEG",
                                       "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}},
                               **_errors(404)}},
+    },
+    "/v1/direct_calls/{call_id}/decline": {
+        "post": {"summary": "Decline a ringing call from a notification, without the WebSocket",
+                 "operationId": "declineCall", "security": _PARTY_ONLY, "parameters": [_CALL_ID],
+                 "requestBody": _body("Decline"),
+                 "responses": {"204": {"description": "declined"}, **_errors(403, 404, 409)}},
     },
 }
 

@@ -23,7 +23,7 @@ import sqlite3
 import time
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 from intercom.core.calls import DeviceRef, ServerCall, iso
 
@@ -72,6 +72,12 @@ CREATE TABLE IF NOT EXISTS invites (
     code_hash TEXT NOT NULL UNIQUE, created_at REAL NOT NULL, expires_at REAL NOT NULL,
     redeemed_at REAL, token_id TEXT);
 CREATE INDEX IF NOT EXISTS invites_user ON invites(user_id);
+CREATE TABLE IF NOT EXISTS push_subscriptions (
+    user_id TEXT NOT NULL REFERENCES users(user_id), device_id TEXT NOT NULL,
+    token_id TEXT NOT NULL REFERENCES tokens(token_id), endpoint TEXT NOT NULL,
+    p256dh TEXT NOT NULL, auth TEXT NOT NULL, created_at REAL NOT NULL,
+    PRIMARY KEY (user_id, device_id));
+CREATE INDEX IF NOT EXISTS push_subscriptions_token ON push_subscriptions(token_id);
 """
 
 
@@ -120,6 +126,13 @@ def check_name(what: str, value: Any) -> str:
     except UnicodeEncodeError:
         raise StoreError(f"{what} is not valid Unicode text") from None
     return value
+
+
+class Bearer(NamedTuple):
+    """A valid access token given as `Authorization: Bearer`."""
+    user_id: str
+    token_id: str
+    expires_at: float | None
 
 
 class StoreUnavailable(Exception):
@@ -252,18 +265,31 @@ class Store:
                  "expires_at": iso(r["expires_at"]) if r["expires_at"] else None} for r in rows]
 
     def revoke_token(self, user_id: str, token_id: str) -> None:
-        cur = self.db.execute("UPDATE tokens SET revoked_at = ? WHERE user_id = ? AND token_id = ? AND revoked_at IS NULL",
-                              (time.time(), user_id, token_id))
-        if cur.rowcount == 0:
-            raise NotFound(f"no token '{token_id}' for user '{user_id}'")
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            cur = self.db.execute("UPDATE tokens SET revoked_at = ? WHERE user_id = ? AND token_id = ? "
+                                  "AND revoked_at IS NULL", (time.time(), user_id, token_id))
+            if cur.rowcount == 0:
+                raise NotFound(f"no token '{token_id}' for user '{user_id}'")
+            self._drop_subscriptions(token_id)
 
     def revoke_secret(self, user_id: str, token: str) -> str | None:
         """Sign-out: the holder of a token (already checked, see `token_owner`) revokes it.
         Returns the token's id, so its live sessions can be ended."""
-        row = self.db.execute("UPDATE tokens SET revoked_at = ? WHERE user_id = ? AND token_hash = ? "
-                              "AND revoked_at IS NULL RETURNING token_id",
-                              (time.time(), user_id, hash_token(token))).fetchone()
-        return None if row is None else str(row[0])
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            row = self.db.execute("UPDATE tokens SET revoked_at = ? WHERE user_id = ? AND token_hash = ? "
+                                  "AND revoked_at IS NULL RETURNING token_id",
+                                  (time.time(), user_id, hash_token(token))).fetchone()
+            if row is None:
+                return None
+            self._drop_subscriptions(str(row[0]))
+        return str(row[0])
+
+    def _drop_subscriptions(self, token_id: str) -> None:
+        """A phone signed out or cut off is never woken again: its push subscriptions go with
+        the token that made them, in the same transaction."""
+        self.db.execute("DELETE FROM push_subscriptions WHERE token_id = ?", (token_id,))
 
     # -- invites -----------------------------------------------------------------------------
 
@@ -340,17 +366,51 @@ class Store:
                 "AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)", (*chunk, now)))
         return set(ids) - valid
 
-    def token_owner(self, token: str, now: float | None = None) -> str | None:
-        """The user a bearer token belongs to, for HTTP requests that carry no user id."""
+    def token_owner(self, token: str, now: float | None = None) -> Bearer | None:
+        """Whose a bearer token is, for HTTP requests that carry no user id."""
         digest = hash_token(token)
         now = time.time() if now is None else now
-        row = self.db.execute("SELECT user_id, token_hash, expires_at FROM tokens WHERE token_hash = ? "
+        row = self.db.execute("SELECT user_id, token_id, token_hash, expires_at FROM tokens WHERE token_hash = ? "
                               "AND revoked_at IS NULL", (digest,)).fetchone()
         if row is None or not hmac.compare_digest(row["token_hash"], digest):
             return None
         if row["expires_at"] is not None and row["expires_at"] <= now:
             return None
-        return str(row["user_id"])
+        return Bearer(str(row["user_id"]), str(row["token_id"]), row["expires_at"])
+
+    # -- push subscriptions ------------------------------------------------------------------
+
+    def save_subscription(self, user_id: str, device_id: str, token_id: str, endpoint: str, p256dh: str, auth: str,
+                          per_user: int) -> float:
+        """Add or replace a device's subscription; a user has at most `per_user` devices
+        subscribed. Returns when it was made."""
+        now = time.time()
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            others = self.db.execute("SELECT COUNT(*) FROM push_subscriptions WHERE user_id = ? AND device_id != ?",
+                                     (user_id, device_id)).fetchone()[0]
+            if others >= per_user:
+                raise Conflict(f"{others} devices of '{user_id}' already ring when their app is closed, the most "
+                               f"allowed; switch it off on one of them first")
+            self.db.execute("INSERT OR REPLACE INTO push_subscriptions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (user_id, device_id, token_id, endpoint, p256dh, auth, now))
+        return now
+
+    def delete_subscription(self, user_id: str, device_id: str, endpoint: str | None = None) -> bool:
+        """Remove a device's subscription (only if it still is `endpoint`, where given: a push
+        service's 410 for an old one must not remove the one that replaced it)."""
+        cur = self.db.execute("DELETE FROM push_subscriptions WHERE user_id = ? AND device_id = ?"
+                              + (" AND endpoint = ?" if endpoint is not None else ""),
+                              (user_id, device_id) + ((endpoint,) if endpoint is not None else ()))
+        return cur.rowcount > 0
+
+    def subscriptions(self, now: float | None = None) -> list[sqlite3.Row]:
+        """Every subscription whose token is still valid, with the token's expiry."""
+        now = time.time() if now is None else now
+        return self.db.execute(
+            "SELECT s.*, t.expires_at FROM push_subscriptions s JOIN tokens t ON t.token_id = s.token_id "
+            "WHERE t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > ?) ORDER BY s.created_at",
+            (now,)).fetchall()
 
     # -- calls -----------------------------------------------------------------------------
 
