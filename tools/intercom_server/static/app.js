@@ -4,8 +4,14 @@
 // It speaks protocol v1 (docs/protocol.md) over one WebSocket, and the Platform API with the
 // phone's own access token for the history and the visitor's pictures. SDP is exchanged
 // whole: candidates are gathered before an offer or answer is sent, as the door does.
+//
+// With the app closed, the phone rings by Web Push: sw.js shows the notification, and its
+// Answer opens this page at /#answer=CALL_ID, which answers that call as soon as it rings here.
+
+import "/keystore.js"; // self.sessionStore: the session where the service worker can read it
 
 const SESSION_KEY = "intercom.session";
+const PUSH_SUBSCRIBE_MS = 20000;
 const $ = (id) => document.getElementById(id);
 
 const REASONS = {
@@ -34,6 +40,7 @@ let ringing = null; // {call_id, caller, offer}
 let call = null; // {call_id, pc, role, peerName, mic, stream}
 let historyNext = null;
 let historyTab = "calls";
+let answerOnRing = null; // a call id the resident already answered from a notification
 
 // For tests and for anyone debugging from the browser's console.
 window.intercom = {
@@ -41,6 +48,7 @@ window.intercom = {
   get ringing() { return ringing && ringing.call_id; },
   get call() { return call && { call_id: call.call_id, role: call.role, state: call.pc.connectionState }; },
   get pc() { return call && call.pc; },
+  get push() { return { on: $("push-switch").checked, text: $("push-state").textContent }; },
 };
 
 // -- session -------------------------------------------------------------------------------
@@ -58,6 +66,7 @@ function saveSession(value) {
   session = value;
   if (value) localStorage.setItem(SESSION_KEY, JSON.stringify(value));
   else localStorage.removeItem(SESSION_KEY);
+  (value ? self.sessionStore.put(value) : self.sessionStore.clear()).catch(() => {});
 }
 
 function deviceId() {
@@ -110,6 +119,8 @@ async function signOut(message) {
   const token = session && session.access_token;
   disconnect();
   saveSession(null);
+  // The server forgets this phone's subscription with its token; the browser forgets it too.
+  pushSubscription().then((sub) => sub && sub.unsubscribe()).catch(() => {});
   if (token && !message) {
     // Revoke the token on the server, so a copy left anywhere is worthless.
     await fetch("/v1/me/token", { method: "DELETE", headers: { Authorization: `Bearer ${token}` } }).catch(() => {});
@@ -257,6 +268,10 @@ function toast(text) {
 // -- ringing --------------------------------------------------------------------------------
 
 function resync(live) {
+  if (answerOnRing && !live.includes(answerOnRing)) {
+    answerOnRing = null;
+    toast("That call has ended: the visitor left or someone else answered.");
+  }
   if (ringing && !live.includes(ringing.call_id)) {
     stopRinging();
     toast("The ring ended while this phone was offline.");
@@ -270,6 +285,7 @@ function resync(live) {
 async function onIncoming(event) {
   if (call) return; // busy in a call: another device can take it
   if (ringing && ringing.call_id === event.call_id) return; // the same ring, after a reconnection
+  closeNotifications(event.call_id);
   const expires = typeof event.expires_in_s === "number" ? event.expires_in_s : 60;
   ringing = { call_id: event.call_id, caller: event.caller, offer: event.offer };
   // The ring's own clock: it stops by itself if its `ended` never comes.
@@ -281,8 +297,34 @@ async function onIncoming(event) {
   $("ring-screen").hidden = false;
   $("answer").disabled = false;
   $("decline").disabled = false;
+  if (answerOnRing === event.call_id) {
+    answerOnRing = null;
+    answer(); // Answer was tapped on the notification: no second tap
+    return;
+  }
   ringtone.start();
   if (event.snapshot_url) await showVisitor(event);
+}
+
+// The ring on screen replaces the notification of the same call, so the phone shows one ring.
+function closeNotifications(callId) {
+  if (document.visibilityState !== "visible" || !navigator.serviceWorker) return;
+  navigator.serviceWorker.ready
+    .then((reg) => reg.getNotifications({ tag: `call-${callId}` }))
+    .then((shown) => shown.forEach((n) => n.close()))
+    .catch(() => {});
+}
+
+function answerFromAddress() {
+  const match = /(?:^|[#&])answer=([A-Za-z0-9_-]+)/.exec(location.hash);
+  if (match) history.replaceState(null, "", location.pathname);
+  return match ? match[1] : null;
+}
+
+// Answer tapped on a notification while the app was open in the background.
+function answerFromNotification(callId) {
+  if (ringing && ringing.call_id === callId) answer();
+  else if (!call) answerOnRing = callId;
 }
 
 // The door rings first and sends the visitor's picture a frame later (`snapshot`); a phone
@@ -664,6 +706,132 @@ function selectTab(tab) {
   loadHistory(true);
 }
 
+// -- ringing while the app is closed (Web Push) ---------------------------------------------
+
+// Why this browser cannot ring with the app closed, or null when it can.
+function pushUnavailable() {
+  const apple = /iPhone|iPad|iPod/.test(navigator.userAgent)
+    || (navigator.platform === "MacIntel" && navigator.maxTouchPoints > 1);
+  const installed = navigator.standalone === true || matchMedia("(display-mode: standalone)").matches;
+  if (!window.isSecureContext) {
+    return "Not over plain http: open the app at its https:// address to switch this on.";
+  }
+  if (apple && !installed) {
+    return "On iPhone and iPad (iOS 16.4 or later) only from the home screen: tap Share, then "
+           + "\u201cAdd to Home Screen\u201d, open Intercom from there and switch this on.";
+  }
+  if (!("serviceWorker" in navigator) || !("PushManager" in window) || !("Notification" in window)) {
+    return "This browser cannot ring when the app is closed. Keep the app open to be rung.";
+  }
+  if (Notification.permission === "denied") {
+    return "Notifications are blocked for this site. Allow them in the browser's site settings, then switch this on.";
+  }
+  return null;
+}
+
+async function pushSubscription() {
+  if (!("serviceWorker" in navigator) || !("PushManager" in window)) return null;
+  const reg = await navigator.serviceWorker.ready;
+  return reg.pushManager.getSubscription();
+}
+
+function showPush(on, text) {
+  $("push-switch").checked = on;
+  $("push-switch").setAttribute("aria-checked", String(on));
+  $("push-state").textContent = text;
+  $("push-test").hidden = !on;
+}
+
+function devicePath() {
+  return `/v1/me/devices/${encodeURIComponent(session.device_id)}/push`;
+}
+
+async function renderPush() {
+  const why = pushUnavailable();
+  $("push-switch").disabled = Boolean(why);
+  if (why) {
+    showPush(false, why);
+    return;
+  }
+  try {
+    const [sub, listed] = await Promise.all([pushSubscription(), api("/v1/me/push").then((r) => r.json())]);
+    const mine = listed.subscriptions.find((s) => s.device_id === session.device_id);
+    if (sub && mine) showPush(true, `On: this phone rings when the app is closed (through ${new URL(mine.push_service).host}).`);
+    else showPush(false, "Off: this phone rings only while the app is open.");
+  } catch {
+    showPush(false, "Off: this phone rings only while the app is open.");
+  }
+}
+
+async function switchPush() {
+  const wanted = $("push-switch").checked;
+  $("push-switch").disabled = true;
+  try {
+    if (wanted) await pushOn();
+    else await pushOff();
+  } catch (error) {
+    showPush(false, `Could not switch it on: ${error.message}`);
+    $("push-switch").disabled = false;
+    return;
+  }
+  $("push-switch").disabled = false;
+  await renderPush();
+}
+
+async function pushOn() {
+  // Asked inside the tap, as browsers require; the rest may wait on the network.
+  const permission = await Notification.requestPermission();
+  if (permission !== "granted") {
+    throw new Error(permission === "denied"
+      ? "notifications are blocked for this site; allow them in the browser's site settings"
+      : "notifications were not allowed");
+  }
+  const { public_key: key } = await (await fetch("/v1/push/public_key")).json();
+  const reg = await navigator.serviceWorker.ready;
+  let sub = await reg.pushManager.getSubscription();
+  if (sub && !sameKey(sub.options.applicationServerKey, key)) {
+    await sub.unsubscribe(); // made for another server key: it would be refused
+    sub = null;
+  }
+  try {
+    // A browser that cannot reach its vendor's push service waits for it, with no end.
+    const late = new Promise((_, reject) => setTimeout(
+      () => reject(new Error("it did not answer; check this phone's internet connection")), PUSH_SUBSCRIBE_MS));
+    sub = sub || await Promise.race([reg.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: key }), late]);
+  } catch (error) {
+    throw new Error(`the browser's push service refused (${error.message})`);
+  }
+  const response = await fetch(devicePath(), {
+    method: "PUT", body: JSON.stringify(sub.toJSON()),
+    headers: { Authorization: `Bearer ${session.access_token}`, "Content-Type": "application/json" },
+  });
+  if (!response.ok) {
+    const body = await response.json().catch(() => ({}));
+    throw new Error(body.error ? body.error.message : `the server answered ${response.status}`);
+  }
+}
+
+function sameKey(buffer, base64url) {
+  if (!buffer) return false;
+  const bytes = new Uint8Array(buffer);
+  const text = btoa(String.fromCharCode(...bytes)).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  return text === base64url;
+}
+
+async function pushOff() {
+  const sub = await pushSubscription();
+  if (sub) await sub.unsubscribe();
+  await fetch(devicePath(), { method: "DELETE", headers: { Authorization: `Bearer ${session.access_token}` } });
+}
+
+async function testPush() {
+  const response = await fetch(`${devicePath()}/test`, {
+    method: "POST", headers: { Authorization: `Bearer ${session.access_token}` },
+  });
+  toast(response.ok ? "Test notification sent. Lock the phone: it should show in a few seconds."
+                    : "The test could not be sent; switch ringing off and on again.");
+}
+
 // -- start ----------------------------------------------------------------------------------
 
 async function start() {
@@ -679,6 +847,7 @@ async function start() {
     setTimeout(start, 3000);
     return;
   }
+  self.sessionStore.put(session).catch(() => {}); // a session from before the worker needed it
   names.clear();
   for (const user of me.users) names.set(user.user_id, user.display_name);
   $("site-name").textContent = me.site.name;
@@ -686,6 +855,7 @@ async function start() {
   $("home-screen").hidden = false;
   renderDoors();
   loadHistory(true);
+  renderPush();
   if (!ws) connect();
 }
 
@@ -705,6 +875,13 @@ function wire() {
   $("history-more").addEventListener("click", () => loadHistory(false));
   $("tab-calls").addEventListener("click", () => selectTab("calls"));
   $("tab-openings").addEventListener("click", () => selectTab("openings"));
+  $("push-switch").addEventListener("change", switchPush);
+  $("push-test").addEventListener("click", testPush);
+  if (navigator.serviceWorker) {
+    navigator.serviceWorker.addEventListener("message", (event) => {
+      if (event.data && event.data.type === "answer") answerFromNotification(event.data.call_id);
+    });
+  }
   for (const kind of ["pointerdown", "keydown"]) document.addEventListener(kind, () => ringtone.unlock(), { capture: true });
   window.addEventListener("online", () => { if (session && !ws) connect(); });
 }
@@ -725,6 +902,7 @@ window.addEventListener("hashchange", () => {
     signInWith(code);
   }
 });
+answerOnRing = answerFromAddress();
 const firstCode = inviteFromAddress();
 if (firstCode) signInWith(firstCode);
 else if (session) start();

@@ -1,0 +1,296 @@
+"""A phone whose app is closed rings by Web Push: the real app and its real service worker in
+Debian's Chromium, the real server and door daemons, and a push service stand-in.
+
+What this machine's browser cannot do offline is stood in for at exactly two points, and only
+there: the browser's own push service (`PushManager.subscribe` is tried for real, and fails
+here, as it must without Google's servers; then it returns the stand-in's subscription), and
+the delivery from that service into the browser, which the DevTools protocol does
+(`ServiceWorker.deliverPushMessage`) with the message the stand-in decrypted. A tap on a
+notification cannot be made trusted from outside the browser, so the worker's click handler
+runs for an untrusted event and the window it asks for is opened by the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import pytest
+
+from intercom_sim.harness import Installation
+from intercom_sim.pushservice import Delivery, PushService
+
+from .test_webapp import BROWSER_ARGS, CHROMIUM, GRANT_MICROPHONE, Phone, until
+
+playwright_api = pytest.importorskip("playwright.async_api")
+
+pytestmark = pytest.mark.timeout(150)
+
+#: What Chromium logs when the app's real subscribe fails in a Playwright (incognito) profile;
+#: in a normal profile the browser tries Google's push service instead, which is not reachable here.
+INCOGNITO_PUSH = "Chrome currently does not support the Push API in incognito mode"
+
+#: The browser's push service, from here on: PushManager hands out the stand-in's subscription.
+STAND_IN_PUSH_MANAGER = """(sub) => {
+  let current = null;
+  const made = { endpoint: sub.endpoint, options: { applicationServerKey: null }, toJSON: () => sub,
+                 unsubscribe: async () => { current = null; return true; } };
+  PushManager.prototype.subscribe = async () => (current = made);
+  PushManager.prototype.getSubscription = async () => current;
+}"""
+
+NOTIFICATIONS = """(tag) => self.registration.getNotifications(tag ? { tag } : {}).then((shown) => shown.map((n) => ({
+  title: n.title, body: n.body, tag: n.tag, image: n.image.slice(0, 23), actions: n.actions.map((a) => a.action),
+  requireInteraction: n.requireInteraction, vibrate: Array.from(n.vibrate || []), data: n.data })))"""
+
+#: A tap on the notification (or one of its actions), as far as a test can make one: the
+#: worker's handler runs; the window it opens is recorded for the test to open.
+TAP = """async ([tag, action]) => {
+  self.__opened = null;
+  Clients.prototype.openWindow = async (url) => { self.__opened = url; return null; };
+  const [shown] = await self.registration.getNotifications({ tag });
+  try {
+    self.dispatchEvent(new NotificationEvent("notificationclick", { notification: shown, action }));
+  } catch (error) {
+    // waitUntil refuses an untrusted event, after the handler has started its work
+  }
+  return true;
+}"""
+
+
+@pytest.fixture
+async def pushes() -> AsyncIterator[PushService]:
+    service = await PushService().start()
+    yield service
+    await service.close()
+
+
+@pytest.fixture
+async def push_site(tmp_path: Path, pushes: PushService) -> AsyncIterator[Installation]:
+    installation = Installation(tmp_path)
+    await installation.start_server(settings={"push": {"local_hosts": ["127.0.0.1"]}})
+    status, key = await installation.api("GET", "/v1/push/public_key")
+    assert status == 200
+    pushes.server_key = key["public_key"]
+    try:
+        yield installation
+    finally:
+        await installation.close()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    async with playwright_api.async_playwright() as pw:
+        chromium = await pw.chromium.launch(executable_path=CHROMIUM, args=[*BROWSER_ARGS, GRANT_MICROPHONE])
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+class LockedPhone(Phone):
+    """A phone whose notifications the test can see: its service worker, and the DevTools
+    session that delivers push messages to it."""
+
+    async def setup(self) -> None:
+        self.cdp = await self.page.context.new_cdp_session(self.page)
+        self.registrations: list[dict[str, Any]] = []
+        self.cdp.on("ServiceWorker.workerRegistrationUpdated",
+                    lambda event: self.registrations.extend(event["registrations"]))
+        await self.cdp.send("ServiceWorker.enable")
+
+    @property
+    def worker(self) -> Any:
+        workers = self.page.context.service_workers
+        assert workers, "the app's service worker is not running"
+        return workers[0]
+
+    async def switch_push_on(self, pushes: PushService) -> str:
+        """Returns the app's device id."""
+        page = self.page
+        await page.locator("#push-state").filter(has_text="Off").wait_for(timeout=10000)
+        # The real subscribe: this browser has no push service to reach, and the app says so.
+        await page.locator("#push-switch").click()
+        await page.locator("#push-state").filter(has_text="Could not switch it on: the browser's push service "
+                                                           "refused").wait_for(timeout=10000)
+        assert not await page.locator("#push-switch").is_checked()
+        device_id = str(await page.evaluate("JSON.parse(localStorage.getItem('intercom.session')).device_id"))
+        await page.evaluate(STAND_IN_PUSH_MANAGER, pushes.subscribe(device_id))
+        await page.locator("#push-switch").click()
+        await page.locator("#push-state").filter(has_text="On: this phone rings when the app is closed").wait_for(
+            timeout=10000)
+        assert await page.locator("#push-switch").is_checked()
+        await self.shot("push-switch-on")
+        return device_id
+
+    async def close_app(self) -> None:
+        """The app is closed: no page of its origin is open (the tab shows something else)."""
+        await self.page.goto("about:blank")
+
+    async def deliver(self, delivery: Delivery) -> None:
+        scope = next(r for r in self.registrations if r["scopeURL"].startswith(self.origin) and not r["isDeleted"])
+        await self.cdp.send("ServiceWorker.deliverPushMessage", {
+            "origin": self.origin, "registrationId": scope["registrationId"], "data": json.dumps(delivery.message)})
+
+    async def notification(self, tag: str, predicate: str = "true", timeout_s: float = 15) -> dict[str, Any]:
+        """The notification with this tag, once `predicate` (JS, of `n`) holds for it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            shown = await self.worker.evaluate(NOTIFICATIONS, tag)
+            found = await self.worker.evaluate(f"(shown) => shown.find((n) => {predicate}) || null", shown)
+            if found:
+                return dict(found)
+            if loop.time() > deadline:
+                raise TimeoutError(f"no notification {tag} with {predicate}; shown: {shown}")
+            await asyncio.sleep(0.05)
+
+    async def tap(self, tag: str, action: str) -> str | None:
+        await self.worker.evaluate(TAP, [tag, action])
+        if action == "decline":
+            return None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while (opened := await self.worker.evaluate("self.__opened")) is None:
+            if loop.time() > deadline:
+                raise TimeoutError("the notification's tap opened nothing")
+            await asyncio.sleep(0.05)
+        return str(opened)
+
+
+def problems(phone: Phone) -> list[str]:
+    return [p for p in phone.problems if INCOGNITO_PUSH not in p]
+
+
+async def locked_phone(browser: Any, site: Installation, name: str) -> LockedPhone:
+    ctx = await browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    await ctx.grant_permissions(["notifications"], origin=site.http_url)  # the resident taps "Allow"
+    phone = LockedPhone(name, await ctx.new_page(), site.http_url)
+    await phone.setup()
+    return phone
+
+
+async def next_for(pushes: PushService, kind: str) -> Delivery:
+    delivery = await pushes.next(timeout=20)
+    assert delivery.message["type"] == kind, delivery.message
+    return delivery
+
+
+async def test_a_locked_phone_rings_with_the_visitors_picture_and_opens_straight_into_the_call(
+        push_site: Installation, pushes: PushService, browser: Any) -> None:
+    site = push_site
+    invite = await site.invite("alice", "Alice")
+    door = await site.start_door("frontdoor", [{"residents": ["alice"], "timeout_s": 30}])
+    alice = await locked_phone(browser, site, "alice")
+    await alice.sign_in(invite)
+    device_id = await alice.switch_push_on(pushes)
+
+    await alice.page.locator("#push-test").click()
+    test = await next_for(pushes, "test")
+    assert test.message["device_id"] == device_id
+    await alice.deliver(test)
+    await alice.notification("intercom-test", "n.title === 'Intercom test'")
+
+    await alice.close_app()
+    await door.ring()
+    ring = await next_for(pushes, "ring")
+    call_id = ring.message["call_id"]
+    assert ring.name == device_id and ring.topic == call_id and ring.urgency == "high"
+    await alice.deliver(ring)
+    tag = f"call-{call_id}"
+    shown = await alice.notification(tag, "n.image.startsWith('data:image/jpeg')")
+    assert shown["title"] == "Front door" and shown["body"].startswith("Someone is at the door · ")
+    assert shown["actions"] == ["answer", "decline"] and shown["requireInteraction"]
+    assert shown["vibrate"] and shown["data"]["type"] == "ring"
+    await door.wait_status(lambda s: s["call"] is not None and s["call"]["state"] == "ringing")
+
+    url = await alice.tap(tag, "answer")
+    assert url == f"/#answer={call_id}"
+    assert await alice.worker.evaluate(NOTIFICATIONS, tag) == [], "the tapped ring is gone"
+    await alice.page.goto(site.http_url + url)
+    video = await alice.wait_frames(10)
+    assert video["width"] == 640
+    status = await door.wait_status(lambda s: s["state"] == "connected")
+    assert status["call"]["peer"]["user_id"] == "alice"
+    assert await alice.page.locator("#ring-screen").is_hidden(), "answered already: no second tap"
+    await alice.shot("answered-from-notification")
+    await alice.page.locator("#hangup").click()
+    await door.wait_status(lambda s: s["state"] == "idle")
+    assert problems(alice) == []
+
+
+async def test_a_notification_declines_and_is_replaced_when_answered_elsewhere_or_missed(
+        push_site: Installation, pushes: PushService, browser: Any) -> None:
+    site = push_site
+    invite = await site.invite("alice", "Alice")
+    front = await site.start_door("frontdoor", [{"residents": ["alice", "bob"], "timeout_s": 30}])
+    back = await site.start_door("backdoor", [{"residents": ["alice"], "timeout_s": 2}], name="Back door")
+    alice = await locked_phone(browser, site, "alice")
+    await alice.sign_in(invite)
+    await alice.switch_push_on(pushes)
+    await alice.close_app()
+
+    # Decline on the notification: the app is not opened, the visitor hears that nobody comes.
+    await front.ring()
+    ring = await next_for(pushes, "ring")
+    await alice.deliver(ring)
+    tag = f"call-{ring.message['call_id']}"
+    await alice.notification(tag)
+    assert await alice.tap(tag, "decline") is None
+    await front.wait_status(lambda s: s["state"] == "idle" and s["last_call"]["end_reason"] == "declined")
+    assert await alice.worker.evaluate(NOTIFICATIONS, tag) == []
+
+    # Bob answers on his device: Alice's ring becomes "Answered by Bob".
+    await site.start_resident("bob", "--answer", "auto", "--hangup-after-frames", "1000", name="Bob")
+    await front.ring()
+    ring = await next_for(pushes, "ring")
+    answered = await next_for(pushes, "answered")
+    tag = f"call-{ring.message['call_id']}"
+    await alice.deliver(ring)
+    await alice.notification(tag, "n.data.type === 'ring'")
+    await alice.deliver(answered)
+    shown = await alice.notification(tag, "n.data.type === 'answered'")
+    assert shown["title"] == "Answered by Bob" and shown["body"].startswith("Front door at ")
+    await alice.deliver(ring)  # a ring that arrives late is never shown over it
+    await alice.deliver(answered)
+    shown = await alice.notification(tag, "n.data.type === 'answered'")
+    assert len(await alice.worker.evaluate(NOTIFICATIONS, tag)) == 1
+    await front.ctl("hangup")
+
+    # Nobody answers at the back door: "Missed: Back door at HH:MM", with the picture.
+    await back.ring()
+    ring = await next_for(pushes, "ring")
+    await alice.deliver(ring)
+    tag = f"call-{ring.message['call_id']}"
+    await alice.notification(tag, "n.data.type === 'ring'")
+    missed = await next_for(pushes, "missed")
+    assert missed.message["call_id"] == ring.message["call_id"] and missed.topic == ring.topic
+    await alice.deliver(missed)
+    shown = await alice.notification(tag, "n.data.type === 'missed'")
+    assert shown["title"].startswith("Missed: Back door at ") and shown["image"].startswith("data:image/jpeg")
+    assert problems(alice) == []
+
+
+async def test_the_open_app_rings_on_screen_and_shows_no_second_ring(
+        push_site: Installation, pushes: PushService, browser: Any) -> None:
+    site = push_site
+    invite = await site.invite("alice", "Alice")
+    door = await site.start_door("frontdoor", [{"residents": ["alice"], "timeout_s": 30}])
+    alice = await locked_phone(browser, site, "alice")
+    await alice.sign_in(invite)
+    await alice.switch_push_on(pushes)
+    await door.ring()
+    ring = await next_for(pushes, "ring")
+    await alice.page.locator("#ring-screen").wait_for(state="visible", timeout=10000)
+    await alice.deliver(ring)
+    # The worker has handled the push once the test notification sent after it is shown (the
+    # button is under the ring screen; the test presses it from the page).
+    await alice.page.evaluate("document.getElementById('push-test').click()")
+    await alice.deliver(await next_for(pushes, "test"))
+    await alice.notification("intercom-test")
+    assert await alice.worker.evaluate(NOTIFICATIONS, f"call-{ring.message['call_id']}") == []
+    await alice.page.locator("#decline").click()
+    await door.wait_status(lambda s: s["state"] == "idle")
+    assert problems(alice) == []
