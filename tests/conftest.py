@@ -144,6 +144,21 @@ async def server(tmp_path: Path, settings: HubSettings) -> AsyncIterator[ServerU
 
 
 @pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    """Debian's Chromium, with a fake camera and microphone the resident allowed."""
+    from playwright.async_api import async_playwright
+
+    from intercom_sim.browser import BROWSER_ARGS, CHROMIUM, GRANT_MICROPHONE
+
+    async with async_playwright() as pw:
+        chromium = await pw.chromium.launch(executable_path=CHROMIUM, args=[*BROWSER_ARGS, GRANT_MICROPHONE])
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+@pytest.fixture
 async def site(tmp_path: Path) -> AsyncIterator[Installation]:
     """A whole installation as processes: the server is up; doors and residents are added by
     each test."""

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from intercom_sim.browser import BROWSER_ARGS, CHROMIUM, GRANT_MICROPHONE
 from intercom_sim.harness import Process
 
-from .test_webapp import BROWSER_ARGS, CHROMIUM, GRANT_MICROPHONE, Phone, playwright_api
+from .test_webapp import Phone, playwright_api
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -7,8 +7,6 @@ keys it gave the "phone", so what is asserted is what a phone would get.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
 from typing import AsyncIterator
 

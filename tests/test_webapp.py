@@ -14,26 +14,20 @@ import asyncio
 import os
 import shutil
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
 
+from intercom_sim.browser import BROWSER_ARGS, CHROMIUM
 from intercom_sim.harness import Installation
 
 playwright_api = pytest.importorskip("playwright.async_api")
 
 pytestmark = pytest.mark.timeout(120)
 
-CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = Path(os.environ.get("INTERCOM_SCREENSHOTS", Path(__file__).parent.parent / "test-output" / "screenshots"))
 RELAY = {"hardware": {"pins": {"relay": 22, "relay_pulse_s": 0.5}}}
-#: A phone as a test can have one: Chromium's fake camera and microphone. Local addresses are
-#: not hidden behind mDNS names, which this sandbox cannot resolve.
-BROWSER_ARGS = ["--use-fake-device-for-media-stream", "--autoplay-policy=no-user-gesture-required",
-                "--disable-features=WebRtcHideLocalIpsWithMdns", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-GRANT_MICROPHONE = "--use-fake-ui-for-media-stream"  # the user taps "Allow"; without it Chromium refuses
 
 if not shutil.which(CHROMIUM):
     pytest.skip(f"{CHROMIUM} is missing: `make test` installs Debian's chromium package", allow_module_level=True)
@@ -116,16 +110,6 @@ class Phone:
     def foreign_requests(self) -> list[str]:
         return [u for u in self.requests if not u.startswith((self.origin, "blob:", "data:"))]
 
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    async with playwright_api.async_playwright() as pw:
-        chromium = await pw.chromium.launch(executable_path=CHROMIUM, args=[*BROWSER_ARGS, GRANT_MICROPHONE])
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
 
 
 async def phone(browser: Any, site: Installation, name: str, **context: Any) -> Phone:

@@ -12,52 +12,24 @@ runs for an untrusted event and the window it asks for is opened by the test.
 
 from __future__ import annotations
 
-import asyncio
-import json
 from pathlib import Path
 from typing import Any, AsyncIterator
 
 import pytest
 
+from intercom_sim.browser import STAND_IN_PUSH_MANAGER, ServiceWorkerPush
 from intercom_sim.harness import Installation
 from intercom_sim.pushservice import Delivery, PushService
 
-from .test_webapp import BROWSER_ARGS, CHROMIUM, GRANT_MICROPHONE, Phone, until
+from .test_webapp import Phone
 
-playwright_api = pytest.importorskip("playwright.async_api")
+pytest.importorskip("playwright.async_api")
 
 pytestmark = pytest.mark.timeout(150)
 
 #: What Chromium logs when the app's real subscribe fails in a Playwright (incognito) profile;
 #: in a normal profile the browser tries Google's push service instead, which is not reachable here.
 INCOGNITO_PUSH = "Chrome currently does not support the Push API in incognito mode"
-
-#: The browser's push service, from here on: PushManager hands out the stand-in's subscription.
-STAND_IN_PUSH_MANAGER = """(sub) => {
-  let current = null;
-  const made = { endpoint: sub.endpoint, options: { applicationServerKey: null }, toJSON: () => sub,
-                 unsubscribe: async () => { current = null; return true; } };
-  PushManager.prototype.subscribe = async () => (current = made);
-  PushManager.prototype.getSubscription = async () => current;
-}"""
-
-NOTIFICATIONS = """(tag) => self.registration.getNotifications(tag ? { tag } : {}).then((shown) => shown.map((n) => ({
-  title: n.title, body: n.body, tag: n.tag, image: n.image.slice(0, 23), actions: n.actions.map((a) => a.action),
-  requireInteraction: n.requireInteraction, vibrate: Array.from(n.vibrate || []), data: n.data })))"""
-
-#: A tap on the notification (or one of its actions), as far as a test can make one: the
-#: worker's handler runs; the window it opens is recorded for the test to open.
-TAP = """async ([tag, action]) => {
-  self.__opened = null;
-  Clients.prototype.openWindow = async (url) => { self.__opened = url; return null; };
-  const [shown] = await self.registration.getNotifications({ tag });
-  try {
-    self.dispatchEvent(new NotificationEvent("notificationclick", { notification: shown, action }));
-  } catch (error) {
-    // waitUntil refuses an untrusted event, after the handler has started its work
-  }
-  return true;
-}"""
 
 
 @pytest.fixture
@@ -80,32 +52,12 @@ async def push_site(tmp_path: Path, pushes: PushService) -> AsyncIterator[Instal
         await installation.close()
 
 
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    async with playwright_api.async_playwright() as pw:
-        chromium = await pw.chromium.launch(executable_path=CHROMIUM, args=[*BROWSER_ARGS, GRANT_MICROPHONE])
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
-
-
 class LockedPhone(Phone):
-    """A phone whose notifications the test can see: its service worker, and the DevTools
-    session that delivers push messages to it."""
+    """A phone whose notifications the test sees, through its service worker."""
 
-    async def setup(self) -> None:
-        self.cdp = await self.page.context.new_cdp_session(self.page)
-        self.registrations: list[dict[str, Any]] = []
-        self.cdp.on("ServiceWorker.workerRegistrationUpdated",
-                    lambda event: self.registrations.extend(event["registrations"]))
-        await self.cdp.send("ServiceWorker.enable")
-
-    @property
-    def worker(self) -> Any:
-        workers = self.page.context.service_workers
-        assert workers, "the app's service worker is not running"
-        return workers[0]
+    def __init__(self, name: str, page: Any, origin: str) -> None:
+        super().__init__(name, page, origin)
+        self.sw = ServiceWorkerPush(page, origin)
 
     async def switch_push_on(self, pushes: PushService) -> str:
         """Returns the app's device id."""
@@ -129,36 +81,6 @@ class LockedPhone(Phone):
         """The app is closed: no page of its origin is open (the tab shows something else)."""
         await self.page.goto("about:blank")
 
-    async def deliver(self, delivery: Delivery) -> None:
-        scope = next(r for r in self.registrations if r["scopeURL"].startswith(self.origin) and not r["isDeleted"])
-        await self.cdp.send("ServiceWorker.deliverPushMessage", {
-            "origin": self.origin, "registrationId": scope["registrationId"], "data": json.dumps(delivery.message)})
-
-    async def notification(self, tag: str, predicate: str = "true", timeout_s: float = 15) -> dict[str, Any]:
-        """The notification with this tag, once `predicate` (JS, of `n`) holds for it."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while True:
-            shown = await self.worker.evaluate(NOTIFICATIONS, tag)
-            found = await self.worker.evaluate(f"(shown) => shown.find((n) => {predicate}) || null", shown)
-            if found:
-                return dict(found)
-            if loop.time() > deadline:
-                raise TimeoutError(f"no notification {tag} with {predicate}; shown: {shown}")
-            await asyncio.sleep(0.05)
-
-    async def tap(self, tag: str, action: str) -> str | None:
-        await self.worker.evaluate(TAP, [tag, action])
-        if action == "decline":
-            return None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 10
-        while (opened := await self.worker.evaluate("self.__opened")) is None:
-            if loop.time() > deadline:
-                raise TimeoutError("the notification's tap opened nothing")
-            await asyncio.sleep(0.05)
-        return str(opened)
-
 
 def problems(phone: Phone) -> list[str]:
     return [p for p in phone.problems if INCOGNITO_PUSH not in p]
@@ -168,7 +90,7 @@ async def locked_phone(browser: Any, site: Installation, name: str) -> LockedPho
     ctx = await browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
     await ctx.grant_permissions(["notifications"], origin=site.http_url)  # the resident taps "Allow"
     phone = LockedPhone(name, await ctx.new_page(), site.http_url)
-    await phone.setup()
+    await phone.sw.attach()
     return phone
 
 
@@ -190,25 +112,25 @@ async def test_a_locked_phone_rings_with_the_visitors_picture_and_opens_straight
     await alice.page.locator("#push-test").click()
     test = await next_for(pushes, "test")
     assert test.message["device_id"] == device_id
-    await alice.deliver(test)
-    await alice.notification("intercom-test", "n.title === 'Intercom test'")
+    await alice.sw.deliver(test.message)
+    await alice.sw.notification("intercom-test", "n.title === 'Intercom test'")
 
     await alice.close_app()
     await door.ring()
     ring = await next_for(pushes, "ring")
     call_id = ring.message["call_id"]
     assert ring.name == device_id and ring.topic == call_id and ring.urgency == "high"
-    await alice.deliver(ring)
+    await alice.sw.deliver(ring.message)
     tag = f"call-{call_id}"
-    shown = await alice.notification(tag, "n.image.startsWith('data:image/jpeg')")
+    shown = await alice.sw.notification(tag, "n.image.startsWith('data:image/jpeg')")
     assert shown["title"] == "Front door" and shown["body"].startswith("Someone is at the door · ")
     assert shown["actions"] == ["answer", "decline"] and shown["requireInteraction"]
     assert shown["vibrate"] and shown["data"]["type"] == "ring"
     await door.wait_status(lambda s: s["call"] is not None and s["call"]["state"] == "ringing")
 
-    url = await alice.tap(tag, "answer")
+    url = await alice.sw.tap(tag, "answer")
     assert url == f"/#answer={call_id}"
-    assert await alice.worker.evaluate(NOTIFICATIONS, tag) == [], "the tapped ring is gone"
+    await alice.sw.gone(tag)  # the tapped ring is closed
     await alice.page.goto(site.http_url + url)
     video = await alice.wait_frames(10)
     assert video["width"] == 640
@@ -235,12 +157,12 @@ async def test_a_notification_declines_and_is_replaced_when_answered_elsewhere_o
     # Decline on the notification: the app is not opened, the visitor hears that nobody comes.
     await front.ring()
     ring = await next_for(pushes, "ring")
-    await alice.deliver(ring)
+    await alice.sw.deliver(ring.message)
     tag = f"call-{ring.message['call_id']}"
-    await alice.notification(tag)
-    assert await alice.tap(tag, "decline") is None
+    await alice.sw.notification(tag)
+    assert await alice.sw.tap(tag, "decline") is None
     await front.wait_status(lambda s: s["state"] == "idle" and s["last_call"]["end_reason"] == "declined")
-    assert await alice.worker.evaluate(NOTIFICATIONS, tag) == []
+    await alice.sw.gone(tag)
 
     # Bob answers on his device: Alice's ring becomes "Answered by Bob".
     await site.start_resident("bob", "--answer", "auto", "--hangup-after-frames", "1000", name="Bob")
@@ -248,27 +170,27 @@ async def test_a_notification_declines_and_is_replaced_when_answered_elsewhere_o
     ring = await next_for(pushes, "ring")
     answered = await next_for(pushes, "answered")
     tag = f"call-{ring.message['call_id']}"
-    await alice.deliver(ring)
-    await alice.notification(tag, "n.data.type === 'ring'")
-    await alice.deliver(answered)
-    shown = await alice.notification(tag, "n.data.type === 'answered'")
+    await alice.sw.deliver(ring.message)
+    await alice.sw.notification(tag, "n.data.type === 'ring'")
+    await alice.sw.deliver(answered.message)
+    shown = await alice.sw.notification(tag, "n.data.type === 'answered'")
     assert shown["title"] == "Answered by Bob" and shown["body"].startswith("Front door at ")
-    await alice.deliver(ring)  # a ring that arrives late is never shown over it
-    await alice.deliver(answered)
-    shown = await alice.notification(tag, "n.data.type === 'answered'")
-    assert len(await alice.worker.evaluate(NOTIFICATIONS, tag)) == 1
+    await alice.sw.deliver(ring.message)  # a ring that arrives late is never shown over it
+    await alice.sw.deliver(answered.message)
+    shown = await alice.sw.notification(tag, "n.data.type === 'answered'")
+    assert len(await alice.sw.notifications(tag)) == 1
     await front.ctl("hangup")
 
     # Nobody answers at the back door: "Missed: Back door at HH:MM", with the picture.
     await back.ring()
     ring = await next_for(pushes, "ring")
-    await alice.deliver(ring)
+    await alice.sw.deliver(ring.message)
     tag = f"call-{ring.message['call_id']}"
-    await alice.notification(tag, "n.data.type === 'ring'")
+    await alice.sw.notification(tag, "n.data.type === 'ring'")
     missed = await next_for(pushes, "missed")
     assert missed.message["call_id"] == ring.message["call_id"] and missed.topic == ring.topic
-    await alice.deliver(missed)
-    shown = await alice.notification(tag, "n.data.type === 'missed'")
+    await alice.sw.deliver(missed.message)
+    shown = await alice.sw.notification(tag, "n.data.type === 'missed'")
     assert shown["title"].startswith("Missed: Back door at ") and shown["image"].startswith("data:image/jpeg")
     assert problems(alice) == []
 
@@ -284,13 +206,13 @@ async def test_the_open_app_rings_on_screen_and_shows_no_second_ring(
     await door.ring()
     ring = await next_for(pushes, "ring")
     await alice.page.locator("#ring-screen").wait_for(state="visible", timeout=10000)
-    await alice.deliver(ring)
+    await alice.sw.deliver(ring.message)
     # The worker has handled the push once the test notification sent after it is shown (the
     # button is under the ring screen; the test presses it from the page).
     await alice.page.evaluate("document.getElementById('push-test').click()")
-    await alice.deliver(await next_for(pushes, "test"))
-    await alice.notification("intercom-test")
-    assert await alice.worker.evaluate(NOTIFICATIONS, f"call-{ring.message['call_id']}") == []
+    await alice.sw.deliver((await next_for(pushes, "test")).message)
+    await alice.sw.notification("intercom-test")
+    assert await alice.sw.notifications(f"call-{ring.message['call_id']}") == []
     await alice.page.locator("#decline").click()
     await door.wait_status(lambda s: s["state"] == "idle")
     assert problems(alice) == []

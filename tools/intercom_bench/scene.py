@@ -23,10 +23,10 @@ def camera(width: int, height: int, fps: float, encoding: str = "passthrough") -
 
 
 @asynccontextmanager
-async def installation(root: Path) -> AsyncIterator[Installation]:
+async def installation(root: Path, settings: dict[str, Any] | None = None) -> AsyncIterator[Installation]:
     site = Installation(root)
     try:
-        await site.start_server()
+        await site.start_server(settings=settings)
         yield site
     finally:
         await site.close()

@@ -43,7 +43,7 @@ class Delivery:
     ttl: int
     urgency: str | None
     topic: str | None
-    at: float  # time.monotonic() when it arrived
+    at: float  # time.monotonic() when its request arrived (before it was read and decrypted)
     ciphertext: bytes
 
 
@@ -111,6 +111,7 @@ class PushService:
             self._changed.notify_all()
 
     async def _push(self, request: web.Request) -> web.StreamResponse:
+        arrived = time.monotonic()
         await self._count("requests")
         name = request.match_info["name"]
         sub = self._subs.get(name)
@@ -147,7 +148,7 @@ class PushService:
             self.refused.append(f"cannot decrypt: {exc!r}")
             return web.Response(status=400)
         await self.deliveries.put(Delivery(name, message, ttl, request.headers.get("Urgency"),
-                                           request.headers.get("Topic"), time.monotonic(), body))
+                                           request.headers.get("Topic"), arrived, body))
         return web.Response(status=201)
 
     def _check_vapid(self, header: str) -> str | None:

@@ -408,6 +408,7 @@ const ringtone = {
     this.timer = setInterval(ring, 2500);
   },
   stop() {
+    if (this.timer === null) return; // not ringing: nothing to stop (and no vibration to cancel)
     clearInterval(this.timer);
     this.timer = null;
     if (navigator.vibrate) navigator.vibrate(0);
