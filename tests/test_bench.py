@@ -56,5 +56,11 @@ async def test_quick_bench_runs_every_part_and_writes_results(tmp_path):
     for phase in ("steady", "peak"):
         assert capacity["setups"][phase]["calls"] > 0 and capacity["setups"][phase]["error_count"] == 0
 
+    pushed = results["push"]
+    assert pushed["refused"] == 0, "every push request carried a valid VAPID JWT and a message that decrypts"
+    assert pushed["press_to_push_ms"]["n"] == 2 * 100 and pushed["press_to_last_push_ms"]["n"] == 2
+    assert pushed["press_to_push_ms"]["p50"] > 0
+    assert pushed["cold_start"]["to_first_frame_ms"]["n"] == 1, pushed["cold_start"]
+
     for target in TARGETS:  # every target was measured, whatever the verdict
         assert target.figure in table and target.verdict(results)[1] != "not run"

@@ -19,11 +19,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import capacity, media, press
+from . import capacity, media, press, push
 from .figures import machine
 from .report import markdown, notes
 
-PARTS = ("press", "answer", "cost", "server")
+PARTS = ("press", "answer", "cost", "server", "push")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -41,8 +41,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--setup-seconds", type=float, default=30.0, help="for each of the two set-up phases")
     parser.add_argument("--setup-rate", type=float, default=400.0,
                         help="calls a second offered in the steady phase (the peak phase offers pairs x 8)")
+    parser.add_argument("--push-presses", type=int, default=20, help="presses that wake 100 subscribed devices")
+    parser.add_argument("--cold-starts", type=int, default=10, help="app starts from a notification, in Chromium")
     args = parser.parse_args(argv)
     if args.quick:
+        args.push_presses, args.cold_starts = 2, 1
         args.presses, args.calls, args.call_seconds, args.sizes = 3, 2, 2.0, "320x240"
         args.connections, args.pairs, args.setup_seconds, args.setup_rate = 50, 4, 1.0, 8.0
     args.sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
@@ -72,6 +75,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         step(f"server: {args.connections} idle devices, then 2 x {args.setup_seconds:g} s of call set-ups")
         results["capacity"] = await capacity.run(work / "server", args.connections, args.pairs, args.setup_seconds,
                                                  args.setup_rate)
+    if "push" in parts:
+        step(f"Web Push: {args.push_presses} presses to {push.RESIDENTS * push.DEVICES_EACH} devices, "
+             f"{args.cold_starts} app starts from a notification")
+        results["push"] = await push.run(work / "push", args.push_presses, args.cold_starts)
     results["notes"] = notes(results)
     results["duration_s"] = round(time.monotonic() - started, 1)
     results["finished_at"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

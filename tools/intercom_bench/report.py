@@ -130,6 +130,15 @@ def markdown(results: dict[str, Any]) -> str:
     if cost:
         for run in cost["runs"]:
             lines.append(f"| glass to glass, {run['encoding']} {run['size']} | " + " | ".join(_ms(run["glass_to_glass_ms"])) + " |")
+    pushed = results.get("push")
+    if pushed:
+        lines.append(f"| press to the push request leaving the server, each of {pushed['devices']} subscribed devices "
+                     "(Web Push) | " + " | ".join(_ms(pushed["press_to_push_ms"])) + " |")
+        lines.append(f"| press to the last of the {pushed['devices']} push requests | "
+                     + " | ".join(_ms(pushed["press_to_last_push_ms"])) + " |")
+        cold = pushed.get("cold_start") or {}
+        lines.append("| app cold start from the notification's Answer to the first video frame (Chromium) | "
+                     + " | ".join(_ms(cold.get("to_first_frame_ms"))) + " |")
     for phase, run in ((results.get("capacity") or {}).get("setups") or {}).items():
         lines.append(f"| call set-up at the server, {phase} (dial to accepted; {run['per_s']:g}/s by {run['pairs']} pairs) | "
                      + " | ".join(_ms(run["setup_ms"])) + " |")

@@ -4,8 +4,10 @@ checked as strictly as they check it.
 
 It makes subscriptions as a browser would (a P-256 key pair and an auth secret per
 subscription), verifies each request's VAPID JWT (RFC 8292) against the key it was told the
-server has, decrypts the body with the subscription's private key (RFC 8291, aes128gcm), and
-records the plaintext with the `TTL`, `Urgency` and `Topic` headers. Each subscription can be
+server has, and records the body with the `TTL`, `Urgency` and `Topic` headers; `next()`
+decrypts it with the subscription's private key (RFC 8291, aes128gcm), as the phone would.
+(A real push service cannot decrypt; doing it outside the request also keeps each request's
+arrival time honest when a hundred come at once.) Each subscription can be
 told to answer as a failing service would: 410 Gone, 429 or 503 with Retry-After, or never.
 """
 
@@ -37,7 +39,7 @@ def unb64url(text: str) -> bytes:
 
 @dataclass
 class Delivery:
-    """One message the service accepted, decrypted."""
+    """One message the service accepted (`message` is filled in by `PushService.next`)."""
     name: str
     message: dict[str, Any]
     ttl: int
@@ -67,6 +69,7 @@ class PushService:
         self._runner: web.AppRunner | None = None
         self._release = asyncio.Event()
         self._changed = asyncio.Condition()
+        self._verified: dict[tuple[str, str], float] = {}
 
     async def start(self) -> "PushService":
         app = web.Application()
@@ -98,7 +101,17 @@ class PushService:
         self._subs[name].answers.extend(answers)
 
     async def next(self, timeout: float = 10.0) -> Delivery:
-        return await asyncio.wait_for(self.deliveries.get(), timeout)
+        """The next message accepted, decrypted; one that does not decrypt is a failure."""
+        delivery = await asyncio.wait_for(self.deliveries.get(), timeout)
+        sub = self._subs[delivery.name]
+        try:
+            plain = http_ece.decrypt(delivery.ciphertext, private_key=sub.key, auth_secret=sub.auth,
+                                     version="aes128gcm")
+            delivery.message = json.loads(plain)
+        except Exception as exc:  # noqa: BLE001 - whatever fails to decrypt is recorded and raised
+            self.refused.append(f"cannot decrypt: {exc!r}")
+            raise AssertionError(f"a message for {delivery.name} does not decrypt: {exc!r}") from None
+        return delivery
 
     async def wait_until(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         """Until `predicate` (about this service's counters) holds; checked at every request."""
@@ -141,13 +154,7 @@ class PushService:
             status, retry_after = answer
             headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
             return web.Response(status=status, headers=headers)
-        try:
-            plain = http_ece.decrypt(body, private_key=sub.key, auth_secret=sub.auth, version="aes128gcm")
-            message = json.loads(plain)
-        except Exception as exc:  # noqa: BLE001 - whatever fails to decrypt is refused and recorded
-            self.refused.append(f"cannot decrypt: {exc!r}")
-            return web.Response(status=400)
-        await self.deliveries.put(Delivery(name, message, ttl, request.headers.get("Urgency"),
+        await self.deliveries.put(Delivery(name, {}, ttl, request.headers.get("Urgency"),
                                            request.headers.get("Topic"), arrived, body))
         return web.Response(status=201)
 
@@ -161,6 +168,8 @@ class PushService:
         token, key = parts.get("t", ""), parts.get("k", "")
         if self.server_key is not None and key != self.server_key:
             return "k is not the application server's key"
+        if (token, key) in self._verified and time.time() < self._verified[(token, key)]:
+            return None  # checked already: the server signs one JWT per push service for hours
         try:
             head, claims, signature = token.split(".")
             header_json = json.loads(unb64url(head))
@@ -180,4 +189,5 @@ class PushService:
             return "JWT exp is not within the next 24 hours"
         if not str(claims_json.get("sub", "")).startswith(("mailto:", "https://")):
             return "JWT sub is not a mailto: or https: contact"
+        self._verified[(token, key)] = exp
         return None
