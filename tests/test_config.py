@@ -195,6 +195,21 @@ def test_server_turn_section_is_off_when_absent_and_checked_when_present(tmp_pat
     ]
 
 
+def test_server_push_section_defaults_and_mistakes(tmp_path):
+    path = tmp_path / "server.yaml"
+    path.write_text("public_url: https://door.example.org/\n")
+    push = ServerConfig.from_file(path).hub.push
+    assert push.contact == "https://door.example.org" and push.subscriptions_per_user == 10
+    assert push.vapid_private_key is None and push.local_hosts == ()
+    path.write_text("push:\n  contact: admin@example.org\n  subscriptions_per_user: 0\n  local_host: [ntfy.lan]\n")
+    with pytest.raises(ConfigError) as exc:
+        ServerConfig.from_file(path)
+    problems = [str(p) for p in exc.value.problems]
+    assert "push.contact (line 2): must be a mailto: address or an https:// URL, e.g. mailto:you@example.org" in problems
+    assert "push.subscriptions_per_user (line 3): must be between 1 and 100, not 0" in problems
+    assert any(p.startswith("push.local_host (line 4): unknown key") for p in problems), problems
+
+
 def selftest_config(tmp_path: Path, **hardware) -> Path:
     config = {
         "server": {"url": "ws://127.0.0.1:9/v1/ws", "user_id": "frontdoor", "access_token": "ict_x"},
@@ -317,6 +332,8 @@ def test_the_server_says_in_one_line_why_it_cannot_start(tmp_path):
         ({"data_dir": str(tmp_path / "d2"), "listen": {"port": 0},
           "tls": {"cert": str(tmp_path / "missing.pem"), "key": str(tmp_path / "missing.key")}},
          f"intercom-server: cannot load tls.cert {tmp_path / 'missing.pem'} with tls.key"),
+        ({"data_dir": str(tmp_path / "d3"), "listen": {"port": 0}, "push": {"vapid_private_key": "not-a-key"}},
+         "intercom-server: cannot start Web Push: push.vapid_private_key is not a VAPID private key"),
     ]
     for config, expected in cases:
         result = _server(tmp_path, config)

@@ -7,13 +7,16 @@ keys it gave the "phone", so what is asserted is what a phone would get.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import AsyncIterator
 
 import pytest
 
+from intercom.core.messages import CLOSE_TOKEN_REVOKED
 from intercom_server.hub import HubSettings
 from intercom_server.push import PushSettings, load_vapid
+from intercom_server.store import Store
 from intercom_sim.pushservice import PushService
 
 from .conftest import OFFER, ServerUnderTest, WsClient
@@ -265,3 +268,20 @@ def test_the_vapid_key_is_made_once_kept_private_and_reused(tmp_path: Path) -> N
     path.write_text("not a key\n")
     with pytest.raises(ValueError, match="is not a VAPID private key"):
         load_vapid(PushSettings(key_file=path))
+
+
+async def test_a_token_revoked_from_a_shell_takes_the_phones_push_with_it(
+        server: ServerUnderTest, pushes: PushService) -> None:
+    server.user("alice")
+    token = server.store.issue_token("alice")
+    await subscribe(server, pushes, token["access_token"], "alice-phone")
+    phone = await server.signed_in("alice", token["access_token"], "alice-phone")
+    shell = Store(server.store.path)  # `intercom-server token revoke`: another process, another connection
+    shell.revoke_token("alice", token["token_id"])
+    shell.close()
+    await asyncio.wait_for(phone.reader, 10)  # the server noticed: the phone's session ends
+    assert phone.ws.close_code == CLOSE_TOKEN_REVOKED
+    assert server.hub.push.count() == 0, "the server reread the subscriptions when it noticed the revocation"
+    door = await server.signed_in("door", server.user("door", "door"))
+    await door_dials(server, door, "alice")
+    assert (await door.next("ringing"))["devices"] == 0

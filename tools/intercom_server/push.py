@@ -44,9 +44,8 @@ import aiohttp
 import http_ece
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from py_vapid import Vapid02, b64urlencode
-
 from intercom.core.calls import DeviceRef, ServerCall, iso
+from py_vapid import Vapid02, b64urlencode
 
 from .store import Store, StoreError, check_id
 
@@ -179,13 +178,18 @@ class Pusher:
         self._session: aiohttp.ClientSession | None = None
         self._crypto = ThreadPoolExecutor(1, thread_name_prefix="push-crypto")
         self._done: asyncio.Condition | None = None
+        self._fingerprint: tuple[int, float | None] | None = None
         self.reload()
 
     # -- subscriptions ---------------------------------------------------------------------
 
     def reload(self) -> None:
-        """Read the subscriptions again: at start, and when another process changed the store
-        (a token revoked from a shell takes its subscriptions with it)."""
+        """Read the subscriptions again: at start, and when another process changed them (a
+        token revoked from a shell takes its subscriptions with it)."""
+        fingerprint = self.store.subscriptions_fingerprint()
+        if fingerprint == self._fingerprint:
+            return  # the store changed elsewhere (a call's record), not the subscriptions
+        self._fingerprint = fingerprint
         by_user: dict[str, dict[str, Subscription]] = {}
         for row in self.store.subscriptions():
             sub = Subscription(DeviceRef(row["user_id"], row["device_id"]), row["token_id"], row["endpoint"],
@@ -243,6 +247,7 @@ class Pusher:
         sub = Subscription(DeviceRef(user["user_id"], device_id), token_id, endpoint, p256dh, auth, created,
                            token_expires_at)
         self._by_user.setdefault(user["user_id"], {})[device_id] = sub
+        self._fingerprint = None  # what the store holds moved on: the next check reads it again
         log.info("%s/%s rings by Web Push through %s", user["user_id"], device_id, sub.service)
         return sub
 
@@ -271,6 +276,7 @@ class Pusher:
 
     def unsubscribe(self, device: DeviceRef, endpoint: str | None = None) -> bool:
         removed = self.store.delete_subscription(device.user_id, device.device_id, endpoint)
+        self._fingerprint = None
         subs = self._by_user.get(device.user_id, {})
         current = subs.get(device.device_id)
         if current is not None and (endpoint is None or current.endpoint == endpoint):
@@ -279,6 +285,7 @@ class Pusher:
 
     def forget_tokens(self, token_ids: set[str]) -> None:
         """The store already dropped these tokens' subscriptions; drop them here too."""
+        self._fingerprint = None
         for subs in self._by_user.values():
             for device_id in [d for d, s in subs.items() if s.token_id in token_ids]:
                 del subs[device_id]
@@ -358,12 +365,18 @@ class Pusher:
             async with self._done:
                 self._done.notify_all()
 
+    def _current(self, sub: Subscription) -> bool:
+        """Whether the subscription still stands: a device that switched ringing off, signed out
+        or had its token revoked gets nothing more, even what was queued for it."""
+        now = self._by_user.get(sub.device.user_id, {}).get(sub.device.device_id)
+        return now is not None and now.endpoint == sub.endpoint
+
     async def _deliver(self, message: _Message) -> None:
         sub = message.sub
         delay = 1.0
         first = True
         while True:
-            if message.superseded.is_set():
+            if message.superseded.is_set() or not self._current(sub):
                 return
             if time.monotonic() >= message.until:
                 self.stats.expired += 1

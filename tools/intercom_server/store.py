@@ -404,6 +404,11 @@ class Store:
                               (user_id, device_id) + ((endpoint,) if endpoint is not None else ()))
         return cur.rowcount > 0
 
+    def subscriptions_fingerprint(self) -> tuple[int, float | None]:
+        """Changes whenever a subscription is added, replaced or removed (by any process)."""
+        row = self.db.execute("SELECT COUNT(*), MAX(created_at) FROM push_subscriptions").fetchone()
+        return int(row[0]), row[1]
+
     def subscriptions(self, now: float | None = None) -> list[sqlite3.Row]:
         """Every subscription whose token is still valid, with the token's expiry."""
         now = time.time() if now is None else now

@@ -760,7 +760,7 @@ async function renderPush() {
     if (sub && mine) showPush(true, `On: this phone rings when the app is closed (through ${new URL(mine.push_service).host}).`);
     else showPush(false, "Off: this phone rings only while the app is open.");
   } catch {
-    showPush(false, "Off: this phone rings only while the app is open.");
+    showPush(false, "Could not check with the server whether this phone rings when the app is closed.");
   }
 }
 
