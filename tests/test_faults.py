@@ -258,11 +258,12 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
 def fill(directory: Path) -> Path:
     """Write until the disk is full."""
     filler = directory / "filler"
-    with open(filler, "wb") as f:
+    # Unbuffered: a write the disk takes only in part leaves nothing behind for close() to
+    # fail on (it did, as soon as the free space was not a whole number of chunks).
+    with open(filler, "wb", buffering=0) as f:
         try:
             while True:
                 f.write(b"\0" * 65536)
-                f.flush()
         except OSError as exc:
             assert exc.errno == errno.ENOSPC, exc
     return filler

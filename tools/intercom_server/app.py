@@ -414,7 +414,7 @@ async def _delete_push(request: web.Request) -> web.Response:
 async def _test_push(request: web.Request) -> web.Response:
     device = _my_device(request)
     push = request.app[HUB].push
-    sub = next((s for s in push.of_user(device.user_id) if s.device == device), None)
+    sub = push.of_device(device)
     if sub is None:
         raise NotFound(f"device '{device.device_id}' does not ring when its app is closed; switch that on first")
     push.test(sub)

@@ -311,8 +311,9 @@ class Hub:
                        ice_servers=self.settings.ice.for_user(user_id, now), heartbeat_s=self.settings.heartbeat_s,
                        calls=live))
         for call in list(self.calls.values()):
-            if device in call.ringing and (returned is not None or claims is not None):
-                conn.send(call.incoming_event(now))  # it missed nothing else: replay the ring
+            if device in call.ringing:
+                # It rang on a connection that is gone, or by Web Push: ring it here.
+                conn.send(call.incoming_event(now))
             else:
                 self._deliver(call, call.reach(device, now))
 
@@ -473,10 +474,15 @@ class Hub:
         return caller["site_id"] == callee["site_id"] and caller["kind"] != callee["kind"]
 
     def _call_for(self, conn: Connection, req: Request) -> ServerCall:
-        call = self.calls.get(req.body["call_id"]) or self.recent.get(req.body["call_id"])
-        if call is None or conn.device is None or not call.involves(conn.device):
+        call = self._involving(conn.device, req.body["call_id"])
+        if call is None:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no live call '{req.body['call_id']}'", req.id)
         return call
+
+    def _involving(self, device: DeviceRef | None, call_id: str) -> ServerCall | None:
+        """A live or recent call this device is a party of; None for any other, alike."""
+        call = self.calls.get(call_id) or self.recent.get(call_id)
+        return call if call is not None and device is not None and call.involves(device) else None
 
     def _on_snapshot(self, conn: Connection, req: Request) -> None:
         call = self._call_for(conn, req)
@@ -505,8 +511,8 @@ class Hub:
     def decline_from(self, device: DeviceRef, call_id: str) -> None:
         """A decline from a phone's notification, which has no WebSocket: the phone's service
         worker sends it over HTTP with the phone's token. Raises `CallError`."""
-        call = self.calls.get(call_id) or self.recent.get(call_id)
-        if call is None or not call.involves(device):
+        call = self._involving(device, call_id)
+        if call is None:
             raise CallError(ErrorCode.NOT_FOUND, f"no live call '{call_id}' rings this device")
         self._deliver(call, call.decline(device, time.time()))
 

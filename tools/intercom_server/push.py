@@ -221,6 +221,9 @@ class Pusher:
     def of_user(self, user_id: str) -> list[Subscription]:
         return list(self._by_user.get(user_id, {}).values())
 
+    def of_device(self, device: DeviceRef) -> Subscription | None:
+        return self._by_user.get(device.user_id, {}).get(device.device_id)
+
     def subscribe(self, user: dict[str, Any], device_id: str, token_id: str, token_expires_at: float | None,
                   body: Any) -> Subscription:
         """Check and keep what the browser's `PushSubscription.toJSON()` gave the app."""
@@ -277,10 +280,9 @@ class Pusher:
     def unsubscribe(self, device: DeviceRef, endpoint: str | None = None) -> bool:
         removed = self.store.delete_subscription(device.user_id, device.device_id, endpoint)
         self._fingerprint = None
-        subs = self._by_user.get(device.user_id, {})
-        current = subs.get(device.device_id)
+        current = self.of_device(device)
         if current is not None and (endpoint is None or current.endpoint == endpoint):
-            del subs[device.device_id]
+            del self._by_user[device.user_id][device.device_id]
         return removed
 
     def forget_tokens(self, token_ids: set[str]) -> None:
@@ -368,7 +370,7 @@ class Pusher:
     def _current(self, sub: Subscription) -> bool:
         """Whether the subscription still stands: a device that switched ringing off, signed out
         or had its token revoked gets nothing more, even what was queued for it."""
-        now = self._by_user.get(sub.device.user_id, {}).get(sub.device.device_id)
+        now = self.of_device(sub.device)
         return now is not None and now.endpoint == sub.endpoint
 
     async def _deliver(self, message: _Message) -> None:
