@@ -18,7 +18,7 @@ from typing import Any, AsyncIterator
 import pytest
 
 from intercom_sim.browser import STAND_IN_PUSH_MANAGER, ServiceWorkerPush
-from intercom_sim.harness import Installation
+from intercom_sim.harness import Door, Installation
 from intercom_sim.pushservice import Delivery, PushService
 
 from .test_webapp import Phone
@@ -100,14 +100,19 @@ async def next_for(pushes: PushService, kind: str) -> Delivery:
     return delivery
 
 
-async def test_a_locked_phone_rings_with_the_visitors_picture_and_opens_straight_into_the_call(
-        push_site: Installation, pushes: PushService, browser: Any) -> None:
-    site = push_site
+async def alice_with_push(site: Installation, pushes: PushService, browser: Any) -> tuple[Door, LockedPhone, str]:
+    """A front door ringing Alice, whose phone is signed in and rings when its app is closed."""
     invite = await site.invite("alice", "Alice")
     door = await site.start_door("frontdoor", [{"residents": ["alice"], "timeout_s": 30}])
     alice = await locked_phone(browser, site, "alice")
     await alice.sign_in(invite)
-    device_id = await alice.switch_push_on(pushes)
+    return door, alice, await alice.switch_push_on(pushes)
+
+
+async def test_a_locked_phone_rings_with_the_visitors_picture_and_opens_straight_into_the_call(
+        push_site: Installation, pushes: PushService, browser: Any) -> None:
+    site = push_site
+    door, alice, device_id = await alice_with_push(site, pushes, browser)
 
     await alice.page.locator("#push-test").click()
     test = await next_for(pushes, "test")
@@ -197,12 +202,7 @@ async def test_a_notification_declines_and_is_replaced_when_answered_elsewhere_o
 
 async def test_the_open_app_rings_on_screen_and_shows_no_second_ring(
         push_site: Installation, pushes: PushService, browser: Any) -> None:
-    site = push_site
-    invite = await site.invite("alice", "Alice")
-    door = await site.start_door("frontdoor", [{"residents": ["alice"], "timeout_s": 30}])
-    alice = await locked_phone(browser, site, "alice")
-    await alice.sign_in(invite)
-    await alice.switch_push_on(pushes)
+    door, alice, _ = await alice_with_push(push_site, pushes, browser)
     await door.ring()
     ring = await next_for(pushes, "ring")
     await alice.page.locator("#ring-screen").wait_for(state="visible", timeout=10000)

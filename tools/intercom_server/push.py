@@ -319,7 +319,8 @@ class Pusher:
         body = {"type": "missed", "call_id": call.call_id, "caller": call.caller_info,
                 "created_at": iso(call.created_at), "reason": str(call.end_reason),
                 "snapshot_url": f"/v1/direct_calls/{call.call_id}/snapshot"}
-        self._send(subs, body, ttl=MISSED_TTL_S, urgency="normal", topic=call.call_id, life=MISSED_TTL_S)
+        # High: it replaces a ring that would otherwise go on showing for a visitor who left.
+        self._send(subs, body, ttl=MISSED_TTL_S, urgency="high", topic=call.call_id, life=MISSED_TTL_S)
 
     def test(self, sub: Subscription) -> None:
         body = {"type": "test", "sent_at": iso(time.time())}
