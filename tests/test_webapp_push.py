@@ -12,6 +12,8 @@ runs for an untrusted event and the window it asks for is opened by the test.
 
 from __future__ import annotations
 
+import re
+import subprocess
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -216,3 +218,32 @@ async def test_the_open_app_rings_on_screen_and_shows_no_second_ring(
     await alice.page.locator("#decline").click()
     await door.wait_status(lambda s: s["state"] == "idle")
     assert problems(alice) == []
+
+
+def lan_address() -> str | None:
+    """This machine's address on its network (not loopback): a page there is not a secure context."""
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"], capture_output=True, text=True)
+    found = re.search(r"inet (\d+\.\d+\.\d+\.\d+)/", out.stdout)
+    return found.group(1) if found else None
+
+
+async def test_over_plain_http_the_switch_says_why_it_cannot_be_on(tmp_path: Path, browser: Any) -> None:
+    address = lan_address()
+    if address is None:
+        pytest.skip("this machine has no network address besides loopback")
+    site = Installation(tmp_path)
+    await site.start_server(settings={"listen": {"host": "0.0.0.0"}})
+    try:
+        origin = f"http://{address}:{site.http_url.rsplit(':', 1)[1]}"
+        invite = (await site.invite("alice")).replace(site.http_url, origin)
+        context = await browser.new_context()
+        alice = Phone("alice", await context.new_page(), origin)
+        await alice.sign_in(invite)
+        await alice.page.locator("#push-state").filter(has_text="Not over plain http").wait_for(timeout=10000)
+        assert await alice.page.locator("#push-switch").is_disabled()
+        assert await alice.page.locator("#push-test").is_hidden()
+        # Chromium says it ignores the Cross-Origin-Opener-Policy header on such an origin; the
+        # header is for https, and nothing else may go wrong.
+        assert [p for p in alice.problems if "Cross-Origin-Opener-Policy header has been ignored" not in p] == []
+    finally:
+        await site.close()
