@@ -19,7 +19,7 @@ from typing import Any, AsyncIterator
 
 import pytest
 
-from intercom_sim.browser import STAND_IN_PUSH_MANAGER, ServiceWorkerPush
+from intercom_sim.browser import BROWSER_ARGS, CHROMIUM, STAND_IN_PUSH_MANAGER, ServiceWorkerPush
 from intercom_sim.harness import Door, Installation
 from intercom_sim.pushservice import Delivery, PushService
 
@@ -247,3 +247,38 @@ async def test_over_plain_http_the_switch_says_why_it_cannot_be_on(tmp_path: Pat
         assert [p for p in alice.problems if "Cross-Origin-Opener-Policy header has been ignored" not in p] == []
     finally:
         await site.close()
+
+
+async def test_with_the_microphone_refused_a_call_from_a_notification_shows_the_visitor_before_any_tap(
+        push_site: Installation, pushes: PushService) -> None:
+    """A page that no one has touched may not play sound (Chromium's own autoplay policy,
+    without the tests' usual switch), unless it uses the microphone, which this resident
+    refused: the visitor is shown at once, silent, and one tap lets the sound in."""
+    from playwright.async_api import async_playwright
+
+    args = [a for a in BROWSER_ARGS if not a.startswith("--autoplay-policy")]
+    async with async_playwright() as pw:
+        strict = await pw.chromium.launch(executable_path=CHROMIUM, args=args)  # no "Allow" for the microphone
+        try:
+            door, alice, _ = await alice_with_push(push_site, pushes, strict)
+            await alice.close_app()
+            await door.ring()
+            ring = await next_for(pushes, "ring")
+            await alice.sw.deliver(ring.message)
+            tag = f"call-{ring.message['call_id']}"
+            await alice.sw.notification(tag)
+            url = await alice.sw.tap(tag, "answer")
+            await alice.page.goto(push_site.http_url + str(url))
+            await alice.wait_frames(5)
+            await alice.page.locator("#unmute-visitor").wait_for(state="visible", timeout=10000)
+            assert await alice.page.evaluate("document.getElementById('remote-video').muted")
+            await alice.video_playing()
+            await alice.page.locator("#unmute-visitor").click()
+            await alice.page.locator("#unmute-visitor").wait_for(state="hidden", timeout=5000)
+            assert not await alice.page.evaluate("document.getElementById('remote-video').muted")
+            await alice.video_playing()
+            await alice.page.locator("#hangup").click()
+            await door.wait_status(lambda s: s["state"] == "idle")
+            assert problems(alice) == []
+        finally:
+            await strict.close()

@@ -449,7 +449,14 @@ function newCall(role, peerName, mic) {
     stream.addTrack(event.track);
     const video = $("remote-video");
     if (video.srcObject !== stream) video.srcObject = stream;
-    video.play().catch(() => {});
+    video.muted = false;
+    video.play().catch(() => {
+      // A page opened from a notification may not play sound before the resident touches it:
+      // show the visitor at once, silent, and ask for the tap that lets the sound in.
+      video.muted = true;
+      video.play().catch(() => {});
+      $("unmute-visitor").hidden = false;
+    });
   };
   pc.onconnectionstatechange = () => {
     const words = { connecting: "Connecting…", connected: "Live", disconnected: "Reconnecting…", failed: "Connection failed" };
@@ -464,6 +471,7 @@ function newCall(role, peerName, mic) {
   $("call-title").textContent = peerName;
   $("call-state").textContent = "Connecting…";
   $("door-result").hidden = true;
+  $("unmute-visitor").hidden = true;
   $("mic-note").hidden = !mic.error;
   $("mic-note").textContent = mic.error || "";
   $("mute").disabled = !mic.track;
@@ -872,6 +880,12 @@ function wire() {
   $("hangup").addEventListener("click", hangUp);
   $("open-door").addEventListener("click", openDoor);
   $("mute").addEventListener("click", toggleMute);
+  $("unmute-visitor").addEventListener("click", () => {
+    const video = $("remote-video");
+    video.muted = false;
+    video.play().catch(() => {});
+    $("unmute-visitor").hidden = true;
+  });
   $("signout").addEventListener("click", () => signOut());
   $("history-more").addEventListener("click", () => loadHistory(false));
   $("tab-calls").addEventListener("click", () => selectTab("calls"));
