@@ -132,9 +132,8 @@ async def _cold_start(site: Installation, service: PushService, count: int) -> d
                 await page.goto("about:blank")  # the app is closed
                 await bell.press()
                 ring = await _next(service, "ring")
-                await sw.deliver(ring.message)
                 tag = f"call-{ring.message['call_id']}"
-                await sw.notification(tag)
+                await sw.push(ring.message, tag)
                 url = await sw.tap(tag, "answer")
                 await page.goto(site.http_url + str(url))
                 samples.append(float(await _until(page, "window.__firstFrame")))
