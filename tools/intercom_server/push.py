@@ -154,8 +154,6 @@ class PushStats:
     #: Messages whose life ended before a push service took them (a ring after its timeout).
     expired: int = 0
     last_error: str | None = None
-    #: Seconds from a message being queued to its request leaving, of the last few hundred.
-    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=500))
 
 
 class Pusher:
@@ -377,7 +375,6 @@ class Pusher:
     async def _deliver(self, message: _Message) -> None:
         sub = message.sub
         delay = 1.0
-        first = True
         while True:
             if message.superseded.is_set() or not self._current(sub):
                 return
@@ -385,10 +382,9 @@ class Pusher:
                 self.stats.expired += 1
                 return
             try:
-                status, retry_after, text = await self._post(message, first)
+                status, retry_after, text = await self._post(message)
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 status, retry_after, text = 0, None, f"{type(exc).__name__}: {exc}"
-            first = False
             if 200 <= status < 300:
                 self.stats.sent += 1
                 return
@@ -416,7 +412,7 @@ class Pusher:
                 await asyncio.wait_for(message.superseded.wait(), wait)
             delay = min(delay * 2, 60.0)
 
-    async def _post(self, message: _Message, first: bool) -> tuple[int, float | None, str]:
+    async def _post(self, message: _Message) -> tuple[int, float | None, str]:
         sub = message.sub
         loop = asyncio.get_running_loop()
         body = await loop.run_in_executor(self._crypto, _encrypt, message.payload, sub.p256dh, sub.auth)
@@ -432,8 +428,6 @@ class Pusher:
         if self._session is None:
             self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64),
                                                   timeout=aiohttp.ClientTimeout(total=self.settings.timeout_s))
-        if first:
-            self.stats.latencies.append(time.monotonic() - message.queued_at)
         async with self._session.post(sub.endpoint, data=body, headers=headers, allow_redirects=False) as resp:
             text = await resp.text(errors="replace") if resp.status >= 300 else ""
             return resp.status, _retry_after(resp.headers.get("Retry-After")), text
