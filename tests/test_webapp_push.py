@@ -168,6 +168,12 @@ async def test_a_notification_declines_and_is_replaced_when_answered_elsewhere_o
     assert await alice.sw.tap(tag, "decline") is None
     await front.wait_status(lambda s: s["state"] == "idle" and s["last_call"]["end_reason"] == "declined")
     await alice.sw.gone(tag)
+    # The push service delivers the ring again: the declined call does not ring again. (The
+    # worker takes a ring for another call through the same steps after it.)
+    await alice.sw.deliver(ring.message)
+    marker = {**ring.message, "call_id": "call_after", "snapshot_url": None}
+    await alice.sw.push(marker, "call-call_after")
+    assert await alice.sw.notifications(tag) == []
 
     # Bob answers on his device: Alice's ring becomes "Answered by Bob".
     await site.start_resident("bob", "--answer", "auto", "--hangup-after-frames", "1000", name="Bob")

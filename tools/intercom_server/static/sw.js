@@ -6,6 +6,10 @@ const CACHE = "intercom-shell-v2";
 const SHELL = ["/", "/app.js", "/app.css", "/keystore.js", "/manifest.webmanifest", "/icon.svg"];
 // How long the worker looks for the visitor's picture: the door sends it a frame after the dial.
 const PICTURE_WAIT_MS = 5000;
+// Calls whose ring was tapped (answered or declined) while this worker runs: a ring for one of
+// them is never shown again, neither the picture version still being fetched at the tap nor a
+// push message the push service delivers twice.
+const handled = new Set();
 
 self.addEventListener("install", (event) => {
   event.waitUntil(caches.open(CACHE).then((cache) => cache.addAll(SHELL)).then(() => self.skipWaiting()));
@@ -61,12 +65,15 @@ async function onPush(message) {
     if (shown.some((n) => n.data && n.data.type !== "ring")) return;
     // The app on screen rings by itself: one ring per call on a phone, never two.
     const windows = await self.clients.matchAll({ type: "window", includeUncontrolled: true });
-    if (windows.some((w) => w.visibilityState === "visible")) return;
+    if (windows.some((w) => w.visibilityState === "visible") || handled.has(message.call_id)) return;
     await showRing(message, door, tag, null);
-    // The picture follows the ring: it is replaced silently once the picture is here.
+    // The picture follows the ring: it is replaced silently once the picture is here. The
+    // check and the show run without a pause between them, so a tap cannot slip in.
     const picture = await fetchPicture(message.snapshot_url, PICTURE_WAIT_MS);
     const still = await self.registration.getNotifications({ tag });
-    if (picture && still.some((n) => n.data && n.data.type === "ring")) await showRing(message, door, tag, picture);
+    if (picture && !handled.has(message.call_id) && still.some((n) => n.data && n.data.type === "ring")) {
+      await showRing(message, door, tag, picture);
+    }
     return;
   }
   if (message.type === "answered") {
@@ -138,13 +145,20 @@ async function dataUrl(blob) {
 self.addEventListener("notificationclick", (event) => {
   const data = event.notification.data || {};
   event.notification.close();
+  if (data.type === "ring") handled.add(data.call_id);
   if (data.type === "ring" && event.action === "decline") {
-    event.waitUntil(declineCall(data));
+    event.waitUntil(Promise.all([declineCall(data), closeRing(event.notification.tag)]));
     return;
   }
   // Tapping the ring, or Answer: open the app straight into the call, which it answers.
-  event.waitUntil(openApp(data.type === "ring" ? data.call_id : null));
+  event.waitUntil(Promise.all([openApp(data.type === "ring" ? data.call_id : null), closeRing(event.notification.tag)]));
 });
+
+// A ring shown again in the moment of the tap (its picture arriving) is closed as well.
+async function closeRing(tag) {
+  const shown = await self.registration.getNotifications({ tag });
+  shown.filter((n) => n.data && n.data.type === "ring").forEach((n) => n.close());
+}
 
 async function declineCall(data) {
   const session = await self.sessionStore.get();
