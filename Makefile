@@ -49,7 +49,7 @@ $(VENV)/.system-packages:
 
 $(VENV)/.installed: pyproject.toml $(VENV)/.system-packages
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet -e '.[tools]'
 	@touch $@
 
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed

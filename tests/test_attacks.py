@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from intercom.core.messages import CLOSE_TOKEN_REVOKED
+from intercom_protocol.messages import CLOSE_TOKEN_REVOKED
 from intercom.signaling import SignalingClient
 from intercom_server.app import create_app
 from intercom_server.hub import HubSettings

@@ -2,8 +2,8 @@
 
 import pytest
 
-from intercom.core.calls import LINK_GRACE_S, CallError, CallState, ClientCall, DeviceRef, InvalidTransition, ServerCall
-from intercom.core.messages import ErrorCode
+from intercom_protocol.calls import LINK_GRACE_S, CallError, CallState, ClientCall, DeviceRef, InvalidTransition, ServerCall
+from intercom_protocol.messages import ErrorCode
 
 from .conftest import ANSWER, OFFER
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from intercom import config as door_config
-from intercom.core.yamlconfig import ConfigError
+from intercom_protocol.yamlconfig import ConfigError
 from intercom_server.config import ServerConfig
 
 ROOT = Path(__file__).resolve().parent.parent

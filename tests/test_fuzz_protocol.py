@@ -21,7 +21,7 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from intercom.core.messages import MAX_MESSAGE_BYTES, REQUEST_TYPES
+from intercom_protocol.messages import MAX_MESSAGE_BYTES, REQUEST_TYPES
 from intercom_server.app import HUB, create_app
 from intercom_server.hub import HubSettings
 from intercom_server.store import Store

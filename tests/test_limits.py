@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from intercom.core.messages import MAX_MESSAGE_BYTES
+from intercom_protocol.messages import MAX_MESSAGE_BYTES
 from intercom_server.hub import HubSettings
 from intercom_server.limits import FailureWindow, LimitSettings, TokenBucket
 

@@ -5,10 +5,10 @@ import time
 
 import pytest
 
-from intercom.core.calls import iso
+from intercom_protocol.calls import iso
 
-from intercom.core import messages as m
-from intercom.core.messages import ErrorCode, ProtocolError, Request
+from intercom_protocol import messages as m
+from intercom_protocol.messages import ErrorCode, ProtocolError, Request
 
 from .conftest import ANSWER, OFFER
 

@@ -13,7 +13,7 @@ from typing import AsyncIterator
 
 import pytest
 
-from intercom.core.messages import CLOSE_TOKEN_REVOKED
+from intercom_protocol.messages import CLOSE_TOKEN_REVOKED
 from intercom_server.hub import HubSettings
 from intercom_server.push import PushSettings, load_vapid
 from intercom_server.store import Store

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from intercom.core.calls import ClientCall
+from intercom_protocol.calls import ClientCall
 from intercom_resident.client import Policy, Resident
 
 

@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from intercom.core.calls import DeviceRef
+from intercom_protocol.calls import DeviceRef
 from intercom_server.hub import HubSettings
 
 from .conftest import ANSWER, OFFER

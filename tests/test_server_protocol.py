@@ -7,7 +7,7 @@ import json
 import aiohttp
 import pytest
 
-from intercom.core.messages import CLOSE_UNAUTHENTICATED, MAX_MESSAGE_BYTES
+from intercom_protocol.messages import CLOSE_UNAUTHENTICATED, MAX_MESSAGE_BYTES
 from intercom_server.hub import HubSettings
 
 from .conftest import ANSWER, OFFER

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from intercom.core.calls import DeviceRef, ServerCall
+from intercom_protocol.calls import DeviceRef, ServerCall
 from intercom_server.store import Store
 
 from .conftest import OFFER

@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .core.yamlconfig import ConfigError
+from intercom_protocol.yamlconfig import ConfigError
 
 DEFAULT_CONFIG = "/etc/intercom/intercom.yaml"
 

@@ -1,7 +1,7 @@
 """The door station's YAML configuration: one file the installer owns.
 
 Every key is documented in config/intercom.example.yaml. Errors name the key path and line
-(see intercom.core.yamlconfig); nothing starts with a config that has any error.
+(see intercom_protocol.yamlconfig); nothing starts with a config that has any error.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .core.yamlconfig import ConfigError, Field, Problem, in_range, load_file, nonempty, one_of
+from intercom_protocol.yamlconfig import ConfigError, Field, Problem, in_range, load_file, nonempty, one_of
 
 PIN_BACKENDS = ("lgpio", "rpigpio", "pigpio", "native", "mock")
 

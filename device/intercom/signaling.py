@@ -23,7 +23,7 @@ from typing import Any, Awaitable, Callable, Iterator
 
 import aiohttp
 
-from .core import messages as m
+from intercom_protocol import messages as m
 
 log = logging.getLogger("intercom.signaling")
 

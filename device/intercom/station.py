@@ -27,8 +27,8 @@ from typing import Any
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 
 from .config import DoorConfig
-from .core.calls import LINK_GRACE_S, CallState, ClientCall, iso
-from .core.messages import EndReason, ErrorCode, ProtocolError
+from intercom_protocol.calls import LINK_GRACE_S, CallState, ClientCall, iso
+from intercom_protocol.messages import EndReason, ErrorCode, ProtocolError
 from .directory import site_users, unknown_residents
 from .media.audio import AlsaCaptureTrack, Speaker, ToneTrack
 from .media.camera import EncodedCamera, make_camera

@@ -21,7 +21,7 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from intercom.core.calls import CallState, ClientCall
+from intercom_protocol.calls import CallState, ClientCall
 from intercom.media.audio import ToneTrack, level_dbfs, packed_s16
 from intercom.media.camera import monotonic_us, read_stamp
 from intercom.media.peer import rtc_configuration

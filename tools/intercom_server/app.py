@@ -13,9 +13,9 @@ from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
 
-from intercom.core import messages as m
-from intercom.core.calls import CallError, DeviceRef
-from intercom.core.messages import CLOSE_UNAUTHENTICATED, PROTOCOL_PATH
+from intercom_protocol import messages as m
+from intercom_protocol.calls import CallError, DeviceRef
+from intercom_protocol.messages import CLOSE_UNAUTHENTICATED, PROTOCOL_PATH
 
 from .hub import Hub, HubSettings
 from .openapi import AUDIT_CURSOR, CALLS_CURSOR, OPENAPI

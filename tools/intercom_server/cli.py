@@ -14,7 +14,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from intercom.core.yamlconfig import ConfigError
+from intercom_protocol.yamlconfig import ConfigError
 
 from .app import create_app, invite_url
 from .config import ServerConfig

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from intercom.core.yamlconfig import Field, in_range, load_file
+from intercom_protocol.yamlconfig import Field, in_range, load_file
 
 from .hub import RECENT_CALLS_S, HubSettings
 from .ice import IceSettings, TurnSettings

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable
 
-from intercom.core import messages as m
-from intercom.core.calls import CallError, DeviceRef, Send, ServerCall
-from intercom.core.messages import ErrorCode, ProtocolError, Request
+from intercom_protocol import messages as m
+from intercom_protocol.calls import CallError, DeviceRef, Send, ServerCall
+from intercom_protocol.messages import ErrorCode, ProtocolError, Request
 
 from .ice import IceSettings
 from .limits import FailureWindow, LimitSettings, TokenBucket

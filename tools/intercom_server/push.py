@@ -44,7 +44,7 @@ import aiohttp
 import http_ece
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from intercom.core.calls import DeviceRef, ServerCall, iso
+from intercom_protocol.calls import DeviceRef, ServerCall, iso
 from py_vapid import Vapid02, b64urlencode
 
 from .store import Store, StoreError, check_id

@@ -25,7 +25,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple
 
-from intercom.core.calls import DeviceRef, ServerCall, iso
+from intercom_protocol.calls import DeviceRef, ServerCall, iso
 
 from .writer import Writer
 
