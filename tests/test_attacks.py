@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from intercom_protocol.messages import CLOSE_TOKEN_REVOKED
 from intercom.signaling import SignalingClient
+from intercom_protocol.messages import CLOSE_TOKEN_REVOKED
 from intercom_server.app import create_app
 from intercom_server.hub import HubSettings
 from intercom_server.limits import LimitSettings
@@ -80,8 +80,8 @@ async def test_an_expiring_token_ends_its_session_when_it_expires(server):
 async def test_a_lone_surrogate_is_refused_at_the_edge_and_the_connection_stays(server):
     token = server.user("alice")
     client = await server.connect()
-    await client.send_raw('{"type":"authenticate","id":"a1","user_id":"alice","access_token":"%s",'
-                          '"device_id":"ph\\ud800one"}' % token)
+    await client.send_raw('{"type":"authenticate","id":"a1","user_id":"alice","access_token":"' + token + '",'
+                          '"device_id":"ph\\ud800one"}')
     reply = await client.next("error")
     assert reply["code"] == "bad_request" and "Unicode" in reply["message"] and reply["re"] is None
     # A proper pair of surrogates is an ordinary character.
@@ -155,7 +155,7 @@ def _certificate(tmp_path: Path) -> tuple[Path, Path]:
     """A CA of our own that signed 127.0.0.1's certificate, as a private install has."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Intercom test CA")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
             .not_valid_after(now + datetime.timedelta(days=1))

@@ -2,7 +2,15 @@
 
 import pytest
 
-from intercom_protocol.calls import LINK_GRACE_S, CallError, CallState, ClientCall, DeviceRef, InvalidTransition, ServerCall
+from intercom_protocol.calls import (
+    LINK_GRACE_S,
+    CallError,
+    CallState,
+    ClientCall,
+    DeviceRef,
+    InvalidTransition,
+    ServerCall,
+)
 from intercom_protocol.messages import ErrorCode
 
 from .conftest import ANSWER, OFFER

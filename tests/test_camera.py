@@ -14,8 +14,15 @@ import numpy as np
 import pytest
 from aiortc import RTCPeerConnection
 
-from intercom.media.camera import (Picamera2Camera, TestPattern, TestPatternCamera, V4l2Camera, make_camera,
-                                   monotonic_us, read_stamp)
+from intercom.media.camera import (
+    Picamera2Camera,
+    TestPattern,
+    TestPatternCamera,
+    V4l2Camera,
+    make_camera,
+    monotonic_us,
+    read_stamp,
+)
 from intercom.media.peer import rtc_configuration
 from intercom.media.video import EncodedVideo, H264Track
 
@@ -68,7 +75,7 @@ async def test_test_pattern_track_starts_at_a_keyframe_with_its_parameter_sets()
     assert {NAL_SPS, NAL_PPS, NAL_IDR} <= set(nal_types(first))
     assert all(NAL_IDR not in nal_types(bytes(p)) for p in got[1:])  # the GOP is 600: no more IDRs
     pts = [p.pts for p in got]
-    assert pts[0] == 0 and all(b > a for a, b in zip(pts, pts[1:]))
+    assert pts[0] == 0 and all(b > a for a, b in zip(pts, pts[1:], strict=False))
     assert all(p.time_base.denominator == 90000 for p in got)
     frames = decode(got)
     assert len(frames) == 10 and (frames[0].width, frames[0].height) == (320, 240)
@@ -165,7 +172,7 @@ async def loopback_call(camera):
             while True:
                 try:
                     frames.put_nowait(await track.recv())
-                except Exception:
+                except Exception:  # noqa: BLE001 - the track stopped, however it says so
                     return
         asyncio.ensure_future(pull())
 

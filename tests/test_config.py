@@ -2,8 +2,8 @@
 
 import asyncio
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -135,7 +135,7 @@ def test_a_ca_file_must_exist_and_go_with_wss(tmp_path):
 
 def test_an_alias_bomb_is_refused_quickly_and_small(tmp_path):
     lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
-    for prev, name in zip("abcdefgh", "bcdefghi"):
+    for prev, name in zip("abcdefgh", "bcdefghi", strict=True):
         lines.append(f"{name}: &{name} [{','.join(['*' + prev] * 9)}]")
     found = problems(tmp_path, "\n".join(lines) + "\n")
     assert found == ["(file): its aliases (*name) expand to more than 100,000 values; write the values out"]

@@ -8,9 +8,8 @@ import os
 import signal
 from pathlib import Path
 
-import yaml
-
 import pytest
+import yaml
 
 from intercom_server.openapi import OPENAPI
 from intercom_sim.harness import Installation

@@ -16,7 +16,7 @@ from intercom.media.tones import TONES
 def test_test_pattern_changes_every_frame():
     pattern = TestPattern(320, 240)
     frames = [np.frombuffer(pattern.frame(n).planes[0], np.uint8).copy() for n in range(5)]
-    assert all(not np.array_equal(a, b) for a, b in zip(frames, frames[1:]))
+    assert all(not np.array_equal(a, b) for a, b in zip(frames, frames[1:], strict=False))
 
 
 async def test_tone_is_20ms_frames_of_sound():

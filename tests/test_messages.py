@@ -5,9 +5,8 @@ import time
 
 import pytest
 
-from intercom_protocol.calls import iso
-
 from intercom_protocol import messages as m
+from intercom_protocol.calls import iso
 from intercom_protocol.messages import ErrorCode, ProtocolError, Request
 
 from .conftest import ANSWER, OFFER

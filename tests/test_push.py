@@ -8,8 +8,8 @@ keys it gave the "phone", so what is asserted is what a phone would get.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 import pytest
 

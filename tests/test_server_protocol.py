@@ -4,7 +4,6 @@ import asyncio
 import base64
 import json
 
-import aiohttp
 import pytest
 
 from intercom_protocol.messages import CLOSE_UNAUTHENTICATED, MAX_MESSAGE_BYTES

@@ -9,9 +9,9 @@ from gpiozero import Device
 from gpiozero.pins.mock import MockFactory
 
 from intercom import config as door_config
+from intercom.station import Station
 from intercom_protocol.calls import ClientCall
 from intercom_protocol.messages import ErrorCode, ProtocolError
-from intercom.station import Station
 
 YAML = """\
 server:

@@ -10,7 +10,7 @@ import struct
 import subprocess
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 from aiortc import RTCPeerConnection
@@ -47,7 +47,7 @@ def _answers_stun(port: int, within_s: float) -> bool:
             s.sendto(struct.pack("!HHI", 0x0001, 0, 0x2112A442) + transaction, ("127.0.0.1", port))
             try:
                 data, _ = s.recvfrom(2048)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             if data[8:20] == transaction:
                 return True

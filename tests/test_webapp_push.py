@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import re
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 

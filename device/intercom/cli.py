@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from intercom_protocol.yamlconfig import ConfigError
 
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         try:
             reply = asyncio.run(_send(_socket_path(args), args.action))
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             print(f"intercom: cannot reach the door station's control socket: {exc}", file=sys.stderr)
             return 1
         print(json.dumps(reply, indent=2))
@@ -124,7 +125,7 @@ async def _selftest(config_path: str, click_relay: bool) -> int:
     config = door_config.load(config_path)
     try:
         await send_command(config.control_socket, "status", timeout_s=1)
-    except (OSError, asyncio.TimeoutError, ValueError):
+    except (TimeoutError, OSError, ValueError):
         pass  # nobody answers: the hardware is free
     else:
         print("intercom: the door station is running and holds the hardware; stop it first "
@@ -135,7 +136,7 @@ async def _selftest(config_path: str, click_relay: bool) -> int:
     return 0 if report["ok"] else 1
 
 
-async def _send(path: Path, action: str) -> dict:
+async def _send(path: Path, action: str) -> dict[str, Any]:
     from .control import send_command
 
     return await send_command(path, action)

@@ -10,8 +10,9 @@ import asyncio
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 log = logging.getLogger("intercom.control")
 
@@ -78,7 +79,7 @@ class ControlClient:
         if self._writer is None:
             self._reader, self._writer = await asyncio.wait_for(
                 asyncio.open_unix_connection(str(self.path)), self.timeout_s)
-        assert self._reader is not None
+        assert self._reader is not None and self._writer is not None
         self._writer.write(json.dumps({"cmd": command}).encode() + b"\n")
         await self._writer.drain()
         line = await asyncio.wait_for(self._reader.readline(), self.timeout_s)

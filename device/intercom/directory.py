@@ -9,7 +9,8 @@ hears of it from the door's status and log instead of from a visitor nobody answ
 from __future__ import annotations
 
 import ssl
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import aiohttp
 

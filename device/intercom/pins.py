@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from importlib.metadata import entry_points
-from typing import Any, Callable
+from typing import Any
 
 from gpiozero import LED, Button, DigitalOutputDevice, Factory
 
@@ -139,7 +140,7 @@ class Pins:
         if self.backend == "mock":
             pin = self.factory.pin(self._bell_pin)
             level_low = pressed == self._pull_up
-            pin.drive_low() if level_low else pin.drive_high()  # type: ignore[attr-defined]
+            pin.drive_low() if level_low else pin.drive_high()
         elif pressed:
             self._pressed()
         return {"pressed": pressed}

@@ -122,6 +122,6 @@ async def _camera(config: DoorConfig, pins: Pins, _: float) -> dict[str, Any]:
         camera.close()
     if jpeg is None:
         raise RuntimeError(getattr(camera, "error", None) or "no picture within 5 s")
-    picture = next(av.open(io.BytesIO(jpeg)).decode(video=0))
+    picture = next(av.open(io.BytesIO(jpeg), "r").decode(video=0))
     return {"backend": camera.name, "width": picture.width, "height": picture.height, "jpeg_bytes": len(jpeg),
             "frames": camera.video.stats.frames}

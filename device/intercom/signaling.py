@@ -19,7 +19,8 @@ import logging
 import random
 import ssl
 from collections import OrderedDict
-from typing import Any, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import aiohttp
 
@@ -116,7 +117,7 @@ class SignalingClient:
                 try:
                     await self._session(http)
                     delays = backoff_delays()  # a session that authenticated resets the backoff
-                except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                     self.last_error = f"server unreachable: {exc}"
                     log.warning("%s", self.last_error)
                 except RequestFailed as exc:
@@ -205,7 +206,7 @@ class SignalingClient:
             reply = m.ok(req["id"], **await self._on_request(req))
         except m.ProtocolError as exc:
             reply = m.error(req["id"], exc.code, exc.message)
-        except Exception as exc:  # noqa: BLE001 - the server must get an answer whatever happened
+        except Exception as exc:  # the server must get an answer whatever happened
             log.exception("handling server request %s", req.get("type"))
             reply = m.error(req["id"], m.ErrorCode.INTERNAL, str(exc))
         await self.send(reply)
@@ -229,7 +230,7 @@ class SignalingClient:
         try:
             await self.send(m.request(kind, rid, **body))
             return await asyncio.wait_for(fut, self._timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if undo is not None:
                 self._abandoned[rid] = undo
                 while len(self._abandoned) > MAX_ABANDONED:

@@ -21,14 +21,16 @@ import base64
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 
-from .config import DoorConfig
 from intercom_protocol.calls import LINK_GRACE_S, CallState, ClientCall, iso
 from intercom_protocol.messages import EndReason, ErrorCode, ProtocolError
+
+from .config import DoorConfig
 from .directory import site_users, unknown_residents
 from .media.audio import AlsaCaptureTrack, Speaker, ToneTrack
 from .media.camera import EncodedCamera, make_camera
@@ -219,7 +221,7 @@ class Station:
         self.unknown_residents = unknown
 
     async def _work(self) -> None:
-        handlers = {"press": self._on_press, "event": self._on_event, "media": self._on_media,
+        handlers: dict[str, Callable[[Any], Awaitable[None]]] = {"press": self._on_press, "event": self._on_event, "media": self._on_media,
                     "clock": self._on_clock, "hangup": self._on_hangup, "timer": self._on_timer,
                     "report_missed": self._report_missed, "resync": self._on_resync}
         while True:
@@ -229,7 +231,7 @@ class Station:
                 return
             try:
                 await handlers[kind](data)
-            except Exception as exc:  # noqa: BLE001 - the door must keep answering presses
+            except Exception as exc:  # the door must keep answering presses
                 log.exception("while handling %s", kind)
                 self.last_error = f"{kind}: {exc}"
             self._show()
@@ -276,7 +278,7 @@ class Station:
                                 body["pressed_at"], exc)
                     return
                 log.error("the server refused a missed press from %s: %s; dropping it", body["pressed_at"], exc)
-            except (NotConnected, asyncio.TimeoutError):
+            except (TimeoutError, NotConnected):
                 return  # reported at the next connection
             else:
                 self.missed_reported += 1
@@ -354,13 +356,13 @@ class Station:
         self._inbox.put_nowait(("report_missed", None))  # the server answers again: tell it of the press
 
     @staticmethod
-    async def _picture_within(picture: "asyncio.Task[bytes | None]", timeout: float) -> bytes | None:
+    async def _picture_within(picture: asyncio.Task[bytes | None], timeout: float) -> bytes | None:
         try:
             return await asyncio.wait_for(picture, timeout)
         except Exception:  # noqa: BLE001 - a missed press is kept with or without its picture
             return None
 
-    async def _send_snapshot(self, call: ClientCall, picture: "asyncio.Task[bytes | None]") -> None:
+    async def _send_snapshot(self, call: ClientCall, picture: asyncio.Task[bytes | None]) -> None:
         jpeg = await picture
         if self.group == 0:
             self.press_timings["press_to_snapshot_ms"] = round((time.monotonic() - self._pressed_mono) * 1000, 1)

@@ -17,7 +17,7 @@ survives a signaling outage: its media decides.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -61,7 +61,7 @@ class CallError(Exception):
 
 
 def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass
@@ -333,12 +333,12 @@ class ClientCall:
     unanswered: bool = False
 
     @classmethod
-    def dial(cls, now: float, ring_timeout_s: float) -> "ClientCall":
+    def dial(cls, now: float, ring_timeout_s: float) -> ClientCall:
         return cls(role="caller", ring_until=now + ring_timeout_s + RING_MARGIN_S)
 
     @classmethod
     def incoming(cls, call_id: str, caller: dict[str, Any], now: float | None = None,
-                 expires_in_s: float | None = None) -> "ClientCall":
+                 expires_in_s: float | None = None) -> ClientCall:
         ring_until = now + expires_in_s if now is not None and expires_in_s is not None else None
         return cls(role="callee", call_id=call_id, state=CallState.RINGING, peer=caller, ring_until=ring_until)
 

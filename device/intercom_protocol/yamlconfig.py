@@ -8,27 +8,28 @@ key and list item; `validate` walks a small declarative schema over the loaded d
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
 
-class YamlMap(dict):
+class YamlMap(dict[Any, Any]):
     """A mapping that remembers the 1-based line of each key."""
 
     line: int = 0
     lines: dict[Any, int]
 
 
-class YamlList(list):
+class YamlList(list[Any]):
     line: int = 0
     lines: list[int]
 
 
 class _LineLoader(yaml.SafeLoader):
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> YamlMap:  # type: ignore[override]
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> YamlMap:
         self.flatten_mapping(node)
         result = YamlMap()
         result.line = node.start_mark.line + 1
@@ -43,7 +44,7 @@ class _LineLoader(yaml.SafeLoader):
             result.lines[key] = key_node.start_mark.line + 1
         return result
 
-    def construct_sequence(self, node: yaml.SequenceNode, deep: bool = False) -> YamlList:  # type: ignore[override]
+    def construct_sequence(self, node: yaml.SequenceNode, deep: bool = False) -> YamlList:
         result = YamlList(self.construct_object(child, deep=True) for child in node.value)
         result.line = node.start_mark.line + 1
         result.lines = [child.start_mark.line + 1 for child in node.value]
@@ -80,8 +81,8 @@ class Field:
     required: bool = False
     default: Any = None
     check: Callable[[Any], None] | None = None
-    schema: dict[str, "Field"] | None = None  # for a nested mapping
-    items: "Field | None" = None  # for a list
+    schema: dict[str, Field] | None = None  # for a nested mapping
+    items: Field | None = None  # for a list
     help: str = ""
     #: For a nested mapping: absent means the feature is off (None), not "all defaults".
     optional_section: bool = False
@@ -129,7 +130,7 @@ def _expanded_size(value: Any, memo: dict[int, int]) -> int:
 
 def load_text(text: str, source: str = "<config>") -> Any:
     try:
-        data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_LineLoader)  # a SafeLoader subclass
         if _expanded_size(data, {}) > MAX_VALUES:
             raise ConfigError(source, [Problem("(file)", None, f"its aliases (*name) expand to more than "
                                                                f"{MAX_VALUES:,} values; write the values out")])

@@ -8,7 +8,6 @@ CLI), as a building's installer would import them.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 import time

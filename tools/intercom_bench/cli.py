@@ -15,7 +15,7 @@ import logging
 import shutil
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +81,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         results["push"] = await push.run(work / "push", args.push_presses, args.cold_starts)
     results["notes"] = notes(results)
     results["duration_s"] = round(time.monotonic() - started, 1)
-    results["finished_at"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    results["finished_at"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     step("done")
     return results
 

@@ -40,7 +40,7 @@ class Client:
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
     @classmethod
-    async def connect(cls, http: aiohttp.ClientSession, url: str, user: str, token: str, device: str) -> "Client":
+    async def connect(cls, http: aiohttp.ClientSession, url: str, user: str, token: str, device: str) -> Client:
         ws = await http.ws_connect(url, autoping=True, max_msg_size=4 * 1024 * 1024)
         client = cls(ws)
         reply = await client.request("authenticate", user_id=user, access_token=token, device_id=device)
@@ -162,7 +162,7 @@ async def calls(url: str, accounts: dict[str, Any], pairs: int, seconds: float, 
                 await asyncio.sleep(max(0.0, sent + interval - time.monotonic()))
 
         await asyncio.gather(*(pair(i, d, p, accounts["residents"][i][0])
-                               for i, (d, p) in enumerate(zip(doors, phones))))
+                               for i, (d, p) in enumerate(zip(doors, phones, strict=True))))
         elapsed = time.monotonic() - start
         emit("result", pairs=len(doors), seconds=round(elapsed, 2), calls=done, offered_per_s=len(doors) * per_pair_s,
              per_s=round(done / elapsed, 1), setup_ms=summary(latencies), errors=errors[:20], error_count=len(errors))

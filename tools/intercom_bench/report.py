@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ TARGETS = [
 
 def notes(results: dict[str, Any]) -> list[str]:
     """Where a target is missed, what the figures themselves say about why."""
-    out = []
+    out: list[str] = []
     cost = results.get("call_cost")
     if cost and len({r["size"] for r in cost["runs"]}) > 1:
         sizes = sorted({r["size"] for r in cost["runs"]}, key=lambda s: int(s.split("x")[0]))

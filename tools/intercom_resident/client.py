@@ -11,9 +11,10 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import aiohttp
 import av
@@ -21,12 +22,12 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from intercom_protocol.calls import CallState, ClientCall
 from intercom.media.audio import ToneTrack, level_dbfs, packed_s16
 from intercom.media.camera import monotonic_us, read_stamp
 from intercom.media.peer import rtc_configuration
 from intercom.media.video import encode_image
 from intercom.signaling import NotConnected, RequestFailed, SignalingClient
+from intercom_protocol.calls import CallState, ClientCall
 
 log = logging.getLogger("intercom.resident")
 
@@ -68,7 +69,7 @@ class Reception:
     def add_video(self, frame: av.VideoFrame) -> None:
         self.video_frames += 1
         self.width, self.height = frame.width, frame.height
-        luma = np.frombuffer(frame.planes[0], dtype=np.uint8)
+        luma = np.frombuffer(memoryview(frame.planes[0]), dtype=np.uint8)
         fingerprint = hashlib.blake2b(luma[::101].tobytes(), digest_size=8).digest()
         if fingerprint != self._last_fingerprint:
             self.distinct_frames += 1
@@ -317,7 +318,7 @@ class Resident:
         try:
             while True:
                 frame = await track.recv()
-                if track.kind == "video":
+                if isinstance(frame, av.VideoFrame):
                     if reception.video_frames == 0:
                         reception.first_frame_after_accept_s = round(time.monotonic() - self._accepted_at, 4)
                         self.report("first_frame", {"after_accept_s": reception.first_frame_after_accept_s,
@@ -328,7 +329,7 @@ class Resident:
                     limit = self.policy.hangup_after_frames
                     if limit is not None and reception.video_frames == limit and call is not None:
                         self._spawn(self._hang_up(call))
-                else:
+                elif isinstance(frame, av.AudioFrame):
                     reception.add_audio(frame)
         except MediaStreamError:
             return
@@ -338,7 +339,7 @@ class Resident:
             reply = await self.client.request("action", call_id=call.call_id, name="open_door")
         except RequestFailed as exc:
             self.report("open_door_refused", {"call_id": call.call_id, "code": exc.code, "message": exc.message})
-        except (NotConnected, asyncio.TimeoutError) as exc:
+        except (TimeoutError, NotConnected) as exc:
             self.report("open_door_refused", {"call_id": call.call_id, "code": "unreachable", "message": str(exc)})
         else:
             self.report("door_opened", {"call_id": call.call_id, **{k: v for k, v in reply.items() if k not in ("type", "re")}})

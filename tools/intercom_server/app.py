@@ -8,7 +8,8 @@ import hmac
 import ipaddress
 import logging
 import re
-from typing import Any, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
@@ -93,7 +94,7 @@ async def _watch_revocations(app: web.Application) -> AsyncIterator[None]:
                 if version != seen:
                     seen = version
                     hub.revoked()
-            except Exception:  # noqa: BLE001 - a failed check is tried again, the server goes on
+            except Exception:  # a failed check is tried again, the server goes on
                 log.exception("checking for revoked tokens")
 
     task = asyncio.get_running_loop().create_task(watch(), name="revocations")
@@ -149,7 +150,7 @@ def origin_allowed(request: web.Request, public_url: str, allowed: tuple[str, ..
 # -- WebSocket -------------------------------------------------------------------------------
 
 
-async def _websocket(request: web.Request) -> web.WebSocketResponse:
+async def _websocket(request: web.Request) -> web.StreamResponse:
     hub = request.app[HUB]
     if not origin_allowed(request, request.app[PUBLIC_URL], hub.settings.allowed_origins):
         log.warning("refused a WebSocket from the page of another site (%s)", request.headers.get("Origin"))
@@ -252,7 +253,7 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
         raise
     except (asyncio.CancelledError, ConnectionError):
         raise
-    except Exception:  # noqa: BLE001 - a JSON error, never aiohttp's plain-text page with a trace
+    except Exception:  # a JSON error, never aiohttp's plain-text page with a trace
         log.exception("internal error on %s %s", request.method, request.path)
         return _error(500, "internal", "internal error")
 

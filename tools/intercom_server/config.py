@@ -120,7 +120,7 @@ class ServerConfig:
     hub: HubSettings = field(default_factory=HubSettings)
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "ServerConfig":
+    def from_file(cls, path: str | Path) -> ServerConfig:
         raw = load_file(path, SCHEMA)
         calls = raw["calls"]
         turn = raw.get("turn")

@@ -17,10 +17,11 @@ import secrets
 import sqlite3
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 from intercom_protocol import messages as m
 from intercom_protocol.calls import CallError, DeviceRef, Send, ServerCall
@@ -210,7 +211,7 @@ class Hub:
             conn.send(exc.reply())
         except CallError as exc:
             conn.send(m.error(req.id, exc.code, exc.message))
-        except Exception:  # noqa: BLE001 - one bad request must not take the server down
+        except Exception:  # one bad request must not take the server down
             log.exception("internal error handling %s", req.type)
             conn.send(m.error(req.id, ErrorCode.INTERNAL, "internal error"))
         return True
@@ -396,10 +397,10 @@ class Hub:
             ring_timeout_s=ring_timeout_s, snapshot_url=f"/v1/direct_calls/{call_id}/snapshot" if snapshot else None)
         return call, snapshot, unknown
 
-    def _store(self, what: str, written: "Future[Any]") -> None:
+    def _store(self, what: str, written: Future[Any]) -> None:
         """A write that must not stop the call: the ring, the answer and the hang-up go on
         while it is committed, and a full disk or a read-only database is logged and counted."""
-        def done(result: "asyncio.Future[Any]") -> None:
+        def done(result: asyncio.Future[Any]) -> None:
             if not result.cancelled() and result.exception() is not None:
                 self._store_failed(what, result.exception())
         asyncio.wrap_future(written).add_done_callback(done)
@@ -428,7 +429,7 @@ class Hub:
             loop.call_later(call.ring_timeout_s, lambda: self._deliver(call, call.expire(time.time()))),
             loop.call_later(self.settings.max_duration_s, lambda: self._deliver(call, call.time_out(time.time()))),
         ]
-        log.info("%s dials %s: %s, %d device(s) ringing%s", conn.device.user_id, ",".join(call.callees), call_id,
+        log.info("%s dials %s: %s, %d device(s) ringing%s", call.caller.user_id, ",".join(call.callees), call_id,
                  len(devices), f"; not callers' users: {', '.join(unknown)}" if unknown else "")
         self._deliver(call, call.ring(devices, now))
         self.push.ring(call, subs, now)
@@ -600,7 +601,7 @@ class Hub:
         conn.send(m.error(req.id, code, f"the door refused: {message}"))
 
     def _audit(self, conn: Connection, call_id: str, door: DeviceRef | None, outcome: str, detail: str | None,
-               now: float) -> "Future[int]":
+               now: float) -> Future[int]:
         """One entry of the site's door log; its failure is logged and counted (and an opening
         waits for it, see `_open_door`)."""
         assert conn.user is not None and conn.device is not None

@@ -42,9 +42,9 @@ CALLS_CURSOR = r"^[0-9]{1,12}(\.[0-9]{1,20})?:[A-Za-z0-9_]{1,64}$"
 AUDIT_CURSOR = r"^[0-9]{1,18}$"
 _CALLS_NEXT = _next(CALLS_CURSOR)
 _AUDIT_NEXT = _next(AUDIT_CURSOR)
-_API_ONLY = [{"ApiToken": []}]
-_API_OR_PARTY = [{"ApiToken": []}, {"AccessToken": []}]
-_PARTY_ONLY = [{"AccessToken": []}]
+_API_ONLY: list[dict[str, list[str]]] = [{"ApiToken": []}]
+_API_OR_PARTY: list[dict[str, list[str]]] = [{"ApiToken": []}, {"AccessToken": []}]
+_PARTY_ONLY: list[dict[str, list[str]]] = [{"AccessToken": []}]
 _NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
 _DEVICE = {"type": "object", "required": ["user_id", "device_id"],
            "properties": {"user_id": {"type": "string"}, "device_id": {"type": "string"}}}

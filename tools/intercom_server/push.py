@@ -44,8 +44,9 @@ import aiohttp
 import http_ece
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from intercom_protocol.calls import DeviceRef, ServerCall, iso
 from py_vapid import Vapid02, b64urlencode
+
+from intercom_protocol.calls import DeviceRef, ServerCall, iso
 
 from .store import Store, StoreError, check_id
 
@@ -351,7 +352,7 @@ class Pusher:
                 message = outbox[0]
                 try:
                     await self._deliver(message)
-                except Exception:  # noqa: BLE001 - one bad message must not stop the others
+                except Exception:  # one bad message must not stop the others
                     log.exception("sending a push message to %s", message.sub.service)
                     self.stats.failed += 1
                 outbox.popleft()

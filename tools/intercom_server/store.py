@@ -21,9 +21,10 @@ import re
 import secrets
 import sqlite3
 import time
+from collections.abc import Iterable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple
+from typing import Any, NamedTuple
 
 from intercom_protocol.calls import DeviceRef, ServerCall, iso
 
@@ -434,24 +435,22 @@ class Store:
             db.executemany("INSERT OR IGNORE INTO call_parties VALUES (?, ?)", parties)
         return insert
 
-    def record_call(self, call: ServerCall, snapshot: bytes | None) -> "Future[None]":
+    def record_call(self, call: ServerCall, snapshot: bytes | None) -> Future[None]:
         """Written at the dial, so a crash mid-call leaves a trace that start-up closes."""
         return self.writer.submit(self._insert_call(call, snapshot))
 
-    def set_snapshot(self, call_id: str, snapshot: bytes) -> "Future[None]":
-        return self.writer.submit(
-            lambda db: db.execute("UPDATE calls SET snapshot = ? WHERE call_id = ?", (snapshot, call_id)))
+    def set_snapshot(self, call_id: str, snapshot: bytes) -> Future[None]:
+        return self._execute("UPDATE calls SET snapshot = ? WHERE call_id = ?", (snapshot, call_id))
 
-    def accept_call(self, call: ServerCall) -> "Future[None]":
+    def accept_call(self, call: ServerCall) -> Future[None]:
         """Written when it happens: a crash mid-call leaves a record that says who answered."""
         accepted = call.accepted_by
         assert accepted is not None
         values = (accepted.user_id, accepted.device_id, call.accepted_at, call.call_id)
-        return self.writer.submit(lambda db: db.execute(
-            "UPDATE calls SET accepted_by_user = ?, accepted_by_device = ?, accepted_at = ? WHERE call_id = ?",
-            values))
+        return self._execute(
+            "UPDATE calls SET accepted_by_user = ?, accepted_by_device = ?, accepted_at = ? WHERE call_id = ?", values)
 
-    def finish_call(self, call: ServerCall, snapshot: bytes | None = None) -> "Future[None]":
+    def finish_call(self, call: ServerCall, snapshot: bytes | None = None) -> Future[None]:
         """The call's end; a call whose first write had failed (the bell rang anyway) is
         recorded whole now (a missed press is recorded whole at once, with its picture)."""
         insert = self._insert_call(call, snapshot)
@@ -544,7 +543,7 @@ class Store:
     # -- the door's audit log ----------------------------------------------------------------
 
     def audit(self, site_id: str, at: float, action: str, outcome: str, by: DeviceRef, call_id: str,
-              door_id: str | None, detail: str | None) -> "Future[int]":
+              door_id: str | None, detail: str | None) -> Future[int]:
         """An entry of the door log; the future gives its id once it is on disk."""
         values = (site_id, at, action, outcome, by.user_id, by.device_id, call_id, door_id, detail)
 
@@ -554,10 +553,15 @@ class Store:
             return int(cur.lastrowid or 0)
         return self.writer.submit(insert)
 
-    def settle_audit(self, audit_id: int, outcome: str, detail: str | None) -> "Future[None]":
+    def settle_audit(self, audit_id: int, outcome: str, detail: str | None) -> Future[None]:
         """The outcome of an opening whose entry was written before the door was asked."""
-        return self.writer.submit(lambda db: db.execute("UPDATE audit SET outcome = ?, detail = ? WHERE audit_id = ?",
-                                                        (outcome, detail, audit_id)))
+        return self._execute("UPDATE audit SET outcome = ?, detail = ? WHERE audit_id = ?", (outcome, detail, audit_id))
+
+    def _execute(self, sql: str, params: tuple[Any, ...]) -> Future[None]:
+        """One statement in the writer's next transaction."""
+        def job(db: sqlite3.Connection) -> None:
+            db.execute(sql, params)
+        return self.writer.submit(job)
 
     def list_audit(self, site_id: str, limit: int, before: int | None) -> list[dict[str, Any]]:
         """Newest first; `before` is the audit_id of the last entry of the previous page."""

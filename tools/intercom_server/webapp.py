@@ -9,6 +9,7 @@ the policy forbids inline scripts, other origins, framing and plugins outright.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -73,7 +74,7 @@ def add_webapp_routes(app: web.Application) -> None:
         app.router.add_get(path, _static(STATIC / name, content_type))
 
 
-def _static(path: Path, content_type: str):  # type: ignore[no-untyped-def]
+def _static(path: Path, content_type: str) -> Callable[[web.Request], Awaitable[web.Response]]:
     body = path.read_bytes()
 
     async def handler(request: web.Request) -> web.Response:

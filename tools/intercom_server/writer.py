@@ -18,8 +18,9 @@ import logging
 import sqlite3
 import threading
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 log = logging.getLogger("intercom.server.writer")
 
@@ -45,7 +46,7 @@ class Writer:
         self._thread = threading.Thread(target=self._run, name="db-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, job: Callable[[sqlite3.Connection], T]) -> "Future[T]":
+    def submit(self, job: Callable[[sqlite3.Connection], T]) -> Future[T]:
         """Run `job(connection)` in the next transaction; the future resolves once committed."""
         future: Future[T] = Future()
         with self._changed:
@@ -78,7 +79,7 @@ class Writer:
                 batch = list(self._jobs)
                 self._jobs.clear()
             outcomes = self._commit(batch)
-            for (_, future), (result, error) in zip(batch, outcomes):
+            for (_, future), (result, error) in zip(batch, outcomes, strict=True):
                 if error is None:
                     future.set_result(result)
                 else:

@@ -13,8 +13,9 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import aiohttp
 import yaml
@@ -51,10 +52,10 @@ class Process:
         self.on_line: Callable[[str], None] | None = None
 
     @classmethod
-    async def start(cls, name: str, argv: list[str], logs: Path, env: dict[str, str] | None = None) -> "Process":
+    async def start(cls, name: str, argv: list[str], logs: Path, env: dict[str, str] | None = None) -> Process:
         logs.mkdir(parents=True, exist_ok=True)
         log_path = logs / f"{name}.log"
-        log_file = open(log_path, "ab")  # noqa: SIM115 - the child keeps it open
+        log_file = open(log_path, "ab")  # the child keeps it open
         proc = await asyncio.create_subprocess_exec(
             *argv, stdout=asyncio.subprocess.PIPE, stderr=log_file, stdin=asyncio.subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
@@ -101,7 +102,7 @@ class Process:
 
         try:
             return await asyncio.wait_for(scan(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise TimeoutError(f"{self.name}: no matching line within {timeout}s; stdout so far:\n"
                                + "\n".join(self.lines[-20:]) + f"\nlog:\n{self.log_tail()}") from None
 
@@ -135,7 +136,7 @@ class Process:
             self.proc.terminate()
             try:
                 await asyncio.wait_for(self.proc.wait(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.proc.kill()
                 await self.proc.wait()
         await asyncio.gather(self._reader, return_exceptions=True)
@@ -210,7 +211,7 @@ class Installation:
     async def _launch_server(self, config_path: Path) -> None:
         self.server = await Process.start("server", [*SERVER, "--config", str(config_path), "serve"], self.logs)
         self.processes.append(self.server)
-        line = await self.server.wait_for_line(lambda l: l.startswith("intercom-server listening on "), 30)
+        line = await self.server.wait_for_line(lambda text: text.startswith("intercom-server listening on "), 30)
         self.http_url = line.rsplit(" ", 1)[1]
         self.ws_url = self.http_url.replace("http://", "ws://") + "/v1/ws"
         # Pin the port that was chosen, so a restart comes back where the doors look for it.

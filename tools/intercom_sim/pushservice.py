@@ -18,8 +18,9 @@ import base64
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import http_ece
 from aiohttp import web
@@ -71,7 +72,7 @@ class PushService:
         self._changed = asyncio.Condition()
         self._verified: dict[tuple[str, str], float] = {}
 
-    async def start(self) -> "PushService":
+    async def start(self) -> PushService:
         app = web.Application()
         app.router.add_post("/push/{name}", self._push)
         self._runner = web.AppRunner(app, access_log=None)

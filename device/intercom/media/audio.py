@@ -16,9 +16,9 @@ import logging
 import math
 import queue
 import threading
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, cast
 
 import av
 import numpy as np
@@ -78,7 +78,7 @@ class ToneTrack(MediaStreamTrack):
         return _mono_frame(samples, n)
 
 
-def _open_pcm(kind: int, device: str):  # type: ignore[no-untyped-def]
+def _open_pcm(kind: int, device: str) -> Any:  # an alsaaudio.PCM
     import alsaaudio  # imported here so configs that never touch ALSA do not need it
 
     return alsaaudio.PCM(kind, device=device, channels=1, rate=RATE,
@@ -121,6 +121,7 @@ class AlsaCaptureTrack(MediaStreamTrack):
                 if self._echo is not None:
                     samples = self._echo.near_end(samples)
                 self.level_dbfs = level_dbfs(samples)
+                assert self._loop is not None
                 try:
                     self._loop.call_soon_threadsafe(self._offer, samples)
                 except RuntimeError:
@@ -245,7 +246,7 @@ class Speaker:
         pending = np.zeros(0, np.int16)
         try:
             while True:
-                frame = await track.recv()
+                frame = cast(av.AudioFrame, await track.recv())
                 for out in resampler.resample(frame):
                     pending = np.concatenate([pending, np.frombuffer(packed_s16(out), dtype=np.int16)])
                 while len(pending) >= FRAME_SAMPLES:
@@ -270,7 +271,7 @@ class Speaker:
 
     # -- the writer thread ---------------------------------------------------------------------
 
-    def _write(self, pcm) -> None:  # type: ignore[no-untyped-def]
+    def _write(self, pcm: Any) -> None:
         name_thread("alsa-playback")
         clock = RealTime(FRAME_SAMPLES / RATE)
         silence = np.zeros(FRAME_SAMPLES, np.int16)
@@ -281,12 +282,10 @@ class Speaker:
                 except queue.Empty:
                     voice = None
                 tone = self._next_tone()
-                if voice is None and tone is None:
-                    mix = silence
+                if voice is None:
+                    mix = silence if tone is None else tone
                 elif tone is None:
                     mix = voice
-                elif voice is None:
-                    mix = tone
                 else:
                     mix = np.clip(voice.astype(np.int32) + tone, -32768, 32767).astype(np.int16)
                 pcm.write(mix.tobytes())

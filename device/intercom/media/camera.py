@@ -101,7 +101,7 @@ def read_stamp(frame: av.VideoFrame) -> int | None:
     """The capture time (monotonic µs, to 100 µs) a test-pattern frame carries, or None when
     the frame has no readable stamp (another camera, or a picture damaged in transit)."""
     plane = frame.planes[0]
-    luma = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:frame.height, :frame.width]
+    luma = np.frombuffer(memoryview(plane), np.uint8).reshape(-1, plane.line_size)[:frame.height, :frame.width]
     cw, ch = _stamp_cells(frame.width, frame.height)
     if cw < 4:
         return None
@@ -137,7 +137,7 @@ class X264:
         ctx.gop_size = iperiod
         # Without a global header libx264 repeats SPS/PPS before every IDR, as repeat=True
         # makes the Pi's encoder do: a viewer can start at any keyframe.
-        ctx.options = {"tune": "zerolatency", "preset": "ultrafast"}  # type: ignore[attr-defined]
+        ctx.options = {"tune": "zerolatency", "preset": "ultrafast"}
         ctx.profile = "Baseline"
         self._ctx = ctx
         self._width, self._height = width, height
@@ -197,7 +197,7 @@ class EncodedCamera:
 
     def _publish(self, data: bytes, keyframe: bool, timestamp_us: int) -> None:
         """From the capture thread: hand one access unit to the loop."""
-        assert self._loop is not None
+        assert self._loop is not None and isinstance(self.video, EncodedVideo)
         try:
             self._loop.call_soon_threadsafe(self.video.publish, data, keyframe, timestamp_us)
         except RuntimeError:
@@ -290,7 +290,7 @@ class Picamera2Camera(EncodedCamera):
 
         publish = self._publish
 
-        class CallOutput(Output):  # type: ignore[misc]
+        class CallOutput(Output):
             def outputframe(self, frame: bytes, keyframe: bool = True, timestamp: int | None = None,
                             packet: Any = None, audio: bool = False) -> None:
                 if audio:

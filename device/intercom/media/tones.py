@@ -14,7 +14,7 @@ RATE = 48000
 
 def _note(freq: float, seconds: float, decay: float = 0.0, harmonics: tuple[float, ...] = (1.0,)) -> np.ndarray:
     t = np.arange(int(RATE * seconds)) / RATE
-    wave = sum(a * np.sin(2 * np.pi * freq * (k + 1) * t) for k, a in enumerate(harmonics))
+    wave: np.ndarray = sum((a * np.sin(2 * np.pi * freq * (k + 1) * t) for k, a in enumerate(harmonics)), np.zeros_like(t))
     wave = wave / sum(harmonics)
     envelope = np.exp(-decay * t) if decay else np.ones_like(t)
     ramp = min(len(t), int(RATE * 0.005))  # 5 ms fades: no clicks

@@ -18,12 +18,14 @@ from __future__ import annotations
 import asyncio
 import fractions
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from typing import cast
 
 import av
 from aiortc import MediaStreamTrack, RTCRtpSender, RTCRtpTransceiver
 from aiortc.mediastreams import MediaStreamError
+from av.video.codeccontext import VideoCodecContext
 
 log = logging.getLogger("intercom.video")
 
@@ -32,11 +34,11 @@ VIDEO_TIME_BASE = fractions.Fraction(1, 90000)
 
 def encode_image(frame: av.VideoFrame, codec: str = "mjpeg") -> bytes:
     """Encode one frame as a still image (JPEG or PNG) with FFmpeg, already a dependency."""
-    ctx = av.CodecContext.create(codec, "w")
+    ctx = cast(VideoCodecContext, av.CodecContext.create(codec, "w"))
     ctx.width, ctx.height = frame.width, frame.height
     ctx.pix_fmt = "yuvj420p" if codec == "mjpeg" else "rgb24"
     if codec == "mjpeg":
-        ctx.options = {"qscale": "4"}  # type: ignore[attr-defined]
+        ctx.options = {"qscale": "4"}
     packets = ctx.encode(frame.reformat(format=ctx.pix_fmt)) + ctx.encode(None)
     return b"".join(bytes(p) for p in packets)
 
@@ -104,19 +106,19 @@ class EncodedVideo:
         self._key_pending = True
         try:
             self._request_keyframe()
-        except Exception:  # noqa: BLE001 - a camera that cannot be asked still sends its GOP's IDR
+        except Exception:  # a camera that cannot be asked still sends its GOP's IDR
             log.exception("the camera did not take a keyframe request")
 
     @property
     def viewers(self) -> int:
         return len(self._tracks)
 
-    def track(self) -> "H264Track":
+    def track(self) -> H264Track:
         track = H264Track(self)
         self._tracks.add(track)
         return track
 
-    def _remove(self, track: "H264Track") -> None:
+    def _remove(self, track: H264Track) -> None:
         self._tracks.discard(track)
 
     async def next_keyframe(self, timeout_s: float) -> AccessUnit | None:
@@ -126,7 +128,7 @@ class EncodedVideo:
         self.keyframe_requested()
         try:
             return await asyncio.wait_for(fut, timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return self.last_keyframe
 
     async def snapshot_jpeg(self, timeout_s: float = 1.0) -> bytes | None:
@@ -220,12 +222,12 @@ class RawVideo:
     def viewers(self) -> int:
         return len(self._tracks)
 
-    def track(self) -> "RawTrack":
+    def track(self) -> RawTrack:
         track = RawTrack(self)
         self._tracks.add(track)
         return track
 
-    def _remove(self, track: "RawTrack") -> None:
+    def _remove(self, track: RawTrack) -> None:
         self._tracks.discard(track)
 
     async def snapshot_jpeg(self, timeout_s: float = 1.0) -> bytes | None:

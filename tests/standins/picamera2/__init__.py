@@ -25,7 +25,7 @@ from .encoders import H264Encoder
 
 __all__ = ["Picamera2"]
 STANDIN = True
-instances: list["Picamera2"] = []
+instances: list[Picamera2] = []
 
 
 class Picamera2:
