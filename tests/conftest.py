@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,6 +12,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from intercom_protocol.messages import REPLY_TYPES
+from intercom_protocol.requests import RequestTracker
 from intercom_server.app import HUB, create_app
 from intercom_server.hub import Hub, HubSettings
 from intercom_server.store import Store
@@ -29,8 +30,7 @@ class WsClient:
     def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         self.ws = ws
         self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self.replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self._ids = itertools.count(1)
+        self.requests: RequestTracker[asyncio.Future[dict[str, Any]], None] = RequestTracker("t")
         self.reader = asyncio.get_running_loop().create_task(self._read())
         self.device_id: str | None = None
 
@@ -39,7 +39,7 @@ class WsClient:
             if msg.type != aiohttp.WSMsgType.TEXT:
                 continue
             data = json.loads(msg.data)
-            fut = self.replies.pop(str(data.get("re")), None) if data["type"] in ("ok", "error") else None
+            fut = self.requests.settle(data).waiter if data["type"] in REPLY_TYPES else None
             if fut is not None:
                 fut.set_result(data)
             else:
@@ -49,10 +49,8 @@ class WsClient:
         await self.ws.send_str(text)
 
     async def request(self, kind: str, timeout: float = 5.0, **body: Any) -> dict[str, Any]:
-        rid = f"t{next(self._ids)}"
-        fut = asyncio.get_running_loop().create_future()
-        self.replies[rid] = fut
-        await self.ws.send_str(json.dumps({"type": kind, "id": rid, **body}))
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        await self.ws.send_str(json.dumps(self.requests.start(kind, fut, **body)))
         return await asyncio.wait_for(fut, timeout)
 
     async def next(self, kind: str | None = None, timeout: float = 5.0) -> dict[str, Any]:

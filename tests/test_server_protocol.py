@@ -274,10 +274,8 @@ async def _frames_in_one_write(*pairs):
     replies in the order of `pairs`."""
     futures, sends = [], []
     for client, kind, body in pairs:
-        rid = f"race-{kind}-{id(client)}"
         futures.append(fut := asyncio.get_running_loop().create_future())
-        client.replies[rid] = fut
-        sends.append(client.ws.send_str(json.dumps({"type": kind, "id": rid, **body})))
+        sends.append(client.ws.send_str(json.dumps(client.requests.start(kind, fut, **body))))
     await asyncio.gather(*sends)
     return await asyncio.wait_for(asyncio.gather(*futures), 5)
 

@@ -18,13 +18,13 @@ import itertools
 import logging
 import random
 import ssl
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import aiohttp
 
 from intercom_protocol import messages as m
+from intercom_protocol.requests import RequestFailed, RequestTracker
 
 log = logging.getLogger("intercom.signaling")
 
@@ -37,15 +37,8 @@ Undo = Callable[[dict[str, Any]], Awaitable[None] | None]
 CONNECT_TIMEOUT_S = 10.0
 #: Pings until the server has told its own heartbeat.
 DEFAULT_HEARTBEAT_S = 10.0
-#: Requests given up on whose late replies are still undone (oldest forgotten first).
-MAX_ABANDONED = 64
 
-
-class RequestFailed(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
+__all__ = ["NotConnected", "RequestFailed", "SignalingClient"]
 
 
 class NotConnected(Exception):
@@ -89,10 +82,8 @@ class SignalingClient:
         self._claims = claims
         self.ssl_context = tls_context(ca_file)
         self.heartbeat_s = DEFAULT_HEARTBEAT_S
-        self._abandoned: OrderedDict[str, Undo] = OrderedDict()
         self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self._ids = itertools.count(1)
+        self._requests: RequestTracker[asyncio.Future[dict[str, Any]], Undo] = RequestTracker("r")
         self.session_info: dict[str, Any] = {}
         self.connected = asyncio.Event()
         self.last_error: str | None = None
@@ -160,11 +151,10 @@ class SignalingClient:
                 self.connected.clear()
                 self._ws = None
                 reader.cancel()
-                for fut in self._pending.values():
+                # Replies come on the connection that asked: none will now.
+                for fut in self._requests.close():
                     if not fut.done():
                         fut.set_exception(NotConnected("connection to the server was lost"))
-                self._pending.clear()
-                self._abandoned.clear()  # replies come on the connection that asked: none will
                 if was_connected and self._on_connection:
                     self._on_connection(False)
 
@@ -178,18 +168,19 @@ class SignalingClient:
                 log.warning("ignoring a bad frame from the server: %s", exc.message)
                 continue
             kind = data["type"]
-            if kind in ("ok", "error"):
-                fut = self._pending.pop(str(data.get("re")), None)
-                undo = self._abandoned.pop(str(data.get("re")), None)
-                if undo is not None and kind == "ok":
-                    result = undo(data)
+            if kind in m.REPLY_TYPES:
+                settled = self._requests.settle(data)
+                if settled.undo is not None:
+                    result = settled.undo(data)
                     if asyncio.iscoroutine(result):
                         asyncio.get_running_loop().create_task(result)
+                fut = settled.waiter
                 if fut is not None and not fut.done():
-                    if kind == "ok":
+                    failure = settled.failure()
+                    if failure is None:
                         fut.set_result(data)
                     else:
-                        fut.set_exception(RequestFailed(data.get("code", "internal"), data.get("message", "")))
+                        fut.set_exception(failure)
             elif "id" in data:
                 asyncio.get_running_loop().create_task(self._answer(data))
             elif self._on_event is not None:
@@ -224,20 +215,17 @@ class SignalingClient:
         gave up, so whatever the server did for it must be taken back)."""
         if not _before_auth and not self.connected.is_set():
             raise NotConnected("not connected to the server")
-        rid = f"r{next(self._ids)}"
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[rid] = fut
+        message = self._requests.start(kind, fut, undo, **body)
+        rid = message["id"]
         try:
-            await self.send(m.request(kind, rid, **body))
+            await self.send(message)
             return await asyncio.wait_for(fut, self._timeout)
         except TimeoutError:
-            if undo is not None:
-                self._abandoned[rid] = undo
-                while len(self._abandoned) > MAX_ABANDONED:
-                    self._abandoned.popitem(last=False)
+            self._requests.give_up(rid)
             raise
         finally:
-            self._pending.pop(rid, None)
+            self._requests.forget(rid)
 
     def reconfigure(self, url: str, user_id: str, access_token: str, device_id: str | None) -> None:
         """New server details (a reloaded config), used from the next connection on."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import json
 import signal
 import sys
@@ -21,6 +20,9 @@ import time
 from typing import Any
 
 import aiohttp
+
+from intercom_protocol.messages import REPLY_TYPES
+from intercom_protocol.requests import RequestTracker
 
 from .figures import summary
 
@@ -34,8 +36,7 @@ class Client:
 
     def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         self.ws = ws
-        self._ids = itertools.count(1)
-        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._requests: RequestTracker[asyncio.Future[dict[str, Any]], None] = RequestTracker("")
         self.events: dict[str, asyncio.Queue[dict[str, Any]]] = {}
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
@@ -53,17 +54,16 @@ class Client:
             if msg.type != aiohttp.WSMsgType.TEXT:
                 continue
             data = json.loads(msg.data)
-            re = data.get("re")
-            if re is not None and re in self._pending:
-                self._pending.pop(re).set_result(data)
-            elif data["type"] not in ("ok", "error"):
+            if data["type"] in REPLY_TYPES:
+                fut = self._requests.settle(data).waiter
+                if fut is not None:
+                    fut.set_result(data)
+            else:
                 self.events.setdefault(data["type"], asyncio.Queue()).put_nowait(data)
 
     async def request(self, kind: str, **body: Any) -> dict[str, Any]:
-        rid = str(next(self._ids))
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[rid] = fut
-        await self.ws.send_str(json.dumps({"type": kind, "id": rid, **body}))
+        await self.ws.send_str(json.dumps(self._requests.start(kind, fut, **body)))
         return await asyncio.wait_for(fut, 10)
 
     async def next(self, kind: str) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from typing import Any
 from intercom_protocol import messages as m
 from intercom_protocol.calls import CallError, DeviceRef, Send, ServerCall
 from intercom_protocol.messages import ErrorCode, ProtocolError, Request
+from intercom_protocol.requests import RequestTracker
 
 from .ice import IceSettings
 from .limits import FailureWindow, LimitSettings, TokenBucket
@@ -76,7 +77,7 @@ class Connection:
     the outbox and its writer exist only while there is something to send (an asyncio.Queue
     and a parked writer task cost about 4.5 KiB a connection; see bench/results.md)."""
 
-    __slots__ = ("_send_text", "_close", "peer", "user", "device", "token_id", "bucket", "pending", "_max_queue",
+    __slots__ = ("_send_text", "_close", "peer", "user", "device", "token_id", "bucket", "_requests", "_max_queue",
                  "closed", "_closer", "outbox", "_writer", "__weakref__")
 
     def __init__(self, send_text: Callable[[str], Any], close: Callable[[int, str], Any], peer: str,
@@ -89,7 +90,8 @@ class Connection:
         #: The access token this session signed in with: its revocation or expiry ends the session.
         self.token_id: str | None = None
         self.bucket = TokenBucket(limits.messages_per_s, limits.message_burst, time.monotonic())
-        self.pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        #: The server's requests to this device, made on the first (most never get one).
+        self._requests: RequestTracker[asyncio.Future[dict[str, Any]], None] | None = None
         self._max_queue = limits.send_queue
         self.closed = False
         self._closer: asyncio.Task[None] | None = None
@@ -125,11 +127,32 @@ class Connection:
             if asyncio.current_task() is self._writer:
                 self._writer = None
 
+    async def request(self, kind: str, timeout_s: float, **body: Any) -> dict[str, Any]:
+        """Ask the device something and wait for its `ok` or `error` (raises TimeoutError, or
+        ConnectionGone when the device leaves first)."""
+        if self.closed:
+            raise ConnectionGone()
+        if self._requests is None:
+            self._requests = RequestTracker("srv_")
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        message = self._requests.start(kind, fut, **body)
+        self.send(message)
+        try:
+            return await asyncio.wait_for(fut, timeout_s)
+        finally:
+            self._requests.forget(message["id"])
+
+    def settle(self, reply: dict[str, Any]) -> None:
+        """The device's answer to one of the server's requests; unknown or late ones are dropped."""
+        fut = self._requests.settle(reply).waiter if self._requests is not None else None
+        if fut is not None and not fut.done():
+            fut.set_result(reply)
+
     async def close(self, code: int, reason: str) -> None:
         """Flush what is queued (for a few seconds at most), then close the socket."""
         if not self.closed:
             self.closed = True
-            for fut in self.pending.values():
+            for fut in self._requests.close() if self._requests is not None else []:
                 if not fut.done():
                     fut.set_exception(ConnectionGone())
         writer = self._writer
@@ -195,7 +218,7 @@ class Hub:
             conn.send(exc.reply())
             return True
         if not isinstance(parsed, Request):
-            self._reply_arrived(conn, parsed)
+            conn.settle(parsed)
             return True
         req = parsed
         try:
@@ -215,13 +238,6 @@ class Hub:
             log.exception("internal error handling %s", req.type)
             conn.send(m.error(req.id, ErrorCode.INTERNAL, "internal error"))
         return True
-
-    @staticmethod
-    def _reply_arrived(conn: Connection, reply: dict[str, Any]) -> None:
-        """A client's answer to one of the server's requests; unknown or late ones are dropped."""
-        fut = conn.pending.get(reply["re"])
-        if fut is not None and not fut.done():
-            fut.set_result(reply)
 
     def disconnected(self, conn: Connection) -> None:
         expiry = self._expiry.pop(conn, None)
@@ -574,22 +590,16 @@ class Hub:
         except (sqlite3.Error, OSError):
             conn.send(m.error(req.id, ErrorCode.INTERNAL, "the door log cannot be written, so the door was not opened"))
             return
-        rid = "srv_" + secrets.token_hex(6)
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        door_conn.pending[rid] = fut
-        door_conn.send(m.request("action", rid, call_id=call_id, name="open_door",
-                                 by={**conn.device.as_json(), "display_name": conn.user["display_name"]}))
-        timeout = self.settings.door_reply_timeout_s
         try:
-            reply = await asyncio.wait_for(fut, timeout)
+            reply = await door_conn.request("action", self.settings.door_reply_timeout_s, call_id=call_id,
+                                            name="open_door",
+                                            by={**conn.device.as_json(), "display_name": conn.user["display_name"]})
         except (TimeoutError, ConnectionGone) as exc:
             why = ("the door station did not answer in time" if isinstance(exc, TimeoutError)
                    else "the door station disconnected before it answered")
             self._settle(conn, entry, call_id, "failed", why)
             conn.send(m.error(req.id, ErrorCode.INTERNAL, why))
             return
-        finally:
-            door_conn.pending.pop(rid, None)
         if reply["type"] == "ok":
             self._settle(conn, entry, call_id, "opened", None)
             conn.send(m.ok(req.id))
