@@ -58,15 +58,15 @@ async def test_the_door_opens_only_for_its_live_or_last_call(station):
     with pytest.raises(ProtocolError) as exc:
         door.open_door("call_someone_elses", alice)
     assert exc.value.code is ErrorCode.FORBIDDEN and factory.pin(22).state is False
-    door.call = ClientCall.incoming("call_live", alice)
+    door.policy.call = ClientCall.incoming("call_live", alice)
     assert door.open_door("call_live", alice) == {"pulse_s": 0.2}
     assert factory.pin(22).state is True and door.pins.pattern == "door_open"
-    assert door.door_openings[-1]["by"] == "alice" and door.door_openings[-1]["call_id"] == "call_live"
+    assert door.policy.door_openings[-1]["by"] == "alice" and door.policy.door_openings[-1]["call_id"] == "call_live"
 
 
 async def test_a_server_request_other_than_open_door_is_refused_without_a_click(station):
     door, factory = station
-    door.last_call = {"call_id": "call_1"}
+    door.policy.last_call = {"call_id": "call_1"}
     with pytest.raises(ProtocolError) as exc:
         await door._server_request({"type": "action", "id": "s1", "call_id": "call_1", "name": "unlock_all"})
     assert exc.value.code is ErrorCode.NOT_FOUND

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from intercom_protocol.door import DoorRules, RingGroup
 from intercom_protocol.yamlconfig import ConfigError, Field, Problem, in_range, load_file, nonempty, one_of
 
 PIN_BACKENDS = ("lgpio", "rpigpio", "pigpio", "native", "mock")
@@ -121,12 +122,6 @@ SCHEMA: dict[str, Field] = {
 
 
 @dataclass(frozen=True)
-class RingGroup:
-    residents: tuple[str, ...]
-    timeout_s: float
-
-
-@dataclass(frozen=True)
 class DoorConfig:
     server_url: str
     user_id: str
@@ -145,6 +140,11 @@ class DoorConfig:
     tone_volume: float = 0.5
     source: str = "<config>"
     ca_file: str | None = None
+
+    @property
+    def rules(self) -> DoorRules:
+        """What the call policy applies."""
+        return DoorRules(self.ring_groups, self.auto_answer, self.announce, self.max_call_s, self.warning_before_s)
 
 
 def load(path: str | Path) -> DoorConfig:

@@ -1,0 +1,506 @@
+"""The door station's call policy, with no I/O: what a press, a server event, a media state, a
+timer or the link does to the door's calls.
+
+`DoorPolicy` holds every rule of the door: ring groups and escalation, the press during a call
+(ignored) or during a look outside (the view ends and everyone rings), busy, who may look
+outside, the door's own clocks (the shared `ClientCall`), the "nobody answered" tone, the
+presses kept while the server is unreachable, and the checks before the strike opens. Each
+input returns the effects the I/O layer (`intercom.station.Station`) must carry out, in order;
+where an effect needs the network or the camera, the I/O layer reports the result back as an
+input (`dialed`, `dial_failed`, `answered`, ...). So the policy is tested without processes,
+sockets or timers (`tests/test_door_policy.py`), and the station is left with the media, the
+pins and the server connection.
+
+Times are given: `now` is the door's monotonic clock, `wall` the time of day (a kept press
+says when the visitor came).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .calls import LINK_GRACE_S, CallState, ClientCall, iso
+from .messages import EndReason, ErrorCode, ProtocolError
+
+log = logging.getLogger("intercom.station")
+
+#: Presses kept while the server is unreachable, to report once it is back (oldest dropped).
+MAX_MISSED = 20
+#: Door openings remembered for the installer's status.
+MAX_OPENINGS = 20
+
+
+@dataclass(frozen=True)
+class RingGroup:
+    """Residents rung together; the next group is rung when nobody in this one answers."""
+
+    residents: tuple[str, ...]
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class DoorRules:
+    """The installer's choices that the policy applies (a reload replaces them)."""
+
+    ring_groups: tuple[RingGroup, ...]
+    auto_answer: tuple[str, ...] | None = None  # who may look outside; None: every resident
+    announce: bool = True  # a tone tells the visitor that someone looks
+    max_call_s: float = 180.0
+    warning_before_s: float = 15.0
+
+
+@dataclass
+class MissedPress:
+    pressed_at: float  # wall clock: the resident wants to know when someone was at the door
+    snapshot: bytes | None
+
+
+# -- effects: what the I/O layer carries out, in order ------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tone:
+    name: str
+    loop: bool = False
+
+
+@dataclass(frozen=True)
+class StopTone:
+    name: str
+
+
+@dataclass(frozen=True)
+class PlaceCall:
+    """Make the peer connection, gather, send `dial`; report `dialed` or `dial_failed`."""
+
+    call: ClientCall
+    group: int
+    callees: tuple[str, ...]
+    ring_timeout_s: float
+
+
+@dataclass(frozen=True)
+class SendPicture:
+    """The visitor's picture follows the placed call in its own `snapshot` message."""
+
+    call: ClientCall
+
+
+@dataclass(frozen=True)
+class KeepPress:
+    """Take a picture (the dial's, when one was on its way) and report it with `keep_press`."""
+
+    pressed_at: float
+
+
+@dataclass(frozen=True)
+class Answer:
+    """Answer a resident's look outside; report `answered` or `answer_failed`."""
+
+    call: ClientCall
+    offer: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class UseAnswer:
+    """The resident's answer to the door's offer: the media can start."""
+
+    answer: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Decline:
+    call_id: str
+
+
+@dataclass(frozen=True)
+class TellEnded:
+    """Send `end` for this call. `wait`: before the next effect; else in the background (a
+    frozen server must not hold up the door). `untold`: if the server could not be told,
+    report `untold`, so the call ends here instead (the server's `ended` would have done it)."""
+
+    call_id: str
+    wait: bool = True
+    untold: ClientCall | None = None
+
+
+@dataclass(frozen=True)
+class Teardown:
+    """The live call is over here: timers, tones, the speaker and the peer connection go."""
+
+
+@dataclass(frozen=True)
+class ArmClock:
+    """One timer at `deadline` (the door's monotonic clock) that reports `clock(call)`;
+    None disarms it."""
+
+    call: ClientCall
+    deadline: float | None
+
+
+@dataclass(frozen=True)
+class StartCallTimers:
+    """The maximum call time: `call_timer("warning")` after `warning_in_s`, `"limit"` after `limit_in_s`."""
+
+    call: ClientCall
+    warning_in_s: float
+    limit_in_s: float
+
+
+@dataclass(frozen=True)
+class ReportMissed:
+    """Report the kept presses (`missed_to_report` / `missed_result`)."""
+
+
+Effect = (Tone | StopTone | PlaceCall | SendPicture | KeepPress | Answer | UseAnswer | Decline | TellEnded | Teardown
+          | ArmClock | StartCallTimers | ReportMissed)
+MissedOutcome = Literal["reported", "refused", "not_stored", "unreachable"]
+
+
+@dataclass
+class DoorPolicy:
+    rules: DoorRules
+    #: Whether the door is signed in to the server now (the I/O layer keeps it up to date).
+    connected: bool = False
+    call: ClientCall | None = None
+    #: The ring group of the current (or last) call the door placed.
+    group: int = 0
+    last_call: dict[str, Any] | None = None
+    missed: deque[MissedPress] = field(default_factory=lambda: deque(maxlen=MAX_MISSED))
+    calls_placed: int = 0
+    calls_answered: int = 0
+    ignored_presses: int = 0
+    missed_reported: int = 0
+    door_openings: list[dict[str, Any]] = field(default_factory=list)
+    last_error: str | None = None
+    _pressed_at: float = 0.0
+
+    # -- what the installer sees ---------------------------------------------------------------
+
+    @property
+    def live(self) -> bool:
+        return self.call is not None and self.call.live
+
+    @property
+    def state(self) -> str:
+        """idle, calling (dialing or ringing either way) or connected."""
+        if self.call is None or not self.call.live:
+            return "idle"
+        return "calling" if self.call.ringing_state else "connected"
+
+    def claims(self) -> list[str]:
+        """The call this door holds, told to the server at every sign-in."""
+        return self.call.claims() if self.call is not None else []
+
+    # -- the bell --------------------------------------------------------------------------------
+
+    def press(self, now: float, wall: float) -> list[Effect]:
+        call = self.call
+        if call is not None and call.live and call.role == "caller":
+            self.ignored_presses += 1
+            log.info("bell pressed during a call (%s): ignored", call.state)
+            return []
+        self._pressed_at = wall
+        effects: list[Effect] = []
+        if call is not None and call.live:
+            # A resident looking outside must not stop a visitor from ringing: the view ends
+            # and every resident is rung, the one who was looking included.
+            log.info("bell pressed while %s looks outside: ending the view and ringing the residents",
+                     (call.peer or {}).get("user_id"))
+            effects += self._tell_ended(call)
+            effects += self._teardown(EndReason.COMPLETED)
+        effects.append(Tone("chime"))  # the visitor hears the press worked, server or not
+        if not self.connected:
+            self.last_error = "bell pressed while the server is unreachable; will report it when back"
+            log.warning("%s", self.last_error)
+            return [*effects, KeepPress(wall)]
+        log.info("bell pressed: calling %s", ", ".join(self.rules.ring_groups[0].residents))
+        return effects + self._dial(0, now)
+
+    def keep_press(self, pressed_at: float, snapshot: bytes | None) -> None:
+        self.missed.append(MissedPress(pressed_at, snapshot))
+
+    def _dial(self, group: int, now: float) -> list[Effect]:
+        ring = self.rules.ring_groups[group]
+        self.group = group
+        # The call's own ring deadline: a server that dies or freezes while it rings never
+        # says `no_answer`, and the visitor must not hear the ringback for ever.
+        call = self.call = ClientCall.dial(now, ring.timeout_s)
+        return [self._arm(call), PlaceCall(call, group, ring.residents, ring.timeout_s)]
+
+    def dialed(self, call: ClientCall, call_id: str, unknown: list[str]) -> list[Effect]:
+        """The server placed the call (`ok` of `dial`); `unknown`: ring-group names it has no resident for."""
+        call.dialed(call_id)
+        if unknown:
+            self.last_error = f"the server has no resident {', '.join(map(str, unknown))} for this door: check calls.ring_groups"
+            log.warning("%s; the others ring", self.last_error)
+        self.calls_placed += 1
+        log.info("call %s placed", call_id)
+        return [SendPicture(call)]
+
+    def dial_failed(self, call: ClientCall, group: int, error: str, server_heard: bool) -> list[Effect]:
+        """`dial` was refused (`server_heard`) or never answered: the first ring group's press is
+        kept to report once the server is back, since the server never heard it."""
+        failed = f"dial failed: {error or 'no answer from the server in time'}"
+        log.error("%s", failed)
+        effects: list[Effect] = []
+        if group == 0 and not server_heard:
+            effects.append(KeepPress(self._pressed_at))
+            failed += "; the press is kept and will be reported when the server is back"
+        self.last_error = failed
+        return [*effects, *self._teardown(EndReason.DIAL_FAILED), Tone("no_answer")]
+
+    def late_dial(self, call_id: str) -> list[Effect]:
+        """The dial's `ok` came after the door gave up on it: end that call, or the residents
+        would be rung for a visitor the door no longer serves; the server answers again, so
+        the kept press goes to it."""
+        log.warning("the server placed call %s after the door had given up on it: ending it", call_id)
+        return [TellEnded(call_id), ReportMissed()]
+
+    # -- the presses the server did not hear -----------------------------------------------------
+
+    def missed_to_report(self) -> dict[str, Any] | None:
+        """The body of the next `missed` to send, oldest press first; None when none is left."""
+        if not self.missed or not self.connected:
+            return None
+        press = self.missed[0]
+        callees = sorted({r for group in self.rules.ring_groups for r in group.residents})
+        body: dict[str, Any] = {"callees": callees, "pressed_at": iso(press.pressed_at)}
+        if press.snapshot:
+            body["snapshot"] = base64.b64encode(press.snapshot).decode()
+        return body
+
+    def missed_result(self, outcome: MissedOutcome, detail: str = "") -> bool:
+        """What became of the oldest kept press; whether to go on with the next one. A press
+        the server could not store or did not hear is kept for the next connection; one it
+        refused is dropped (it never will take it)."""
+        pressed_at = iso(self.missed[0].pressed_at)
+        if outcome == "unreachable":
+            return False
+        if outcome == "not_stored":
+            log.warning("the server could not store the press from %s: %s; keeping it", pressed_at, detail)
+            return False
+        if outcome == "refused":
+            log.error("the server refused a missed press from %s: %s; dropping it", pressed_at, detail)
+        else:
+            self.missed_reported += 1
+            log.info("reported the press at %s while offline as %s", pressed_at, detail)
+        self.missed.popleft()
+        return True
+
+    # -- residents looking outside ---------------------------------------------------------------
+
+    def may_look_outside(self, caller: dict[str, Any]) -> bool:
+        allowed = self.rules.auto_answer
+        if allowed is None:  # the server routes only its own site's residents to this door
+            return caller.get("kind") == "resident"
+        return caller.get("user_id") in allowed
+
+    def incoming(self, call_id: str, caller: dict[str, Any], offer: dict[str, Any]) -> list[Effect]:
+        busy = self.live
+        if busy or not self.may_look_outside(caller):
+            log.info("declining call %s from %s: %s", call_id, caller.get("user_id"),
+                     "the door is in a call" if busy else "not on the auto-answer list")
+            return [Decline(call_id)]
+        call = self.call = ClientCall.incoming(call_id, caller)
+        return [Answer(call, offer)]
+
+    def answered(self, call: ClientCall) -> list[Effect]:
+        """The server took the door's `accept`."""
+        call.accepted()  # the peer stays the resident who called
+        self.calls_answered += 1
+        log.info("%s is looking outside (call %s)", (call.peer or {}).get("user_id"), call.call_id)
+        return [*([Tone("announce")] if self.rules.announce else []), *self._start_call_clock(call)]
+
+    def answer_failed(self, call: ClientCall, error: str) -> list[Effect]:
+        """An offer the door cannot answer (no H.264, say): the call ends, the door goes on."""
+        log.warning("could not answer call %s: %s", call.call_id, error)
+        assert call.call_id is not None
+        return [*self._teardown(EndReason.DECLINED), Decline(call.call_id)]
+
+    # -- the call's life ---------------------------------------------------------------------------
+
+    def event(self, event: dict[str, Any], now: float) -> list[Effect]:
+        """A server event about a call (`incoming` is `incoming`)."""
+        kind = event["type"]
+        call = self.call
+        if call is None or not call.live or event.get("call_id") != call.call_id:
+            return []
+        if kind == "ringing":
+            call.ringing()
+            log.info("ringing on %d device(s)", event.get("devices", 0))
+            return [Tone("ringback", loop=True)]
+        if kind == "accepted":
+            call.accepted(event.get("by"))
+            self.last_error = None  # a call got through: an older error no longer describes the door
+            log.info("answered by %s", (event.get("by") or {}).get("user_id"))
+            return [StopTone("ringback"), UseAnswer(event["answer"]), *self._start_call_clock(call)]
+        if kind == "ended":
+            reason = str(event.get("reason", EndReason.UNKNOWN))
+            log.info("call %s ended: %s", call.call_id, reason)
+            effects = self._teardown(reason)
+            return effects + self._unanswered(reason, now) if call.unanswered else effects
+        return []
+
+    def media(self, state: str) -> list[Effect]:
+        """The live call's peer connection changed state."""
+        call = self.call
+        if call is None:
+            return []
+        if state == "connected" and call.state is CallState.CONNECTING:
+            call.media_connected()
+            log.info("media connected")
+        elif state == "failed" and call.live:
+            log.warning("media connection failed: ending the call")
+            return [*self._tell_ended(call), *self._teardown(EndReason.CONNECTION_LOST)]
+        return []
+
+    def clock(self, call: ClientCall, now: float) -> list[Effect]:
+        """The call's own clock fired (see `ArmClock`)."""
+        if call is not self.call:
+            return []
+        reason = call.expire(now)
+        if reason is None:
+            return [self._arm(call)]
+        if reason == EndReason.NO_ANSWER:
+            log.warning("call %s: no answer and no word from the server by the door's own deadline: giving up",
+                        call.call_id)
+        else:
+            log.warning("server gone for %.0fs while ringing: nobody can answer; giving up", LINK_GRACE_S)
+        effects = self._teardown(reason)
+        if call.call_id and self.connected:
+            effects.append(TellEnded(call.call_id, wait=False))
+        return effects + self._unanswered(reason, now)
+
+    def call_timer(self, call: ClientCall, what: Literal["warning", "limit"]) -> list[Effect]:
+        if call is not self.call or not call.live:
+            return []
+        if what == "warning":
+            log.info("call %s ends in %.0fs", call.call_id, self.rules.warning_before_s)
+            return [Tone("warning")]
+        log.info("call %s reached the maximum call time (%.0fs): hanging up", call.call_id, self.rules.max_call_s)
+        return self.hang_up()
+
+    def hang_up(self) -> list[Effect]:
+        """End the call from the door; the server's `ended` tears it down, or the door does
+        when the server cannot be told."""
+        call = self.call
+        if call is None or not call.live:
+            return []
+        if call.call_id and self.connected:
+            return [TellEnded(call.call_id, untold=call)]
+        return self._teardown(self._own_end_reason(call))
+
+    def untold(self, call: ClientCall) -> list[Effect]:
+        """A `TellEnded(untold=call)` that did not reach the server."""
+        if call is not self.call or not call.live:
+            return []
+        return self._teardown(self._own_end_reason(call))
+
+    def stop(self) -> list[Effect]:
+        """The daemon stops: a live call is ended cleanly."""
+        call = self.call
+        if call is None or not call.live:
+            return []
+        return [*self._tell_ended(call), *self._teardown(self._own_end_reason(call))]
+
+    # -- the link to the server --------------------------------------------------------------------
+
+    def link_up(self) -> None:
+        """Signed in: from now on a press dials. (What the server still knows of the call is
+        `signed_in`, handled in turn with the other events.)"""
+        self.connected = True
+
+    def link_lost(self, now: float) -> list[Effect]:
+        self.connected = False
+        call = self.call
+        if call is None or not call.live:
+            return []
+        call.link_lost(now)
+        return [self._arm(call)]
+
+    def signed_in(self, live_calls: set[str]) -> list[Effect]:
+        """Signed in again: a call the server no longer knows (it restarted, or ended the call
+        while the link was down) is over here too, instead of ringing or filming for nobody.
+        The presses kept meanwhile are reported."""
+        effects: list[Effect] = []
+        call = self.call
+        if call is not None and call.live:
+            reason = call.signed_in(live_calls)
+            effects.append(self._arm(call))
+            if reason is None:
+                if call.call_id:
+                    log.info("call %s goes on after the reconnection", call.call_id)
+            else:
+                log.warning("the server no longer knows call %s: ending it", call.call_id)
+                effects += self._teardown(reason)
+                if call.unanswered:
+                    effects.append(Tone("no_answer"))
+        return [*effects, ReportMissed()]
+
+    # -- the door action ---------------------------------------------------------------------------
+
+    def open_door(self, call_id: str, by: dict[str, Any], relay: bool) -> None:
+        """Whether the strike may open for a resident the server has checked: only in a call
+        this door knows (the live one or the last one), and only with a relay. Raises the
+        refusal the server is answered with; every refusal is logged."""
+        known = {c for c in ((self.call.call_id if self.call else None), (self.last_call or {}).get("call_id")) if c}
+        who = by.get("user_id", "?")
+        if call_id not in known:
+            log.warning("refused to open the door for %s: call %s is not this door's current or last call", who, call_id)
+            raise ProtocolError(ErrorCode.FORBIDDEN, "not this door's current or last call")
+        if not relay:
+            log.warning("asked to open the door for %s, but no relay is configured", who)
+            raise ProtocolError(ErrorCode.CONFLICT, "this door has no relay configured (hardware.pins.relay)")
+
+    def door_opened(self, call_id: str, by: dict[str, Any], pulse_s: float, wall: float) -> None:
+        who = by.get("user_id", "?")
+        self.door_openings.append({"at": iso(wall), "call_id": call_id, "by": who, "device_id": by.get("device_id"),
+                                   "pulse_s": pulse_s})
+        del self.door_openings[:-MAX_OPENINGS]
+        log.info("door opened for %s (call %s), strike energised for %.1fs", who, call_id, pulse_s)
+
+    # -- inside --------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _arm(call: ClientCall) -> ArmClock:
+        return ArmClock(call, call.deadline())
+
+    def _start_call_clock(self, call: ClientCall) -> list[Effect]:
+        """Answered: the ring's clocks stop; the maximum call time counts from the answer, with
+        its warning tone before it."""
+        limit, warn = self.rules.max_call_s, self.rules.warning_before_s
+        return [self._arm(call), StartCallTimers(call, limit - warn, limit)]
+
+    def _tell_ended(self, call: ClientCall) -> list[Effect]:
+        return [TellEnded(call.call_id)] if call.call_id and self.connected else []
+
+    def _unanswered(self, reason: str, now: float) -> list[Effect]:
+        """The visitor's ring ended with nobody on the line: the next ring group if the group
+        simply did not answer, else the "nobody answered" tone (declined, server gone...)."""
+        if reason == EndReason.NO_ANSWER and self.group + 1 < len(self.rules.ring_groups):
+            log.info("no answer: escalating to ring group %d", self.group + 2)
+            return self._dial(self.group + 1, now)
+        if reason != EndReason.CANCELED:
+            return [Tone("no_answer")]
+        return []
+
+    def _teardown(self, reason: str) -> list[Effect]:
+        call = self.call
+        if call is not None and call.live:
+            call.ended(str(reason))
+        if call is not None and call.state is CallState.ENDED:
+            self.last_call = {"call_id": call.call_id, "end_reason": call.end_reason,
+                              "peer": (call.peer or {}).get("user_id"), "role": call.role}
+        return [Teardown()]
+
+    @staticmethod
+    def _own_end_reason(call: ClientCall) -> EndReason:
+        """What the server would record for an end from the door."""
+        if call.role == "caller" and call.ringing_state:
+            return EndReason.CANCELED
+        return EndReason.COMPLETED
