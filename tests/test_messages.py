@@ -32,7 +32,7 @@ def test_every_request_type_parses_with_its_fields():
     assert set(samples) == m.REQUEST_TYPES
     for kind, body in samples.items():
         req = parse({"type": kind, "id": "r1", **body})
-        assert req == Request(kind, "r1", body)
+        assert req == Request(kind, "r1", m.REQUEST_BODIES[kind](**body))
 
 
 def test_replies_to_server_requests_pass_through():

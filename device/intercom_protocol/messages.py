@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 PROTOCOL_PATH = "/v1/ws"
 #: A base64 snapshot of 256 KiB is ~342 KiB of text; SDP adds a few KiB.
@@ -30,6 +31,8 @@ MAX_MISSED_AGE_S = 7 * 24 * 3600
 CLOSE_UNAUTHENTICATED = 4401
 #: Close code when the session's access token was revoked or expired: signing in again fails.
 CLOSE_TOKEN_REVOKED = 4403
+#: Close code for a session replaced by the same device signing in again elsewhere (another tab).
+CLOSE_REPLACED = 4409
 #: An escaped UTF-16 surrogate, the only way JSON text can carry a string that is not valid
 #: Unicode (a WebSocket text frame is checked UTF-8 already).
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -73,13 +76,16 @@ class ProtocolError(Exception):
         return error(self.re, self.code, self.message)
 
 
+B = TypeVar("B")
+
+
 @dataclass(frozen=True)
-class Request:
-    """A validated client request: its type, its `id`, and the remaining fields."""
+class Request(Generic[B]):
+    """A validated client request: its type, its `id`, and its typed body (`REQUEST_BODIES`)."""
 
     type: str
     id: str
-    body: dict[str, Any] = field(default_factory=dict)
+    body: B
 
 
 def _check_description(value: Any, kind: str) -> None:
@@ -142,38 +148,85 @@ def _boolean(value: Any, kind: str) -> None:
         raise ValueError("must be true or false")
 
 
-# For each client request: field -> (required, check, argument for the check).
-_REQUESTS: dict[str, dict[str, tuple[bool, Any, str]]] = {
-    "authenticate": {
-        "user_id": (True, _nonempty_str, ""),
-        "access_token": (True, _nonempty_str, ""),
-        "device_id": (False, _nonempty_str, ""),
-        "calls": (False, _call_ids, ""),
-    },
-    "dial": {
-        "callees": (True, _check_callees, ""),
-        "video": (False, _boolean, ""),
-        "offer": (True, _check_description, "offer"),
-        "ring_timeout_s": (False, _check_ring_timeout, ""),
-        "snapshot": (False, _check_snapshot, ""),
-    },
-    "accept": {
-        "call_id": (True, _nonempty_str, ""),
-        "answer": (True, _check_description, "answer"),
-    },
-    "snapshot": {"call_id": (True, _nonempty_str, ""), "snapshot": (True, _check_snapshot, "")},
-    "decline": {"call_id": (True, _nonempty_str, "")},
-    "end": {"call_id": (True, _nonempty_str, "")},
-    "missed": {
-        "callees": (True, _check_callees, ""),
-        "pressed_at": (True, _check_past_time, ""),
-        "snapshot": (False, _check_snapshot, ""),
-    },
-    "action": {"call_id": (True, _nonempty_str, ""), "name": (True, _nonempty_str, "")},
-    "ping": {},
-    "deauthenticate": {},
+def _field(check: Callable[[Any, str], None], arg: str = "", *, optional: bool = False) -> Any:
+    """A request field and the check its value must pass; optional fields default to None."""
+    metadata = {"check": check, "arg": arg}
+    return field(default=None, metadata=metadata) if optional else field(metadata=metadata)
+
+
+# The client requests: one typed body each, its fields checked in the order written here.
+
+
+@dataclass(frozen=True, kw_only=True)
+class Authenticate:
+    user_id: str = _field(_nonempty_str)
+    access_token: str = _field(_nonempty_str)
+    device_id: str | None = _field(_nonempty_str, optional=True)
+    calls: list[str] | None = _field(_call_ids, optional=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Dial:
+    callees: list[str] = _field(_check_callees)
+    video: bool | None = _field(_boolean, optional=True)
+    offer: dict[str, Any] = _field(_check_description, "offer")
+    ring_timeout_s: float | None = _field(_check_ring_timeout, optional=True)
+    snapshot: str | None = _field(_check_snapshot, optional=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Accept:
+    call_id: str = _field(_nonempty_str)
+    answer: dict[str, Any] = _field(_check_description, "answer")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Snapshot:
+    call_id: str = _field(_nonempty_str)
+    snapshot: str = _field(_check_snapshot)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Decline:
+    call_id: str = _field(_nonempty_str)
+
+
+@dataclass(frozen=True, kw_only=True)
+class End:
+    call_id: str = _field(_nonempty_str)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Missed:
+    callees: list[str] = _field(_check_callees)
+    pressed_at: str = _field(_check_past_time)
+    snapshot: str | None = _field(_check_snapshot, optional=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Action:
+    call_id: str = _field(_nonempty_str)
+    name: str = _field(_nonempty_str)
+
+
+@dataclass(frozen=True)
+class Ping:
+    pass
+
+
+@dataclass(frozen=True)
+class Deauthenticate:
+    pass
+
+
+#: Every client request, by type: the one table of protocol v1's requests.
+REQUEST_BODIES: dict[str, type[Any]] = {
+    "authenticate": Authenticate, "dial": Dial, "accept": Accept, "snapshot": Snapshot, "decline": Decline,
+    "end": End, "missed": Missed, "action": Action, "ping": Ping, "deauthenticate": Deauthenticate,
 }
-REQUEST_TYPES = frozenset(_REQUESTS)
+REQUEST_TYPES = frozenset(REQUEST_BODIES)
+#: What the server sends without being asked (docs/protocol.md); each carries a `call_id`.
+EVENT_TYPES = ("incoming", "ringing", "accepted", "snapshot", "ended", "missed")
 #: Replies a client sends to the server's own requests (e.g. the door answering `action`).
 REPLY_TYPES = frozenset({"ok", "error"})
 
@@ -217,7 +270,7 @@ def _re_of(data: dict[str, Any]) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def parse_request(text: str | bytes) -> Request | dict[str, Any]:
+def parse_request(text: str | bytes) -> Request[Any] | dict[str, Any]:
     """Validate a frame a client sent to the server.
 
     Returns a Request, or the raw dict for a reply (`ok`/`error` with `re`) to one of the
@@ -231,25 +284,27 @@ def parse_request(text: str | bytes) -> Request | dict[str, Any]:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"'{kind}' needs a string 're'")
         return data
     re = _re_of(data)
-    if kind not in _REQUESTS:
+    if kind not in REQUEST_BODIES:
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"unknown message type '{kind}'", re)
     if re is None or not re or len(re) > 128:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "a request needs a string 'id' of 1 to 128 characters")
-    spec = _REQUESTS[kind]
-    body: dict[str, Any] = {}
-    for name, (required, check, arg) in spec.items():
+    spec = REQUEST_BODIES[kind]
+    values: dict[str, Any] = {}
+    for item in fields(spec):
+        name = item.name
         if name not in data:
-            if required:
+            if item.default is MISSING:
                 raise ProtocolError(ErrorCode.BAD_REQUEST, f"'{kind}' needs '{name}'", re)
             continue
         try:
-            check(data[name], arg)
+            item.metadata["check"](data[name], item.metadata["arg"])
         except ValueError as exc:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"'{kind}.{name}' {exc}", re) from None
-        body[name] = data[name]
-    unknown = sorted(set(data) - set(spec) - {"type", "id"})
+        values[name] = data[name]
+    unknown = sorted(set(data) - {item.name for item in fields(spec)} - {"type", "id"})
     if unknown:
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"'{kind}' has unknown fields: {', '.join(unknown)}", re)
+    body = spec(**values)
     return Request(kind, re, body)
 
 

@@ -162,9 +162,11 @@ class Connection:
         await self._close(code, reason)
 
 
-def _decode_snapshot(req: Request) -> bytes:
+def _decode_snapshot(req: Request[m.Dial] | Request[m.Missed] | Request[m.Snapshot]) -> bytes:
+    """The picture the request carries (the caller checked it has one)."""
+    assert req.body.snapshot is not None
     try:
-        return base64.b64decode(req.body["snapshot"], validate=True)
+        return base64.b64decode(req.body.snapshot, validate=True)
     except (binascii.Error, ValueError):
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"'{req.type}.snapshot' is not valid base64", req.id) from None
 
@@ -274,17 +276,17 @@ class Hub:
 
     # -- requests --------------------------------------------------------------------------
 
-    def _authenticate(self, conn: Connection, req: Request) -> None:
+    def _authenticate(self, conn: Connection, req: Request[m.Authenticate]) -> None:
         """Sign a connection in, then resynchronise its device's calls.
 
         Throttling keys on the source address only and never refuses a valid token: failures
         for one user id from anywhere used to lock that user out, so anyone who could reach
         the server could keep a door offline by guessing wrong on purpose."""
-        user_id = req.body["user_id"]
+        user_id = req.body.user_id
         clock = time.monotonic()
         user = self.store.find_user(user_id)
         # The token is checked even for an unknown user, so both fail alike.
-        token = self.store.check_token(user_id, req.body["access_token"])
+        token = self.store.check_token(user_id, req.body.access_token)
         if token is None or user is None:
             wait = self._auth_by_address.blocked_for(conn.peer, clock)
             self._auth_by_address.fail(conn.peer, clock)
@@ -299,7 +301,7 @@ class Hub:
                                     f"too many failed sign-ins from {conn.peer}; try again in {math.ceil(wait)} s",
                                     req.id)
             raise ProtocolError(ErrorCode.UNAUTHENTICATED, "unknown user or bad access token", req.id)
-        device = DeviceRef(user_id, req.body.get("device_id") or "dev_" + secrets.token_hex(6))
+        device = DeviceRef(user_id, req.body.device_id or "dev_" + secrets.token_hex(6))
         previous = self.devices.get(device)
         others = sum(1 for d in self.devices if d.user_id == user_id and d != device)
         if others >= self.settings.limits.connections_per_user:
@@ -308,12 +310,12 @@ class Hub:
         if previous is not None and previous is not conn:
             del self.devices[device]
             previous.device = None
-            asyncio.get_running_loop().create_task(previous.close(4409, "signed in again elsewhere"))
+            asyncio.get_running_loop().create_task(previous.close(m.CLOSE_REPLACED, "signed in again elsewhere"))
         returned = self._grace.pop(device, None)
         for timer in returned or ():
             timer.cancel()
         now = time.time()
-        claims = req.body.get("calls")
+        claims = req.body.calls
         if claims is not None:
             self._drop_unclaimed(device, set(claims), now)
         conn.user = user
@@ -377,18 +379,18 @@ class Hub:
                 ended += 1
         return ended
 
-    def _on_authenticate(self, conn: Connection, req: Request) -> None:
+    def _on_authenticate(self, conn: Connection, req: Request[m.Authenticate]) -> None:
         raise ProtocolError(ErrorCode.CONFLICT, "this connection is already authenticated", req.id)
 
-    def _on_ping(self, conn: Connection, req: Request) -> None:
+    def _on_ping(self, conn: Connection, req: Request[m.Ping]) -> None:
         conn.send(m.ok(req.id))
         conn.send(m.event("pong"))
 
-    def _on_deauthenticate(self, conn: Connection, req: Request) -> bool:
+    def _on_deauthenticate(self, conn: Connection, req: Request[m.Deauthenticate]) -> bool:
         conn.send(m.ok(req.id))
         return False
 
-    def _new_call(self, conn: Connection, req: Request, created_at: float,
+    def _new_call(self, conn: Connection, req: Request[m.Dial] | Request[m.Missed], created_at: float,
                   ring_timeout_s: float) -> tuple[ServerCall, bytes | None, list[str]]:
         """Check the callees and the snapshot of a `dial` or `missed`, and make the call.
 
@@ -397,19 +399,21 @@ class Hub:
         named alike, so the reply does not tell whether a user exists on another site."""
         assert conn.user is not None and conn.device is not None
         body = req.body
-        wanted = list(dict.fromkeys(body["callees"]))
+        dialed = body if isinstance(body, m.Dial) else None  # else a press reported afterwards: no media
+        wanted = list(dict.fromkeys(body.callees))
         found = self.store.users_of(wanted)
         callees = [c for c in wanted if c in found and self._may_call(conn.user, found[c])]
         unknown = [c for c in wanted if c not in callees]
         if not callees:
             names = ", ".join(f"'{c}'" for c in unknown)
             raise ProtocolError(ErrorCode.FORBIDDEN, f"you may not call {names}: no such user on your site", req.id)
-        snapshot = _decode_snapshot(req) if "snapshot" in body else None
+        snapshot = _decode_snapshot(req) if body.snapshot is not None else None
         call_id = "call_" + secrets.token_hex(8)
         call = ServerCall(
             call_id=call_id, caller=conn.device,
             caller_info={k: conn.user[k] for k in ("user_id", "display_name", "kind")},
-            callees=tuple(callees), video=body.get("video", True), offer=body.get("offer", {}), created_at=created_at,
+            callees=tuple(callees), video=dialed.video is not False if dialed else True,
+            offer=dialed.offer if dialed else {}, created_at=created_at,
             ring_timeout_s=ring_timeout_s, snapshot_url=f"/v1/direct_calls/{call_id}/snapshot" if snapshot else None)
         return call, snapshot, unknown
 
@@ -426,12 +430,12 @@ class Hub:
         self.last_store_error = f"{what}: {exc}"
         log.error("could not %s: %s", what, exc)
 
-    def _on_dial(self, conn: Connection, req: Request) -> None:
+    def _on_dial(self, conn: Connection, req: Request[m.Dial]) -> None:
         """Ring first, store after: the phones are rung before the call is written, so a
         failing disk never silences the bell (the record is completed at the end)."""
         now = time.time()
         call, snapshot, unknown = self._new_call(conn, req, now,
-                                                 float(req.body.get("ring_timeout_s", self.settings.ring_timeout_s)))
+                                                 float(req.body.ring_timeout_s or self.settings.ring_timeout_s))
         call_id = call.call_id
         self.calls[call_id] = call
         conn.send(m.ok(req.id, call_id=call_id, **({"unknown": unknown} if unknown else {})))
@@ -452,18 +456,18 @@ class Hub:
         if not call.ended:
             self._store("record the call", self.store.record_call(call, snapshot))
 
-    def _on_missed(self, conn: Connection, req: Request) -> None:
+    def _on_missed(self, conn: Connection, req: Request[m.Missed]) -> None:
         """A door reports a press it made while it could not reach the server."""
         assert conn.user is not None
         if conn.user["kind"] != "door":
             raise ProtocolError(ErrorCode.FORBIDDEN, "only a door station reports missed presses", req.id)
-        pressed_at = datetime.fromisoformat(req.body["pressed_at"]).timestamp()
+        pressed_at = datetime.fromisoformat(req.body.pressed_at).timestamp()
         call, snapshot, _ = self._new_call(conn, req, pressed_at, 0.0)
         devices = sorted(d for d in self.devices if d.user_id in call.callees)
         sends = call.missed(devices, time.time())
         self._spawn(self._store_missed(conn, req, call, snapshot, sends))
 
-    async def _store_missed(self, conn: Connection, req: Request, call: ServerCall, snapshot: bytes | None,
+    async def _store_missed(self, conn: Connection, req: Request[m.Missed], call: ServerCall, snapshot: bytes | None,
                             sends: list[Send]) -> None:
         """The door forgets a press once it has `ok`: the record is on disk before that, or
         the door keeps the press for its next connection."""
@@ -476,7 +480,7 @@ class Hub:
         self._remember(call)
         conn.send(m.ok(req.id, call_id=call.call_id))
         assert conn.user is not None
-        log.info("%s reports a press at %s while offline: %s", conn.user["user_id"], req.body["pressed_at"], call.call_id)
+        log.info("%s reports a press at %s while offline: %s", conn.user["user_id"], req.body.pressed_at, call.call_id)
         self._deliver(call, sends)
         self.push.missed(call, time.time())
 
@@ -490,10 +494,11 @@ class Hub:
         """A door calls residents of its site; a resident calls doors of its site."""
         return caller["site_id"] == callee["site_id"] and caller["kind"] != callee["kind"]
 
-    def _call_for(self, conn: Connection, req: Request) -> ServerCall:
-        call = self._involving(conn.device, req.body["call_id"])
+    def _call_for(self, conn: Connection,
+                  req: Request[m.Snapshot] | Request[m.Accept] | Request[m.Decline] | Request[m.End] | Request[m.Action]) -> ServerCall:
+        call = self._involving(conn.device, req.body.call_id)
         if call is None:
-            raise ProtocolError(ErrorCode.NOT_FOUND, f"no live call '{req.body['call_id']}'", req.id)
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"no live call '{req.body.call_id}'", req.id)
         return call
 
     def _involving(self, device: DeviceRef | None, call_id: str) -> ServerCall | None:
@@ -501,7 +506,7 @@ class Hub:
         call = self.calls.get(call_id) or self.recent.get(call_id)
         return call if call is not None and device is not None and call.involves(device) else None
 
-    def _on_snapshot(self, conn: Connection, req: Request) -> None:
+    def _on_snapshot(self, conn: Connection, req: Request[m.Snapshot]) -> None:
         call = self._call_for(conn, req)
         picture = _decode_snapshot(req)
         sends = call.add_snapshot(conn.device, f"/v1/direct_calls/{call.call_id}/snapshot", time.time())  # type: ignore[arg-type]
@@ -509,17 +514,17 @@ class Hub:
         conn.send(m.ok(req.id))
         self._deliver(call, sends)
 
-    def _on_accept(self, conn: Connection, req: Request) -> None:
+    def _on_accept(self, conn: Connection, req: Request[m.Accept]) -> None:
         assert conn.user is not None
         call = self._call_for(conn, req)
         now = time.time()
-        sends = call.accept(conn.device, req.body["answer"], now)  # type: ignore[arg-type]
+        sends = call.accept(conn.device, req.body.answer, now)  # type: ignore[arg-type]
         conn.send(m.ok(req.id))
         self._deliver(call, sends)
         self.push.answered(call, conn.user["display_name"], now)
         self._store("record the answer", self.store.accept_call(call))
 
-    def _on_decline(self, conn: Connection, req: Request) -> None:
+    def _on_decline(self, conn: Connection, req: Request[m.Decline]) -> None:
         call = self._call_for(conn, req)
         sends = call.decline(conn.device, time.time())  # type: ignore[arg-type]
         conn.send(m.ok(req.id))
@@ -533,16 +538,16 @@ class Hub:
             raise CallError(ErrorCode.NOT_FOUND, f"no live call '{call_id}' rings this device")
         self._deliver(call, call.decline(device, time.time()))
 
-    def _on_end(self, conn: Connection, req: Request) -> None:
+    def _on_end(self, conn: Connection, req: Request[m.End]) -> None:
         call = self._call_for(conn, req)
         sends = call.end(conn.device, time.time())  # type: ignore[arg-type]
         conn.send(m.ok(req.id))
         self._deliver(call, sends)
 
-    def _on_action(self, conn: Connection, req: Request) -> None:
+    def _on_action(self, conn: Connection, req: Request[m.Action]) -> None:
         """`open_door`: checked here, carried out by the door, and audited either way."""
         assert conn.user is not None and conn.device is not None
-        name, call_id = req.body["name"], req.body["call_id"]
+        name, call_id = req.body.name, req.body.call_id
         if name != "open_door":
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"unknown action '{name}'; the actions are: open_door", req.id)
         now = time.time()
@@ -580,9 +585,9 @@ class Hub:
             raise ProtocolError(ErrorCode.FORBIDDEN, f"the call ended more than {window:g} s ago")
         return door
 
-    async def _open_door(self, conn: Connection, req: Request, door_conn: Connection, now: float) -> None:
+    async def _open_door(self, conn: Connection, req: Request[m.Action], door_conn: Connection, now: float) -> None:
         assert conn.user is not None and conn.device is not None and door_conn.device is not None
-        call_id = req.body["call_id"]
+        call_id = req.body.call_id
         # Fail closed: the entry is on disk before the door is asked, or the door stays shut.
         try:
             entry = await asyncio.wrap_future(self._audit(conn, call_id, door_conn.device, "opening",
