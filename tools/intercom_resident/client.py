@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import av
@@ -27,26 +27,31 @@ from intercom.media.camera import monotonic_us, read_stamp
 from intercom.media.peer import rtc_configuration
 from intercom.media.video import encode_image
 from intercom.signaling import NotConnected, RequestFailed, SignalingClient
-from intercom_protocol.calls import CallState, ClientCall
+from intercom_protocol import resident as rules
+from intercom_protocol.calls import ClientCall
+from intercom_protocol.resident import ResidentPolicy, ResidentRules
 
 log = logging.getLogger("intercom.resident")
-
-#: The server's default ring timeout: a door answers a look outside at once, or declines.
-LOOK_OUTSIDE_RING_S = 30.0
 
 
 @dataclass
 class Policy:
-    """What the resident does when the door rings."""
+    """What the resident does when the door rings (the rules), and what this program does
+    with what it received."""
 
-    answer: str = "auto"  # auto | decline | ignore
+    answer: Literal["auto", "decline", "ignore"] = "auto"
     answer_delay_s: float = 0.0
     hangup_after_frames: int | None = 60
     hangup_after_s: float | None = None
-    picture: Path | None = None
-    once: bool = False
+    picture: Path | None = None  # where the last frame of each call is saved
+    once: bool = False  # stop after the first call
     open_door: bool = False  # press "open" once the visitor is on screen
     look_outside: str | None = None  # call this door once signed in, as a resident checking the street
+
+    @property
+    def rules(self) -> ResidentRules:
+        return ResidentRules(self.answer, self.answer_delay_s, self.hangup_after_frames, self.hangup_after_s,
+                             self.open_door, self.look_outside)
 
 
 @dataclass
@@ -98,13 +103,15 @@ Reporter = Callable[[str, dict[str, Any]], None]
 
 
 class Resident:
+    """The resident policy's adapter: aiortc media, the server connection, timers, reports."""
+
     def __init__(self, client_args: dict[str, Any], policy: Policy, report: Reporter) -> None:
         self.policy = policy
+        self.calls = ResidentPolicy(policy.rules)
         self.report = report
         self.client = SignalingClient(**client_args, on_event=self._event, on_connection=self._connection,
-                                      claims=self._claims)
+                                      claims=self.calls.claims)
         self._token: str = client_args["access_token"]
-        self.call: ClientCall | None = None
         self.pc: RTCPeerConnection | None = None
         self.reception = Reception()
         self.done = asyncio.Event()
@@ -113,8 +120,10 @@ class Resident:
         self._closing: asyncio.Task[None] | None = None
         #: The live call's own clock (`ClientCall.deadline`).
         self._clock: asyncio.TimerHandle | None = None
-        #: Events that came while our dial's reply was still on its way to the dialing task.
-        self._early: list[dict[str, Any]] = []
+
+    @property
+    def call(self) -> ClientCall | None:
+        return self.calls.call
 
     async def run(self) -> None:
         runner = asyncio.get_running_loop().create_task(self.client.run())
@@ -126,33 +135,86 @@ class Resident:
             runner.cancel()
             await asyncio.gather(runner, return_exceptions=True)
 
-    def _claims(self) -> list[str]:
-        return self.call.claims() if self.call is not None else []
+    # -- inputs --------------------------------------------------------------------------------
 
     def _connection(self, up: bool) -> None:
-        """The call's rules (the shared core's `ClientCall`) decide what a lost or regained
-        link means for it; a call the server no longer lists is over here too."""
         self.report("online" if up else "offline", {"device_id": self.client.device_id})
-        call = self.call
-        if call is not None and call.live:
-            if up:
-                reason = call.signed_in(self.client.live_calls)
-                if reason is not None:
-                    self._closed(call, str(reason))
-            else:
-                call.link_lost(time.monotonic())
-            self._arm_clock(call)
-        if up and self.policy.look_outside and self.call is None:
-            self._spawn(self._look_outside(self.policy.look_outside))
+        now = time.monotonic()
+        self._run(self.calls.signed_in(self.client.live_calls, now) if up else self.calls.link_lost(now))
 
-    async def _look_outside(self, door: str) -> None:
-        """Call the door: it answers by itself for residents it allows, and shows the street."""
-        call = self.call = ClientCall.dial(time.monotonic(), LOOK_OUTSIDE_RING_S)
-        self._arm_clock(call)
-        self.reception = Reception()
+    def _event(self, event: dict[str, Any]) -> None:
+        now = time.monotonic()
+        self._run(self.calls.incoming(event, now) if event["type"] == "incoming" else self.calls.event(event, now))
+
+    def _on_clock(self, call: ClientCall) -> None:
+        self._run(self.calls.clock(call, time.monotonic()))
+
+    def _media_state(self, pc: RTCPeerConnection) -> None:
+        if pc is self.pc:
+            self._run(self.calls.media(pc.connectionState))
+
+    # -- carrying out what the policy decided ----------------------------------------------------
+
+    def _run(self, effects: list[rules.Effect]) -> None:
+        for effect in effects:
+            self._carry_out(effect)
+
+    def _carry_out(self, effect: rules.Effect) -> None:
+        match effect:
+            case rules.ArmClock(call, deadline):
+                self._arm_clock(call, deadline)
+            case rules.Rings(call, event):
+                self.reception = Reception()
+                self.report("incoming", {"call_id": call.call_id, "caller": event["caller"],
+                                         "snapshot_url": event.get("snapshot_url")})
+            case rules.FetchPicture(call_id, url):
+                self._spawn(self._fetch_snapshot(call_id, url))
+            case rules.Decline(call_id, busy):
+                self._spawn(self._decline(call_id, report=not busy))
+            case rules.AnswerRing(call, offer, delay_s):
+                self._spawn(self._answer(call, offer, delay_s))
+            case rules.DialDoor(call, door):
+                self._spawn(self._look_outside(call, door))
+            case rules.UseAnswer(call, answer):
+                self._spawn(self._use_answer(answer))
+            case rules.Answered(call, by):
+                self.report("answered", {"call_id": call.call_id, **({"by": by} if by is not None else {})})
+            case rules.HangUpAfter(call, delay_s):
+                self._spawn(self._hang_up_later(call, delay_s))
+            case rules.HangUp(call):
+                self._spawn(self._hang_up(call))
+            case rules.OpenDoor(call):
+                self._spawn(self._open_door(call))
+            case rules.MediaConnected(call):
+                self.report("media_connected", {"call_id": call.call_id})
+            case rules.Ended(call, reason):
+                self._closed(call, reason)
+            case rules.Missed(event):
+                self.report("missed", {k: event.get(k) for k in ("call_id", "caller", "pressed_at", "snapshot_url")})
+
+    def _arm_clock(self, call: ClientCall, deadline: float | None) -> None:
+        if self._clock is not None:
+            self._clock.cancel()
+            self._clock = None
+        if deadline is not None:
+            self._clock = asyncio.get_running_loop().call_later(max(0.0, deadline - time.monotonic()),
+                                                                self._on_clock, call)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _new_peer(self) -> RTCPeerConnection:
         pc = self.pc = RTCPeerConnection(rtc_configuration(self.client.ice_servers))
         pc.on("track", self._track)
         pc.on("connectionstatechange", lambda: self._media_state(pc))
+        return pc
+
+    async def _look_outside(self, call: ClientCall, door: str) -> None:
+        """Call the door: it answers by itself for residents it allows, and shows the street."""
+        self.reception = Reception()
+        pc = self._new_peer()
         pc.addTransceiver("video", direction="recvonly")
         pc.addTransceiver(ToneTrack(freqs=(440.0, 330.0)), direction="sendrecv")
         await pc.setLocalDescription(await pc.createOffer())
@@ -161,94 +223,17 @@ class Resident:
             reply = await self.client.request("dial", callees=[door], video=True,
                                               offer={"type": "offer", "sdp": pc.localDescription.sdp})
         except (RequestFailed, NotConnected) as exc:
-            self._early = []
+            self.calls.dial_failed()
             self.report("dial_failed", {"error": str(exc)})
             await self._close_media()
             self.done.set()
             return
-        self._dialed(call, reply["call_id"])
-        self.report("dialed", {"call_id": call.call_id, "door": door})
+        self.report("dialed", {"call_id": reply["call_id"], "door": door})
+        self._run(self.calls.dialed(call, reply["call_id"], time.monotonic()))
 
-    def _dialed(self, call: ClientCall, call_id: str) -> None:
-        """The dial's reply named the call: what the server said of it meanwhile applies now."""
-        call.dialed(call_id)
-        early, self._early = self._early, []
-        for event in early:
-            if event.get("call_id") == call_id:
-                self._event(event)
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def _event(self, event: dict[str, Any]) -> None:
-        kind = event["type"]
-        call = self.call
-        if kind in ("ringing", "accepted", "ended", "snapshot") and call is not None and call.live \
-                and call.call_id is None:
-            # Our dial's `ok` and the call's first events (a door declining at once) are read
-            # in one go, before the dialing task has taken the call id from the reply: keep
-            # them for it instead of dropping them as another call's.
-            self._early.append(event)
-            return
-        if kind == "incoming":
-            if self.call is not None and self.call.call_id == event["call_id"]:
-                return  # the same ring again, after a reconnection
-            if self.call is not None and self.call.live:
-                self._spawn(self.client.request("decline", call_id=event["call_id"]))  # busy
-                return
-            lifetime = event.get("expires_in_s")
-            if not isinstance(lifetime, (int, float)) or isinstance(lifetime, bool):
-                lifetime = None
-            # The ring's own clock: it stops by itself if its `ended` never comes.
-            self.call = ClientCall.incoming(event["call_id"], event["caller"], time.monotonic(), lifetime)
-            self._arm_clock(self.call)
-            self.reception = Reception()
-            self.report("incoming", {"call_id": event["call_id"], "caller": event["caller"],
-                                     "snapshot_url": event.get("snapshot_url")})
-            if event.get("snapshot_url"):
-                self._spawn(self._fetch_snapshot(event["call_id"], event["snapshot_url"]))
-            self._spawn(self._respond(event))
-        elif kind == "snapshot" and self.call is not None and event.get("call_id") == self.call.call_id:
-            self._spawn(self._fetch_snapshot(event["call_id"], event["snapshot_url"]))
-        elif kind == "accepted" and self.call is not None and event.get("call_id") == self.call.call_id:
-            self._spawn(self._door_answered(event))
-        elif kind == "ended" and self.call is not None and event.get("call_id") == self.call.call_id:
-            self._finish(event.get("reason", "unknown"))
-        elif kind == "missed":
-            self.report("missed", {k: event.get(k) for k in ("call_id", "caller", "pressed_at", "snapshot_url")})
-
-    def _arm_clock(self, call: ClientCall) -> None:
-        if self._clock is not None:
-            self._clock.cancel()
-            self._clock = None
-        deadline = call.deadline()
-        if deadline is not None:
-            self._clock = asyncio.get_running_loop().call_later(max(0.0, deadline - time.monotonic()),
-                                                                self._on_clock, call)
-
-    def _on_clock(self, call: ClientCall) -> None:
-        if call is not self.call:
-            return
-        reason = call.expire(time.monotonic())
-        if reason is None:
-            self._arm_clock(call)
-        else:
-            self._closed(call, str(reason))
-
-    async def _door_answered(self, event: dict[str, Any]) -> None:
-        call, pc = self.call, self.pc
-        if call is None or pc is None or not call.live:
-            return
-        await pc.setRemoteDescription(RTCSessionDescription(**event["answer"]))
-        if call.state is CallState.DIALING:
-            # `ringing` follows the dial's `ok` in the same read, before this task has taken the
-            # call id from the reply, so it was not matched to the call: it did happen.
-            call.ringing()
-        call.accepted(event.get("by"))
-        self._arm_clock(call)  # answered: the ring's clocks stop
-        self.report("answered", {"call_id": call.call_id, "by": event.get("by")})
+    async def _use_answer(self, answer: dict[str, Any]) -> None:
+        if self.pc is not None:
+            await self.pc.setRemoteDescription(RTCSessionDescription(**answer))
 
     async def _fetch_snapshot(self, call_id: str, path: str) -> None:
         """What a ringing phone shows: the visitor's picture, fetched with our own token."""
@@ -269,23 +254,18 @@ class Resident:
         self.report("snapshot", {"call_id": call_id, "bytes": len(body), "content_type": kind,
                                  "jpeg": body.startswith(b"\xff\xd8\xff")})
 
-    async def _respond(self, event: dict[str, Any]) -> None:
-        assert self.call is not None
-        call = self.call
-        if self.policy.answer == "ignore":
-            return
-        if self.policy.answer == "decline":
-            await self.client.request("decline", call_id=call.call_id)
-            self.report("declined", {"call_id": call.call_id})
-            return
-        if self.policy.answer_delay_s:
-            await asyncio.sleep(self.policy.answer_delay_s)
+    async def _decline(self, call_id: str, report: bool) -> None:
+        await self.client.request("decline", call_id=call_id)
+        if report:
+            self.report("declined", {"call_id": call_id})
+
+    async def _answer(self, call: ClientCall, offer: dict[str, Any], delay_s: float) -> None:
+        if delay_s:
+            await asyncio.sleep(delay_s)  # the resident takes a moment to pick up (--answer-delay)
         if not call.live:
             return
-        pc = self.pc = RTCPeerConnection(rtc_configuration(self.client.ice_servers))
-        pc.on("track", self._track)
-        pc.on("connectionstatechange", lambda: self._media_state(pc))
-        await pc.setRemoteDescription(RTCSessionDescription(**event["offer"]))
+        pc = self._new_peer()
+        await pc.setRemoteDescription(RTCSessionDescription(**offer))
         pc.addTrack(ToneTrack(freqs=(440.0, 330.0)))  # the resident's voice, so the door hears something
         await pc.setLocalDescription(await pc.createAnswer())
         self._accepted_at = time.monotonic()
@@ -296,18 +276,7 @@ class Resident:
             self.report("accept_failed", {"call_id": call.call_id, "error": str(exc)})
             await self._close_media()
             return
-        if call.live:
-            call.accepted()
-            self._arm_clock(call)
-            self.report("answered", {"call_id": call.call_id})
-            if self.policy.hangup_after_s is not None:
-                self._spawn(self._hang_up_later(call, self.policy.hangup_after_s))
-
-    def _media_state(self, pc: RTCPeerConnection) -> None:
-        if pc is self.pc and self.call is not None and pc.connectionState == "connected" \
-                and self.call.state is CallState.CONNECTING:
-            self.call.media_connected()
-            self.report("media_connected", {"call_id": self.call.call_id})
+        self._run(self.calls.answered(call))
 
     def _track(self, track: MediaStreamTrack) -> None:
         self._spawn(self._receive(track))
@@ -324,11 +293,7 @@ class Resident:
                         self.report("first_frame", {"after_accept_s": reception.first_frame_after_accept_s,
                                                     "width": frame.width, "height": frame.height})
                     reception.add_video(frame)
-                    if reception.video_frames == 1 and self.policy.open_door and call is not None:
-                        self._spawn(self._open_door(call))
-                    limit = self.policy.hangup_after_frames
-                    if limit is not None and reception.video_frames == limit and call is not None:
-                        self._spawn(self._hang_up(call))
+                    self._run(self.calls.video_frame(call, reception.video_frames))
                 elif isinstance(frame, av.AudioFrame):
                     reception.add_audio(frame)
         except MediaStreamError:
@@ -339,32 +304,22 @@ class Resident:
             reply = await self.client.request("action", call_id=call.call_id, name="open_door")
         except RequestFailed as exc:
             self.report("open_door_refused", {"call_id": call.call_id, "code": exc.code, "message": exc.message})
-        except (TimeoutError, NotConnected) as exc:
+        except (NotConnected, TimeoutError) as exc:
             self.report("open_door_refused", {"call_id": call.call_id, "code": "unreachable", "message": str(exc)})
         else:
-            self.report("door_opened", {"call_id": call.call_id, **{k: v for k, v in reply.items() if k not in ("type", "re")}})
+            self.report("door_opened", {"call_id": call.call_id,
+                                        **{k: v for k, v in reply.items() if k not in ("type", "re")}})
 
     async def _hang_up_later(self, call: ClientCall, delay: float) -> None:
-        await asyncio.sleep(delay)
-        await self._hang_up(call)
+        await asyncio.sleep(delay)  # --hangup-after: the length of the call is the point
+        self._run(self.calls.hang_up(call))
 
     async def _hang_up(self, call: ClientCall) -> None:
-        if call.live and call.call_id:
-            self.report("hanging_up", {"call_id": call.call_id})
-            try:
-                await self.client.request("end", call_id=call.call_id)
-            except (RequestFailed, NotConnected) as exc:
-                log.warning("could not end the call: %s", exc)
-
-    def _finish(self, reason: str, call: ClientCall | None = None) -> None:
-        """The call is over. It is marked so at once, so that a ring read right after the
-        `ended` (a door ending a look outside to ring everyone) is not declined as busy; the
-        media is closed and the end reported in a task of its own."""
-        current = self.call
-        if current is None or not current.live or (call is not None and call is not current):
-            return
-        current.ended(reason)
-        self._closed(current, reason)
+        self.report("hanging_up", {"call_id": call.call_id})
+        try:
+            await self.client.request("end", call_id=call.call_id)
+        except (RequestFailed, NotConnected) as exc:
+            log.warning("could not end the call: %s", exc)
 
     def _closed(self, call: ClientCall, reason: str) -> None:
         """A call that has just ended: its media goes, and the end is reported once."""
