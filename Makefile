@@ -12,7 +12,8 @@ SYSTEM_PACKAGES := libasound2-dev gcc pkg-config
 # chromium: the web app is tested in a real browser (Debian's, driven by playwright).
 # iproute2 and nftables: a fault test puts the door on a network namespace of its own and
 # drops its link to the server with nftables.
-TEST_SYSTEM_PACKAGES := coturn systemd chromium fonts-dejavu-core iproute2 nftables
+# nodejs and npm: TypeScript's checker (pinned in tools/webapp-check) checks the web app's JavaScript.
+TEST_SYSTEM_PACKAGES := coturn systemd chromium fonts-dejavu-core iproute2 nftables nodejs npm
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo demo-auto test check bench system-packages clean
@@ -27,11 +28,19 @@ demo-auto: $(VENV)/.installed
 test: check
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The quality gate, first in `make test` and so in CI: the linter, and the type checker (strict on
-# the shared protocol, clean everywhere else; settings in pyproject.toml).
-check: $(VENV)/.installed-test
+# The quality gate, first in `make test` and so in CI: the linter, the type checker (strict on
+# the shared protocol, clean everywhere else; settings in pyproject.toml), and TypeScript's
+# checker, strict, on the web app's JavaScript and its service worker (nothing is built).
+WEBCHECK := tools/webapp-check
+check: $(VENV)/.installed-test $(WEBCHECK)/node_modules/.installed
 	$(BIN)/ruff check device tools tests
 	$(BIN)/mypy
+	$(WEBCHECK)/node_modules/.bin/tsc -p $(WEBCHECK)/tsconfig.json
+	$(WEBCHECK)/node_modules/.bin/tsc -p $(WEBCHECK)/tsconfig.worker.json
+
+$(WEBCHECK)/node_modules/.installed: $(WEBCHECK)/package-lock.json $(VENV)/.installed-test
+	cd $(WEBCHECK) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
 
 # What visitors and residents feel, and what it costs the board: about seven minutes on two
 # cores; writes bench/results.json and bench/results.md. BENCH_ARGS=--quick for a dry run.
@@ -69,4 +78,4 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 	@touch $@
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache bench/work
+	rm -rf $(VENV) demo-output .pytest_cache bench/work $(WEBCHECK)/node_modules

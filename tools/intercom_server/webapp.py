@@ -1,7 +1,7 @@
 """Serves the resident web app: a few static files shipped inside the package, and the
 security headers every response carries.
 
-The app is plain HTML, CSS and one ES module with no build step and nothing fetched from
+The app is plain HTML, CSS and a few ES modules with no build step and nothing fetched from
 anywhere else, so the Content-Security-Policy can allow only this origin. The access token
 lives in the page's storage, so a script injected from elsewhere is the attack that matters:
 the policy forbids inline scripts, other origins, framing and plugins outright.
@@ -16,10 +16,14 @@ from aiohttp import web
 
 STATIC = Path(__file__).with_name("static")
 
+#: The app's ES modules besides app.js (imported by it, all from this origin).
+MODULES = ("state.js", "screens.js", "session.js", "connection.js", "calls.js", "history.js", "push.js", "protocol.js")
+
 #: path -> (file, content type). Listed, not a directory handler: nothing else can be read.
 FILES = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    **{f"/{module}": (module, "text/javascript; charset=utf-8") for module in MODULES},
     "/app.css": ("app.css", "text/css; charset=utf-8"),
     "/sw.js": ("sw.js", "text/javascript; charset=utf-8"),
     "/keystore.js": ("keystore.js", "text/javascript; charset=utf-8"),

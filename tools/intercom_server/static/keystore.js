@@ -7,12 +7,14 @@
 // importScripts; both find `self.sessionStore`.
 
 self.sessionStore = (() => {
+  /** @returns {Promise<IDBDatabase>} */
   const open = () => new Promise((resolve, reject) => {
     const request = indexedDB.open("intercom", 1);
     request.onupgradeneeded = () => request.result.createObjectStore("kv");
     request.onsuccess = () => resolve(request.result);
     request.onerror = () => reject(request.error);
   });
+  /** @param {IDBTransactionMode} mode @param {(kv: IDBObjectStore) => IDBRequest} work @returns {Promise<any>} */
   const run = async (mode, work) => {
     const db = await open();
     try {
@@ -28,7 +30,7 @@ self.sessionStore = (() => {
   };
   return {
     get: () => run("readonly", (kv) => kv.get("session")).then((value) => value || null),
-    put: (session) => run("readwrite", (kv) => kv.put(session, "session")),
+    put: (/** @type {object} */ session) => run("readwrite", (kv) => kv.put(session, "session")),
     clear: () => run("readwrite", (kv) => kv.delete("session")),
   };
 })();

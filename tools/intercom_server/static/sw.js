@@ -2,8 +2,29 @@
 // whose app is closed (Web Push, docs/protocol.md §Web Push).
 importScripts("/keystore.js");
 
-const CACHE = "intercom-shell-v2";
-const SHELL = ["/", "/app.js", "/app.css", "/keystore.js", "/manifest.webmanifest", "/icon.svg"];
+/** The worker's own global scope, typed as what it is (keystore.js added the session store).
+ * @type {ServiceWorkerGlobalScope & {sessionStore: SessionStore}} */
+const worker = /** @type {any} */ (self);
+
+/**
+ * A push message from the server (docs/protocol.md §Web Push).
+ * @typedef {object} PushMessage
+ * @property {string} [type] ring, answered, missed or test
+ * @property {string} [call_id]
+ * @property {string} [device_id]
+ * @property {{display_name: string}} [caller]
+ * @property {{display_name?: string}} [by]
+ * @property {string} [created_at]
+ * @property {string} [snapshot_url]
+ */
+/** @typedef {{type?: string, call_id?: string, device_id?: string}} NotificationData */
+/** What Chromium and Firefox show beyond the DOM's own NotificationOptions type.
+ * @typedef {NotificationOptions & {image?: string, vibrate?: number[], renotify?: boolean, timestamp?: number,
+ *   actions?: {action: string, title: string}[]}} RichNotification */
+
+const CACHE = "intercom-shell-v3";
+const SHELL = ["/", "/app.js", "/state.js", "/screens.js", "/session.js", "/connection.js", "/calls.js", "/history.js",
+               "/push.js", "/protocol.js", "/app.css", "/keystore.js", "/manifest.webmanifest", "/icon.svg"];
 // How long the worker looks for the visitor's picture: the door sends it a frame after the dial.
 const PICTURE_WAIT_MS = 5000;
 // Calls whose ring was tapped (answered or declined) while this worker runs: a ring for one of
@@ -11,19 +32,19 @@ const PICTURE_WAIT_MS = 5000;
 // push message the push service delivers twice.
 const handled = new Set();
 
-self.addEventListener("install", (event) => {
-  event.waitUntil(caches.open(CACHE).then((cache) => cache.addAll(SHELL)).then(() => self.skipWaiting()));
+worker.addEventListener("install", (event) => {
+  event.waitUntil(caches.open(CACHE).then((cache) => cache.addAll(SHELL)).then(() => worker.skipWaiting()));
 });
 
-self.addEventListener("activate", (event) => {
+worker.addEventListener("activate", (event) => {
   event.waitUntil(caches.keys()
     .then((keys) => Promise.all(keys.filter((k) => k !== CACHE).map((k) => caches.delete(k))))
-    .then(() => self.clients.claim()));
+    .then(() => worker.clients.claim()));
 });
 
-self.addEventListener("fetch", (event) => {
+worker.addEventListener("fetch", (event) => {
   const url = new URL(event.request.url);
-  if (event.request.method !== "GET" || url.origin !== self.location.origin || !SHELL.includes(url.pathname)) {
+  if (event.request.method !== "GET" || url.origin !== worker.location.origin || !SHELL.includes(url.pathname)) {
     return;
   }
   // Network first, so an updated server ships an updated app; the cache only when offline.
@@ -33,12 +54,12 @@ self.addEventListener("fetch", (event) => {
       caches.open(CACHE).then((cache) => cache.put(event.request, copy));
       return response;
     })
-    .catch(() => caches.match(event.request)));
+    .catch(() => caches.match(event.request).then((cached) => cached || Response.error())));
 });
 
 // -- Web Push ---------------------------------------------------------------------------------
 
-self.addEventListener("push", (event) => {
+worker.addEventListener("push", (event) => {
   let message = {};
   try {
     message = event.data ? event.data.json() : {};
@@ -48,29 +69,32 @@ self.addEventListener("push", (event) => {
   event.waitUntil(onPush(message));
 });
 
+/** @param {PushMessage} message */
 function tagOf(message) {
   return message.call_id ? `call-${message.call_id}` : "intercom-test";
 }
 
+/** @param {string | undefined} isoTime */
 function clock(isoTime) {
   return new Date(isoTime || Date.now()).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
 }
 
+/** @param {PushMessage} message */
 async function onPush(message) {
   const tag = tagOf(message);
   const door = message.caller ? message.caller.display_name : "Intercom";
   if (message.type === "ring") {
     // A ring that comes after its call's end (answered or missed shown already) is not shown.
-    const shown = await self.registration.getNotifications({ tag });
+    const shown = await worker.registration.getNotifications({ tag });
     if (shown.some((n) => n.data && n.data.type !== "ring")) return;
     // The app on screen rings by itself: one ring per call on a phone, never two.
-    const windows = await self.clients.matchAll({ type: "window", includeUncontrolled: true });
+    const windows = await worker.clients.matchAll({ type: "window", includeUncontrolled: true });
     if (windows.some((w) => w.visibilityState === "visible") || handled.has(message.call_id)) return;
     await showRing(message, door, tag, null);
     // The picture follows the ring: it is replaced silently once the picture is here. The
     // check and the show run without a pause between them, so a tap cannot slip in.
     const picture = await fetchPicture(message.snapshot_url, PICTURE_WAIT_MS);
-    const still = await self.registration.getNotifications({ tag });
+    const still = await worker.registration.getNotifications({ tag });
     if (picture && !handled.has(message.call_id) && still.some((n) => n.data && n.data.type === "ring")) {
       await showRing(message, door, tag, picture);
     }
@@ -78,7 +102,7 @@ async function onPush(message) {
   }
   if (message.type === "answered") {
     const by = message.by && message.by.display_name ? message.by.display_name : "someone else";
-    await self.registration.showNotification(`Answered by ${by}`, {
+    await worker.registration.showNotification(`Answered by ${by}`, {
       tag, body: `${door} at ${clock(message.created_at)}`, icon: "/icon.svg", silent: true,
       data: { type: "answered", call_id: message.call_id },
     });
@@ -86,23 +110,24 @@ async function onPush(message) {
   }
   if (message.type === "missed") {
     const picture = await fetchPicture(message.snapshot_url, 0);
-    await self.registration.showNotification(`Missed: ${door} at ${clock(message.created_at)}`, {
+    await worker.registration.showNotification(`Missed: ${door} at ${clock(message.created_at)}`, {
       tag, body: "Nobody answered. Open the app to see the history.", icon: "/icon.svg",
       ...(picture ? { image: picture } : {}), data: { type: "missed", call_id: message.call_id },
     });
     return;
   }
   if (message.type === "test") {
-    await self.registration.showNotification("Intercom test", {
+    await worker.registration.showNotification("Intercom test", {
       tag, body: "This phone rings when the app is closed.", icon: "/icon.svg", data: { type: "test" },
     });
     return;
   }
-  await self.registration.showNotification("Intercom", { tag, body: "Open the app to see what happened.", icon: "/icon.svg" });
+  await worker.registration.showNotification("Intercom", { tag, body: "Open the app to see what happened.", icon: "/icon.svg" });
 }
 
+/** @param {PushMessage} message @param {string} door @param {string} tag @param {string | null} picture */
 function showRing(message, door, tag, picture) {
-  return self.registration.showNotification(door, {
+  return worker.registration.showNotification(door, /** @type {RichNotification} */ ({
     tag,
     body: `Someone is at the door · ${clock(message.created_at)}`,
     icon: "/icon.svg",
@@ -110,16 +135,17 @@ function showRing(message, door, tag, picture) {
     vibrate: [400, 200, 400, 200, 400],
     requireInteraction: true, // it stays until handled
     renotify: false, // adding the picture must not ring a second time
-    timestamp: Date.parse(message.created_at) || Date.now(),
+    timestamp: Date.parse(message.created_at || "") || Date.now(),
     actions: [{ action: "answer", title: "Answer" }, { action: "decline", title: "Decline" }],
     data: { type: "ring", call_id: message.call_id, device_id: message.device_id },
-  });
+  }));
 }
 
 // The picture with the phone's own token (a push message carries none), as a data: URL:
 // a notification cannot show a blob: URL from a worker.
+/** @param {string | undefined} path @param {number} waitMs @returns {Promise<string | null>} */
 async function fetchPicture(path, waitMs) {
-  const session = await self.sessionStore.get().catch(() => null);
+  const session = await worker.sessionStore.get().catch(() => null);
   if (!path || !session) return null;
   const until = Date.now() + waitMs;
   for (;;) {
@@ -135,6 +161,7 @@ async function fetchPicture(path, waitMs) {
   }
 }
 
+/** @param {Blob} blob */
 async function dataUrl(blob) {
   const bytes = new Uint8Array(await blob.arrayBuffer());
   let text = "";
@@ -142,7 +169,7 @@ async function dataUrl(blob) {
   return `data:${blob.type || "image/jpeg"};base64,${btoa(text)}`;
 }
 
-self.addEventListener("notificationclick", (event) => {
+worker.addEventListener("notificationclick", (event) => {
   const data = event.notification.data || {};
   event.notification.close();
   if (data.type === "ring") handled.add(data.call_id);
@@ -155,39 +182,42 @@ self.addEventListener("notificationclick", (event) => {
 });
 
 // A ring shown again in the moment of the tap (its picture arriving) is closed as well.
+/** @param {string} tag */
 async function closeRing(tag) {
-  const shown = await self.registration.getNotifications({ tag });
+  const shown = await worker.registration.getNotifications({ tag });
   shown.filter((n) => n.data && n.data.type === "ring").forEach((n) => n.close());
 }
 
+/** @param {NotificationData} data */
 async function declineCall(data) {
-  const session = await self.sessionStore.get();
+  const session = await worker.sessionStore.get();
   if (!session) return;
-  await fetch(`/v1/direct_calls/${encodeURIComponent(data.call_id)}/decline`, {
+  await fetch(`/v1/direct_calls/${encodeURIComponent(String(data.call_id))}/decline`, {
     method: "POST",
     headers: { Authorization: `Bearer ${session.access_token}`, "Content-Type": "application/json" },
     body: JSON.stringify({ device_id: data.device_id || session.device_id }),
   }).catch(() => {});
 }
 
+/** @param {string | null | undefined} callId */
 async function openApp(callId) {
   const url = callId ? `/#answer=${encodeURIComponent(callId)}` : "/";
-  const windows = await self.clients.matchAll({ type: "window", includeUncontrolled: true });
-  const open = windows.find((w) => new URL(w.url).origin === self.location.origin);
+  const windows = await worker.clients.matchAll({ type: "window", includeUncontrolled: true });
+  const open = windows.find((w) => new URL(w.url).origin === worker.location.origin);
   if (open) {
     await open.focus();
     if (callId) open.postMessage({ type: "answer", call_id: callId });
     return;
   }
-  await self.clients.openWindow(url);
+  await worker.clients.openWindow(url);
 }
 
 // A browser may renew a subscription by itself (Firefox does): tell the server the new one.
-self.addEventListener("pushsubscriptionchange", (event) => {
+worker.addEventListener("pushsubscriptionchange", (event) => {
   event.waitUntil((async () => {
-    const session = await self.sessionStore.get();
+    const session = await worker.sessionStore.get();
     const old = event.oldSubscription;
-    const subscription = event.newSubscription || (old && await self.registration.pushManager.subscribe(old.options));
+    const subscription = event.newSubscription || (old && await worker.registration.pushManager.subscribe(old.options));
     if (!session || !subscription) return;
     await fetch(`/v1/me/devices/${encodeURIComponent(session.device_id)}/push`, {
       method: "PUT",
