@@ -12,8 +12,10 @@ SYSTEM_PACKAGES := libasound2-dev gcc pkg-config
 # chromium: the web app is tested in a real browser (Debian's, driven by playwright).
 # iproute2 and nftables: a fault test puts the door on a network namespace of its own and
 # drops its link to the server with nftables.
-# nodejs and npm: TypeScript's checker (pinned in tools/webapp-check) checks the web app's JavaScript.
-TEST_SYSTEM_PACKAGES := coturn systemd chromium fonts-dejavu-core iproute2 nftables nodejs npm
+TEST_SYSTEM_PACKAGES := coturn systemd chromium fonts-dejavu-core iproute2 nftables
+# node and npm run TypeScript's checker (pinned in tools/webapp-check) on the web app's JavaScript:
+# Debian's nodejs and npm unless a node with its own npm (NodeSource's) is there already.
+NODE_PACKAGES := nodejs npm
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo demo-auto test check bench system-packages clean
@@ -70,6 +72,7 @@ $(VENV)/.installed: pyproject.toml $(VENV)/.system-packages
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 	@missing=""; \
 	for p in $(TEST_SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing $(NODE_PACKAGES)"; \
 	if [ -n "$$missing" ]; then \
 	  echo "Installing system packages for the tests:$$missing"; \
 	  $(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends $$missing; \
