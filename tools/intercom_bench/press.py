@@ -37,6 +37,8 @@ async def run(root: Path, presses: int) -> dict[str, Any]:
         ring_ms: list[float] = []
         picture_ms: list[float] = []
         dial_ms: list[float] = []
+        #: Rings that came without the picture, which followed in its own `snapshot`.
+        rang_first = 0
         try:
             await asyncio.wait_for(phone.connected.wait(), 10)
             for _ in range(presses):
@@ -46,6 +48,7 @@ async def run(root: Path, presses: int) -> dict[str, Any]:
                 pictured, snapshot = await asyncio.wait_for(events["snapshot"].get(), 10)
                 assert snapshot["call_id"] == incoming["call_id"]
                 picture_ms.append((pictured - pressed) * 1000)
+                rang_first += "snapshot_url" not in incoming and pictured >= rang
                 await phone.request("decline", call_id=incoming["call_id"])
                 status = await bell.until_idle()
                 dial_ms.append(status["press_timings"]["press_to_dial_ms"])
@@ -57,4 +60,4 @@ async def run(root: Path, presses: int) -> dict[str, Any]:
             await asyncio.gather(runner, return_exceptions=True)
     return {"presses": presses, "camera": f"{WIDTH}x{HEIGHT} at {FPS} fps",
             "press_to_ring_ms": summary(ring_ms), "press_to_dial_sent_ms": summary(dial_ms),
-            "press_to_picture_ms": summary(picture_ms)}
+            "press_to_picture_ms": summary(picture_ms), "rang_before_picture": rang_first}
