@@ -14,16 +14,12 @@ import numpy as np
 import pytest
 from aiortc import RTCPeerConnection
 
-from intercom.media.camera import (
-    Picamera2Camera,
-    TestPattern,
-    TestPatternCamera,
-    V4l2Camera,
-    make_camera,
-    monotonic_us,
-    read_stamp,
-)
+from intercom.media.camera import make_camera
 from intercom.media.peer import rtc_configuration
+from intercom.media.picamera import Picamera2Camera
+from intercom.media.stamps import monotonic_us, read_stamp
+from intercom.media.testpattern import TestPattern, TestPatternCamera
+from intercom.media.v4l2 import V4l2Camera
 from intercom.media.video import EncodedVideo, H264Track
 
 STANDINS = Path(__file__).parent / "standins"

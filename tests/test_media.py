@@ -9,7 +9,7 @@ import pytest
 from aiortc.mediastreams import MediaStreamError
 
 from intercom.media.audio import FRAME_SAMPLES, RATE, AlsaCaptureTrack, Speaker, ToneTrack, level_dbfs
-from intercom.media.camera import TestPattern
+from intercom.media.testpattern import TestPattern
 from intercom.media.tones import TONES
 
 

@@ -23,8 +23,8 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from intercom.media.audio import ToneTrack, level_dbfs, packed_s16
-from intercom.media.camera import monotonic_us, read_stamp
 from intercom.media.peer import rtc_configuration
+from intercom.media.stamps import monotonic_us, read_stamp
 from intercom.media.video import encode_image
 from intercom.signaling import NotConnected, RequestFailed, SignalingClient
 from intercom_protocol import resident as rules
