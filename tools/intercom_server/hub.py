@@ -16,7 +16,6 @@ import math
 import secrets
 import sqlite3
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -26,16 +25,16 @@ from typing import Any
 from intercom_protocol import messages as m
 from intercom_protocol.calls import CallError, DeviceRef, Send, ServerCall
 from intercom_protocol.messages import ErrorCode, ProtocolError, Request
-from intercom_protocol.requests import RequestTracker
 
+from .connection import Connection
+from .door_action import DoorAction
 from .ice import IceSettings
-from .limits import FailureWindow, LimitSettings, TokenBucket
+from .limits import FailureWindow, LimitSettings
 from .push import Pusher, PushSettings
 from .store import Store
 
 log = logging.getLogger("intercom.server")
 
-_ERROR_CODES = frozenset(str(c) for c in ErrorCode)
 RECENT_CALLS_S = 120.0
 RECENT_CALLS_MAX = 10_000
 
@@ -63,103 +62,6 @@ class HubSettings:
     trusted_proxies: tuple[str, ...] = ()
     #: Web origins besides the server's own (and public_url's) whose pages may open the WebSocket.
     allowed_origins: tuple[str, ...] = ()
-
-
-class ConnectionGone(Exception):
-    """The device closed before it answered a request of the server."""
-
-
-class Connection:
-    """One WebSocket: its identity once authenticated, its ordered and bounded outgoing
-    queue, its message budget, and the server's requests to it that await an answer.
-
-    Thousands of these sit idle on one server, so an idle one holds no queue and no task:
-    the outbox and its writer exist only while there is something to send (an asyncio.Queue
-    and a parked writer task cost about 4.5 KiB a connection; see bench/results.md)."""
-
-    __slots__ = ("_send_text", "_close", "peer", "user", "device", "token_id", "bucket", "_requests", "_max_queue",
-                 "closed", "_closer", "outbox", "_writer", "__weakref__")
-
-    def __init__(self, send_text: Callable[[str], Any], close: Callable[[int, str], Any], peer: str,
-                 limits: LimitSettings) -> None:
-        self._send_text = send_text
-        self._close = close
-        self.peer = peer
-        self.user: dict[str, Any] | None = None
-        self.device: DeviceRef | None = None
-        #: The access token this session signed in with: its revocation or expiry ends the session.
-        self.token_id: str | None = None
-        self.bucket = TokenBucket(limits.messages_per_s, limits.message_burst, time.monotonic())
-        #: The server's requests to this device, made on the first (most never get one).
-        self._requests: RequestTracker[asyncio.Future[dict[str, Any]], None] | None = None
-        self._max_queue = limits.send_queue
-        self.closed = False
-        self._closer: asyncio.Task[None] | None = None
-        #: Frames encoded and waiting for the socket, oldest first; None while there are none.
-        self.outbox: deque[str] | None = None
-        self._writer: asyncio.Task[None] | None = None
-
-    def send(self, message: dict[str, Any]) -> None:
-        if self.closed or self._closer is not None:
-            return
-        if self.outbox is None:
-            self.outbox = deque()
-        if len(self.outbox) >= self._max_queue:
-            # A client that does not read would make the server hold its messages forever.
-            log.warning("%s does not read its messages; closing it", self.peer)
-            if self._writer is not None:
-                self._writer.cancel()
-            self._closer = asyncio.get_running_loop().create_task(self.close(1008, "too many unread messages"))
-            return
-        self.outbox.append(m.encode(message))
-        if self._writer is None:
-            self._writer = asyncio.get_running_loop().create_task(self._write())
-
-    async def _write(self) -> None:
-        try:
-            while self.outbox:
-                await self._send_text(self.outbox[0])
-                self.outbox.popleft()
-            self.outbox = None
-        except (ConnectionError, RuntimeError):
-            return
-        finally:
-            if asyncio.current_task() is self._writer:
-                self._writer = None
-
-    async def request(self, kind: str, timeout_s: float, **body: Any) -> dict[str, Any]:
-        """Ask the device something and wait for its `ok` or `error` (raises TimeoutError, or
-        ConnectionGone when the device leaves first)."""
-        if self.closed:
-            raise ConnectionGone()
-        if self._requests is None:
-            self._requests = RequestTracker("srv_")
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        message = self._requests.start(kind, fut, **body)
-        self.send(message)
-        try:
-            return await asyncio.wait_for(fut, timeout_s)
-        finally:
-            self._requests.forget(message["id"])
-
-    def settle(self, reply: dict[str, Any]) -> None:
-        """The device's answer to one of the server's requests; unknown or late ones are dropped."""
-        fut = self._requests.settle(reply).waiter if self._requests is not None else None
-        if fut is not None and not fut.done():
-            fut.set_result(reply)
-
-    async def close(self, code: int, reason: str) -> None:
-        """Flush what is queued (for a few seconds at most), then close the socket."""
-        if not self.closed:
-            self.closed = True
-            for fut in self._requests.close() if self._requests is not None else []:
-                if not fut.done():
-                    fut.set_exception(ConnectionGone())
-        writer = self._writer
-        if writer is not None:
-            await asyncio.wait({writer}, timeout=5.0)
-            writer.cancel()
-        await self._close(code, reason)
 
 
 def _decode_snapshot(req: Request[m.Dial] | Request[m.Missed] | Request[m.Snapshot]) -> bytes:
@@ -201,6 +103,7 @@ class Hub:
         self.store_errors = 0
         self.last_store_error: str | None = None
         self.push = Pusher(store, settings.push)
+        self.door_action = DoorAction(self)
 
     def connection(self, send_text: Callable[[str], Any], close: Callable[[int, str], Any], peer: str) -> Connection:
         return Connection(send_text, close, peer, self.settings.limits)
@@ -545,94 +448,7 @@ class Hub:
         self._deliver(call, sends)
 
     def _on_action(self, conn: Connection, req: Request[m.Action]) -> None:
-        """`open_door`: checked here, carried out by the door, and audited either way."""
-        assert conn.user is not None and conn.device is not None
-        name, call_id = req.body.name, req.body.call_id
-        if name != "open_door":
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"unknown action '{name}'; the actions are: open_door", req.id)
-        now = time.time()
-        call = self.calls.get(call_id) or self.recent.get(call_id)
-        try:
-            door = self._door_of(conn, call, now)
-        except ProtocolError as exc:
-            self._audit(conn, call_id, None, "refused", exc.message, now)
-            raise
-        door_conn = self.devices.get(door)
-        if door_conn is None:
-            self._audit(conn, call_id, door, "failed", "the door station is not connected", now)
-            raise ProtocolError(ErrorCode.CONFLICT, "the door station is not connected", req.id)
-        self._spawn(self._open_door(conn, req, door_conn, now))
-
-    def _door_of(self, conn: Connection, call: ServerCall | None, now: float) -> DeviceRef:
-        """The door device of a call this resident's device answered or placed, or `forbidden`."""
-        assert conn.user is not None and conn.device is not None
-        if conn.user["kind"] != "resident":
-            raise ProtocolError(ErrorCode.FORBIDDEN, "only a resident may open the door")
-        me = conn.device
-        # Unknown calls and other people's calls are refused alike: the reply reveals nothing.
-        if call is None or not call.involves(me):
-            raise ProtocolError(ErrorCode.FORBIDDEN, "you are not a party of a call with this door")
-        if call.accepted_by is None:
-            raise ProtocolError(ErrorCode.FORBIDDEN, "the call has not been answered")
-        if me not in (call.caller, call.accepted_by):
-            raise ProtocolError(ErrorCode.FORBIDDEN, "another device answered this call")
-        door = call.accepted_by if me == call.caller else call.caller
-        door_user = self.store.find_user(door.user_id)
-        if door_user is None or door_user["kind"] != "door" or door_user["site_id"] != conn.user["site_id"]:
-            raise ProtocolError(ErrorCode.FORBIDDEN, "the other party is not a door of your site")
-        window = self.settings.open_door_window_s
-        if call.ended_at is not None and now - call.ended_at > window:
-            raise ProtocolError(ErrorCode.FORBIDDEN, f"the call ended more than {window:g} s ago")
-        return door
-
-    async def _open_door(self, conn: Connection, req: Request[m.Action], door_conn: Connection, now: float) -> None:
-        assert conn.user is not None and conn.device is not None and door_conn.device is not None
-        call_id = req.body.call_id
-        # Fail closed: the entry is on disk before the door is asked, or the door stays shut.
-        try:
-            entry = await asyncio.wrap_future(self._audit(conn, call_id, door_conn.device, "opening",
-                                                          "asked the door; no answer recorded yet", now))
-        except (sqlite3.Error, OSError):
-            conn.send(m.error(req.id, ErrorCode.INTERNAL, "the door log cannot be written, so the door was not opened"))
-            return
-        try:
-            reply = await door_conn.request("action", self.settings.door_reply_timeout_s, call_id=call_id,
-                                            name="open_door",
-                                            by={**conn.device.as_json(), "display_name": conn.user["display_name"]})
-        except (TimeoutError, ConnectionGone) as exc:
-            why = ("the door station did not answer in time" if isinstance(exc, TimeoutError)
-                   else "the door station disconnected before it answered")
-            self._settle(conn, entry, call_id, "failed", why)
-            conn.send(m.error(req.id, ErrorCode.INTERNAL, why))
-            return
-        if reply["type"] == "ok":
-            self._settle(conn, entry, call_id, "opened", None)
-            conn.send(m.ok(req.id))
-            return
-        code = reply.get("code")
-        code = code if isinstance(code, str) and code in _ERROR_CODES else ErrorCode.INTERNAL
-        message = str(reply.get("message") or "no reason given")[:200]
-        self._settle(conn, entry, call_id, "refused", f"the door: {message}")
-        conn.send(m.error(req.id, code, f"the door refused: {message}"))
-
-    def _audit(self, conn: Connection, call_id: str, door: DeviceRef | None, outcome: str, detail: str | None,
-               now: float) -> Future[int]:
-        """One entry of the site's door log; its failure is logged and counted (and an opening
-        waits for it, see `_open_door`)."""
-        assert conn.user is not None and conn.device is not None
-        log.info("open_door by %s/%s for %s: %s%s", conn.device.user_id, conn.device.device_id, call_id, outcome,
-                 f" ({detail})" if detail else "")
-        written = self.store.audit(site_id=conn.user["site_id"], at=now, action="open_door", outcome=outcome,
-                                   by=conn.device, call_id=call_id, door_id=door.user_id if door else None,
-                                   detail=detail)
-        self._store("write the door log", written)
-        return written
-
-    def _settle(self, conn: Connection, entry: int, call_id: str, outcome: str, detail: str | None) -> None:
-        assert conn.device is not None
-        log.info("open_door by %s/%s for %s: %s%s", conn.device.user_id, conn.device.device_id, call_id, outcome,
-                 f" ({detail})" if detail else "")
-        self._store("write the door's answer to the door log", self.store.settle_audit(entry, outcome, detail))
+        self.door_action.request(conn, req)
 
     # -- delivery --------------------------------------------------------------------------
 

@@ -1,0 +1,122 @@
+"""The door action (`open_door`): who may open, the door asked, and every attempt in the site's
+door log, written before the door is asked (fail closed).
+
+The server checks the resident and the call; the door checks again and pulses its strike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from concurrent.futures import Future
+from typing import TYPE_CHECKING
+
+from intercom_protocol import messages as m
+from intercom_protocol.calls import DeviceRef, ServerCall
+from intercom_protocol.messages import ErrorCode, ProtocolError, Request
+
+from .connection import Connection, ConnectionGone
+
+if TYPE_CHECKING:
+    from .hub import Hub
+
+log = logging.getLogger("intercom.server")
+
+_ERROR_CODES = frozenset(str(c) for c in ErrorCode)
+
+
+class DoorAction:
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def request(self, conn: Connection, req: Request[m.Action]) -> None:
+        """`open_door`: checked here, carried out by the door, and audited either way."""
+        assert conn.user is not None and conn.device is not None
+        name, call_id = req.body.name, req.body.call_id
+        if name != "open_door":
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"unknown action '{name}'; the actions are: open_door", req.id)
+        now = time.time()
+        call = self.hub.calls.get(call_id) or self.hub.recent.get(call_id)
+        try:
+            door = self._door_of(conn, call, now)
+        except ProtocolError as exc:
+            self._audit(conn, call_id, None, "refused", exc.message, now)
+            raise
+        door_conn = self.hub.devices.get(door)
+        if door_conn is None:
+            self._audit(conn, call_id, door, "failed", "the door station is not connected", now)
+            raise ProtocolError(ErrorCode.CONFLICT, "the door station is not connected", req.id)
+        self.hub._spawn(self._open_door(conn, req, door_conn, now))
+
+    def _door_of(self, conn: Connection, call: ServerCall | None, now: float) -> DeviceRef:
+        """The door device of a call this resident's device answered or placed, or `forbidden`."""
+        assert conn.user is not None and conn.device is not None
+        if conn.user["kind"] != "resident":
+            raise ProtocolError(ErrorCode.FORBIDDEN, "only a resident may open the door")
+        me = conn.device
+        # Unknown calls and other people's calls are refused alike: the reply reveals nothing.
+        if call is None or not call.involves(me):
+            raise ProtocolError(ErrorCode.FORBIDDEN, "you are not a party of a call with this door")
+        if call.accepted_by is None:
+            raise ProtocolError(ErrorCode.FORBIDDEN, "the call has not been answered")
+        if me not in (call.caller, call.accepted_by):
+            raise ProtocolError(ErrorCode.FORBIDDEN, "another device answered this call")
+        door = call.accepted_by if me == call.caller else call.caller
+        door_user = self.hub.store.find_user(door.user_id)
+        if door_user is None or door_user["kind"] != "door" or door_user["site_id"] != conn.user["site_id"]:
+            raise ProtocolError(ErrorCode.FORBIDDEN, "the other party is not a door of your site")
+        window = self.hub.settings.open_door_window_s
+        if call.ended_at is not None and now - call.ended_at > window:
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"the call ended more than {window:g} s ago")
+        return door
+
+    async def _open_door(self, conn: Connection, req: Request[m.Action], door_conn: Connection, now: float) -> None:
+        assert conn.user is not None and conn.device is not None and door_conn.device is not None
+        call_id = req.body.call_id
+        # Fail closed: the entry is on disk before the door is asked, or the door stays shut.
+        try:
+            entry = await asyncio.wrap_future(self._audit(conn, call_id, door_conn.device, "opening",
+                                                          "asked the door; no answer recorded yet", now))
+        except (sqlite3.Error, OSError):
+            conn.send(m.error(req.id, ErrorCode.INTERNAL, "the door log cannot be written, so the door was not opened"))
+            return
+        try:
+            reply = await door_conn.request("action", self.hub.settings.door_reply_timeout_s, call_id=call_id,
+                                            name="open_door",
+                                            by={**conn.device.as_json(), "display_name": conn.user["display_name"]})
+        except (TimeoutError, ConnectionGone) as exc:
+            why = ("the door station did not answer in time" if isinstance(exc, TimeoutError)
+                   else "the door station disconnected before it answered")
+            self._settle(conn, entry, call_id, "failed", why)
+            conn.send(m.error(req.id, ErrorCode.INTERNAL, why))
+            return
+        if reply["type"] == "ok":
+            self._settle(conn, entry, call_id, "opened", None)
+            conn.send(m.ok(req.id))
+            return
+        code = reply.get("code")
+        code = code if isinstance(code, str) and code in _ERROR_CODES else ErrorCode.INTERNAL
+        message = str(reply.get("message") or "no reason given")[:200]
+        self._settle(conn, entry, call_id, "refused", f"the door: {message}")
+        conn.send(m.error(req.id, code, f"the door refused: {message}"))
+
+    def _audit(self, conn: Connection, call_id: str, door: DeviceRef | None, outcome: str, detail: str | None,
+               now: float) -> Future[int]:
+        """One entry of the site's door log; its failure is logged and counted (and an opening
+        waits for it, see `_open_door`)."""
+        assert conn.user is not None and conn.device is not None
+        log.info("open_door by %s/%s for %s: %s%s", conn.device.user_id, conn.device.device_id, call_id, outcome,
+                 f" ({detail})" if detail else "")
+        written = self.hub.store.audit(site_id=conn.user["site_id"], at=now, action="open_door", outcome=outcome,
+                                   by=conn.device, call_id=call_id, door_id=door.user_id if door else None,
+                                   detail=detail)
+        self.hub._store("write the door log", written)
+        return written
+
+    def _settle(self, conn: Connection, entry: int, call_id: str, outcome: str, detail: str | None) -> None:
+        assert conn.device is not None
+        log.info("open_door by %s/%s for %s: %s%s", conn.device.user_id, conn.device.device_id, call_id, outcome,
+                 f" ({detail})" if detail else "")
+        self.hub._store("write the door's answer to the door log", self.hub.store.settle_audit(entry, outcome, detail))
