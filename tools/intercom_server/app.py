@@ -16,7 +16,7 @@ from aiohttp import WSMsgType, web
 
 from intercom_protocol import messages as m
 from intercom_protocol.calls import CallError, DeviceRef
-from intercom_protocol.messages import CLOSE_UNAUTHENTICATED, PROTOCOL_PATH
+from intercom_protocol.messages import CLOSE_UNAUTHENTICATED, PROTOCOL_PATH, ErrorCode
 
 from .hub import Hub, HubSettings
 from .openapi import AUDIT_CURSOR, CALLS_CURSOR, OPENAPI
@@ -238,12 +238,17 @@ def _is_api_token(request: web.Request, given: str) -> bool:
     return hmac.compare_digest(given.encode(), request.app[API_TOKEN].encode())
 
 
+#: The HTTP status of each refusal the store and the handlers name in the protocol's words.
+HTTP_STATUS = {ErrorCode.BAD_REQUEST: 400, ErrorCode.UNAUTHENTICATED: 401, ErrorCode.FORBIDDEN: 403,
+               ErrorCode.NOT_FOUND: 404, ErrorCode.CONFLICT: 409}
+
+
 @web.middleware
 async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except StoreError as exc:
-        return _error(exc.status, exc.code, str(exc))
+        return _error(HTTP_STATUS[exc.code], exc.code, str(exc))
     except web.HTTPException as exc:
         if exc.status >= 400:
             response = _error(exc.status, "not_found" if exc.status == 404 else "bad_request", exc.reason)

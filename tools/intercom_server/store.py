@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from intercom_protocol.calls import DeviceRef, ServerCall, iso
+from intercom_protocol.messages import ErrorCode
 
 from .writer import Writer
 
@@ -83,28 +84,25 @@ CREATE INDEX IF NOT EXISTS push_subscriptions_token ON push_subscriptions(token_
 
 
 class StoreError(Exception):
-    status = 400
-    code = "bad_request"
+    """A request the store refuses, in the protocol's words (the REST layer picks the HTTP status)."""
+
+    code = ErrorCode.BAD_REQUEST
 
 
 class NotFound(StoreError):
-    status = 404
-    code = "not_found"
+    code = ErrorCode.NOT_FOUND
 
 
 class Forbidden(StoreError):
-    status = 403
-    code = "forbidden"
+    code = ErrorCode.FORBIDDEN
 
 
 class Conflict(StoreError):
-    status = 409
-    code = "conflict"
+    code = ErrorCode.CONFLICT
 
 
 class Unauthenticated(StoreError):
-    status = 401
-    code = "unauthenticated"
+    code = ErrorCode.UNAUTHENTICATED
 
 
 def hash_token(token: str) -> str:
