@@ -7,10 +7,9 @@ from typing import Any
 
 import pytest
 
-from intercom_protocol.calls import LINK_GRACE_S, RING_MARGIN_S, CallState
+from intercom_protocol.calls import LINK_GRACE_S, RING_MARGIN_S, ArmClock, CallState
 from intercom_protocol.door import (
     Answer,
-    ArmClock,
     Decline,
     DoorPolicy,
     DoorRules,

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from intercom_protocol.calls import CallState
+from intercom_protocol.calls import ArmClock, CallState
 from intercom_protocol.resident import (
     AnswerRing,
-    ArmClock,
     Decline,
     DialDoor,
     Ended,

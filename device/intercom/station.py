@@ -25,7 +25,7 @@ from typing import Any
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 
 from intercom_protocol import door as policy
-from intercom_protocol.calls import ClientCall
+from intercom_protocol.calls import ArmClock, ClientCall
 from intercom_protocol.door import DoorPolicy, Effect
 from intercom_protocol.messages import ErrorCode, ProtocolError
 from intercom_protocol.requests import RequestFailed
@@ -165,7 +165,7 @@ class Station:
     def _run_now(self, effects: list[Effect]) -> None:
         """Effects that need no waiting (the clock), outside the worker."""
         for effect in effects:
-            assert isinstance(effect, policy.ArmClock), effect
+            assert isinstance(effect, ArmClock), effect
             self._arm_clock(effect)
 
     async def _work(self) -> None:
@@ -240,7 +240,7 @@ class Station:
                 self.speaker.tone(name, loop=loop)
             case policy.StopTone(name):
                 self.speaker.stop_tone(name)
-            case policy.ArmClock():
+            case ArmClock():
                 self._arm_clock(effect)
             case policy.StartCallTimers(call, warning_in_s, limit_in_s):
                 self._call_timers = [
@@ -277,7 +277,7 @@ class Station:
             case policy.ReportMissed():
                 self._inbox.put_nowait(("report_missed", None))
 
-    def _arm_clock(self, effect: policy.ArmClock) -> None:
+    def _arm_clock(self, effect: ArmClock) -> None:
         """One timer at the call's next deadline; it posts to the inbox like every event."""
         if self._clock is not None:
             self._clock.cancel()

@@ -312,6 +312,19 @@ RING_MARGIN_S = 5.0
 LINK_GRACE_S = 15.0
 
 
+@dataclass(frozen=True)
+class ArmClock:
+    """The effect a party's policy returns for its call's own clock: one timer at `deadline`
+    (the party's monotonic clock) that reports back when it fires; None disarms it."""
+
+    call: ClientCall
+    deadline: float | None
+
+    @classmethod
+    def of(cls, call: ClientCall) -> ArmClock:
+        return cls(call, call.deadline())
+
+
 @dataclass
 class ClientCall:
     """A party's view of one call; the caller starts in `dialing`, a callee in `ringing`.

@@ -23,7 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .calls import LINK_GRACE_S, CallState, ClientCall, iso
+from .calls import LINK_GRACE_S, ArmClock, CallState, ClientCall, iso
 from .messages import EndReason, ErrorCode, ProtocolError
 
 log = logging.getLogger("intercom.station")
@@ -134,15 +134,6 @@ class Teardown:
 
 
 @dataclass(frozen=True)
-class ArmClock:
-    """One timer at `deadline` (the door's monotonic clock) that reports `clock(call)`;
-    None disarms it."""
-
-    call: ClientCall
-    deadline: float | None
-
-
-@dataclass(frozen=True)
 class StartCallTimers:
     """The maximum call time: `call_timer("warning")` after `warning_in_s`, `"limit"` after `limit_in_s`."""
 
@@ -230,7 +221,7 @@ class DoorPolicy:
         # The call's own ring deadline: a server that dies or freezes while it rings never
         # says `no_answer`, and the visitor must not hear the ringback for ever.
         call = self.call = ClientCall.dial(now, ring.timeout_s)
-        return [self._arm(call), PlaceCall(call, group, ring.residents, ring.timeout_s)]
+        return [ArmClock.of(call), PlaceCall(call, group, ring.residents, ring.timeout_s)]
 
     def dialed(self, call: ClientCall, call_id: str, unknown: list[str]) -> list[Effect]:
         """The server placed the call (`ok` of `dial`); `unknown`: ring-group names it has no resident for."""
@@ -365,7 +356,7 @@ class DoorPolicy:
             return []
         reason = call.expire(now)
         if reason is None:
-            return [self._arm(call)]
+            return [ArmClock.of(call)]
         if reason == EndReason.NO_ANSWER:
             log.warning("call %s: no answer and no word from the server by the door's own deadline: giving up",
                         call.call_id)
@@ -421,7 +412,7 @@ class DoorPolicy:
         if call is None or not call.live:
             return []
         call.link_lost(now)
-        return [self._arm(call)]
+        return [ArmClock.of(call)]
 
     def signed_in(self, live_calls: set[str]) -> list[Effect]:
         """Signed in again: a call the server no longer knows (it restarted, or ended the call
@@ -431,7 +422,7 @@ class DoorPolicy:
         call = self.call
         if call is not None and call.live:
             reason = call.signed_in(live_calls)
-            effects.append(self._arm(call))
+            effects.append(ArmClock.of(call))
             if reason is None:
                 if call.call_id:
                     log.info("call %s goes on after the reconnection", call.call_id)
@@ -466,15 +457,11 @@ class DoorPolicy:
 
     # -- inside --------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _arm(call: ClientCall) -> ArmClock:
-        return ArmClock(call, call.deadline())
-
     def _start_call_clock(self, call: ClientCall) -> list[Effect]:
         """Answered: the ring's clocks stop; the maximum call time counts from the answer, with
         its warning tone before it."""
         limit, warn = self.rules.max_call_s, self.rules.warning_before_s
-        return [self._arm(call), StartCallTimers(call, limit - warn, limit)]
+        return [ArmClock.of(call), StartCallTimers(call, limit - warn, limit)]
 
     def _tell_ended(self, call: ClientCall) -> list[Effect]:
         return [TellEnded(call.call_id)] if call.call_id and self.connected else []

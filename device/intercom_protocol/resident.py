@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .calls import CallState, ClientCall
+from .calls import ArmClock, CallState, ClientCall
 
 #: The server's default ring timeout: a door answers a look outside at once, or declines.
 LOOK_OUTSIDE_RING_S = 30.0
@@ -34,14 +34,6 @@ class ResidentRules:
 
 
 # -- effects -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ArmClock:
-    """One timer at `deadline` (monotonic) that reports `clock(call)`; None disarms it."""
-
-    call: ClientCall
-    deadline: float | None
 
 
 @dataclass(frozen=True)
@@ -160,7 +152,7 @@ class ResidentPolicy:
             lifetime = None
         # The ring's own clock: it stops by itself if its `ended` never comes.
         call = self.call = ClientCall.incoming(call_id, event["caller"], now, lifetime)
-        effects: list[Effect] = [self._arm(call), Rings(call, event)]
+        effects: list[Effect] = [ArmClock.of(call), Rings(call, event)]
         if event.get("snapshot_url"):
             effects.append(FetchPicture(call_id, str(event["snapshot_url"])))
         if self.rules.answer == "decline":
@@ -174,7 +166,7 @@ class ResidentPolicy:
         if not call.live:
             return []
         call.accepted()
-        effects: list[Effect] = [self._arm(call), Answered(call, None)]
+        effects: list[Effect] = [ArmClock.of(call), Answered(call, None)]
         if self.rules.hangup_after_s is not None:
             effects.append(HangUpAfter(call, self.rules.hangup_after_s))
         return effects
@@ -185,7 +177,7 @@ class ResidentPolicy:
         if self.call is not None:
             return []
         call = self.call = ClientCall.dial(now, LOOK_OUTSIDE_RING_S)
-        return [self._arm(call), DialDoor(call, door)]
+        return [ArmClock.of(call), DialDoor(call, door)]
 
     def dialed(self, call: ClientCall, call_id: str, now: float) -> list[Effect]:
         """The dial's reply named the call: what the server said of it meanwhile applies now."""
@@ -223,7 +215,7 @@ class ResidentPolicy:
             if call.state is CallState.DIALING:
                 call.ringing()  # its `ringing` was read with the dial's reply: it did happen
             call.accepted(event.get("by"))
-            return [UseAnswer(call, event["answer"]), self._arm(call), Answered(call, event.get("by"))]
+            return [UseAnswer(call, event["answer"]), ArmClock.of(call), Answered(call, event.get("by"))]
         if kind == "ended":
             return self._finish(call, str(event.get("reason", "unknown")))
         return []
@@ -254,7 +246,7 @@ class ResidentPolicy:
             return []
         reason = call.expire(now)
         if reason is None:
-            return [self._arm(call)]
+            return [ArmClock.of(call)]
         return [Ended(call, str(reason))]
 
     # -- the link ----------------------------------------------------------------------------------------
@@ -264,7 +256,7 @@ class ResidentPolicy:
         if call is None or not call.live:
             return []
         call.link_lost(now)
-        return [self._arm(call)]
+        return [ArmClock.of(call)]
 
     def signed_in(self, live_calls: set[str], now: float) -> list[Effect]:
         """A call the server no longer lists is over here too; a look outside starts now."""
@@ -274,16 +266,12 @@ class ResidentPolicy:
             reason = call.signed_in(live_calls)
             if reason is not None:
                 effects.append(Ended(call, str(reason)))
-            effects.append(self._arm(call))
+            effects.append(ArmClock.of(call))
         if self.rules.look_outside and self.call is None:
             effects += self.look_outside(self.rules.look_outside, now)
         return effects
 
     # -- inside ----------------------------------------------------------------------------------------------
-
-    @staticmethod
-    def _arm(call: ClientCall) -> ArmClock:
-        return ArmClock(call, call.deadline())
 
     def _finish(self, call: ClientCall, reason: str) -> list[Effect]:
         """Marked over at once, so that a ring read right after the `ended` (a door ending a

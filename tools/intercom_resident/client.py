@@ -28,7 +28,7 @@ from intercom.media.stamps import monotonic_us, read_stamp
 from intercom.media.video import encode_image
 from intercom.signaling import NotConnected, RequestFailed, SignalingClient
 from intercom_protocol import resident as rules
-from intercom_protocol.calls import ClientCall
+from intercom_protocol.calls import ArmClock, ClientCall
 from intercom_protocol.resident import ResidentPolicy, ResidentRules
 
 log = logging.getLogger("intercom.resident")
@@ -161,7 +161,7 @@ class Resident:
 
     def _carry_out(self, effect: rules.Effect) -> None:
         match effect:
-            case rules.ArmClock(call, deadline):
+            case ArmClock(call, deadline):
                 self._arm_clock(call, deadline)
             case rules.Rings(call, event):
                 self.reception = Reception()
