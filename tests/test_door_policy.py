@@ -25,7 +25,7 @@ from intercom_protocol.door import (
     Tone,
     UseAnswer,
 )
-from intercom_protocol.messages import ErrorCode, ProtocolError
+from intercom_protocol.messages import ErrorCode, Event, Incoming, ProtocolError, parse_event
 
 ALICE = {"user_id": "alice", "display_name": "Alice", "kind": "resident"}
 ANSWER = {"type": "answer", "sdp": "v=0 answer"}
@@ -39,6 +39,20 @@ def door(*groups: tuple[str, ...], **rules: Any) -> DoorPolicy:
     policy = DoorPolicy(DoorRules(ring_groups, **rules))
     policy.link_up()
     return policy
+
+
+def ev(message: dict[str, Any]) -> Event:
+    """A server event as the door receives it."""
+    event = parse_event(message)
+    assert event is not None, message
+    return event
+
+
+def ring(call_id: str, caller: dict[str, Any] = ALICE) -> Incoming:
+    event = ev({"type": "incoming", "call_id": call_id, "caller": caller, "offer": OFFER, "video": True,
+                "created_at": "2026-11-22T08:00:00.000Z", "expires_in_s": 30})
+    assert isinstance(event, Incoming)
+    return event
 
 
 def kinds(effects: list[Any]) -> list[str]:
@@ -59,7 +73,7 @@ def placed(policy: DoorPolicy, call_id: str = "c1") -> PlaceCall:
 
 def ringing(policy: DoorPolicy, call_id: str = "c1") -> PlaceCall:
     place = placed(policy, call_id)
-    assert policy.event({"type": "ringing", "call_id": call_id, "devices": 2}, T0) == [Tone("ringback", loop=True)]
+    assert policy.event(ev({"type": "ringing", "call_id": call_id, "devices": 2}), T0) == [Tone("ringback", loop=True)]
     return place
 
 
@@ -79,14 +93,14 @@ def test_an_answer_starts_the_media_and_the_maximum_call_time() -> None:
     policy = door(max_call_s=120.0, warning_before_s=15.0)
     place = ringing(policy)
     policy.last_error = "an old error"
-    effects = policy.event({"type": "accepted", "call_id": "c1", "by": {"user_id": "alice"}, "answer": ANSWER}, T0 + 3)
+    effects = policy.event(ev({"type": "accepted", "call_id": "c1", "by": {"user_id": "alice"}, "answer": ANSWER}), T0 + 3)
     assert effects == [StopTone("ringback"), UseAnswer(ANSWER), ArmClock(place.call, None),
                        StartCallTimers(place.call, 105.0, 120.0)]
     assert policy.last_error is None and place.call.state is CallState.CONNECTING
     assert policy.media("connected") == [] and policy.state == "connected"
     assert policy.call_timer(place.call, "warning") == [Tone("warning")]
     assert policy.call_timer(place.call, "limit") == [TellEnded("c1", untold=place.call)]
-    effects = policy.event({"type": "ended", "call_id": "c1", "reason": "completed"}, T0 + 120)
+    effects = policy.event(ev({"type": "ended", "call_id": "c1", "reason": "completed"}), T0 + 120)
     assert effects == [Teardown()] and policy.state == "idle"
     assert policy.last_call == {"call_id": "c1", "end_reason": "completed", "peer": "alice", "role": "caller"}
 
@@ -95,19 +109,19 @@ def test_an_answer_starts_the_media_and_the_maximum_call_time() -> None:
 def test_a_ring_that_ends_unanswered_plays_nobody_answered(reason: str) -> None:
     policy = door()
     ringing(policy)
-    effects = policy.event({"type": "ended", "call_id": "c1", "reason": reason}, T0 + 5)
+    effects = policy.event(ev({"type": "ended", "call_id": "c1", "reason": reason}), T0 + 5)
     assert effects == [Teardown(), Tone("no_answer")]
 
 
 def test_no_answer_escalates_to_the_next_group_then_gives_up() -> None:
     policy = door(("alice",), ("caretaker",))
     ringing(policy)
-    effects = policy.event({"type": "ended", "call_id": "c1", "reason": "no_answer"}, T0 + 30)
+    effects = policy.event(ev({"type": "ended", "call_id": "c1", "reason": "no_answer"}), T0 + 30)
     assert kinds(effects) == ["Teardown", "ArmClock", "PlaceCall"]
     second = effects[2]
     assert isinstance(second, PlaceCall) and (second.group, second.callees) == (1, ("caretaker",))
     policy.dialed(second.call, "c2", [])
-    assert policy.event({"type": "ended", "call_id": "c2", "reason": "no_answer"}, T0 + 60) == [Teardown(), Tone("no_answer")]
+    assert policy.event(ev({"type": "ended", "call_id": "c2", "reason": "no_answer"}), T0 + 60) == [Teardown(), Tone("no_answer")]
 
 
 def test_the_door_hanging_up_while_ringing_cancels_without_a_tone() -> None:
@@ -115,7 +129,7 @@ def test_the_door_hanging_up_while_ringing_cancels_without_a_tone() -> None:
     place = ringing(policy)
     assert policy.hang_up() == [TellEnded("c1", untold=place.call)]
     # The server's `ended` tears it down; had the server not been told, the door does.
-    assert policy.event({"type": "ended", "call_id": "c1", "reason": "canceled"}, T0 + 1) == [Teardown()]
+    assert policy.event(ev({"type": "ended", "call_id": "c1", "reason": "canceled"}), T0 + 1) == [Teardown()]
     assert policy.untold(place.call) == []  # already over: nothing more
 
 
@@ -136,7 +150,7 @@ def test_a_press_during_a_call_is_ignored_and_counted() -> None:
 def test_stopping_the_daemon_ends_the_live_call() -> None:
     policy = door()
     place = ringing(policy)
-    policy.event({"type": "accepted", "call_id": "c1", "by": {"user_id": "alice"}, "answer": ANSWER}, T0 + 1)
+    policy.event(ev({"type": "accepted", "call_id": "c1", "by": {"user_id": "alice"}, "answer": ANSWER}), T0 + 1)
     assert policy.stop() == [TellEnded("c1"), Teardown()]
     assert place.call.end_reason == "completed" and policy.stop() == []
 
@@ -144,36 +158,36 @@ def test_stopping_the_daemon_ends_the_live_call() -> None:
 def test_events_of_another_call_change_nothing() -> None:
     policy = door()
     place = ringing(policy)
-    assert policy.event({"type": "ended", "call_id": "c9", "reason": "completed"}, T0) == []
-    assert policy.event({"type": "accepted", "call_id": "c9", "answer": ANSWER}, T0) == []
+    assert policy.event(ev({"type": "ended", "call_id": "c9", "reason": "completed"}), T0) == []
+    assert policy.event(ev({"type": "accepted", "call_id": "c9", "by": {"user_id": "bob"}, "answer": ANSWER}), T0) == []
     assert place.call.state is CallState.RINGING
 
 
 def test_a_resident_looks_outside_and_the_door_answers_with_a_tone() -> None:
     policy = door()
-    effects = policy.incoming("c5", ALICE, OFFER)
+    effects = policy.incoming(ring("c5"))
     call = policy.call
     assert call is not None and effects == [Answer(call, OFFER)]
     effects = policy.answered(call)
     assert effects[0] == Tone("announce") and kinds(effects) == ["Tone", "ArmClock", "StartCallTimers"]
     assert policy.calls_answered == 1 and policy.state == "connected"
     quiet = door(announce=False)
-    quiet.incoming("c6", ALICE, OFFER)
+    quiet.incoming(ring("c6"))
     assert quiet.call is not None and tones(quiet.answered(quiet.call)) == []
 
 
 def test_the_door_declines_when_busy_or_for_callers_off_its_list() -> None:
     policy = door(auto_answer=("bob",))
-    assert policy.incoming("c5", ALICE, OFFER) == [Decline("c5")] and policy.call is None
+    assert policy.incoming(ring("c5")) == [Decline("c5")] and policy.call is None
     open_door = door()
-    assert open_door.incoming("c5", {**ALICE, "kind": "door"}, OFFER) == [Decline("c5")]
+    assert open_door.incoming(ring("c5", {**ALICE, "kind": "door"})) == [Decline("c5")]
     ringing(open_door)
-    assert open_door.incoming("c6", ALICE, OFFER) == [Decline("c6")]
+    assert open_door.incoming(ring("c6")) == [Decline("c6")]
 
 
 def test_an_offer_the_door_cannot_answer_is_declined() -> None:
     policy = door()
-    policy.incoming("c5", ALICE, OFFER)
+    policy.incoming(ring("c5"))
     assert policy.call is not None
     assert policy.answer_failed(policy.call, "no H.264") == [Teardown(), Decline("c5")]
     assert policy.state == "idle"
@@ -181,7 +195,7 @@ def test_an_offer_the_door_cannot_answer_is_declined() -> None:
 
 def test_a_press_while_a_resident_looks_outside_ends_the_view_and_rings_everyone() -> None:
     policy = door()
-    policy.incoming("c5", ALICE, OFFER)
+    policy.incoming(ring("c5"))
     assert policy.call is not None
     policy.answered(policy.call)
     effects = policy.press(T0, WALL)
@@ -272,7 +286,7 @@ def test_a_call_the_server_no_longer_knows_ends_and_one_it_knows_goes_on() -> No
 def test_an_answered_call_survives_the_link_and_ends_when_its_media_fails() -> None:
     policy = door()
     place = ringing(policy)
-    policy.event({"type": "accepted", "call_id": "c1", "by": {"user_id": "alice"}, "answer": ANSWER}, T0 + 1)
+    policy.event(ev({"type": "accepted", "call_id": "c1", "by": {"user_id": "alice"}, "answer": ANSWER}), T0 + 1)
     policy.media("connected")
     assert policy.link_lost(T0 + 2) == [ArmClock(place.call, None)]  # no clock runs for a connected call
     assert policy.media("failed") == [Teardown()]  # offline: the server cannot be told
@@ -290,7 +304,7 @@ def test_the_door_opens_only_for_its_live_or_last_call_with_a_relay() -> None:
     with pytest.raises(ProtocolError) as refused:
         policy.open_door("c1", by, relay=False)
     assert refused.value.code is ErrorCode.CONFLICT
-    policy.event({"type": "ended", "call_id": "c1", "reason": "completed"}, T0)
+    policy.event(ev({"type": "ended", "call_id": "c1", "reason": "completed"}), T0)
     policy.open_door("c1", by, relay=True)  # the last call: the resident opens after hanging up
     policy.door_opened("c1", by, 2.0, WALL)
     assert policy.door_openings == [{"at": "2026-09-21T14:13:20.000Z", "call_id": "c1", "by": "alice",

@@ -93,3 +93,26 @@ def test_a_missed_press_needs_a_recent_time_with_its_zone(pressed_at, why):
     with pytest.raises(ProtocolError) as exc:
         parse({"type": "missed", "id": "r1", "callees": ["alice"], "pressed_at": pressed_at})
     assert exc.value.code is ErrorCode.BAD_REQUEST and why in exc.value.message and exc.value.re == "r1"
+
+
+def test_events_are_built_and_read_back_by_one_table():
+    by = {"user_id": "alice", "device_id": "phone"}
+    samples = [
+        m.Incoming(call_id="c1", caller={"user_id": "door"}, offer=OFFER, created_at=iso(time.time()), expires_in_s=29.5),
+        m.Ringing(call_id="c1", devices=2),
+        m.Accepted(call_id="c1", by=by, answer=ANSWER),
+        m.SnapshotReady(call_id="c1", snapshot_url="/v1/direct_calls/c1/snapshot"),
+        m.Ended(call_id="c1", reason="completed"),
+        m.MissedPress(call_id="c2", caller={"user_id": "door"}, pressed_at=iso(time.time() - 60)),
+    ]
+    assert [type(e).type for e in samples] == list(m.EVENT_TYPES)
+    for event in samples:
+        message = m.event_message(event)
+        assert m.parse_event(json.loads(m.encode(message))) == event
+    # Left out when it has no value, sent as null when "nobody" is the answer.
+    assert "snapshot_url" not in m.event_message(samples[0]) and m.event_message(samples[4])["by"] is None
+    # Lenient, as a client of a newer server must be: unknown fields are ignored...
+    assert m.parse_event({"type": "ringing", "call_id": "c1", "devices": 1, "new": True}) == m.Ringing(call_id="c1", devices=1)
+    # ...and what is not an event it can act on is None, never an exception.
+    assert m.parse_event({"type": "ringing", "call_id": "c1"}) is None  # lacks devices
+    assert m.parse_event({"type": "pong"}) is None and m.parse_event({"type": "ended", "call_id": 7}) is None

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from intercom_protocol.calls import ArmClock, CallState
+from intercom_protocol.messages import Event, Incoming, parse_event
 from intercom_protocol.resident import (
     AnswerRing,
     Decline,
@@ -28,8 +29,18 @@ ANSWER = {"type": "answer", "sdp": "v=0 answer"}
 T0 = 500.0
 
 
-def ring(call_id: str = "c1", **extra: Any) -> dict[str, Any]:
-    return {"type": "incoming", "call_id": call_id, "caller": DOOR, "offer": OFFER, "expires_in_s": 30, **extra}
+def ev(message: dict[str, Any]) -> Event:
+    """A server event as the resident receives it."""
+    event = parse_event(message)
+    assert event is not None, message
+    return event
+
+
+def ring(call_id: str = "c1", **extra: Any) -> Incoming:
+    event = ev({"type": "incoming", "call_id": call_id, "caller": DOOR, "offer": OFFER, "video": True,
+                "created_at": "2026-11-22T08:00:00.000Z", "expires_in_s": 30, **extra})
+    assert isinstance(event, Incoming)
+    return event
 
 
 def kinds(effects: list[Any]) -> list[str]:
@@ -63,7 +74,7 @@ def test_a_second_ring_while_busy_is_declined_and_the_same_ring_again_is_one_rin
     assert policy.incoming(ring("c2"), T0 + 1) == [Decline("c2", busy=True)]
     assert policy.call is not None and policy.call.call_id == "c1"
     # Once the first is over (a door ending a look outside to ring everyone), the next one rings.
-    assert kinds(policy.event({"type": "ended", "call_id": "c1", "reason": "completed"}, T0 + 2)) == ["Ended"]
+    assert kinds(policy.event(ev({"type": "ended", "call_id": "c1", "reason": "completed"}), T0 + 2)) == ["Ended"]
     assert "Rings" in kinds(policy.incoming(ring("c3"), T0 + 2))
 
 
@@ -83,8 +94,8 @@ def test_events_read_before_the_dial_reply_reached_its_task_are_not_lost() -> No
     effects = policy.signed_in(set(), T0)
     call = policy.call
     assert call is not None and effects == [ArmClock(call, call.deadline()), DialDoor(call, "frontdoor")]
-    assert policy.event({"type": "ringing", "call_id": "c1", "devices": 1}, T0) == []
-    assert policy.event({"type": "ended", "call_id": "c1", "reason": "declined", "by": None}, T0) == []
+    assert policy.event(ev({"type": "ringing", "call_id": "c1", "devices": 1}), T0) == []
+    assert policy.event(ev({"type": "ended", "call_id": "c1", "reason": "declined", "by": None}), T0) == []
     assert call.live  # not yet known to be this call
     assert policy.dialed(call, "c1", T0) == [Ended(call, "declined")]
     assert not call.live and call.end_reason == "declined"
@@ -95,7 +106,7 @@ def test_the_door_answering_a_look_outside_starts_the_media() -> None:
     (_, dial) = policy.look_outside("frontdoor", T0)
     assert isinstance(dial, DialDoor)
     policy.dialed(dial.call, "c1", T0)
-    effects = policy.event({"type": "accepted", "call_id": "c1", "by": {"user_id": "frontdoor"}, "answer": ANSWER}, T0)
+    effects = policy.event(ev({"type": "accepted", "call_id": "c1", "by": {"user_id": "frontdoor"}, "answer": ANSWER}), T0)
     assert effects[0] == UseAnswer(dial.call, ANSWER) and kinds(effects) == ["UseAnswer", "ArmClock", "Answered"]
     assert dial.call.state is CallState.CONNECTING
     assert policy.look_outside("frontdoor", T0) == []  # one call at a time
@@ -110,7 +121,7 @@ def test_frames_open_the_door_and_hang_up_when_asked() -> None:
     assert policy.video_frame(call, 1) == [OpenDoor(call)]
     assert policy.video_frame(call, 2) == []
     assert policy.video_frame(call, 3) == [HangUp(call)]
-    policy.event({"type": "ended", "call_id": "c1", "reason": "completed"}, T0)
+    policy.event(ev({"type": "ended", "call_id": "c1", "reason": "completed"}), T0)
     assert policy.hang_up(call) == []  # over: nothing to end
 
 
@@ -128,7 +139,7 @@ def test_a_call_the_server_no_longer_lists_is_over_and_a_listed_one_goes_on() ->
 def test_missed_presses_and_other_calls_events() -> None:
     policy = ResidentPolicy()
     missed = {"type": "missed", "call_id": "c9", "caller": DOOR, "pressed_at": "2026-11-22T08:00:00Z"}
-    assert policy.event(missed, T0) == [Missed(missed)]
+    assert policy.event(ev(missed), T0) == [Missed(ev(missed))]
     policy.incoming(ring("c1"), T0)
-    assert policy.event({"type": "ended", "call_id": "c2", "reason": "completed"}, T0) == []
-    assert policy.event({"type": "snapshot", "call_id": "c1", "snapshot_url": "/s"}, T0) == [FetchPicture("c1", "/s")]
+    assert policy.event(ev({"type": "ended", "call_id": "c2", "reason": "completed"}), T0) == []
+    assert policy.event(ev({"type": "snapshot", "call_id": "c1", "snapshot_url": "/s"}), T0) == [FetchPicture("c1", "/s")]

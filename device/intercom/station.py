@@ -27,7 +27,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from intercom_protocol import door as policy
 from intercom_protocol.calls import ArmClock, ClientCall
 from intercom_protocol.door import DoorPolicy, Effect
-from intercom_protocol.messages import ErrorCode, ProtocolError
+from intercom_protocol.messages import ErrorCode, Incoming, ProtocolError, parse_event
 from intercom_protocol.requests import RequestFailed
 
 from .config import DoorConfig
@@ -189,10 +189,11 @@ class Station:
         wall, self._pressed_mono = pressed
         await self._run(self.policy.press(self._pressed_mono, wall))
 
-    async def _on_event(self, event: dict[str, Any]) -> None:
-        if event["type"] == "incoming":
-            await self._run(self.policy.incoming(event["call_id"], event.get("caller") or {}, event["offer"]))
-        else:
+    async def _on_event(self, message: dict[str, Any]) -> None:
+        event = parse_event(message)
+        if isinstance(event, Incoming):
+            await self._run(self.policy.incoming(event))
+        elif event is not None:
             await self._run(self.policy.event(event, time.monotonic()))
 
     async def _on_media(self, data: tuple[RTCPeerConnection, str]) -> None:

@@ -21,7 +21,17 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from .messages import EndReason, ErrorCode, event
+from .messages import (
+    Accepted,
+    Ended,
+    EndReason,
+    ErrorCode,
+    Incoming,
+    MissedPress,
+    Ringing,
+    SnapshotReady,
+    event_message,
+)
 
 
 class CallState(StrEnum):
@@ -117,17 +127,10 @@ class ServerCall:
         """`expires_in_s` is the ring's remaining lifetime, counted by the receiver's own clock
         (no clock skew between them): a ring that arrives late, or whose `ended` is lost, stops
         by itself instead of ringing for a visitor who left."""
-        body: dict[str, Any] = {
-            "call_id": self.call_id,
-            "caller": self.caller_info,
-            "video": self.video,
-            "offer": self.offer,
-            "created_at": iso(self.created_at),
-            "expires_in_s": round(max(0.0, self.ring_deadline - now), 3),
-        }
-        if self.snapshot_url:
-            body["snapshot_url"] = self.snapshot_url
-        return event("incoming", **body)
+        return event_message(Incoming(call_id=self.call_id, caller=self.caller_info, video=self.video, offer=self.offer,
+                                      created_at=iso(self.created_at),
+                                      expires_in_s=round(max(0.0, self.ring_deadline - now), 3),
+                                      snapshot_url=self.snapshot_url or None))
 
     def ring(self, devices: list[DeviceRef], now: float) -> list[Send]:
         """The dial reached these callee devices (possibly none: nobody online yet)."""
@@ -138,7 +141,7 @@ class ServerCall:
         self.reached = dict.fromkeys(devices)
         self._log(now, "ringing", devices=len(devices))
         sends = [Send(d, self.incoming_event(now)) for d in devices]
-        sends.append(Send(self.caller, event("ringing", call_id=self.call_id, devices=len(devices))))
+        sends.append(Send(self.caller, event_message(Ringing(call_id=self.call_id, devices=len(devices)))))
         return sends
 
     def reach(self, device: DeviceRef, now: float) -> list[Send]:
@@ -165,7 +168,7 @@ class ServerCall:
         self.snapshot_url = url
         self._log(now, "snapshot")
         watching = [*self.ringing, *([self.accepted_by] if self.accepted_by else [])]
-        return [Send(d, event("snapshot", call_id=self.call_id, snapshot_url=url)) for d in watching]
+        return [Send(d, event_message(SnapshotReady(call_id=self.call_id, snapshot_url=url))) for d in watching]
 
     def accept(self, device: DeviceRef, answer: dict[str, Any], now: float) -> list[Send]:
         if self.state is CallState.ENDED:
@@ -185,9 +188,9 @@ class ServerCall:
         others = list(self.ringing)
         self.ringing.clear()
         self._log(now, "accepted", **device.as_json())
-        sends = [Send(self.caller, event("accepted", call_id=self.call_id, by=device.as_json(), answer=answer))]
+        sends = [Send(self.caller, event_message(Accepted(call_id=self.call_id, by=device.as_json(), answer=answer)))]
         sends += [
-            Send(d, event("ended", call_id=self.call_id, reason=str(EndReason.OTHER_DEVICE_ACCEPTED), by=device.as_json()))
+            Send(d, event_message(Ended(call_id=self.call_id, reason=EndReason.OTHER_DEVICE_ACCEPTED, by=device.as_json())))
             for d in others
         ]
         return sends
@@ -237,10 +240,9 @@ class ServerCall:
         self.end_reason = EndReason.DIAL_FAILED
         self.ended_by = self.caller
         self.ended_at = now
-        body: dict[str, Any] = {"call_id": self.call_id, "caller": self.caller_info, "pressed_at": iso(self.created_at)}
-        if self.snapshot_url:
-            body["snapshot_url"] = self.snapshot_url
-        return [Send(d, event("missed", **body)) for d in devices]
+        missed = MissedPress(call_id=self.call_id, caller=self.caller_info, pressed_at=iso(self.created_at),
+                             snapshot_url=self.snapshot_url or None)
+        return [Send(d, event_message(missed)) for d in devices]
 
     def expire(self, now: float) -> list[Send]:
         """The ring timeout passed: nobody answered."""
@@ -281,7 +283,7 @@ class ServerCall:
         self.ended_by = by
         self.ended_at = now
         self._log(now, "ended", reason=str(reason), **(by.as_json() if by else {}))
-        message = event("ended", call_id=self.call_id, reason=str(reason), by=by.as_json() if by else None)
+        message = event_message(Ended(call_id=self.call_id, reason=str(reason), by=by.as_json() if by else None))
         targets = [self.caller]
         if self.accepted_by:
             targets.append(self.accepted_by)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .calls import LINK_GRACE_S, ArmClock, CallState, ClientCall, iso
-from .messages import EndReason, ErrorCode, ProtocolError
+from .messages import Accepted, Ended, EndReason, ErrorCode, Event, Incoming, ProtocolError, Ringing
 
 log = logging.getLogger("intercom.station")
 
@@ -291,14 +291,14 @@ class DoorPolicy:
             return caller.get("kind") == "resident"
         return caller.get("user_id") in allowed
 
-    def incoming(self, call_id: str, caller: dict[str, Any], offer: dict[str, Any]) -> list[Effect]:
+    def incoming(self, ring: Incoming) -> list[Effect]:
         busy = self.live
-        if busy or not self.may_look_outside(caller):
-            log.info("declining call %s from %s: %s", call_id, caller.get("user_id"),
+        if busy or not self.may_look_outside(ring.caller):
+            log.info("declining call %s from %s: %s", ring.call_id, ring.caller.get("user_id"),
                      "the door is in a call" if busy else "not on the auto-answer list")
-            return [Decline(call_id)]
-        call = self.call = ClientCall.incoming(call_id, caller)
-        return [Answer(call, offer)]
+            return [Decline(ring.call_id)]
+        call = self.call = ClientCall.incoming(ring.call_id, ring.caller)
+        return [Answer(call, ring.offer)]
 
     def answered(self, call: ClientCall) -> list[Effect]:
         """The server took the door's `accept`."""
@@ -315,26 +315,24 @@ class DoorPolicy:
 
     # -- the call's life ---------------------------------------------------------------------------
 
-    def event(self, event: dict[str, Any], now: float) -> list[Effect]:
-        """A server event about a call (`incoming` is `incoming`)."""
-        kind = event["type"]
+    def event(self, event: Event, now: float) -> list[Effect]:
+        """A server event about the door's call (`incoming` is `incoming`)."""
         call = self.call
-        if call is None or not call.live or event.get("call_id") != call.call_id:
+        if call is None or not call.live or event.call_id != call.call_id:
             return []
-        if kind == "ringing":
+        if isinstance(event, Ringing):
             call.ringing()
-            log.info("ringing on %d device(s)", event.get("devices", 0))
+            log.info("ringing on %d device(s)", event.devices)
             return [Tone("ringback", loop=True)]
-        if kind == "accepted":
-            call.accepted(event.get("by"))
+        if isinstance(event, Accepted):
+            call.accepted(event.by)
             self.last_error = None  # a call got through: an older error no longer describes the door
-            log.info("answered by %s", (event.get("by") or {}).get("user_id"))
-            return [StopTone("ringback"), UseAnswer(event["answer"]), *self._start_call_clock(call)]
-        if kind == "ended":
-            reason = str(event.get("reason", EndReason.UNKNOWN))
-            log.info("call %s ended: %s", call.call_id, reason)
-            effects = self._teardown(reason)
-            return effects + self._unanswered(reason, now) if call.unanswered else effects
+            log.info("answered by %s", event.by.get("user_id"))
+            return [StopTone("ringback"), UseAnswer(event.answer), *self._start_call_clock(call)]
+        if isinstance(event, Ended):
+            log.info("call %s ended: %s", call.call_id, event.reason)
+            effects = self._teardown(event.reason)
+            return effects + self._unanswered(event.reason, now) if call.unanswered else effects
         return []
 
     def media(self, state: str) -> list[Effect]:

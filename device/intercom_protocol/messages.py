@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 PROTOCOL_PATH = "/v1/ws"
 #: A base64 snapshot of 256 KiB is ~342 KiB of text; SDP adds a few KiB.
@@ -225,8 +225,107 @@ REQUEST_BODIES: dict[str, type[Any]] = {
     "end": End, "missed": Missed, "action": Action, "ping": Ping, "deauthenticate": Deauthenticate,
 }
 REQUEST_TYPES = frozenset(REQUEST_BODIES)
+
+
+# The server's events: one typed class each. The server builds its messages from them; clients
+# parse what they receive into them (`parse_event`), leniently: a field they do not know is
+# ignored, so a newer server stays compatible.
+
+
+def _omitted_when_none() -> Any:
+    """An optional field that is left out of the message when it has no value."""
+    return field(default=None, metadata={"omit_none": True})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Incoming:
+    """A callee's device rings (`expires_in_s`: the ring's lifetime, by the receiver's clock)."""
+
+    type: ClassVar[str] = "incoming"
+    call_id: str
+    caller: dict[str, Any]
+    video: bool = True
+    offer: dict[str, Any]
+    created_at: str
+    expires_in_s: float | None = _omitted_when_none()
+    snapshot_url: str | None = _omitted_when_none()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ringing:
+    """To the caller: how many devices ring (0: nobody is online now)."""
+
+    type: ClassVar[str] = "ringing"
+    call_id: str
+    devices: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Accepted:
+    """To the caller: who answered, and the answer to its offer."""
+
+    type: ClassVar[str] = "accepted"
+    call_id: str
+    by: dict[str, Any]
+    answer: dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SnapshotReady:
+    """The visitor's picture, sent after the ring, can be fetched."""
+
+    type: ClassVar[str] = "snapshot"
+    call_id: str
+    snapshot_url: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ended:
+    type: ClassVar[str] = "ended"
+    call_id: str
+    reason: str
+    by: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class MissedPress:
+    """A press the door could not dial in time, reported afterwards."""
+
+    type: ClassVar[str] = "missed"
+    call_id: str
+    caller: dict[str, Any]
+    pressed_at: str
+    snapshot_url: str | None = _omitted_when_none()
+
+
+Event = Incoming | Ringing | Accepted | SnapshotReady | Ended | MissedPress
+#: Every server event, by type: the one table of protocol v1's events.
+EVENTS: dict[str, type[Event]] = {cls.type: cls for cls in (Incoming, Ringing, Accepted, SnapshotReady, Ended, MissedPress)}
 #: What the server sends without being asked (docs/protocol.md); each carries a `call_id`.
-EVENT_TYPES = ("incoming", "ringing", "accepted", "snapshot", "ended", "missed")
+EVENT_TYPES = tuple(EVENTS)
+
+
+def event_message(event: Event) -> dict[str, Any]:
+    """The wire form of an event."""
+    message: dict[str, Any] = {"type": event.type}
+    for item in fields(event):
+        value = getattr(event, item.name)
+        if value is not None or not item.metadata.get("omit_none"):
+            message[item.name] = value
+    return message
+
+
+def parse_event(data: dict[str, Any]) -> Event | None:
+    """A received event as its typed class; None for anything else (a reply, `pong`, a type
+    this client does not know, or an event that lacks what it must carry)."""
+    cls = EVENTS.get(str(data.get("type")))
+    if cls is None or not isinstance(data.get("call_id"), str):
+        return None
+    known = {item.name for item in fields(cls)}
+    try:
+        return cls(**{name: value for name, value in data.items() if name in known})
+    except TypeError:  # a required field is missing
+        return None
 #: Replies a client sends to the server's own requests (e.g. the door answering `action`).
 REPLY_TYPES = frozenset({"ok", "error"})
 

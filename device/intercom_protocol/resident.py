@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from . import messages as m
 from .calls import ArmClock, CallState, ClientCall
 
 #: The server's default ring timeout: a door answers a look outside at once, or declines.
@@ -41,7 +42,7 @@ class Rings:
     """A new ring: show it (and fetch the visitor's picture when it has one)."""
 
     call: ClientCall
-    event: dict[str, Any]
+    ring: m.Incoming
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ class Ended:
 class Missed:
     """A press the door could not report in time (`missed` event)."""
 
-    event: dict[str, Any]
+    press: m.MissedPress
 
 
 Effect = (ArmClock | Rings | AnswerRing | Decline | DialDoor | FetchPicture | UseAnswer | Answered | HangUpAfter | HangUp
@@ -134,31 +135,30 @@ class ResidentPolicy:
     rules: ResidentRules = field(default_factory=ResidentRules)
     call: ClientCall | None = None
     #: Events of our own dial that came while its reply was still on the way.
-    _early: list[dict[str, Any]] = field(default_factory=list)
+    _early: list[m.Event] = field(default_factory=list)
 
     def claims(self) -> list[str]:
         return self.call.claims() if self.call is not None else []
 
     # -- rings -------------------------------------------------------------------------------------
 
-    def incoming(self, event: dict[str, Any], now: float) -> list[Effect]:
-        call_id = str(event["call_id"])
-        if self.call is not None and self.call.call_id == call_id:
+    def incoming(self, ring: m.Incoming, now: float) -> list[Effect]:
+        if self.call is not None and self.call.call_id == ring.call_id:
             return []  # the same ring again, after a reconnection
         if self.call is not None and self.call.live:
-            return [Decline(call_id, busy=True)]
-        lifetime = event.get("expires_in_s")
+            return [Decline(ring.call_id, busy=True)]
+        lifetime = ring.expires_in_s
         if not isinstance(lifetime, (int, float)) or isinstance(lifetime, bool):
             lifetime = None
         # The ring's own clock: it stops by itself if its `ended` never comes.
-        call = self.call = ClientCall.incoming(call_id, event["caller"], now, lifetime)
-        effects: list[Effect] = [ArmClock.of(call), Rings(call, event)]
-        if event.get("snapshot_url"):
-            effects.append(FetchPicture(call_id, str(event["snapshot_url"])))
+        call = self.call = ClientCall.incoming(ring.call_id, ring.caller, now, lifetime)
+        effects: list[Effect] = [ArmClock.of(call), Rings(call, ring)]
+        if ring.snapshot_url:
+            effects.append(FetchPicture(ring.call_id, ring.snapshot_url))
         if self.rules.answer == "decline":
-            effects.append(Decline(call_id, busy=False))
+            effects.append(Decline(ring.call_id, busy=False))
         elif self.rules.answer == "auto":
-            effects.append(AnswerRing(call, event["offer"], self.rules.answer_delay_s))
+            effects.append(AnswerRing(call, ring.offer, self.rules.answer_delay_s))
         return effects
 
     def answered(self, call: ClientCall) -> list[Effect]:
@@ -185,7 +185,7 @@ class ResidentPolicy:
         early, self._early = self._early, []
         effects: list[Effect] = []
         for event in early:
-            if event.get("call_id") == call_id:
+            if event.call_id == call_id:
                 effects += self.event(event, now)
         return effects
 
@@ -194,30 +194,28 @@ class ResidentPolicy:
 
     # -- the call's life -------------------------------------------------------------------------------
 
-    def event(self, event: dict[str, Any], now: float) -> list[Effect]:
+    def event(self, event: m.Event, now: float) -> list[Effect]:
         """A server event other than `incoming`."""
-        kind = event["type"]
         call = self.call
-        if kind == "missed":
+        if isinstance(event, m.MissedPress):
             return [Missed(event)]
-        if kind in ("ringing", "accepted", "ended", "snapshot") and call is not None and call.live \
-                and call.call_id is None:
+        if call is not None and call.live and call.call_id is None:
             # Our dial's `ok` and the call's first events (a door declining at once) are read
             # in one go, before the dialing task has taken the call id from the reply: keep
             # them for it instead of dropping them as another call's.
             self._early.append(event)
             return []
-        if call is None or event.get("call_id") != call.call_id:
+        if call is None or event.call_id != call.call_id:
             return []
-        if kind == "snapshot":
-            return [FetchPicture(str(call.call_id), str(event["snapshot_url"]))]
-        if kind == "accepted" and call.live:
+        if isinstance(event, m.SnapshotReady):
+            return [FetchPicture(event.call_id, event.snapshot_url)]
+        if isinstance(event, m.Accepted) and call.live:
             if call.state is CallState.DIALING:
                 call.ringing()  # its `ringing` was read with the dial's reply: it did happen
-            call.accepted(event.get("by"))
-            return [UseAnswer(call, event["answer"]), ArmClock.of(call), Answered(call, event.get("by"))]
-        if kind == "ended":
-            return self._finish(call, str(event.get("reason", "unknown")))
+            call.accepted(event.by)
+            return [UseAnswer(call, event.answer), ArmClock.of(call), Answered(call, event.by)]
+        if isinstance(event, m.Ended):
+            return self._finish(call, event.reason)
         return []
 
     def media(self, state: str) -> list[Effect]:

@@ -29,6 +29,7 @@ from intercom.media.video import encode_image
 from intercom.signaling import NotConnected, RequestFailed, SignalingClient
 from intercom_protocol import resident as rules
 from intercom_protocol.calls import ArmClock, ClientCall
+from intercom_protocol.messages import Incoming, parse_event
 from intercom_protocol.resident import ResidentPolicy, ResidentRules
 
 log = logging.getLogger("intercom.resident")
@@ -142,9 +143,13 @@ class Resident:
         now = time.monotonic()
         self._run(self.calls.signed_in(self.client.live_calls, now) if up else self.calls.link_lost(now))
 
-    def _event(self, event: dict[str, Any]) -> None:
+    def _event(self, message: dict[str, Any]) -> None:
         now = time.monotonic()
-        self._run(self.calls.incoming(event, now) if event["type"] == "incoming" else self.calls.event(event, now))
+        event = parse_event(message)
+        if isinstance(event, Incoming):
+            self._run(self.calls.incoming(event, now))
+        elif event is not None:
+            self._run(self.calls.event(event, now))
 
     def _on_clock(self, call: ClientCall) -> None:
         self._run(self.calls.clock(call, time.monotonic()))
@@ -163,10 +168,9 @@ class Resident:
         match effect:
             case ArmClock(call, deadline):
                 self._arm_clock(call, deadline)
-            case rules.Rings(call, event):
+            case rules.Rings(call, ring):
                 self.reception = Reception()
-                self.report("incoming", {"call_id": call.call_id, "caller": event["caller"],
-                                         "snapshot_url": event.get("snapshot_url")})
+                self.report("incoming", {"call_id": call.call_id, "caller": ring.caller, "snapshot_url": ring.snapshot_url})
             case rules.FetchPicture(call_id, url):
                 self._spawn(self._fetch_snapshot(call_id, url))
             case rules.Decline(call_id, busy):
@@ -189,8 +193,9 @@ class Resident:
                 self.report("media_connected", {"call_id": call.call_id})
             case rules.Ended(call, reason):
                 self._closed(call, reason)
-            case rules.Missed(event):
-                self.report("missed", {k: event.get(k) for k in ("call_id", "caller", "pressed_at", "snapshot_url")})
+            case rules.Missed(press):
+                self.report("missed", {"call_id": press.call_id, "caller": press.caller, "pressed_at": press.pressed_at,
+                                       "snapshot_url": press.snapshot_url})
 
     def _arm_clock(self, call: ClientCall, deadline: float | None) -> None:
         if self._clock is not None:
