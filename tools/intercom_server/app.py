@@ -383,9 +383,6 @@ async def _sign_out(request: web.Request) -> web.Response:
 
 # -- Web Push: the phone's own token manages its own device's subscription ----------------------
 
-_CALL_ERROR_STATUS = {"not_found": 404, "forbidden": 403, "conflict": 409}
-
-
 async def _push_key(request: web.Request) -> web.Response:
     """The VAPID public key, which the browser needs to subscribe; public by nature."""
     return web.json_response({"public_key": request.app[HUB].push.public_key})
@@ -434,7 +431,7 @@ async def _decline(request: web.Request) -> web.Response:
     try:
         request.app[HUB].decline_from(device, request.match_info["call_id"])
     except CallError as exc:
-        return _error(_CALL_ERROR_STATUS.get(str(exc.code), 400), str(exc.code), exc.message)
+        return _error(HTTP_STATUS.get(exc.code, 400), str(exc.code), exc.message)
     return web.Response(status=204)
 
 
