@@ -91,12 +91,14 @@ async function onPush(message) {
     const windows = await worker.clients.matchAll({ type: "window", includeUncontrolled: true });
     if (windows.some((w) => w.visibilityState === "visible") || handled.has(message.call_id)) return;
     await showRing(message, door, tag, null);
-    // The picture follows the ring: it is replaced silently once the picture is here. The
-    // check and the show run without a pause between them, so a tap cannot slip in.
+    await closeIfTapped(message, tag);
+    // The picture follows the ring: it is replaced silently once the picture is here. A tap
+    // before the check stops the show; a tap during the show is caught by closeIfTapped.
     const picture = await fetchPicture(message.snapshot_url, PICTURE_WAIT_MS);
     const still = await worker.registration.getNotifications({ tag });
     if (picture && !handled.has(message.call_id) && still.some((n) => n.data && n.data.type === "ring")) {
       await showRing(message, door, tag, picture);
+      await closeIfTapped(message, tag);
     }
     return;
   }
@@ -123,6 +125,13 @@ async function onPush(message) {
     return;
   }
   await worker.registration.showNotification("Intercom", { tag, body: "Open the app to see what happened.", icon: "/icon.svg" });
+}
+
+/** A tap that came while the ring was being shown closed the notification it saw, not the one
+ * this show puts in its place: close that one too.
+ * @param {PushMessage} message @param {string} tag */
+async function closeIfTapped(message, tag) {
+  if (handled.has(message.call_id)) await closeRing(tag);
 }
 
 /** @param {PushMessage} message @param {string} door @param {string} tag @param {string | null} picture */
