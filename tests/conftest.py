@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from intercom_protocol.messages import REPLY_TYPES
+from intercom_protocol.messages import REPLY_TYPES, Event, Incoming, parse_event
 from intercom_protocol.requests import RequestTracker
 from intercom_server.app import HUB, create_app
 from intercom_server.hub import Hub, HubSettings
@@ -21,6 +21,21 @@ from intercom_sim.harness import Installation
 
 OFFER = {"type": "offer", "sdp": "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"}
 ANSWER = {"type": "answer", "sdp": "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"}
+
+
+def received(message: dict[str, Any]) -> Event:
+    """A server event as a client receives it: parsed from its wire form."""
+    event = parse_event(message)
+    assert event is not None, message
+    return event
+
+
+def ring_event(call_id: str, caller: dict[str, Any], **extra: Any) -> Incoming:
+    """`incoming` for a call, as a callee's device receives it."""
+    event = received({"type": "incoming", "call_id": call_id, "caller": caller, "offer": OFFER, "video": True,
+                      "created_at": "2026-11-22T08:00:00.000Z", "expires_in_s": 30, **extra})
+    assert isinstance(event, Incoming)
+    return event
 API_TOKEN = "test-api-token-0123456789"
 
 

@@ -25,11 +25,12 @@ from intercom_protocol.door import (
     Tone,
     UseAnswer,
 )
-from intercom_protocol.messages import ErrorCode, Event, Incoming, ProtocolError, parse_event
+from intercom_protocol.messages import ErrorCode, Incoming, ProtocolError
+
+from .conftest import ANSWER, OFFER, ring_event
+from .conftest import received as ev
 
 ALICE = {"user_id": "alice", "display_name": "Alice", "kind": "resident"}
-ANSWER = {"type": "answer", "sdp": "v=0 answer"}
-OFFER = {"type": "offer", "sdp": "v=0 offer"}
 T0 = 1000.0  # the door's monotonic clock
 WALL = 1_790_000_000.0
 
@@ -41,18 +42,8 @@ def door(*groups: tuple[str, ...], **rules: Any) -> DoorPolicy:
     return policy
 
 
-def ev(message: dict[str, Any]) -> Event:
-    """A server event as the door receives it."""
-    event = parse_event(message)
-    assert event is not None, message
-    return event
-
-
 def ring(call_id: str, caller: dict[str, Any] = ALICE) -> Incoming:
-    event = ev({"type": "incoming", "call_id": call_id, "caller": caller, "offer": OFFER, "video": True,
-                "created_at": "2026-11-22T08:00:00.000Z", "expires_in_s": 30})
-    assert isinstance(event, Incoming)
-    return event
+    return ring_event(call_id, caller)
 
 
 def kinds(effects: list[Any]) -> list[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from intercom_protocol.calls import ArmClock, CallState
-from intercom_protocol.messages import Event, Incoming, parse_event
+from intercom_protocol.messages import Incoming
 from intercom_protocol.resident import (
     AnswerRing,
     Decline,
@@ -23,24 +23,15 @@ from intercom_protocol.resident import (
     UseAnswer,
 )
 
+from .conftest import ANSWER, OFFER, ring_event
+from .conftest import received as ev
+
 DOOR = {"user_id": "frontdoor", "display_name": "Front door", "kind": "door"}
-OFFER = {"type": "offer", "sdp": "v=0 offer"}
-ANSWER = {"type": "answer", "sdp": "v=0 answer"}
 T0 = 500.0
 
 
-def ev(message: dict[str, Any]) -> Event:
-    """A server event as the resident receives it."""
-    event = parse_event(message)
-    assert event is not None, message
-    return event
-
-
 def ring(call_id: str = "c1", **extra: Any) -> Incoming:
-    event = ev({"type": "incoming", "call_id": call_id, "caller": DOOR, "offer": OFFER, "video": True,
-                "created_at": "2026-11-22T08:00:00.000Z", "expires_in_s": 30, **extra})
-    assert isinstance(event, Incoming)
-    return event
+    return ring_event(call_id, DOOR, **extra)
 
 
 def kinds(effects: list[Any]) -> list[str]:
