@@ -12,7 +12,8 @@ SYSTEM_PACKAGES := libasound2-dev gcc pkg-config
 # chromium: the web app is tested in a real browser (Debian's, driven by playwright).
 # iproute2 and nftables: a fault test puts the door on a network namespace of its own and
 # drops its link to the server with nftables.
-TEST_SYSTEM_PACKAGES := coturn systemd chromium fonts-dejavu-core iproute2 nftables
+# mosquitto: the Home Assistant tests start a real broker with passwords and an ACL.
+TEST_SYSTEM_PACKAGES := coturn systemd chromium fonts-dejavu-core iproute2 nftables mosquitto
 # node and npm run TypeScript's checker (pinned in tools/webapp-check) on the web app's JavaScript:
 # Debian's nodejs and npm unless a node with its own npm (NodeSource's) is there already.
 NODE_PACKAGES := nodejs npm

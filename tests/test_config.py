@@ -210,6 +210,28 @@ def test_server_push_section_defaults_and_mistakes(tmp_path):
     assert any(p.startswith("push.local_host (line 4): unknown key") for p in problems), problems
 
 
+def test_server_mqtt_section_is_off_when_absent_and_its_mistakes_are_named(tmp_path):
+    from intercom_server.homeassistant import OpenEntity
+
+    path = tmp_path / "server.yaml"
+    path.write_text("data_dir: /tmp/x\n")
+    assert ServerConfig.from_file(path).hub.mqtt is None
+    path.write_text("mqtt:\n  host: broker.lan\n  tls: true\n  doors:\n    frontdoor: {open: lock}\n")
+    mqtt = ServerConfig.from_file(path).hub.mqtt
+    assert mqtt is not None and mqtt.port == 8883 and mqtt.doors == {"frontdoor": OpenEntity.LOCK}
+    assert mqtt.base_topic == "intercom" and mqtt.discovery_prefix == "homeassistant"
+    path.write_text("mqtt:\n  port: 1883\n  base_topic: intercom/#\n  doors:\n    frontdoor: {open: door}\n"
+                    "  passwd: x\n")
+    with pytest.raises(ConfigError) as exc:
+        ServerConfig.from_file(path)
+    assert [str(p) for p in exc.value.problems] == [
+        "mqtt.passwd (line 6): unknown key; did you mean 'password'?",
+        "mqtt.host (line 1): is required (the MQTT broker, e.g. the Mosquitto add-on's address)",
+        "mqtt.base_topic (line 3): must be an MQTT topic without wildcards (+, #) or a leading or trailing '/'",
+        "mqtt.doors (line 4): frontdoor.open must be one of none, button, lock, not 'door'",
+    ]
+
+
 def selftest_config(tmp_path: Path, **hardware) -> Path:
     config = {
         "server": {"url": "ws://127.0.0.1:9/v1/ws", "user_id": "frontdoor", "access_token": "ict_x"},

@@ -19,6 +19,7 @@ from intercom_protocol.calls import CallError, DeviceRef
 from intercom_protocol.messages import CLOSE_UNAUTHENTICATED, PROTOCOL_PATH, ErrorCode
 
 from .hub import Hub, HubSettings
+from .mqtt import MqttBridge
 from .openapi import AUDIT_CURSOR, CALLS_CURSOR, OPENAPI
 from .store import Bearer, Forbidden, NotFound, Store, StoreError, check_id
 from .webapp import add_webapp_routes
@@ -31,6 +32,7 @@ API_TOKEN = web.AppKey("api_token", str)
 #: Where residents reach the server (config `public_url`), for invite links; by default the
 #: address the request came to.
 PUBLIC_URL = web.AppKey("public_url", str)
+MQTT = web.AppKey("mqtt", MqttBridge)
 #: Larger frames than the protocol allows are still read, so they get a `too_large` reply;
 #: only absurd ones make aiohttp drop the connection.
 _WS_READ_LIMIT = 4 * 1024 * 1024
@@ -71,6 +73,9 @@ def create_app(store: Store, settings: HubSettings, api_token: str, public_url: 
     app.router.add_get("/healthz", _health)
     add_webapp_routes(app)
     app.cleanup_ctx.append(_watch_revocations)
+    if settings.mqtt is not None:
+        app[MQTT] = MqttBridge(app[HUB], settings.mqtt)
+        app.cleanup_ctx.append(_run_mqtt)
 
     async def on_shutdown(app: web.Application) -> None:
         await app[HUB].shutdown()
@@ -102,6 +107,12 @@ async def _watch_revocations(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def _run_mqtt(app: web.Application) -> AsyncIterator[None]:
+    app[MQTT].start()
+    yield
+    await app[MQTT].close()
 
 
 #: How often the server looks for tokens revoked by another process.
@@ -520,4 +531,5 @@ async def _health(request: web.Request) -> web.Response:
                               "store_errors": hub.store_errors, "last_store_error": hub.last_store_error,
                               "push": {"subscriptions": hub.push.count(), "sent": push.sent, "failed": push.failed,
                                        "retried": push.retried, "pruned": push.pruned, "expired": push.expired,
-                                       "pending": hub.push.pending(), "last_error": push.last_error}})
+                                       "pending": hub.push.pending(), "last_error": push.last_error},
+                              **({"mqtt": request.app[MQTT].status.as_json()} if MQTT in request.app else {})})

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from intercom_protocol.yamlconfig import Field, in_range, load_file
+from intercom_protocol.yamlconfig import ConfigError, Field, Problem, in_range, load_file
 
+from .homeassistant import OpenEntity
 from .hub import RECENT_CALLS_S, HubSettings
 from .ice import IceSettings, TurnSettings
 from .limits import LimitSettings
+from .mqtt import MqttSettings
 from .push import PushSettings
+from .store import ID_PATTERN
 
 
 def _ice_server(value: Any) -> None:
@@ -48,6 +52,23 @@ def _public_url(value: Any) -> None:
 def _contact(value: Any) -> None:
     if not isinstance(value, str) or not (value.startswith("mailto:") and "@" in value or value.startswith("https://")):
         raise ValueError("must be a mailto: address or an https:// URL, e.g. mailto:you@example.org")
+
+
+def _mqtt_doors(value: Any) -> None:
+    kinds = ", ".join(str(k) for k in OpenEntity)
+    for door, options in value.items():
+        if not isinstance(door, str) or not re.fullmatch(ID_PATTERN, door):
+            raise ValueError(f"'{door}' is not a door's user id")
+        if not isinstance(options, dict) or set(options) - {"open"}:
+            raise ValueError(f"{door}: must be a mapping with 'open', e.g. {door}: {{open: button}}")
+        if options.get("open", "none") not in kinds.split(", "):
+            raise ValueError(f"{door}.open must be one of {kinds}, not {options.get('open')!r}")
+
+
+def _topic(value: Any) -> None:
+    if not isinstance(value, str) or not value or any(c in value for c in "#+\0") or value.startswith("/") \
+            or value.endswith("/"):
+        raise ValueError("must be an MQTT topic without wildcards (+, #) or a leading or trailing '/'")
 
 
 SCHEMA = {
@@ -95,6 +116,27 @@ SCHEMA = {
                              help="push services on your own network (a self-hosted ntfy), which may be http"),
         "timeout_s": Field(float, default=10.0, check=in_range(1, 120)),
     }),
+    "mqtt": Field(schema={
+        "host": Field(str, required=True, help="the MQTT broker, e.g. the Mosquitto add-on's address"),
+        "port": Field(int, default=None, check=in_range(1, 65535), help="default 1883, or 8883 with tls"),
+        "tls": Field(bool, default=False),
+        "ca_file": Field(str, help="PEM file of the CA that signed the broker's certificate (tls)"),
+        "username": Field(str),
+        "password": Field(str),
+        "password_file": Field(str, help="a file holding the password (preferred)"),
+        "client_id": Field(str, default="intercom-server"),
+        "base_topic": Field(str, default="intercom", check=_topic),
+        "discovery_prefix": Field(str, default="homeassistant", check=_topic),
+        "integration": Field(str, default="Home Assistant",
+                             help="the name openings from MQTT carry in the door log"),
+        "sites": Field(list, default=[], items=Field(str), help="sites whose doors are published; all by default"),
+        "doors": Field(dict, default={}, check=_mqtt_doors,
+                       help="doors Home Assistant may open, and as what: {front_door: {open: lock}}"),
+        "opens_per_minute": Field(int, default=4, check=in_range(1, 60)),
+        "keepalive_s": Field(int, default=30, check=in_range(5, 3600)),
+        "reconnect_max_s": Field(float, default=60.0, check=in_range(0.1, 3600),
+                                 help="the longest wait between attempts to reach the broker"),
+    }, optional_section=True),
     "limits": Field(schema={
         "messages_per_s": Field(float, default=20.0, check=in_range(1, 10_000)),
         "message_burst": Field(int, default=60, check=in_range(1, 100_000)),
@@ -126,6 +168,7 @@ class ServerConfig:
         turn = raw.get("turn")
         tls = raw.get("tls")
         push = raw["push"]
+        mqtt = raw.get("mqtt")
         return cls(
             host=raw["listen"]["host"], port=raw["listen"]["port"], data_dir=Path(raw["data_dir"]),
             api_token=raw["api_token"], database=Path(raw["database"]) if raw["database"] else None,
@@ -142,7 +185,8 @@ class ServerConfig:
                                   contact=push["contact"] or _default_contact(raw["public_url"]),
                                   subscriptions_per_user=push["subscriptions_per_user"],
                                   local_hosts=tuple(push["local_hosts"]), timeout_s=push["timeout_s"]),
-                trusted_proxies=tuple(raw["trusted_proxies"]), allowed_origins=tuple(raw["allowed_origins"])))
+                trusted_proxies=tuple(raw["trusted_proxies"]), allowed_origins=tuple(raw["allowed_origins"]),
+                mqtt=_mqtt_settings(mqtt, raw["public_url"]) if mqtt else None))
 
     @property
     def db_path(self) -> Path:
@@ -170,6 +214,20 @@ class ServerConfig:
             with os.fdopen(fd, "w") as f:
                 f.write(secrets.token_urlsafe(32) + "\n")
         return path.read_text().strip(), str(path)
+
+
+def _mqtt_settings(raw: dict[str, Any], public_url: str | None) -> MqttSettings:
+    if raw["password"] and raw["password_file"]:
+        raise ConfigError("mqtt", [Problem("mqtt.password", None, "give password or password_file, not both")])
+    return MqttSettings(
+        host=raw["host"], port=raw["port"] or (8883 if raw["tls"] else 1883), tls=raw["tls"], ca_file=raw["ca_file"],
+        username=raw["username"], password=raw["password"], password_file=raw["password_file"],
+        client_id=raw["client_id"], base_topic=raw["base_topic"], discovery_prefix=raw["discovery_prefix"],
+        integration=raw["integration"], sites=tuple(raw["sites"]),
+        doors={door: OpenEntity(options.get("open", "none")) for door, options in raw["doors"].items()},
+        opens_per_minute=raw["opens_per_minute"], keepalive_s=raw["keepalive_s"],
+        reconnect_max_s=raw["reconnect_max_s"], reconnect_min_s=min(1.0, raw["reconnect_max_s"]),
+        server_url=public_url)
 
 
 def _default_contact(public_url: str | None) -> str:

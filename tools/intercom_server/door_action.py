@@ -11,13 +11,14 @@ import logging
 import sqlite3
 import time
 from concurrent.futures import Future
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from intercom_protocol import messages as m
 from intercom_protocol.calls import DeviceRef, ServerCall
 from intercom_protocol.messages import ErrorCode, ProtocolError, Request
 
 from .connection import Connection, ConnectionGone
+from .events import EventType
 
 if TYPE_CHECKING:
     from .hub import Hub
@@ -25,6 +26,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("intercom.server")
 
 _ERROR_CODES = frozenset(str(c) for c in ErrorCode)
+#: The `device_id` an integration's openings carry in the door log (its `user_id` is its name).
+INTEGRATION_DEVICE = "integration"
+
+
+class Opening(NamedTuple):
+    """How an opening went: `opened`, `refused` or `failed`, with the protocol's error code."""
+    outcome: str
+    code: str | None
+    message: str
+    pulse_s: float | None = None
 
 
 class DoorAction:
@@ -39,14 +50,15 @@ class DoorAction:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"unknown action '{name}'; the actions are: open_door", req.id)
         now = time.time()
         call = self.hub.calls.get(call_id) or self.hub.recent.get(call_id)
+        site_id = conn.user["site_id"]
         try:
             door = self._door_of(conn, call, now)
         except ProtocolError as exc:
-            self._audit(conn, call_id, None, "refused", exc.message, now)
+            self._audit(site_id, conn.device, call_id, None, "refused", exc.message, now)
             raise
         door_conn = self.hub.devices.get(door)
         if door_conn is None:
-            self._audit(conn, call_id, door, "failed", "the door station is not connected", now)
+            self._audit(site_id, conn.device, call_id, door, "failed", "the door station is not connected", now)
             raise ProtocolError(ErrorCode.CONFLICT, "the door station is not connected", req.id)
         self.hub._spawn(self._open_door(conn, req, door_conn, now))
 
@@ -73,50 +85,97 @@ class DoorAction:
         return door
 
     async def _open_door(self, conn: Connection, req: Request[m.Action], door_conn: Connection, now: float) -> None:
-        assert conn.user is not None and conn.device is not None and door_conn.device is not None
-        call_id = req.body.call_id
+        assert conn.user is not None and conn.device is not None
+        opening = await self.carry_out(conn.user["site_id"], conn.device, conn.user["display_name"], req.body.call_id,
+                                       door_conn, now)
+        if opening.outcome == "opened":
+            conn.send(m.ok(req.id))
+        else:
+            conn.send(m.error(req.id, opening.code or ErrorCode.INTERNAL, opening.message))
+
+    async def carry_out(self, site_id: str, by: DeviceRef, display_name: str, call_id: str, door_conn: Connection,
+                        now: float) -> Opening:
+        """Ask the door, once the request is on the door log; the log gets the door's answer.
+
+        For a resident's device and for an integration alike (`by`), once the server's own
+        checks have passed."""
+        assert door_conn.device is not None
+        door = door_conn.device
         # Fail closed: the entry is on disk before the door is asked, or the door stays shut.
         try:
-            entry = await asyncio.wrap_future(self._audit(conn, call_id, door_conn.device, "opening",
+            entry = await asyncio.wrap_future(self._audit(site_id, by, call_id, door, "opening",
                                                           "asked the door; no answer recorded yet", now))
         except (sqlite3.Error, OSError):
-            conn.send(m.error(req.id, ErrorCode.INTERNAL, "the door log cannot be written, so the door was not opened"))
-            return
+            return Opening("failed", ErrorCode.INTERNAL, "the door log cannot be written, so the door was not opened")
         try:
             reply = await door_conn.request("action", self.hub.settings.door_reply_timeout_s, call_id=call_id,
-                                            name="open_door",
-                                            by={**conn.device.as_json(), "display_name": conn.user["display_name"]})
+                                            name="open_door", by={**by.as_json(), "display_name": display_name})
         except (TimeoutError, ConnectionGone) as exc:
             why = ("the door station did not answer in time" if isinstance(exc, TimeoutError)
                    else "the door station disconnected before it answered")
-            self._settle(conn, entry, call_id, "failed", why)
-            conn.send(m.error(req.id, ErrorCode.INTERNAL, why))
-            return
+            self._settle(by, entry, call_id, "failed", why)
+            return Opening("failed", ErrorCode.INTERNAL, why)
         if reply["type"] == "ok":
-            self._settle(conn, entry, call_id, "opened", None)
-            conn.send(m.ok(req.id))
-            return
+            self._settle(by, entry, call_id, "opened", None)
+            pulse = reply.get("pulse_s")
+            pulse_s = float(pulse) if isinstance(pulse, int | float) and 0 < pulse <= 60 else None
+            self.hub.events.door(EventType.DOOR_OPENED, door.user_id, now, call_id=call_id,
+                                 by={**by.as_json(), "display_name": display_name}, pulse_s=pulse_s)
+            return Opening("opened", None, "opened", pulse_s)
         code = reply.get("code")
         code = code if isinstance(code, str) and code in _ERROR_CODES else ErrorCode.INTERNAL
         message = str(reply.get("message") or "no reason given")[:200]
-        self._settle(conn, entry, call_id, "refused", f"the door: {message}")
-        conn.send(m.error(req.id, code, f"the door refused: {message}"))
+        self._settle(by, entry, call_id, "refused", f"the door: {message}")
+        return Opening("refused", code, f"the door refused: {message}")
 
-    def _audit(self, conn: Connection, call_id: str, door: DeviceRef | None, outcome: str, detail: str | None,
-               now: float) -> Future[int]:
+    async def for_integration(self, integration: str, door_id: str) -> Opening:
+        """An opening asked by an integration (Home Assistant over MQTT), whose own switch and
+        rate limit have passed: as for a resident, someone must be at the door (a call of
+        this door that is ringing, in progress, or ended less than `open_door_window_s` ago),
+        the attempt is on the door log before the door is asked, and the door decides."""
+        now = time.time()
+        by = DeviceRef(integration, INTEGRATION_DEVICE)
+        door_user = self.hub.store.find_user(door_id)
+        if door_user is None or door_user["kind"] != "door":
+            return Opening("refused", ErrorCode.NOT_FOUND, f"there is no door '{door_id}'")
+        site_id = door_user["site_id"]
+        found = self._door_call(door_id, now)
+        if found is None:
+            why = (f"nobody is at the door: no call of this door is ringing, in progress or ended within "
+                   f"{self.hub.settings.open_door_window_s:g} s")
+            self._audit(site_id, by, "", None, "refused", why, now)
+            return Opening("refused", ErrorCode.FORBIDDEN, why)
+        call, door = found
+        door_conn = self.hub.devices.get(door)
+        if door_conn is None:
+            self._audit(site_id, by, call.call_id, door, "failed", "the door station is not connected", now)
+            return Opening("failed", ErrorCode.CONFLICT, "the door station is not connected")
+        return await self.carry_out(site_id, by, integration, call.call_id, door_conn, now)
+
+    def _door_call(self, door_id: str, now: float) -> tuple[ServerCall, DeviceRef] | None:
+        """The door's live call, else its latest one that ended within the window, with the
+        door's own device in it."""
+        window = self.hub.settings.open_door_window_s
+        for call in [*reversed(self.hub.calls.values()), *reversed(self.hub.recent.values())]:
+            if call.ended_at is not None and now - call.ended_at > window:
+                continue
+            for device in (call.caller, call.accepted_by):
+                if device is not None and device.user_id == door_id:
+                    return call, device
+        return None
+
+    def _audit(self, site_id: str, by: DeviceRef, call_id: str, door: DeviceRef | None, outcome: str,
+               detail: str | None, now: float) -> Future[int]:
         """One entry of the site's door log; its failure is logged and counted (and an opening
-        waits for it, see `_open_door`)."""
-        assert conn.user is not None and conn.device is not None
-        log.info("open_door by %s/%s for %s: %s%s", conn.device.user_id, conn.device.device_id, call_id, outcome,
+        waits for it, see `carry_out`)."""
+        log.info("open_door by %s/%s for %s: %s%s", by.user_id, by.device_id, call_id or "no call", outcome,
                  f" ({detail})" if detail else "")
-        written = self.hub.store.audit(site_id=conn.user["site_id"], at=now, action="open_door", outcome=outcome,
-                                   by=conn.device, call_id=call_id, door_id=door.user_id if door else None,
-                                   detail=detail)
+        written = self.hub.store.audit(site_id=site_id, at=now, action="open_door", outcome=outcome, by=by,
+                                       call_id=call_id, door_id=door.user_id if door else None, detail=detail)
         self.hub._store("write the door log", written)
         return written
 
-    def _settle(self, conn: Connection, entry: int, call_id: str, outcome: str, detail: str | None) -> None:
-        assert conn.device is not None
-        log.info("open_door by %s/%s for %s: %s%s", conn.device.user_id, conn.device.device_id, call_id, outcome,
+    def _settle(self, by: DeviceRef, entry: int, call_id: str, outcome: str, detail: str | None) -> None:
+        log.info("open_door by %s/%s for %s: %s%s", by.user_id, by.device_id, call_id, outcome,
                  f" ({detail})" if detail else "")
         self.hub._store("write the door's answer to the door log", self.hub.store.settle_audit(entry, outcome, detail))

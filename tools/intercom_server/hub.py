@@ -28,8 +28,10 @@ from intercom_protocol.messages import ErrorCode, ProtocolError, Request
 
 from .connection import Connection
 from .door_action import DoorAction
+from .events import EventBus, EventType, party
 from .ice import IceSettings
 from .limits import FailureWindow, LimitSettings
+from .mqtt import MqttSettings
 from .push import Pusher, PushSettings
 from .store import Store
 
@@ -62,6 +64,8 @@ class HubSettings:
     trusted_proxies: tuple[str, ...] = ()
     #: Web origins besides the server's own (and public_url's) whose pages may open the WebSocket.
     allowed_origins: tuple[str, ...] = ()
+    #: The broker Home Assistant listens on; None: no MQTT.
+    mqtt: MqttSettings | None = None
 
 
 def _decode_snapshot(req: Request[m.Dial] | Request[m.Missed] | Request[m.Snapshot]) -> bytes:
@@ -103,6 +107,8 @@ class Hub:
         self.store_errors = 0
         self.last_store_error: str | None = None
         self.push = Pusher(store, settings.push)
+        #: Told what happens at the doors: the MQTT bridge and the webhooks listen.
+        self.events = EventBus(store.find_user)
         self.door_action = DoorAction(self)
 
     def connection(self, send_text: Callable[[str], Any], close: Callable[[int, str], Any], peer: str) -> Connection:
@@ -152,6 +158,7 @@ class Hub:
         if device is None or self.devices.get(device) is not conn:
             return
         del self.devices[device]
+        self._maybe_offline(conn, device)
         live = [c for c in self.calls.values() if c.involves(device)]
         if not live:
             return
@@ -210,6 +217,7 @@ class Hub:
         if others >= self.settings.limits.connections_per_user:
             raise ProtocolError(ErrorCode.RATE_LIMITED,
                                 f"this user already has {others} devices signed in, the most allowed", req.id)
+        online = user["kind"] == "door" and not any(d.user_id == user_id for d in self.devices)
         if previous is not None and previous is not conn:
             del self.devices[device]
             previous.device = None
@@ -238,6 +246,14 @@ class Hub:
                 conn.send(call.incoming_event(now))
             else:
                 self._deliver(call, call.reach(device, now))
+        if online:
+            self.events.door(EventType.DOOR_ONLINE, user_id, now)
+
+    def _maybe_offline(self, conn: Connection, device: DeviceRef) -> None:
+        """A door whose last connection went is offline (a door has one device, normally)."""
+        if conn.user is not None and conn.user["kind"] == "door" and \
+                not any(d.user_id == device.user_id for d in self.devices):
+            self.events.door(EventType.DOOR_OFFLINE, device.user_id)
 
     def _drop_unclaimed(self, device: DeviceRef, claims: set[str], now: float) -> None:
         """A device that signs in says which calls it still holds: one it placed or answered
@@ -257,6 +273,7 @@ class Hub:
         device, conn.device = conn.device, None
         if device is not None and self.devices.get(device) is conn:
             del self.devices[device]
+            self._maybe_offline(conn, device)
         log.info("closing %s/%s: %s", device.user_id if device else "?", device.device_id if device else "?", why)
         self._spawn(conn.close(m.CLOSE_TOKEN_REVOKED, why))
         if device is not None:
@@ -358,6 +375,10 @@ class Hub:
         self.push.ring(call, subs, now)
         if not call.ended:
             self._store("record the call", self.store.record_call(call, snapshot))
+            if call.caller_info["kind"] == "door":
+                self.events.call(EventType.RING, call, now, callees=list(call.callees), devices_ringing=len(devices))
+            if snapshot is not None:
+                self.events.call(EventType.PICTURE, call, now, picture=snapshot)
 
     def _on_missed(self, conn: Connection, req: Request[m.Missed]) -> None:
         """A door reports a press it made while it could not reach the server."""
@@ -386,6 +407,9 @@ class Hub:
         log.info("%s reports a press at %s while offline: %s", conn.user["user_id"], req.body.pressed_at, call.call_id)
         self._deliver(call, sends)
         self.push.missed(call, time.time())
+        if snapshot is not None:
+            self.events.call(EventType.PICTURE, call, call.created_at, picture=snapshot)
+        self.events.call(EventType.MISSED, call, call.created_at, offline=True, pressed_at=req.body.pressed_at)
 
     def _spawn(self, work: Any) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -416,6 +440,7 @@ class Hub:
         self._store("store the visitor's picture", self.store.set_snapshot(call.call_id, picture))
         conn.send(m.ok(req.id))
         self._deliver(call, sends)
+        self.events.call(EventType.PICTURE, call, time.time(), picture=picture)
 
     def _on_accept(self, conn: Connection, req: Request[m.Accept]) -> None:
         assert conn.user is not None
@@ -426,6 +451,10 @@ class Hub:
         self._deliver(call, sends)
         self.push.answered(call, conn.user["display_name"], now)
         self._store("record the answer", self.store.accept_call(call))
+        if call.caller_info["kind"] == "door":
+            self.events.call(EventType.ANSWERED, call, now, by=party(conn.device, conn.user["display_name"]))  # type: ignore[arg-type]
+        else:  # a resident looking outside: the door answered, the resident is who is in the call
+            self.events.call(EventType.ANSWERED, call, now, by=party(call.caller, call.caller_info["display_name"]))
 
     def _on_decline(self, conn: Connection, req: Request[m.Decline]) -> None:
         call = self._call_for(conn, req)
@@ -464,8 +493,19 @@ class Hub:
                 timer.cancel()
             self._store("record the call's end", self.store.finish_call(call))
             log.info("%s ended: %s", call.call_id, call.end_reason)
+            ended_at = call.ended_at or time.time()
             if call.accepted_by is None:
-                self.push.missed(call, call.ended_at or time.time())
+                self.push.missed(call, ended_at)
+            self._tell_ended(call, ended_at)
+
+    def _tell_ended(self, call: ServerCall, ended_at: float) -> None:
+        if not self.events.active:
+            return
+        answered = call.accepted_by is not None
+        self.events.call(EventType.ENDED, call, ended_at, end_reason=str(call.end_reason), answered=answered,
+                         duration_s=round(ended_at - call.created_at, 3))
+        if not answered and call.caller_info["kind"] == "door":
+            self.events.call(EventType.MISSED, call, ended_at, end_reason=str(call.end_reason), offline=False)
 
     def _remember(self, call: ServerCall) -> None:
         self.recent[call.call_id] = call

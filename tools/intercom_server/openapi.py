@@ -151,7 +151,10 @@ SCHEMAS: dict[str, Any] = {
                        "audit_id": {"type": "integer"}, "at": {"type": "string", "format": "date-time"},
                        "action": {"type": "string", "enum": ["open_door"]},
                        "outcome": {"type": "string", "enum": ["opening", "opened", "refused", "failed"]},
-                       "by": _DEVICE, "call_id": {"type": "string"},
+                       "by": {**_DEVICE, "description": "the resident's device; for an integration (Home "
+                                                          "Assistant over MQTT), its name and device_id `integration`"},
+                       "call_id": {"type": ["string", "null"],
+                                   "description": "null for an integration's attempt while no call was at the door"},
                        "door_id": {"type": ["string", "null"]}, "detail": {"type": ["string", "null"]}}},
 }
 

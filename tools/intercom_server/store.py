@@ -210,6 +210,13 @@ class Store:
         rows = self.db.execute("SELECT * FROM users WHERE site_id = ? ORDER BY user_id", (site_id,)).fetchall()
         return [self._user_json(r) for r in rows]
 
+    def doors(self, sites: Iterable[str] = ()) -> list[dict[str, Any]]:
+        """Every door station, or those of these sites."""
+        wanted = list(sites)
+        where = f" AND site_id IN ({','.join('?' * len(wanted))})" if wanted else ""
+        rows = self.db.execute(f"SELECT * FROM users WHERE kind = 'door'{where} ORDER BY user_id", wanted).fetchall()
+        return [self._user_json(r) for r in rows]
+
     @staticmethod
     def _user_json(row: sqlite3.Row) -> dict[str, Any]:
         return {"user_id": row["user_id"], "kind": row["kind"], "site_id": row["site_id"],
@@ -569,5 +576,5 @@ class Store:
             "SELECT * FROM audit WHERE site_id = ? AND audit_id < ? ORDER BY audit_id DESC LIMIT ?",
             (site_id, before if before is not None else 2**62, limit)).fetchall()
         return [{"audit_id": r["audit_id"], "at": iso(r["at"]), "action": r["action"], "outcome": r["outcome"],
-                 "by": {"user_id": r["user_id"], "device_id": r["device_id"]}, "call_id": r["call_id"],
+                 "by": {"user_id": r["user_id"], "device_id": r["device_id"]}, "call_id": r["call_id"] or None,
                  "door_id": r["door_id"], "detail": r["detail"]} for r in rows]

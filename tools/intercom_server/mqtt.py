@@ -1,0 +1,358 @@
+"""The MQTT bridge: the doors as Home Assistant devices, kept up to date, and their openings.
+
+The hub's events are queued here and published by one task, so a broker that is slow or gone
+never delays a ring: while it is gone, events are dropped (counted), the state of each door is
+kept, and all of it is published again, retained, once the broker is back (and whenever Home
+Assistant announces that it started). The connection is aiomqtt's (on paho), tried again with
+a doubling wait.
+
+Openings: only for doors the installer listed with an opening entity, never from a retained
+message (MQTT 5's "retain as published" shows the flag) nor a stored one (a clean start with
+no session, commands at QoS 0: the broker replays none after a reconnection), rate-limited per
+door, then as `DoorAction.for_integration` decides (the door
+log, a visitor at the door, the door's own answer). Each attempt's answer is published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import ssl
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiomqtt
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from intercom_protocol.calls import iso
+
+from . import homeassistant as ha
+from .events import EventType, SiteEvent
+from .homeassistant import DoorTopics, OpenEntity
+from .limits import FailureWindow
+
+if TYPE_CHECKING:
+    from .hub import Hub
+
+log = logging.getLogger("intercom.server")
+
+#: How long a `lock` shows UNLOCKED after an opening whose door did not say its strike's pulse.
+DEFAULT_PULSE_S = 3.0
+PUBLISH_TIMEOUT_S = 10.0
+
+
+@dataclass
+class MqttSettings:
+    host: str
+    port: int = 1883
+    tls: bool = False
+    ca_file: str | None = None
+    username: str | None = None
+    password: str | None = None
+    password_file: str | None = None
+    client_id: str = "intercom-server"
+    base_topic: str = "intercom"
+    discovery_prefix: str = "homeassistant"
+    #: The name openings from MQTT carry in the door log and in the door's own log.
+    integration: str = "Home Assistant"
+    #: Sites whose doors are published; empty for all.
+    sites: tuple[str, ...] = ()
+    #: Doors whose opening is offered to Home Assistant, and as what.
+    doors: dict[str, OpenEntity] = field(default_factory=dict)
+    opens_per_minute: int = 4
+    keepalive_s: int = 30
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 60.0
+    #: The web app's address, shown by Home Assistant as each door's configuration page.
+    server_url: str | None = None
+
+    def secret(self) -> str | None:
+        if self.password_file:
+            return Path(self.password_file).read_text().strip()
+        return self.password
+
+
+@dataclass
+class MqttStatus:
+    broker: str
+    connected: bool = False
+    since: str | None = None
+    last_error: str | None = None
+    connects: int = 0
+    published: int = 0
+    #: Events that happened while the broker was away (the state is published again instead).
+    dropped: int = 0
+    commands: int = 0
+    refused: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+Publish = tuple[str, bytes | str, bool]
+
+
+class MqttBridge:
+    def __init__(self, hub: Hub, settings: MqttSettings) -> None:
+        self.hub = hub
+        self.settings = settings
+        self.status = MqttStatus(broker=f"{settings.host}:{settings.port}")
+        self._queue: asyncio.Queue[Publish] | None = None
+        self._doors: dict[str, str] = {}  # door id -> display name, for those published
+        self._pictures: dict[str, bytes] = {}
+        self._answered_by: dict[str, str] = {}
+        self._opens = FailureWindow(settings.opens_per_minute, 60.0)
+        self._relock: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._runner: asyncio.Task[None] | None = None
+        self._client: aiomqtt.Client | None = None
+        hub.events.listen(self.on_event)
+
+    # -- life ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._runner = asyncio.get_running_loop().create_task(self._run(), name="mqtt")
+
+    async def close(self) -> None:
+        """Say goodbye (the last will says it for a crash), then stop."""
+        client = self._client
+        if client is not None and self.status.connected:
+            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                await client.publish(ha.status_topic(self.settings.base_topic), ha.OFFLINE, qos=1, retain=True,
+                                     timeout=2.0)
+        for handle in self._relock.values():
+            handle.cancel()
+        for task in [*self._tasks, *([self._runner] if self._runner else [])]:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *([self._runner] if self._runner else []), return_exceptions=True)
+
+    async def _run(self) -> None:
+        s = self.settings
+        delay = s.reconnect_min_s
+        while True:
+            connects = self.status.connects
+            try:
+                async with self._client_for() as client:
+                    self._client = client
+                    await self._session(client)
+                why = "the session ended"
+            except aiomqtt.MqttError as exc:
+                why = str(exc) or type(exc).__name__
+            except OSError as exc:  # the password file, or TLS files
+                why = f"{type(exc).__name__}: {exc}"
+            except Exception as exc:  # a bug here must not end the bridge for good
+                log.exception("the MQTT bridge failed")
+                why = f"internal error: {exc}"
+            self._client = None
+            if self.status.connects != connects:  # it was connected: try again soon
+                delay = s.reconnect_min_s
+            self._lost(why, delay, warn=self.status.connects != connects or self.status.last_error is None)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, s.reconnect_max_s)
+
+    def _client_for(self) -> aiomqtt.Client:
+        s = self.settings
+        context = ssl.create_default_context(cafile=s.ca_file) if s.tls else None
+        will = aiomqtt.Will(ha.status_topic(s.base_topic), ha.OFFLINE, qos=1, retain=True)
+        # MQTT 5: a clean start with no session kept, so nothing sent while the server was away
+        # is delivered later; and `retain as published`, so a command published retained shows
+        # as such even when it arrives live (MQTT 3.1.1 clears the flag then).
+        return aiomqtt.Client(s.host, s.port, username=s.username, password=s.secret(), identifier=s.client_id,
+                              will=will, protocol=aiomqtt.ProtocolVersion.V5, clean_start=True,
+                              keepalive=s.keepalive_s, tls_context=context, timeout=PUBLISH_TIMEOUT_S)
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        s = self.settings
+        queue: asyncio.Queue[Publish] = asyncio.Queue()
+        await client.subscribe(ha.command_filter(s.base_topic), options=SubscribeOptions(qos=0, retainAsPublished=True))
+        await client.subscribe(f"{s.discovery_prefix}/status", options=SubscribeOptions(qos=0))
+        self._queue = queue
+        self.status.connected = True
+        self.status.since = iso(time.time())
+        self.status.connects += 1
+        log.info("connected to the MQTT broker at %s as %s", self.status.broker, s.client_id)
+        self._put(ha.status_topic(s.base_topic), ha.ONLINE, True)
+        self._publish_all()
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._publisher(client, queue))
+                group.create_task(self._receiver(client))
+        except* aiomqtt.MqttError as group_error:
+            raise group_error.exceptions[0] from None
+        finally:
+            self._queue = None
+            self.status.connected = False
+
+    def _lost(self, why: str, retry_in: float, warn: bool) -> None:
+        """Said once as a warning when the broker goes (or is not there at start), then quietly
+        at each new try."""
+        self.status.last_error = why
+        self.status.since = iso(time.time())
+        (log.warning if warn else log.info)("MQTT broker at %s: %s; trying again in %.0f s (rings and calls go on)",
+                                            self.status.broker, why, retry_in)
+
+    async def _publisher(self, client: aiomqtt.Client, queue: asyncio.Queue[Publish]) -> None:
+        while True:
+            topic, payload, retain = await queue.get()
+            await client.publish(topic, payload, qos=1, retain=retain)
+            self.status.published += 1
+
+    async def _receiver(self, client: aiomqtt.Client) -> None:
+        s = self.settings
+        async for message in client.messages:
+            topic = message.topic.value
+            payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+            if topic == f"{s.discovery_prefix}/status":
+                if payload.strip() == b"online":
+                    log.info("Home Assistant started: publishing the doors again")
+                    self._publish_all()
+                continue
+            door_id = ha.door_of_command(s.base_topic, topic)
+            if door_id is not None:
+                self._command(door_id, payload, bool(message.retain))
+
+    # -- what is published ----------------------------------------------------------------------
+
+    def _put(self, topic: str, payload: bytes | str, retain: bool) -> None:
+        if self._queue is None:
+            if not retain:
+                self.status.dropped += 1
+            return
+        self._queue.put_nowait((topic, payload, retain))
+
+    def _publish_all(self) -> None:
+        """Discovery and the retained state of every door, from what the server knows now."""
+        doors = self.hub.store.doors(self.settings.sites)
+        self._doors = {d["user_id"]: d["display_name"] for d in doors}
+        for door_id in self._doors:
+            self._publish_door(door_id)
+
+    def _publish_door(self, door_id: str) -> None:
+        s = self.settings
+        topics = DoorTopics.of(s.base_topic, door_id)
+        opening = s.doors.get(door_id, OpenEntity.NONE)
+        for topic, document in ha.discovery(s.discovery_prefix, s.base_topic, door_id, self._doors[door_id],
+                                            opening, s.server_url):
+            self._put(topic, json.dumps(document) if document is not None else b"", True)
+        online = any(d.user_id == door_id for d in self.hub.devices)
+        self._put(topics.availability, ha.ONLINE if online else ha.OFFLINE, True)
+        self._put(topics.call_state, self._call_state(door_id), True)
+        if door_id in self._answered_by:
+            self._put(topics.answered_by, self._answered_by[door_id], True)
+        if door_id in self._pictures:
+            self._put(topics.picture, self._pictures[door_id], True)
+        if opening is OpenEntity.LOCK:
+            self._put(topics.lock_state, ha.UNLOCKED if door_id in self._relock else ha.LOCKED, True)
+
+    def _call_state(self, door_id: str) -> str:
+        state = "idle"
+        for call in self.hub.calls.values():
+            parties = (call.caller, call.accepted_by) if call.accepted_by else (call.caller,)
+            if call.accepted_by is not None and any(p.user_id == door_id for p in parties):
+                return "in_call"
+            if call.caller.user_id == door_id:
+                state = "ringing"
+        return state
+
+    def on_event(self, event: SiteEvent) -> None:
+        s = self.settings
+        if s.sites and event.site_id not in s.sites:
+            return
+        door = event.door_id
+        if door not in self._doors:
+            self._doors[door] = event.door_name
+            self._publish_door(door)
+        topics = DoorTopics.of(s.base_topic, door)
+        visitor = event.data.get("direction") == "visitor"
+        at = iso(event.at)
+        match event.type:
+            case EventType.RING:
+                self._put(topics.event, json.dumps({"event_type": "pressed", "call_id": event.call_id, "at": at}), False)
+            case EventType.PICTURE if event.picture is not None:
+                self._pictures[door] = event.picture
+                self._put(topics.picture, event.picture, True)
+            case EventType.ANSWERED if visitor:
+                name = str((event.data.get("by") or {}).get("display_name") or "?")
+                self._answered_by[door] = name
+                self._put(topics.answered_by, name, True)
+                self._put(topics.event, json.dumps({"event_type": "answered", "call_id": event.call_id,
+                                                    "by": name, "at": at}), False)
+            case EventType.MISSED:
+                self._put(topics.event, json.dumps({"event_type": "missed", "call_id": event.call_id, "at": at,
+                                                    "offline": bool(event.data.get("offline"))}), False)
+            case EventType.DOOR_ONLINE | EventType.DOOR_OFFLINE:
+                self._put(topics.availability, ha.ONLINE if event.type is EventType.DOOR_ONLINE else ha.OFFLINE, True)
+            case EventType.DOOR_OPENED if s.doors.get(door) is OpenEntity.LOCK:
+                self._unlocked(door, topics, event.data.get("pulse_s") or DEFAULT_PULSE_S)
+        if event.type in (EventType.RING, EventType.ANSWERED, EventType.ENDED):
+            self._put(topics.call_state, self._call_state(door), True)
+
+    def _unlocked(self, door: str, topics: DoorTopics, pulse_s: float) -> None:
+        """The lock shows UNLOCKED while the strike is energised."""
+        old = self._relock.pop(door, None)
+        if old is not None:
+            old.cancel()
+        self._put(topics.lock_state, ha.UNLOCKED, True)
+
+        def relock() -> None:
+            self._relock.pop(door, None)
+            self._put(topics.lock_state, ha.LOCKED, True)
+        self._relock[door] = asyncio.get_running_loop().call_later(pulse_s, relock)
+
+    # -- openings -------------------------------------------------------------------------------
+
+    def _command(self, door_id: str, payload: bytes, retained: bool) -> None:
+        s = self.settings
+        if not payload.strip():  # how a retained message is deleted from the broker: not a command
+            return
+        self.status.commands += 1
+        if door_id not in self._doors:
+            self._refuse(None, f"a command for '{door_id}', which is not a door here")
+            return
+        topics = DoorTopics.of(s.base_topic, door_id)
+        opening = s.doors.get(door_id, OpenEntity.NONE)
+        if retained:
+            self._refuse(topics, f"a retained command for {door_id}: a stored command never opens a door")
+            return
+        if opening is OpenEntity.NONE:
+            self._refuse(topics, f"opening {door_id} from MQTT is not turned on (mqtt.doors.{door_id}.open)")
+            return
+        wants = ha.opens(opening, payload)
+        if wants is None:
+            self._refuse(topics, f"'{payload[:40].decode('utf-8', 'replace')}' is not a command for the {opening}")
+            return
+        if wants is False:  # LOCK: the strike locks by itself
+            self._put(topics.lock_state, ha.UNLOCKED if door_id in self._relock else ha.LOCKED, True)
+            return
+        clock = time.monotonic()
+        wait = self._opens.blocked_for(door_id, clock)
+        if wait > 0:
+            self._refuse(topics, f"more than {s.opens_per_minute} attempts to open {door_id} a minute from MQTT; "
+                                 f"try again in {wait:.0f} s")
+            return
+        self._opens.fail(door_id, clock)
+        task = asyncio.get_running_loop().create_task(self._open(door_id, topics))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _open(self, door_id: str, topics: DoorTopics) -> None:
+        opening = await self.hub.door_action.for_integration(self.settings.integration, door_id)
+        if opening.outcome != "opened":
+            self.status.refused += 1
+            log.warning("%s could not open %s: %s", self.settings.integration, door_id, opening.message)
+            if self.settings.doors.get(door_id) is OpenEntity.LOCK:
+                self._put(topics.lock_state, ha.LOCKED, True)
+        self._put(topics.open_result, json.dumps({
+            "outcome": opening.outcome, "reason": None if opening.outcome == "opened" else opening.message,
+            "at": iso(time.time())}), False)
+
+    def _refuse(self, topics: DoorTopics | None, why: str) -> None:
+        self.status.refused += 1
+        log.warning("MQTT: refused %s", why)
+        if topics is not None:
+            self._put(topics.open_result, json.dumps({"outcome": "refused", "reason": why, "at": iso(time.time())}),
+                      False)
