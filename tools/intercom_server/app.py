@@ -23,6 +23,7 @@ from .mqtt import MqttBridge
 from .openapi import AUDIT_CURSOR, CALLS_CURSOR, OPENAPI
 from .store import Bearer, Forbidden, NotFound, Store, StoreError, check_id
 from .webapp import add_webapp_routes
+from .webhooks import Webhooks, check_events, check_url
 
 log = logging.getLogger("intercom.server")
 
@@ -33,6 +34,7 @@ API_TOKEN = web.AppKey("api_token", str)
 #: address the request came to.
 PUBLIC_URL = web.AppKey("public_url", str)
 MQTT = web.AppKey("mqtt", MqttBridge)
+WEBHOOKS = web.AppKey("webhooks", Webhooks)
 #: Larger frames than the protocol allows are still read, so they get a `too_large` reply;
 #: only absurd ones make aiohttp drop the connection.
 _WS_READ_LIMIT = 4 * 1024 * 1024
@@ -73,6 +75,14 @@ def create_app(store: Store, settings: HubSettings, api_token: str, public_url: 
     app.router.add_get("/healthz", _health)
     add_webapp_routes(app)
     app.cleanup_ctx.append(_watch_revocations)
+    app[WEBHOOKS] = Webhooks(store, settings.webhooks)
+    app[HUB].events.listen(app[WEBHOOKS].on_event)
+    app.cleanup_ctx.append(_run_webhooks)
+    app.router.add_post("/v1/sites/{site_id}/webhooks", _api(_post_webhook))
+    app.router.add_get("/v1/sites/{site_id}/webhooks", _api(_get_webhooks))
+    app.router.add_get("/v1/sites/{site_id}/webhooks/{webhook_id}", _api(_get_webhook))
+    app.router.add_patch("/v1/sites/{site_id}/webhooks/{webhook_id}", _api(_patch_webhook))
+    app.router.add_delete("/v1/sites/{site_id}/webhooks/{webhook_id}", _api(_delete_webhook))
     if settings.mqtt is not None:
         app[MQTT] = MqttBridge(app[HUB], settings.mqtt)
         app.cleanup_ctx.append(_run_mqtt)
@@ -107,6 +117,12 @@ async def _watch_revocations(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def _run_webhooks(app: web.Application) -> AsyncIterator[None]:
+    app[WEBHOOKS].start()
+    yield
+    await app[WEBHOOKS].close()
 
 
 async def _run_mqtt(app: web.Application) -> AsyncIterator[None]:
@@ -392,6 +408,57 @@ async def _sign_out(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+# -- Webhooks: the operator's, with the Api-Token ----------------------------------------------
+
+async def _post_webhook(request: web.Request) -> Any:
+    """The secret is in this answer only; it signs every delivery."""
+    body = await _body(request, ("url", "events"), ("allow_http",))
+    allow_http = _flag(body, "allow_http", False)
+    hook = request.app[STORE].add_webhook(request.match_info["site_id"], check_url(body["url"], allow_http),
+                                          check_events(body["events"]), allow_http)
+    request.app[WEBHOOKS].reload()
+    return hook
+
+
+async def _get_webhooks(request: web.Request) -> Any:
+    return {"webhooks": request.app[STORE].list_webhooks(request.match_info["site_id"])}
+
+
+async def _get_webhook(request: web.Request) -> Any:
+    return request.app[STORE].get_webhook(request.match_info["site_id"], request.match_info["webhook_id"])
+
+
+async def _patch_webhook(request: web.Request) -> Any:
+    """Change where or what is sent, or switch a receiver off or on again."""
+    body = await _body(request, (), ("url", "events", "allow_http", "enabled"))
+    store, site_id, webhook_id = request.app[STORE], request.match_info["site_id"], request.match_info["webhook_id"]
+    current = store.get_webhook(site_id, webhook_id)
+    allow_http = _flag(body, "allow_http", current["allow_http"])
+    changes: dict[str, Any] = {"allow_http": allow_http}
+    if "url" in body or "allow_http" in body:
+        changes["url"] = check_url(body.get("url", current["url"]), allow_http)
+    if "events" in body:
+        changes["events"] = check_events(body["events"])
+    if "enabled" in body:
+        changes["enabled"] = _flag(body, "enabled", True)
+    hook = store.update_webhook(site_id, webhook_id, changes)
+    request.app[WEBHOOKS].reload()
+    return hook
+
+
+async def _delete_webhook(request: web.Request) -> Any:
+    request.app[STORE].delete_webhook(request.match_info["site_id"], request.match_info["webhook_id"])
+    request.app[WEBHOOKS].reload()
+    return web.Response(status=204)
+
+
+def _flag(body: dict[str, Any], key: str, default: bool) -> bool:
+    value = body.get(key, default)
+    if not isinstance(value, bool):
+        raise StoreError(f"{key} must be true or false")
+    return value
+
+
 # -- Web Push: the phone's own token manages its own device's subscription ----------------------
 
 async def _push_key(request: web.Request) -> web.Response:
@@ -532,4 +599,5 @@ async def _health(request: web.Request) -> web.Response:
                               "push": {"subscriptions": hub.push.count(), "sent": push.sent, "failed": push.failed,
                                        "retried": push.retried, "pruned": push.pruned, "expired": push.expired,
                                        "pending": hub.push.pending(), "last_error": push.last_error},
+                              "webhooks": request.app[WEBHOOKS].counts(),
                               **({"mqtt": request.app[MQTT].status.as_json()} if MQTT in request.app else {})})

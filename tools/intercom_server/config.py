@@ -19,6 +19,7 @@ from .limits import LimitSettings
 from .mqtt import MqttSettings
 from .push import PushSettings
 from .store import ID_PATTERN
+from .webhooks import WebhookSettings
 
 
 def _ice_server(value: Any) -> None:
@@ -137,6 +138,13 @@ SCHEMA = {
         "reconnect_max_s": Field(float, default=60.0, check=in_range(0.1, 3600),
                                  help="the longest wait between attempts to reach the broker"),
     }, optional_section=True),
+    "webhooks": Field(schema={
+        "timeout_s": Field(float, default=10.0, check=in_range(1, 120), help="per attempt"),
+        "retry_for_s": Field(float, default=600.0, check=in_range(0, 86400),
+                             help="how long one event is tried again before it counts as failed"),
+        "disable_after": Field(int, default=5, check=in_range(1, 1000),
+                               help="deliveries failed in a row before a receiver is switched off"),
+    }),
     "limits": Field(schema={
         "messages_per_s": Field(float, default=20.0, check=in_range(1, 10_000)),
         "message_burst": Field(int, default=60, check=in_range(1, 100_000)),
@@ -186,7 +194,8 @@ class ServerConfig:
                                   subscriptions_per_user=push["subscriptions_per_user"],
                                   local_hosts=tuple(push["local_hosts"]), timeout_s=push["timeout_s"]),
                 trusted_proxies=tuple(raw["trusted_proxies"]), allowed_origins=tuple(raw["allowed_origins"]),
-                mqtt=_mqtt_settings(mqtt, raw["public_url"]) if mqtt else None))
+                mqtt=_mqtt_settings(mqtt, raw["public_url"]) if mqtt else None,
+                webhooks=WebhookSettings(**raw["webhooks"])))
 
     @property
     def db_path(self) -> Path:

@@ -34,6 +34,7 @@ from .limits import FailureWindow, LimitSettings
 from .mqtt import MqttSettings
 from .push import Pusher, PushSettings
 from .store import Store
+from .webhooks import WebhookSettings
 
 log = logging.getLogger("intercom.server")
 
@@ -66,6 +67,7 @@ class HubSettings:
     allowed_origins: tuple[str, ...] = ()
     #: The broker Home Assistant listens on; None: no MQTT.
     mqtt: MqttSettings | None = None
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
 
 
 def _decode_snapshot(req: Request[m.Dial] | Request[m.Missed] | Request[m.Snapshot]) -> bytes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from .store import ID_PATTERN, MAX_INVITE_LIFETIME_S, MAX_NAME, MAX_TOKEN_LIFETIME_S, NAME_PATTERN
+from .webhooks import EVENTS, MAX_URL
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -65,6 +66,28 @@ _CALL_PROPERTIES = {
     "ended_by": _NULLABLE_DEVICE,
     "duration_s": {"type": ["number", "null"], "description": "from accept to end"},
     "has_snapshot": {"type": "boolean"},
+}
+
+_WEBHOOK_EVENTS = {"type": "array", "minItems": 1, "items": {"type": "string", "enum": list(EVENTS)},
+                   "description": "what the receiver is sent"}
+_WEBHOOK_URL = {
+    "type": "string", "maxLength": MAX_URL,
+    "pattern": r"^(https://[A-Za-z0-9.-]+|http://(localhost|127\.0\.0\.1|192\.168\.{o}\.{o}|"
+               r"[A-Za-z0-9-]+\.(local|lan|home\.arpa|internal)))(:[0-9]{{1,4}})?(/[^#\s]*)?$".format(
+                   o="(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"),
+    "description": "https://; http:// only with allow_http, to a loopback or private address or a local name "
+                   "(.local, .lan, .home.arpa, .internal, localhost)"}
+#: Plain http must be asked for (and is for this machine or the local network only).
+_HTTP_NEEDS_ALLOW = {"if": {"required": ["url"], "properties": {"url": {"pattern": "^http:"}}},
+                     "then": {"required": ["allow_http"], "properties": {"allow_http": {"const": True}}}}
+_WEBHOOK_PROPERTIES = {
+    "webhook_id": {"type": "string"}, "site_id": {"type": "string"}, "url": {"type": "string"},
+    "events": {"type": "array", "items": {"type": "string", "enum": list(EVENTS)}},
+    "allow_http": {"type": "boolean"}, "created_at": {"type": "string", "format": "date-time"},
+    "enabled": {"type": "boolean"},
+    "disabled_reason": {"type": ["string", "null"], "description": "why the server switched it off"},
+    "failures": {"type": "integer", "description": "deliveries failed in a row"},
+    "last_error": {"type": ["string", "null"]}, "last_delivery_at": _NULLABLE_TIME, "last_failure_at": _NULLABLE_TIME,
 }
 
 SCHEMAS: dict[str, Any] = {
@@ -146,6 +169,18 @@ SCHEMAS: dict[str, Any] = {
     "PushTest": {"type": "object", "required": ["sent_to"], "properties": {"sent_to": {"type": "string"}}},
     "Decline": {"type": "object", "required": ["device_id"], "additionalProperties": False, "properties": {
         "device_id": {"type": "string", "pattern": ID_PATTERN}}},
+    "NewWebhook": {"type": "object", "required": ["url", "events"], "additionalProperties": False, "properties": {
+        "url": _WEBHOOK_URL, "events": _WEBHOOK_EVENTS, "allow_http": {"type": "boolean", "default": False}},
+        **_HTTP_NEEDS_ALLOW},
+    "WebhookChange": {"type": "object", "additionalProperties": False, **_HTTP_NEEDS_ALLOW, "properties": {
+        "url": _WEBHOOK_URL, "events": _WEBHOOK_EVENTS,
+        "allow_http": {"type": "boolean"},
+        "enabled": {"type": "boolean", "description": "true switches a receiver on again and clears its failures"}}},
+    "Webhook": {"type": "object", "required": list(_WEBHOOK_PROPERTIES), "properties": _WEBHOOK_PROPERTIES},
+    "NewWebhookSecret": {"type": "object", "required": [*_WEBHOOK_PROPERTIES, "secret"], "properties": {
+        **_WEBHOOK_PROPERTIES,
+        "secret": {"type": "string", "pattern": "^whsec_",
+                   "description": "shown this once: the Standard Webhooks signing secret (whsec_ and base64)"}}},
     "AuditEvent": {"type": "object", "required": ["audit_id", "at", "action", "outcome", "by", "call_id"],
                    "properties": {
                        "audit_id": {"type": "integer"}, "at": {"type": "string", "format": "date-time"},
@@ -174,6 +209,7 @@ def _body(schema: str, required: bool = True) -> dict[str, Any]:
 
 _SITE_ID = _path_id("site_id", "the site")
 _USER_ID = _path_id("user_id", "the user")
+_WEBHOOK_ID = {"name": "webhook_id", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
 _DEVICE_ID = _path_id("device_id", "one of this user's devices (the web app's own id)")
 
 PATHS: dict[str, Any] = {
@@ -199,6 +235,32 @@ PATHS: dict[str, Any] = {
                 "security": _API_OR_PARTY, "parameters": [_SITE_ID, _LIMIT, _AUDIT_NEXT],
                 "responses": {"200": _json(_page("events", "AuditEvent"), "a page of the audit log"),
                               **_errors(404)}},
+    },
+    "/v1/sites/{site_id}/webhooks": {
+        "post": {"summary": "Send this site's events to a URL, signed (Standard Webhooks)",
+                 "operationId": "createWebhook", "security": _API_ONLY, "parameters": [_SITE_ID],
+                 "description": "Each delivery is a POST of {type, timestamp, data} with the headers webhook-id, "
+                                "webhook-timestamp and webhook-signature. Failed attempts are retried for "
+                                "webhooks.retry_for_s; a receiver failing webhooks.disable_after deliveries in a "
+                                "row is switched off.",
+                 "requestBody": _body("NewWebhook"),
+                 "responses": {"201": _json(_ref("NewWebhookSecret"), "the receiver, its secret shown once"),
+                               **_errors(404)}},
+        "get": {"summary": "The site's webhook receivers, without secrets", "operationId": "listWebhooks",
+                "security": _API_ONLY, "parameters": [_SITE_ID],
+                "responses": {"200": _json(_list("webhooks", "Webhook"), "the receivers"), **_errors(404)}},
+    },
+    "/v1/sites/{site_id}/webhooks/{webhook_id}": {
+        "get": {"summary": "One webhook receiver and how its deliveries go", "operationId": "getWebhook",
+                "security": _API_ONLY, "parameters": [_SITE_ID, _WEBHOOK_ID],
+                "responses": {"200": _json(_ref("Webhook"), "the receiver"), **_errors(404)}},
+        "patch": {"summary": "Change a receiver, or switch it off or on again", "operationId": "changeWebhook",
+                  "security": _API_ONLY, "parameters": [_SITE_ID, _WEBHOOK_ID],
+                  "requestBody": _body("WebhookChange"),
+                  "responses": {"200": _json(_ref("Webhook"), "the receiver as changed"), **_errors(404)}},
+        "delete": {"summary": "Stop sending to a receiver", "operationId": "deleteWebhook", "security": _API_ONLY,
+                   "parameters": [_SITE_ID, _WEBHOOK_ID],
+                   "responses": {"204": {"description": "deleted"}, **_errors(404)}},
     },
     "/v1/users": {
         "post": {"summary": "Create a door station or a resident", "operationId": "createUser",

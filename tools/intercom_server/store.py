@@ -13,6 +13,7 @@ gives its -wal and -shm files the same mode).
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import json
@@ -80,6 +81,12 @@ CREATE TABLE IF NOT EXISTS push_subscriptions (
     p256dh TEXT NOT NULL, auth TEXT NOT NULL, created_at REAL NOT NULL,
     PRIMARY KEY (user_id, device_id));
 CREATE INDEX IF NOT EXISTS push_subscriptions_token ON push_subscriptions(token_id);
+CREATE TABLE IF NOT EXISTS webhooks (
+    webhook_id TEXT PRIMARY KEY, site_id TEXT NOT NULL REFERENCES sites(site_id), url TEXT NOT NULL,
+    events TEXT NOT NULL, secret TEXT NOT NULL, allow_http INTEGER NOT NULL, created_at REAL NOT NULL,
+    enabled INTEGER NOT NULL DEFAULT 1, disabled_reason TEXT, failures INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT, last_delivery_at REAL, last_failure_at REAL);
+CREATE INDEX IF NOT EXISTS webhooks_site ON webhooks(site_id);
 """
 
 
@@ -544,6 +551,78 @@ class Store:
             return {}
         rows = self.db.execute(f"SELECT * FROM users WHERE user_id IN ({','.join('?' * len(ids))})", ids).fetchall()
         return {r["user_id"]: self._user_json(r) for r in rows}
+
+    # -- webhooks: the secret signs each delivery, so it is kept as given (the file is 0600) --------
+
+    def add_webhook(self, site_id: str, url: str, events: list[str], allow_http: bool) -> dict[str, Any]:
+        """A receiver for this site's events; the answer holds its signing secret, shown once."""
+        self.get_site(site_id)
+        webhook_id = "wh_" + secrets.token_hex(8)
+        secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+        with self.db:
+            self.db.execute("INSERT INTO webhooks (webhook_id, site_id, url, events, secret, allow_http, created_at) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (webhook_id, site_id, url, json.dumps(events), secret, int(allow_http), time.time()))
+        return {**self.get_webhook(site_id, webhook_id), "secret": secret}
+
+    def get_webhook(self, site_id: str, webhook_id: str) -> dict[str, Any]:
+        self.writer.wait_idle()
+        row = self.db.execute("SELECT * FROM webhooks WHERE site_id = ? AND webhook_id = ?",
+                              (site_id, webhook_id)).fetchone()
+        if row is None:
+            raise NotFound(f"no webhook '{webhook_id}' on site '{site_id}'")
+        return self._webhook_json(row)
+
+    def list_webhooks(self, site_id: str) -> list[dict[str, Any]]:
+        self.get_site(site_id)
+        self.writer.wait_idle()
+        rows = self.db.execute("SELECT * FROM webhooks WHERE site_id = ? ORDER BY created_at", (site_id,)).fetchall()
+        return [self._webhook_json(r) for r in rows]
+
+    def update_webhook(self, site_id: str, webhook_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """`url`, `events`, `allow_http`, or `enabled` (switching one on again clears its failures)."""
+        self.get_webhook(site_id, webhook_id)
+        columns = {"url": changes.get("url"), "allow_http": changes.get("allow_http"),
+                   "events": json.dumps(changes["events"]) if "events" in changes else None,
+                   "enabled": changes.get("enabled")}
+        sets = [f"{k} = ?" for k, v in columns.items() if v is not None]
+        values = [int(v) if isinstance(v, bool) else v for v in columns.values() if v is not None]
+        if changes.get("enabled") is True:
+            sets += ["failures = 0", "disabled_reason = NULL"]
+        if sets:
+            with self.db:
+                self.db.execute(f"UPDATE webhooks SET {', '.join(sets)} WHERE webhook_id = ?", (*values, webhook_id))
+        return self.get_webhook(site_id, webhook_id)
+
+    def delete_webhook(self, site_id: str, webhook_id: str) -> None:
+        self.get_webhook(site_id, webhook_id)
+        with self.db:
+            self.db.execute("DELETE FROM webhooks WHERE webhook_id = ?", (webhook_id,))
+
+    def active_webhooks(self) -> list[sqlite3.Row]:
+        """What the sender needs of every switched-on receiver, secrets included."""
+        self.writer.wait_idle()  # a receiver just switched off stays off
+        return self.db.execute("SELECT * FROM webhooks WHERE enabled = 1").fetchall()
+
+    def webhook_delivered(self, webhook_id: str, at: float) -> Future[None]:
+        return self._execute("UPDATE webhooks SET failures = 0, last_delivery_at = ? WHERE webhook_id = ?",
+                             (at, webhook_id))
+
+    def webhook_failed(self, webhook_id: str, at: float, error: str, disable_reason: str | None) -> Future[None]:
+        """A delivery that failed for good; with `disable_reason`, the receiver is switched off."""
+        return self._execute("UPDATE webhooks SET failures = failures + 1, last_error = ?, last_failure_at = ?, "
+                             "enabled = CASE WHEN ? IS NULL THEN enabled ELSE 0 END, "
+                             "disabled_reason = COALESCE(?, disabled_reason) WHERE webhook_id = ?",
+                             (error, at, disable_reason, disable_reason, webhook_id))
+
+    @staticmethod
+    def _webhook_json(row: sqlite3.Row) -> dict[str, Any]:
+        return {"webhook_id": row["webhook_id"], "site_id": row["site_id"], "url": row["url"],
+                "events": json.loads(row["events"]), "allow_http": bool(row["allow_http"]),
+                "created_at": iso(row["created_at"]), "enabled": bool(row["enabled"]),
+                "disabled_reason": row["disabled_reason"], "failures": row["failures"], "last_error": row["last_error"],
+                "last_delivery_at": iso(row["last_delivery_at"]) if row["last_delivery_at"] else None,
+                "last_failure_at": iso(row["last_failure_at"]) if row["last_failure_at"] else None}
 
     # -- the door's audit log ----------------------------------------------------------------
 
