@@ -117,7 +117,8 @@ async def test_a_site_s_events_arrive_signed_and_in_order(server, receivers):
     receiver = await receivers()
     alice = server.user("alice")
     door_token = server.user("door", "door")
-    hook = await _register(server, receiver.url, ["ring", "answered", "ended", "door_online", "door_offline"])
+    hook = await _register(server, receiver.url, ["ring", "answered", "ended", "door_online", "door_offline",
+                                                  "door_opened"])
     assert hook["secret"].startswith("whsec_") and hook["enabled"] is True
     status, listed = await server.api("GET", "/v1/sites/home/webhooks")
     assert status == 200 and [h["webhook_id"] for h in listed["webhooks"]] == [hook["webhook_id"]]
@@ -125,13 +126,20 @@ async def test_a_site_s_events_arrive_signed_and_in_order(server, receivers):
 
     door = await server.signed_in("door", door_token, device_id="door")
     phone = await server.signed_in("alice", alice, device_id="phone")
-    call_id = await _call(server, door, phone)
+    call_id = await _call(server, door, phone, end=False)
+    opening = asyncio.create_task(phone.request("action", call_id=call_id, name="open_door"))
+    action = await door.next("action")
+    await door.ws.send_json({"type": "ok", "re": action["id"], "pulse_s": 3.0})
+    assert (await opening)["type"] == "ok"
+    assert (await door.request("end", call_id=call_id))["type"] == "ok"
     await door.close()
-    await receiver.wait_requests(5)
+    await receiver.wait_requests(6)
 
     events = receiver.delivered(hook["secret"])
-    assert [e["type"] for e in events] == ["door_online", "ring", "answered", "ended", "door_offline"]
-    ring, answered, ended = events[1:4]
+    assert [e["type"] for e in events] == ["door_online", "ring", "answered", "door_opened", "ended", "door_offline"]
+    ring, answered, opened, ended = events[1:5]
+    assert opened["data"]["by"] == {"user_id": "alice", "device_id": "phone", "display_name": "Alice"}
+    assert opened["data"]["call_id"] == call_id and opened["data"]["pulse_s"] == 3.0
     assert ring["data"]["call_id"] == call_id and ring["data"]["door"] == {"user_id": "door",
                                                                            "display_name": "Door"}
     assert ring["data"]["site_id"] == "home" and ring["data"]["callees"] == ["alice"]
@@ -140,13 +148,31 @@ async def test_a_site_s_events_arrive_signed_and_in_order(server, receivers):
     assert all(e["timestamp"].endswith("Z") for e in events)
     # One id per event; a forged or tampered body fails the reference check.
     headers, body = receiver.requests[1]
-    assert len({h["webhook-id"] for h, _ in receiver.requests}) == 5
+    assert len({h["webhook-id"] for h, _ in receiver.requests}) == 6
     with pytest.raises(WebhookVerificationError):
         Webhook(hook["secret"]).verify(body.replace(b"alice", b"mallory"), headers)
     with pytest.raises(WebhookVerificationError):
         Webhook("whsec_" + "A" * 43 + "=").verify(body, headers)
-    # A missed call is not sent to a receiver that did not ask for it.
-    assert "missed" not in [e["type"] for e in events]
+
+
+@pytest.mark.parametrize("settings", [HubSettings(grace_s=0.5, webhooks=FAST)])
+async def test_a_declined_ring_is_sent_as_missed_only_to_who_asked(server, receivers):
+    missed_only, rings_only = await receivers(), await receivers()
+    alice, door_token = server.user("alice"), server.user("door", "door")
+    hook = await _register(server, missed_only.url, ["missed"])
+    await _register(server, rings_only.url, ["ring"])
+    door = await server.signed_in("door", door_token, device_id="door")
+    phone = await server.signed_in("alice", alice, device_id="phone")
+    call_id = (await door.request("dial", callees=["alice"], video=True, offer=OFFER))["call_id"]
+    await phone.next("incoming")
+    assert (await phone.request("decline", call_id=call_id))["type"] == "ok"
+    await door.next("ended")
+    [missed] = [Webhook(hook["secret"]).verify(b, h) for h, b in await missed_only.wait_requests(1)]
+    assert missed["type"] == "missed" and missed["data"]["call_id"] == call_id
+    assert missed["data"]["end_reason"] == "declined" and missed["data"]["offline"] is False
+    [(_, ring)] = await rings_only.wait_requests(1)
+    assert json.loads(ring)["type"] == "ring"
+    assert [json.loads(b)["type"] for _, b in missed_only.requests] == ["missed"]
 
 
 @pytest.mark.parametrize("settings", [HubSettings(grace_s=0.5, webhooks=FAST)])
