@@ -96,7 +96,7 @@ def discovery(prefix: str, base: str, door_id: str, door_name: str, opening: Ope
 
     def entity(component: str, key: str, **config: Any) -> tuple[str, dict[str, Any]]:
         return (f"{prefix}/{component}/{node}/{key}/config",
-                {**common, "unique_id": f"{node}_{key}", "object_id": f"{node}_{key}", **config})
+                {**common, "unique_id": f"{node}_{key}", **config})
 
     out: list[tuple[str, dict[str, Any] | None]] = [
         entity("event", "doorbell", name="Doorbell", device_class="doorbell", state_topic=topics.event,
