@@ -38,7 +38,8 @@ def _free_port() -> int:
 
 
 class Mosquitto:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, tls: tuple[Path, Path] | None = None) -> None:
+        """With `tls` (certificate, key), the broker takes TLS connections only."""
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         assert Path(binary).exists(), "mosquitto not found: `make test` installs Debian's mosquitto package"
         self.binary = binary
@@ -57,7 +58,8 @@ class Mosquitto:
         self.config.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous false\npassword_file {passwords}\n"
             f"acl_file {workdir / 'acl'}\npersistence false\nlog_dest stderr\nlog_type error\n"
-            f"log_type warning\nlog_type notice\nlog_type information\nuser root\n")
+            f"log_type warning\nlog_type notice\nlog_type information\nuser root\n"
+            + (f"certfile {tls[0]}\nkeyfile {tls[1]}\n" if tls else ""))
 
     @property
     def server_settings(self) -> dict[str, Any]:

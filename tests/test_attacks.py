@@ -5,8 +5,6 @@ a proxy throttling everyone, and what the server tells strangers or leaves reada
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import ssl
 import stat
 from pathlib import Path
@@ -14,10 +12,6 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from intercom.signaling import SignalingClient
 from intercom_protocol.messages import CLOSE_TOKEN_REVOKED
@@ -26,7 +20,7 @@ from intercom_server.hub import HubSettings
 from intercom_server.limits import LimitSettings
 from intercom_server.store import Store
 
-from .conftest import API_TOKEN, OFFER, WsClient
+from .conftest import API_TOKEN, OFFER, WsClient, self_signed_certificate
 
 
 async def _closed_with(client, code: int, timeout: float = 5.0) -> None:
@@ -151,27 +145,8 @@ def test_the_database_is_private_to_the_server(tmp_path: Path):
     assert stat.S_IMODE(loose.stat().st_mode) == 0o600
 
 
-def _certificate(tmp_path: Path) -> tuple[Path, Path]:
-    """A CA of our own that signed 127.0.0.1's certificate, as a private install has."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Intercom test CA")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
-
-
 async def test_over_tls_the_door_trusts_its_ca_file_and_browsers_get_hsts(tmp_path: Path):
-    cert, key = _certificate(tmp_path)
+    cert, key = self_signed_certificate(tmp_path)
     store = Store(tmp_path / "intercom.db")
     store.add_site("home", "Home")
     store.add_user("door", "door", "home", "Door")

@@ -12,6 +12,7 @@ import pytest
 
 from intercom_sim.harness import Installation
 
+from .conftest import self_signed_certificate
 from .mosquitto import HomeAssistant, Mosquitto
 
 pytestmark = pytest.mark.timeout(120)
@@ -237,3 +238,23 @@ async def test_the_bell_rings_with_the_broker_down_and_the_server_comes_back_to_
         mark = len(ha.messages)
         await site.stop(door.process)
         assert (await ha.on("intercom/frontdoor/availability", after=mark)).payload == b"offline"
+
+
+async def test_the_server_reaches_a_tls_broker_only_through_the_ca_it_is_given(tmp_path, cleanup):
+    cert, key = self_signed_certificate(tmp_path)
+    broker = Mosquitto(tmp_path / "mosquitto", tls=(cert, key))
+    await broker.start()
+    try:
+        trusting = await _mqtt_site(tmp_path / "trusting", broker, tls=True, ca_file=str(cert))
+        cleanup.append(trusting)
+        assert (await _health(trusting, lambda s: s["connected"]))["connects"] == 1
+        # Without the private CA, the broker's certificate is not trusted and nothing is sent.
+        untrusting = await _mqtt_site(tmp_path / "untrusting", broker, tls=True)
+        cleanup.append(untrusting)
+        failed = await _health(untrusting, lambda s: s["last_error"] is not None)
+        assert failed["connects"] == 0 and "certificate verify failed" in failed["last_error"], failed
+    finally:
+        for site in cleanup:
+            await site.close()
+        cleanup.clear()
+        await broker.stop()
