@@ -115,6 +115,20 @@ def test_no_answer_escalates_to_the_next_group_then_gives_up() -> None:
     assert policy.event(ev({"type": "ended", "call_id": "c2", "reason": "no_answer"}), T0 + 60) == [Teardown(), Tone("no_answer")]
 
 
+def test_a_group_nobody_of_which_can_be_rung_escalates_at_once_then_the_visitor_hears_nobody() -> None:
+    """The server ends a ring `unavailable` when everyone called is in do-not-disturb, quiet
+    hours or away: the door rings the next group without waiting out the ring."""
+    policy = door(("alice",), ("caretaker",))
+    ringing(policy)
+    effects = policy.event(ev({"type": "ended", "call_id": "c1", "reason": "unavailable"}), T0 + 0.01)
+    assert kinds(effects) == ["Teardown", "ArmClock", "PlaceCall"]
+    second = effects[2]
+    assert isinstance(second, PlaceCall) and (second.group, second.callees) == (1, ("caretaker",))
+    policy.dialed(second.call, "c2", [])
+    assert policy.event(ev({"type": "ended", "call_id": "c2", "reason": "unavailable"}), T0 + 0.02) == \
+        [Teardown(), Tone("no_answer")]
+
+
 def test_the_door_hanging_up_while_ringing_cancels_without_a_tone() -> None:
     policy = door()
     place = ringing(policy)

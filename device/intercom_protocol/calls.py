@@ -85,6 +85,9 @@ class ServerCall:
     created_at: float
     ring_timeout_s: float
     snapshot_url: str | None = None
+    #: Callees the server does not ring (do-not-disturb, quiet hours, away): still parties of
+    #: the call, so it is in their history, but no device of theirs rings or is woken.
+    unavailable: tuple[str, ...] = ()
     state: CallState = CallState.DIALING
     #: Devices that were sent `incoming` and have not yet declined or been told it ended.
     ringing: dict[DeviceRef, None] = field(default_factory=dict)
@@ -98,6 +101,10 @@ class ServerCall:
     ended_at: float | None = None
     #: (time, event, detail): what the Platform API shows as the call's timeline.
     timeline: list[tuple[float, str, dict[str, Any]]] = field(default_factory=list)
+
+    @property
+    def rung_callees(self) -> tuple[str, ...]:
+        return tuple(c for c in self.callees if c not in self.unavailable)
 
     @property
     def ring_deadline(self) -> float:
@@ -146,7 +153,7 @@ class ServerCall:
 
     def reach(self, device: DeviceRef, now: float) -> list[Send]:
         """A callee device came online while the call rings: it rings too."""
-        if self.state is not CallState.RINGING or device.user_id not in self.callees or self.involves(device):
+        if self.state is not CallState.RINGING or device.user_id not in self.rung_callees or self.involves(device):
             return []
         self.ringing[device] = None
         self.reached[device] = None

@@ -466,9 +466,12 @@ class DoorPolicy:
 
     def _unanswered(self, reason: str, now: float) -> list[Effect]:
         """The visitor's ring ended with nobody on the line: the next ring group if the group
-        simply did not answer, else the "nobody answered" tone (declined, server gone...)."""
-        if reason == EndReason.NO_ANSWER and self.group + 1 < len(self.rules.ring_groups):
-            log.info("no answer: escalating to ring group %d", self.group + 2)
+        did not answer or could not be rung (do-not-disturb, quiet hours), else the "nobody
+        answered" tone (declined, server gone, nobody anywhere can be rung...)."""
+        if reason in (EndReason.NO_ANSWER, EndReason.UNAVAILABLE) and self.group + 1 < len(self.rules.ring_groups):
+            log.info("%s: escalating to ring group %d",
+                     "no answer" if reason == EndReason.NO_ANSWER else "nobody in this group can be rung now",
+                     self.group + 2)
             return self._dial(self.group + 1, now)
         if reason != EndReason.CANCELED:
             return [Tone("no_answer")]

@@ -61,6 +61,8 @@ class EndReason(StrEnum):
     TIMED_OUT = "timed_out"
     DIAL_FAILED = "dial_failed"
     UNKNOWN = "unknown"
+    #: Every callee was in do-not-disturb, in quiet hours, or their site away: nobody was rung.
+    UNAVAILABLE = "unavailable"
 
 
 class ProtocolError(Exception):

@@ -18,6 +18,7 @@ from intercom_protocol import messages as m
 from intercom_protocol.calls import CallError, DeviceRef
 from intercom_protocol.messages import CLOSE_UNAUTHENTICATED, PROTOCOL_PATH, ErrorCode
 
+from .availability import RuleError, parse_resident, parse_site
 from .hub import Hub, HubSettings
 from .mqtt import MqttBridge
 from .openapi import AUDIT_CURSOR, CALLS_CURSOR, OPENAPI
@@ -75,6 +76,12 @@ def create_app(store: Store, settings: HubSettings, api_token: str, public_url: 
     app.router.add_get("/healthz", _health)
     add_webapp_routes(app)
     app.cleanup_ctx.append(_watch_revocations)
+    app.router.add_get("/v1/me/availability", _api(_get_my_availability, parties=True, bearer_only=True))
+    app.router.add_put("/v1/me/availability", _api(_put_my_availability, parties=True, bearer_only=True))
+    app.router.add_get("/v1/users/{user_id}/availability", _api(_get_availability))
+    app.router.add_put("/v1/users/{user_id}/availability", _api(_put_availability))
+    app.router.add_get("/v1/sites/{site_id}/availability", _api(_get_site_availability, parties=True))
+    app.router.add_put("/v1/sites/{site_id}/availability", _api(_put_site_availability, parties=True))
     app[WEBHOOKS] = Webhooks(store, settings.webhooks)
     app[HUB].events.listen(app[WEBHOOKS].on_event)
     app.cleanup_ctx.append(_run_webhooks)
@@ -109,6 +116,7 @@ async def _watch_revocations(app: web.Application) -> AsyncIterator[None]:
                 if version != seen:
                     seen = version
                     hub.revoked()
+                    hub.rules.reload()
             except Exception:  # a failed check is tried again, the server goes on
                 log.exception("checking for revoked tokens")
 
@@ -406,6 +414,73 @@ async def _sign_out(request: web.Request) -> web.Response:
     if token_id:
         request.app[HUB].revoked({token_id})
     return web.Response(status=204)
+
+
+# -- Do-not-disturb, quiet hours, away: judged by the server's clock at each press --------------------
+
+def _availability(request: web.Request, user: dict[str, Any]) -> dict[str, Any]:
+    hub = request.app[HUB]
+    if user["kind"] != "resident":
+        raise NotFound(f"no resident '{user['user_id']}': only residents have do-not-disturb and quiet hours")
+    why = hub.rules.why_not(user, hub.settings.clock())
+    return {**hub.rules.resident(user["user_id"]).as_json(), "site": hub.rules.site(user["site_id"]).as_json(),
+            "available": why is None, "reason": str(why) if why else None}
+
+
+async def _change_availability(request: web.Request, user: dict[str, Any]) -> dict[str, Any]:
+    hub = request.app[HUB]
+    if user["kind"] != "resident":
+        raise NotFound(f"no resident '{user['user_id']}': only residents have do-not-disturb and quiet hours")
+    body = await _body(request, (), ("do_not_disturb", "quiet_hours"))
+    try:
+        rules = parse_resident(body, hub.rules.resident(user["user_id"]), hub.settings.clock())
+    except RuleError as exc:
+        raise StoreError(str(exc)) from None
+    hub.rules.set_resident(user["user_id"], rules)
+    log.info("%s: do-not-disturb %s, %d quiet window(s)", user["user_id"], "on" if rules.do_not_disturb else "off",
+             len(rules.quiet_hours))
+    return _availability(request, user)
+
+
+async def _get_my_availability(request: web.Request) -> Any:
+    return _availability(request, request.app[STORE].get_user(request[VIEWER]))
+
+
+async def _put_my_availability(request: web.Request) -> web.Response:
+    return web.json_response(await _change_availability(request, request.app[STORE].get_user(request[VIEWER])))
+
+
+async def _get_availability(request: web.Request) -> Any:
+    return _availability(request, request.app[STORE].get_user(request.match_info["user_id"]))
+
+
+async def _put_availability(request: web.Request) -> web.Response:
+    user = request.app[STORE].get_user(request.match_info["user_id"])
+    return web.json_response(await _change_availability(request, user))
+
+
+async def _get_site_availability(request: web.Request) -> Any:
+    site_id = request.match_info["site_id"]
+    _resident_of(request, site_id)
+    request.app[STORE].get_site(site_id)
+    return request.app[HUB].rules.site(site_id).as_json()
+
+
+async def _put_site_availability(request: web.Request) -> web.Response:
+    """Away: nobody of the site is rung (a resident of the site may set it, or the operator)."""
+    site_id = request.match_info["site_id"]
+    _resident_of(request, site_id)
+    request.app[STORE].get_site(site_id)
+    body = await _body(request, (), ("away", "time_zone"))
+    rules = request.app[HUB].rules
+    try:
+        changed = parse_site(body, rules.site(site_id))
+    except RuleError as exc:
+        raise StoreError(str(exc)) from None
+    rules.set_site(site_id, changed)
+    log.info("site %s: away %s, time zone %s (by %s)", site_id, changed.away, changed.time_zone,
+             request.get(VIEWER) or "the Platform API")
+    return web.json_response(changed.as_json())
 
 
 # -- Webhooks: the operator's, with the Api-Token ----------------------------------------------

@@ -24,8 +24,9 @@ from typing import Any
 
 from intercom_protocol import messages as m
 from intercom_protocol.calls import CallError, DeviceRef, Send, ServerCall
-from intercom_protocol.messages import ErrorCode, ProtocolError, Request
+from intercom_protocol.messages import EndReason, ErrorCode, ProtocolError, Request
 
+from .availability import RuleBook
 from .connection import Connection
 from .door_action import DoorAction
 from .events import EventBus, EventType, party
@@ -68,6 +69,10 @@ class HubSettings:
     #: The broker Home Assistant listens on; None: no MQTT.
     mqtt: MqttSettings | None = None
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    #: The time zone of a site's quiet hours until the site sets its own.
+    time_zone: str = "UTC"
+    #: The clock do-not-disturb and quiet hours are judged by (tests give their own).
+    clock: Callable[[], float] = time.time
 
 
 def _decode_snapshot(req: Request[m.Dial] | Request[m.Missed] | Request[m.Snapshot]) -> bytes:
@@ -111,6 +116,8 @@ class Hub:
         self.push = Pusher(store, settings.push)
         #: Told what happens at the doors: the MQTT bridge and the webhooks listen.
         self.events = EventBus(store.find_user)
+        #: Do-not-disturb, quiet hours and away, in memory: a press reads no disk.
+        self.rules = RuleBook(store, settings.time_zone)
         self.door_action = DoorAction(self)
 
     def connection(self, send_text: Callable[[str], Any], close: Callable[[int, str], Any], peer: str) -> Connection:
@@ -329,6 +336,8 @@ class Hub:
         if not callees:
             names = ", ".join(f"'{c}'" for c in unknown)
             raise ProtocolError(ErrorCode.FORBIDDEN, f"you may not call {names}: no such user on your site", req.id)
+        clock = self.settings.clock()
+        unavailable = tuple(c for c in callees if self.rules.why_not(found[c], clock) is not None)
         snapshot = _decode_snapshot(req) if body.snapshot is not None else None
         call_id = "call_" + secrets.token_hex(8)
         call = ServerCall(
@@ -336,7 +345,8 @@ class Hub:
             caller_info={k: conn.user[k] for k in ("user_id", "display_name", "kind")},
             callees=tuple(callees), video=dialed.video is not False if dialed else True,
             offer=dialed.offer if dialed else {}, created_at=created_at,
-            ring_timeout_s=ring_timeout_s, snapshot_url=f"/v1/direct_calls/{call_id}/snapshot" if snapshot else None)
+            ring_timeout_s=ring_timeout_s, snapshot_url=f"/v1/direct_calls/{call_id}/snapshot" if snapshot else None,
+            unavailable=unavailable)
         return call, snapshot, unknown
 
     def _store(self, what: str, written: Future[Any]) -> None:
@@ -364,15 +374,18 @@ class Hub:
         # A phone rings if it is connected or can be woken by Web Push; one that is both is
         # one device, rung both ways (its service worker shows no notification while the app
         # is on screen).
-        subs = self.push.subscribed(call.callees, now)
-        devices = sorted({d for d in self.devices if d.user_id in call.callees} | {s.device for s in subs})
+        rung = call.rung_callees
+        subs = self.push.subscribed(rung, now)
+        devices = sorted({d for d in self.devices if d.user_id in rung} | {s.device for s in subs})
         loop = asyncio.get_running_loop()
         self._timers[call_id] = [
             loop.call_later(call.ring_timeout_s, lambda: self._deliver(call, call.expire(time.time()))),
             loop.call_later(self.settings.max_duration_s, lambda: self._deliver(call, call.time_out(time.time()))),
         ]
-        log.info("%s dials %s: %s, %d device(s) ringing%s", call.caller.user_id, ",".join(call.callees), call_id,
-                 len(devices), f"; not callers' users: {', '.join(unknown)}" if unknown else "")
+        log.info("%s dials %s: %s, %d device(s) ringing%s%s", call.caller.user_id, ",".join(call.callees), call_id,
+                 len(devices), f"; not callers' users: {', '.join(unknown)}" if unknown else "",
+                 f"; not rung now (do-not-disturb, quiet hours, away): {', '.join(call.unavailable)}"
+                 if call.unavailable else "")
         self._deliver(call, call.ring(devices, now))
         self.push.ring(call, subs, now)
         if not call.ended:
@@ -381,6 +394,8 @@ class Hub:
                 self.events.call(EventType.RING, call, now, callees=list(call.callees), devices_ringing=len(devices))
             if snapshot is not None:
                 self.events.call(EventType.PICTURE, call, now, picture=snapshot)
+            if not rung:  # nobody may be rung: the door hears so at once (its next group, or nobody)
+                self._deliver(call, call.abort(EndReason.UNAVAILABLE, now))
 
     def _on_missed(self, conn: Connection, req: Request[m.Missed]) -> None:
         """A door reports a press it made while it could not reach the server."""
@@ -389,7 +404,7 @@ class Hub:
             raise ProtocolError(ErrorCode.FORBIDDEN, "only a door station reports missed presses", req.id)
         pressed_at = datetime.fromisoformat(req.body.pressed_at).timestamp()
         call, snapshot, _ = self._new_call(conn, req, pressed_at, 0.0)
-        devices = sorted(d for d in self.devices if d.user_id in call.callees)
+        devices = sorted(d for d in self.devices if d.user_id in call.rung_callees)
         sends = call.missed(devices, time.time())
         self._spawn(self._store_missed(conn, req, call, snapshot, sends))
 

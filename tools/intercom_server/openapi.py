@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .availability import DAYS, MAX_DND_S, MAX_WINDOWS, TIME_ZONES
 from .store import ID_PATTERN, MAX_INVITE_LIFETIME_S, MAX_NAME, MAX_TOKEN_LIFETIME_S, NAME_PATTERN
 from .webhooks import EVENTS, MAX_URL
 
@@ -62,7 +63,7 @@ _CALL_PROPERTIES = {
     "ended_at": _NULLABLE_TIME,
     "end_reason": {"type": ["string", "null"],
                    "enum": ["no_answer", "canceled", "declined", "other_device_accepted", "completed",
-                            "connection_lost", "timed_out", "dial_failed", "unknown", None]},
+                            "connection_lost", "timed_out", "dial_failed", "unknown", "unavailable", None]},
     "ended_by": _NULLABLE_DEVICE,
     "duration_s": {"type": ["number", "null"], "description": "from accept to end"},
     "has_snapshot": {"type": "boolean"},
@@ -89,6 +90,17 @@ _WEBHOOK_PROPERTIES = {
     "failures": {"type": "integer", "description": "deliveries failed in a row"},
     "last_error": {"type": ["string", "null"]}, "last_delivery_at": _NULLABLE_TIME, "last_failure_at": _NULLABLE_TIME,
 }
+
+_CLOCK_TIME = {"type": "string", "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$", "description": "HH:MM, wall-clock"}
+_QUIET_WINDOW = {
+    "type": "object", "required": ["start", "end"], "additionalProperties": False,
+    "description": "A window on the days it starts; one that ends before it starts ends the next day, one "
+                   "that ends when it starts is the whole day. In the site's time zone.",
+    "properties": {"days": {"type": "array", "minItems": 1, "items": {"type": "string", "enum": list(DAYS)},
+                            "description": "default: every day"},
+                   "start": _CLOCK_TIME, "end": _CLOCK_TIME}}
+_SITE_RULES = {"type": "object", "required": ["away", "time_zone"], "properties": {
+    "away": {"type": "boolean", "description": "nobody of the site is rung"}, "time_zone": {"type": "string"}}}
 
 SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "required": ["error"], "properties": {"error": {
@@ -169,6 +181,25 @@ SCHEMAS: dict[str, Any] = {
     "PushTest": {"type": "object", "required": ["sent_to"], "properties": {"sent_to": {"type": "string"}}},
     "Decline": {"type": "object", "required": ["device_id"], "additionalProperties": False, "properties": {
         "device_id": {"type": "string", "pattern": ID_PATTERN}}},
+    "Availability": {"type": "object",
+                     "required": ["do_not_disturb", "quiet_hours", "site", "available", "reason"], "properties": {
+        "do_not_disturb": {"type": "object", "required": ["on", "until"], "properties": {
+            "on": {"type": "boolean"}, "until": _NULLABLE_TIME}},
+        "quiet_hours": {"type": "array", "items": _QUIET_WINDOW},
+        "site": _SITE_RULES,
+        "available": {"type": "boolean", "description": "whether a press would ring this resident now"},
+        "reason": {"type": ["string", "null"], "enum": ["away", "do_not_disturb", "quiet_hours", None]}}},
+    "AvailabilityChange": {"type": "object", "additionalProperties": False, "properties": {
+        "do_not_disturb": {"type": "object", "required": ["on"], "additionalProperties": False, "properties": {
+            "on": {"type": "boolean"},
+            "for_s": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_DND_S,
+                      "description": "ends by itself after this long; without it, until switched off"}}},
+        "quiet_hours": {"type": "array", "maxItems": MAX_WINDOWS, "items": _QUIET_WINDOW,
+                        "description": "replaces the resident's quiet hours"}}},
+    "SiteAvailability": _SITE_RULES,
+    "SiteAvailabilityChange": {"type": "object", "additionalProperties": False, "properties": {
+        "away": {"type": "boolean"},
+        "time_zone": {"type": "string", "enum": sorted(TIME_ZONES), "description": "IANA, e.g. Europe/Berlin"}}},
     "NewWebhook": {"type": "object", "required": ["url", "events"], "additionalProperties": False, "properties": {
         "url": _WEBHOOK_URL, "events": _WEBHOOK_EVENTS, "allow_http": {"type": "boolean", "default": False}},
         **_HTTP_NEEDS_ALLOW},
@@ -261,6 +292,32 @@ PATHS: dict[str, Any] = {
         "delete": {"summary": "Stop sending to a receiver", "operationId": "deleteWebhook", "security": _API_ONLY,
                    "parameters": [_SITE_ID, _WEBHOOK_ID],
                    "responses": {"204": {"description": "deleted"}, **_errors(404)}},
+    },
+    "/v1/sites/{site_id}/availability": {
+        "get": {"summary": "Whether the site is away, and its time zone", "operationId": "getSiteAvailability",
+                "description": "With an access token: residents of this site only; anyone else gets 404.",
+                "security": _API_OR_PARTY, "parameters": [_SITE_ID],
+                "responses": {"200": _json(_ref("SiteAvailability"), "the site's rules"), **_errors(404)}},
+        "put": {"summary": "Put the site away (nobody is rung) or back, or set its time zone",
+                "operationId": "setSiteAvailability", "security": _API_OR_PARTY, "parameters": [_SITE_ID],
+                "requestBody": _body("SiteAvailabilityChange"),
+                "responses": {"200": _json(_ref("SiteAvailability"), "the site's rules"), **_errors(404)}},
+    },
+    "/v1/users/{user_id}/availability": {
+        "get": {"summary": "A resident's do-not-disturb and quiet hours, and whether a press rings them now",
+                "operationId": "getAvailability", "security": _API_ONLY, "parameters": [_USER_ID],
+                "responses": {"200": _json(_ref("Availability"), "the resident's rules"), **_errors(404)}},
+        "put": {"summary": "Change a resident's do-not-disturb or quiet hours", "operationId": "setAvailability",
+                "security": _API_ONLY, "parameters": [_USER_ID], "requestBody": _body("AvailabilityChange"),
+                "responses": {"200": _json(_ref("Availability"), "the resident's rules"), **_errors(404)}},
+    },
+    "/v1/me/availability": {
+        "get": {"summary": "This resident's do-not-disturb and quiet hours", "operationId": "getMyAvailability",
+                "security": _PARTY_ONLY,
+                "responses": {"200": _json(_ref("Availability"), "the rules"), **_errors()}},
+        "put": {"summary": "Change this resident's do-not-disturb or quiet hours", "operationId": "setMyAvailability",
+                "security": _PARTY_ONLY, "requestBody": _body("AvailabilityChange"),
+                "responses": {"200": _json(_ref("Availability"), "the rules"), **_errors()}},
     },
     "/v1/users": {
         "post": {"summary": "Create a door station or a resident", "operationId": "createUser",

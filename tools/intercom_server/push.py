@@ -305,7 +305,7 @@ class Pusher:
 
     def answered(self, call: ServerCall, by_name: str, now: float) -> None:
         """Replace the ring on the other phones: someone has it."""
-        subs = [s for s in self.subscribed(call.callees, now) if s.device != call.accepted_by]
+        subs = [s for s in self.subscribed(call.rung_callees, now) if s.device != call.accepted_by]
         by = call.accepted_by.user_id if call.accepted_by else None
         body = {"type": "answered", "call_id": call.call_id, "caller": call.caller_info,
                 "created_at": iso(call.created_at), "by": {"user_id": by, "display_name": by_name}}
@@ -314,7 +314,7 @@ class Pusher:
     def missed(self, call: ServerCall, now: float) -> None:
         """Nobody answered (or the door rang while offline): the ring becomes a missed call,
         except on a phone that declined it."""
-        subs = [s for s in self.subscribed(call.callees, now) if s.device not in call.declined]
+        subs = [s for s in self.subscribed(call.rung_callees, now) if s.device not in call.declined]
         body = {"type": "missed", "call_id": call.call_id, "caller": call.caller_info,
                 "created_at": iso(call.created_at), "reason": str(call.end_reason),
                 "snapshot_url": f"/v1/direct_calls/{call.call_id}/snapshot"}

@@ -87,6 +87,11 @@ CREATE TABLE IF NOT EXISTS webhooks (
     enabled INTEGER NOT NULL DEFAULT 1, disabled_reason TEXT, failures INTEGER NOT NULL DEFAULT 0,
     last_error TEXT, last_delivery_at REAL, last_failure_at REAL);
 CREATE INDEX IF NOT EXISTS webhooks_site ON webhooks(site_id);
+CREATE TABLE IF NOT EXISTS resident_rules (
+    user_id TEXT PRIMARY KEY REFERENCES users(user_id), do_not_disturb INTEGER NOT NULL, until REAL,
+    quiet_hours TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS site_rules (
+    site_id TEXT PRIMARY KEY REFERENCES sites(site_id), away INTEGER NOT NULL, time_zone TEXT NOT NULL);
 """
 
 
@@ -551,6 +556,26 @@ class Store:
             return {}
         rows = self.db.execute(f"SELECT * FROM users WHERE user_id IN ({','.join('?' * len(ids))})", ids).fetchall()
         return {r["user_id"]: self._user_json(r) for r in rows}
+
+    # -- who may be rung: do-not-disturb, quiet hours, away ------------------------------------------
+
+    def availability_rules(self) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+        residents = {r["user_id"]: {"do_not_disturb": r["do_not_disturb"], "until": r["until"],
+                                    "quiet_hours": json.loads(r["quiet_hours"])}
+                     for r in self.db.execute("SELECT * FROM resident_rules")}
+        sites = {r["site_id"]: {"away": r["away"], "time_zone": r["time_zone"]}
+                 for r in self.db.execute("SELECT * FROM site_rules")}
+        return residents, sites
+
+    def set_resident_rules(self, user_id: str, dnd: bool, until: float | None, quiet_hours: list[Any]) -> None:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO resident_rules (user_id, do_not_disturb, until, quiet_hours) "
+                            "VALUES (?, ?, ?, ?)", (user_id, int(dnd), until, json.dumps(quiet_hours)))
+
+    def set_site_rules(self, site_id: str, away: bool, time_zone: str) -> None:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO site_rules (site_id, away, time_zone) VALUES (?, ?, ?)",
+                            (site_id, int(away), time_zone))
 
     # -- webhooks: the secret signs each delivery, so it is kept as given (the file is 0600) --------
 

@@ -26,6 +26,7 @@ export const REASONS = {
   [END_REASONS.TIMED_OUT]: "The call reached its time limit",
   [END_REASONS.DIAL_FAILED]: "Rang while the door was offline",
   [END_REASONS.UNKNOWN]: "Interrupted when the server stopped",
+  [END_REASONS.UNAVAILABLE]: "Not rung: do not disturb, quiet hours or away",
 };
 
 /** @type {Ring | null} */
