@@ -180,15 +180,17 @@ def test_server_turn_section_is_off_when_absent_and_checked_when_present(tmp_pat
     path.write_text("data_dir: /tmp/x\n")
     config = ServerConfig.from_file(path)
     assert config.hub.ice.turn is None and config.db_path == Path("/tmp/x/intercom.db")
+    assert config.hub.time_zone == "UTC"
     path.write_text("database: /srv/i.db\nturn:\n  urls: [turn:t.example.org:3478]\n  shared_secret: s\n"
                     "limits:\n  messages_per_s: 5\n")
     config = ServerConfig.from_file(path)
     assert config.hub.ice.turn.urls == ["turn:t.example.org:3478"] and config.hub.ice.turn.ttl_s == 86400
     assert config.hub.limits.messages_per_s == 5 and config.db_path == Path("/srv/i.db")
-    path.write_text("turn:\n  urls: [stun:t.example.org]\ncalls:\n  open_door_window_s: 600\n")
+    path.write_text("turn:\n  urls: [stun:t.example.org]\ncalls:\n  open_door_window_s: 600\ntime_zone: Europe/Berln\n")
     with pytest.raises(ConfigError) as exc:
         ServerConfig.from_file(path)
     assert [str(p) for p in exc.value.problems] == [
+        "time_zone (line 5): unknown time zone 'Europe/Berln'; use an IANA name such as Europe/Berlin or UTC",
         "calls.open_door_window_s (line 4): must be between 0 and 120, not 600",
         "turn.urls (line 2): must be turn: or turns: URLs",
         "turn.shared_secret (line 1): is required (coturn's static-auth-secret (use-auth-secret mode))",

@@ -199,6 +199,49 @@ async def test_when_one_resident_answers_the_others_ring_stops(site, browser):
     assert status["call"]["peer"]["user_id"] == "bob"
 
 
+async def test_do_not_disturb_from_the_app_keeps_the_phone_quiet_and_the_press_in_the_history(site, browser):
+    invite = await site.invite("alice")
+    door = await site.start_door("frontdoor", [{"residents": ["alice"], "timeout_s": 30}])
+    alice = await phone(browser, site, "alice")
+    await alice.sign_in(invite)
+    page = alice.page
+    await page.locator("#dnd-state").filter(has_text="Off: a press rings this phone.").wait_for(timeout=5000)
+
+    await page.select_option("#dnd-length", "3600")
+    await page.locator("#dnd-switch").check()
+    await page.locator("#dnd-state").filter(has_text="On until").wait_for(timeout=5000)
+    status, rules = await site.api("GET", "/v1/users/alice/availability")
+    assert rules["reason"] == "do_not_disturb" and rules["do_not_disturb"]["until"] is not None
+    await alice.shot("do-not-disturb")
+
+    # A press: the door hears at once that nobody can be rung; the phone stays quiet.
+    await door.ring()
+    await door.wait_status(lambda s: (s.get("last_call") or {}).get("end_reason") == "unavailable")
+    assert await page.locator("#ring-screen").is_hidden()
+    assert await page.evaluate("window.intercom.ringing") is None
+    await page.reload()  # the resident opens the app later: the press is in the history
+    await until(page, "window.intercom && window.intercom.online", what="signed in again")
+    await page.locator("#history li").filter(has_text="Not rung: do not disturb").wait_for(timeout=10000)
+
+    # Quiet hours and away are set from the same place.
+    await page.locator("#quiet-switch").check()
+    await page.locator("#dnd-state").filter(has_text="On until").wait_for(timeout=5000)
+    status, rules = await site.api("GET", "/v1/users/alice/availability")
+    assert rules["quiet_hours"] == [{"days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], "start": "22:00",
+                                     "end": "07:00"}]
+    await page.locator("#away-switch").check()
+    await page.locator("#dnd-state").filter(has_text="Away: nobody here is rung.").wait_for(timeout=5000)
+    assert (await site.api("GET", "/v1/sites/home/availability"))[1]["away"] is True
+    for switch in ("#away-switch", "#quiet-switch", "#dnd-switch"):
+        await page.locator(switch).uncheck()
+    await page.locator("#dnd-state").filter(has_text="Off: a press rings this phone.").wait_for(timeout=5000)
+
+    # Off again: the next press rings.
+    await door.ring()
+    await page.locator("#ring-screen").wait_for(state="visible", timeout=10000)
+    assert alice.problems == []
+
+
 async def test_the_ring_stops_at_once_when_the_visitor_gives_up(site, browser):
     invite = await site.invite("alice")
     door = await site.start_door("frontdoor", [{"residents": ["alice"], "timeout_s": 30}])

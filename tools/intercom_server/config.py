@@ -12,6 +12,7 @@ from typing import Any
 
 from intercom_protocol.yamlconfig import ConfigError, Field, Problem, in_range, load_file
 
+from .availability import RuleError, zone
 from .homeassistant import OpenEntity
 from .hub import RECENT_CALLS_S, HubSettings
 from .ice import IceSettings, TurnSettings
@@ -66,6 +67,13 @@ def _mqtt_doors(value: Any) -> None:
             raise ValueError(f"{door}.open must be one of {kinds}, not {options.get('open')!r}")
 
 
+def _time_zone(value: Any) -> None:
+    try:
+        zone(value)
+    except RuleError as exc:
+        raise ValueError(str(exc)) from None
+
+
 def _topic(value: Any) -> None:
     if not isinstance(value, str) or not value or any(c in value for c in "#+\0") or value.startswith("/") \
             or value.endswith("/"):
@@ -92,6 +100,8 @@ SCHEMA = {
                              help="reverse proxies whose X-Forwarded-For names the client, e.g. 127.0.0.1"),
     "allowed_origins": Field(list, default=[], items=Field(str, check=lambda v: _public_url(v)),
                              help="other web origins whose pages may open the WebSocket"),
+    "time_zone": Field(str, default="UTC", check=lambda v: _time_zone(v),
+                       help="IANA time zone of quiet hours, e.g. Europe/Berlin; a site may set its own"),
     "calls": Field(schema={
         "ring_timeout_s": Field(float, default=30.0, check=in_range(1, 300)),
         "max_duration_s": Field(float, default=3600.0, check=in_range(10, 86400)),
@@ -194,6 +204,7 @@ class ServerConfig:
                                   subscriptions_per_user=push["subscriptions_per_user"],
                                   local_hosts=tuple(push["local_hosts"]), timeout_s=push["timeout_s"]),
                 trusted_proxies=tuple(raw["trusted_proxies"]), allowed_origins=tuple(raw["allowed_origins"]),
+                time_zone=raw["time_zone"],
                 mqtt=_mqtt_settings(mqtt, raw["public_url"]) if mqtt else None,
                 webhooks=WebhookSettings(**raw["webhooks"])))
 

@@ -17,7 +17,8 @@ from aiohttp import web
 STATIC = Path(__file__).with_name("static")
 
 #: The app's ES modules besides app.js (imported by it, all from this origin).
-MODULES = ("state.js", "screens.js", "session.js", "connection.js", "calls.js", "history.js", "push.js", "protocol.js")
+MODULES = ("state.js", "screens.js", "session.js", "connection.js", "calls.js", "history.js", "push.js", "availability.js",
+           "protocol.js")
 
 #: path -> (file, content type). Listed, not a directory handler: nothing else can be read.
 FILES = {

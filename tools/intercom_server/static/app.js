@@ -10,6 +10,7 @@
 // With the app closed, the phone rings by Web Push: sw.js shows the notification, and its
 // Answer opens this page at /#answer=CALL_ID, which answers that call as soon as it rings here.
 
+import { changeQuietHours, renderAvailability, switchAway, switchDnd } from "./availability.js";
 import * as calls from "./calls.js";
 import { connect, disconnect, isConnecting, isOnline, reconnect } from "./connection.js";
 import { loadHistory, refreshHistory, renderDoors, selectTab } from "./history.js";
@@ -91,6 +92,7 @@ async function start() {
   renderDoors(calls.lookOutside);
   loadHistory(true);
   renderPush();
+  renderAvailability(me);
   if (!isConnecting()) connect({ held: calls.held, signedIn: calls.resync, event: calls.onEvent });
 }
 
@@ -115,6 +117,12 @@ function wire() {
   $("tab-openings").addEventListener("click", () => selectTab("openings"));
   $("push-switch").addEventListener("change", switchPush);
   $("push-test").addEventListener("click", testPush);
+  $("dnd-switch").addEventListener("change", switchDnd);
+  $("quiet-switch").addEventListener("change", changeQuietHours);
+  for (const id of ["quiet-start", "quiet-end"]) {
+    $(id).addEventListener("change", () => { if (input("quiet-switch").checked) changeQuietHours(); });
+  }
+  $("away-switch").addEventListener("change", switchAway);
   if (navigator.serviceWorker) {
     navigator.serviceWorker.addEventListener("message", (event) => {
       if (event.data && event.data.type === "answer") calls.answerFromNotification(event.data.call_id);

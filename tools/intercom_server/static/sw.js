@@ -22,9 +22,9 @@ const worker = /** @type {any} */ (self);
  * @typedef {NotificationOptions & {image?: string, vibrate?: number[], renotify?: boolean, timestamp?: number,
  *   actions?: {action: string, title: string}[]}} RichNotification */
 
-const CACHE = "intercom-shell-v3";
+const CACHE = "intercom-shell-v4";
 const SHELL = ["/", "/app.js", "/state.js", "/screens.js", "/session.js", "/connection.js", "/calls.js", "/history.js",
-               "/push.js", "/protocol.js", "/app.css", "/keystore.js", "/manifest.webmanifest", "/icon.svg"];
+               "/push.js", "/availability.js", "/protocol.js", "/app.css", "/keystore.js", "/manifest.webmanifest", "/icon.svg"];
 // How long the worker looks for the visitor's picture: the door sends it a frame after the dial.
 const PICTURE_WAIT_MS = 5000;
 // Calls whose ring was tapped (answered or declined) while this worker runs: a ring for one of
