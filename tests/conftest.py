@@ -138,9 +138,11 @@ class ServerUnderTest:
         self._clients.append(client)
         return client
 
-    async def signed_in(self, user_id: str, token: str, device_id: str | None = None) -> WsClient:
+    async def signed_in(self, user_id: str, token: str, device_id: str | None = None, **extra: Any) -> WsClient:
+        """A connection signed in as this user (`extra`: more of `authenticate`, e.g. a door's
+        quick_replies)."""
         client = await self.connect()
-        body = {"user_id": user_id, "access_token": token}
+        body = {"user_id": user_id, "access_token": token, **extra}
         if device_id:
             body["device_id"] = device_id
         reply = await client.request("authenticate", **body)

@@ -303,6 +303,20 @@ def test_the_example_documents_every_key():
     assert missing == []
 
 
+def test_quick_replies_are_checked_with_their_clips(tmp_path):
+    clip = tmp_path / "coming.wav"
+    clip.write_bytes(b"RIFF")
+    replies = GOOD + "  quick_replies:\n    - {id: coming, label: \" I'm coming \", clip: coming.wav}\n"
+    [reply] = load(tmp_path, replies).quick_replies
+    assert (reply.id, reply.label, reply.clip, reply.ends_call) == ("coming", "I'm coming", str(clip), False)
+    bad = GOOD + ("  quick_replies:\n    - {id: Coming!, label: x, clip: coming.wav}\n"
+                  "    - {id: gone, label: y, clip: gone.wav}\n")
+    found = problems(tmp_path, bad)
+    assert found == ["calls.quick_replies[0].id (line 13): 'Coming!' must be 1 to 32 of a-z, 0-9, _ or -"], found
+    found = problems(tmp_path, GOOD + "  quick_replies:\n    - {id: gone, label: y, clip: gone.wav}\n")
+    assert found == [f"calls.quick_replies[0].clip: {tmp_path / 'gone.wav'} is not a readable file"]
+
+
 def test_door_policy_and_hardware_mistakes_are_named(tmp_path):
     text = GOOD.replace("    bell_button: 17", "    bell_button: 17\n    relay: 99\n  camera:\n    backend: usb\n"
                         "    width: 642") + "  auto_answer:\n    callers: everyone\n"

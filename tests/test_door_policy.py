@@ -15,6 +15,7 @@ from intercom_protocol.door import (
     DoorRules,
     KeepPress,
     PlaceCall,
+    QuickReply,
     ReportMissed,
     RingGroup,
     SendPicture,
@@ -127,6 +128,48 @@ def test_a_group_nobody_of_which_can_be_rung_escalates_at_once_then_the_visitor_
     policy.dialed(second.call, "c2", [])
     assert policy.event(ev({"type": "ended", "call_id": "c2", "reason": "unavailable"}), T0 + 0.02) == \
         [Teardown(), Tone("no_answer")]
+
+
+REPLIES = (QuickReply("coming", "I'm coming", "/clips/coming.wav"),
+           QuickReply("leave", "Please leave it at the door", "/clips/leave.wav", ends_call=True))
+
+
+def test_a_quick_reply_plays_while_it_rings_and_the_ringback_comes_back_after_it() -> None:
+    policy = door(("alice",), ("caretaker",), quick_replies=REPLIES)
+    ringing(policy)
+    assert policy.quick_reply("c1", "coming", ALICE).clip == "/clips/coming.wav"
+    assert policy.reply_played() == [Tone("ringback", loop=True)]
+    assert policy.replies_played == 1
+    # A reply that does not end the ring: no answer still goes to the next group.
+    effects = policy.event(ev({"type": "ended", "call_id": "c1", "reason": "no_answer"}), T0 + 30)
+    assert kinds(effects) == ["Teardown", "ArmClock", "PlaceCall"]
+
+
+def test_a_quick_reply_that_ends_the_ring_leaves_the_visitor_with_it_alone() -> None:
+    policy = door(("alice",), ("caretaker",), quick_replies=REPLIES)
+    ringing(policy)
+    policy.quick_reply("c1", "leave", ALICE)
+    assert policy.reply_played() == []  # no ringback after it
+    # The server ends the ring for everyone: no "nobody answered" tone over it, no next group.
+    assert policy.event(ev({"type": "ended", "call_id": "c1", "reason": "declined"}), T0 + 2) == [Teardown()]
+
+
+def test_a_quick_reply_is_refused_when_the_ring_is_over_or_unknown() -> None:
+    policy = door(quick_replies=REPLIES)
+    with pytest.raises(ProtocolError) as exc:
+        policy.quick_reply("c1", "coming", ALICE)
+    assert exc.value.code == ErrorCode.CONFLICT
+    ringing(policy)
+    with pytest.raises(ProtocolError) as exc:
+        policy.quick_reply("c1", "bribe", ALICE)
+    assert exc.value.code == ErrorCode.NOT_FOUND
+    with pytest.raises(ProtocolError):
+        policy.quick_reply("c9", "coming", ALICE)
+    policy.event(ev({"type": "accepted", "call_id": "c1", "by": {"user_id": "alice", "device_id": "p"},
+                     "answer": ANSWER}), T0 + 1)
+    with pytest.raises(ProtocolError) as exc:
+        policy.quick_reply("c1", "coming", ALICE)  # answered: they talk instead
+    assert exc.value.code == ErrorCode.CONFLICT
 
 
 def test_the_door_hanging_up_while_ringing_cancels_without_a_tone() -> None:

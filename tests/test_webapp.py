@@ -242,6 +242,68 @@ async def test_do_not_disturb_from_the_app_keeps_the_phone_quiet_and_the_press_i
     assert alice.problems == []
 
 
+def _write_clip(path: Path, freq: float, seconds: float, rate: int = 16000) -> None:
+    """A WAV file as an installer records one (16 kHz mono here; the door resamples)."""
+    import wave
+
+    import numpy as np
+
+    t = np.arange(int(rate * seconds)) / rate
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes((np.sin(2 * np.pi * freq * t) * 0.5 * 32767).astype("<i2").tobytes())
+
+
+def _strongest_share(raw: Path, freq: float, rate: int = 48000, window: int = 4800) -> float:
+    """The largest share of a window's power at `freq` in what the door's speaker played."""
+    import numpy as np
+
+    samples = np.fromfile(raw, np.int16).astype(np.float64)
+    probe = np.exp(-2j * np.pi * freq * np.arange(window) / rate)
+    best = 0.0
+    for start in range(0, len(samples) - window, window // 2):
+        chunk = samples[start:start + window]
+        power = float(np.sum(chunk ** 2))
+        if power > window * (0.05 * 32767) ** 2:  # not silence
+            best = max(best, 2 * abs(np.dot(chunk, probe)) ** 2 / (window * power))
+    return best
+
+
+async def test_a_quick_reply_tapped_on_the_ring_screen_is_played_by_the_door(site, browser, tmp_path):
+    clip, speaker = tmp_path / "coming.wav", tmp_path / "speaker.raw"
+    _write_clip(clip, 1234.0, 0.6)
+    invite = await site.invite("alice")
+    settings = {"calls": {"quick_replies": [{"id": "coming", "label": "I'm coming", "clip": str(clip)},
+                                            {"id": "leave", "label": "Leave it at the door", "clip": str(clip),
+                                             "ends_call": True}]},
+                "hardware": {"speaker": {"device": f"file:FILE={speaker},FORMAT=raw"}}}
+    door = await site.start_door("frontdoor", [{"residents": ["alice"], "timeout_s": 30}], settings=settings)
+    alice = await phone(browser, site, "alice")
+    await alice.sign_in(invite)
+    page = alice.page
+    await door.ring()
+    await page.locator("#ring-screen").wait_for(state="visible", timeout=10000)
+    assert await page.locator("#quick-replies button").all_inner_texts() == ["I'm coming", "Leave it at the door"]
+    assert _strongest_share(speaker, 1234.0) < 0.5  # the chime and the ringback, not the clip
+    await alice.shot("quick-replies")
+
+    await page.locator("#quick-replies button", has_text="I'm coming").click()
+    await page.locator("#toast").filter(has_text="The door said: \u201cI'm coming\u201d").wait_for(timeout=10000)
+    played = await door.wait_status(lambda s: s["quick_replies_played"] == 1 and s["speaker"]["tone"] != "reply:coming")
+    assert "reply:coming" in played["speaker"]["tones_played"]
+    assert _strongest_share(speaker, 1234.0) > 0.9  # the clip's tone reached the speaker
+    assert await page.locator("#ring-screen").is_visible()  # it rings on
+
+    await page.locator("#quick-replies button", has_text="Leave it at the door").click()
+    await page.locator("#ring-screen").wait_for(state="hidden", timeout=10000)
+    await page.locator("#toast").filter(has_text="Answered with").wait_for(timeout=5000)
+    status = await door.wait_status(lambda s: s["state"] == "idle")
+    assert status["last_call"]["end_reason"] == "declined" and status["quick_replies_played"] == 2
+    assert alice.problems == []
+
+
 async def test_the_ring_stops_at_once_when_the_visitor_gives_up(site, browser):
     invite = await site.invite("alice")
     door = await site.start_door("frontdoor", [{"residents": ["alice"], "timeout_s": 30}])

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from intercom_protocol.door import DoorRules, RingGroup
+from intercom_protocol.door import DoorRules, QuickReply, RingGroup
+from intercom_protocol.messages import MAX_QUICK_REPLIES, MAX_REPLY_LABEL, QUICK_REPLY_ID
 from intercom_protocol.yamlconfig import ConfigError, Field, Problem, in_range, load_file, nonempty, one_of
 
 PIN_BACKENDS = ("lgpio", "rpigpio", "pigpio", "native", "mock")
@@ -53,6 +54,24 @@ def _callers(value: Any) -> None:
         raise ValueError(f"must be {SITE_RESIDENTS} or a list of user ids, not {value!r}")
     if isinstance(value, list) and not all(isinstance(v, str) and v for v in value):
         raise ValueError("must list user ids (strings)")
+
+def _reply_id(value: Any) -> None:
+    if not QUICK_REPLY_ID.match(value):
+        raise ValueError(f"{value!r} must be 1 to 32 of a-z, 0-9, _ or -")
+
+
+def _reply_label(value: Any) -> None:
+    if not 0 < len(value.strip()) <= MAX_REPLY_LABEL:
+        raise ValueError(f"must be 1 to {MAX_REPLY_LABEL} characters")
+
+
+def _quick_replies(value: Any) -> None:
+    if len(value) > MAX_QUICK_REPLIES:
+        raise ValueError(f"at most {MAX_QUICK_REPLIES} quick replies")
+    ids = [r.get("id") for r in value if isinstance(r, dict)]
+    if len(set(ids)) != len(ids):
+        raise ValueError("two quick replies have the same id")
+
 
 SCHEMA: dict[str, Field] = {
     "server": Field(required=True, schema={
@@ -114,6 +133,14 @@ SCHEMA: dict[str, Field] = {
         }),
         "max_call_s": Field(float, default=180.0, check=in_range(10, 3600)),
         "warning_before_s": Field(float, default=15.0, check=in_range(0, 600)),
+        "quick_replies": Field(list, default=[], check=_quick_replies, items=Field(dict, schema={
+            "id": Field(str, required=True, check=_reply_id, help="a-z, 0-9, _ or -, e.g. coming"),
+            "label": Field(str, required=True, check=_reply_label, help="what the resident taps"),
+            "clip": Field(str, required=True, check=nonempty,
+                          help="the audio file the door plays (WAV, FLAC, Ogg, MP3...)"),
+            "ends_call": Field(bool, default=False,
+                               help="true: the reply answers the visitor and the other phones stop ringing"),
+        })),
     }),
     "control": Field(schema={
         "socket": Field(str, default="/run/intercom/control.sock", check=nonempty),
@@ -140,11 +167,13 @@ class DoorConfig:
     tone_volume: float = 0.5
     source: str = "<config>"
     ca_file: str | None = None
+    quick_replies: tuple[QuickReply, ...] = ()
 
     @property
     def rules(self) -> DoorRules:
         """What the call policy applies."""
-        return DoorRules(self.ring_groups, self.auto_answer, self.announce, self.max_call_s, self.warning_before_s)
+        return DoorRules(self.ring_groups, self.auto_answer, self.announce, self.max_call_s, self.warning_before_s,
+                         self.quick_replies)
 
 
 def load(path: str | Path) -> DoorConfig:
@@ -192,6 +221,14 @@ def _build(raw: dict[str, Any], path: Path) -> DoorConfig:
     if hw["camera"]["backend"] == "picamera2" and hw["camera"]["encoding"] != "passthrough":
         raise ConfigError(str(path), [Problem("hardware.camera.encoding", None,
                                               "picamera2 sends its hardware encoder's H.264: use passthrough")])
+    replies = []
+    for i, reply in enumerate(calls["quick_replies"]):
+        clip = (path.parent / reply["clip"]).resolve()
+        if not clip.is_file():
+            problems.append(Problem(f"calls.quick_replies[{i}].clip", None, f"{clip} is not a readable file"))
+        replies.append(QuickReply(reply["id"], reply["label"].strip(), str(clip), reply["ends_call"]))
+    if problems:
+        raise ConfigError(str(path), problems)
     callers = calls["auto_answer"]["callers"]
     return DoorConfig(
         server_url=server["url"], user_id=server["user_id"], access_token=token or "", device_id=server["device_id"],
@@ -200,4 +237,5 @@ def _build(raw: dict[str, Any], path: Path) -> DoorConfig:
         control_socket=(path.parent / raw["control"]["socket"]).resolve(), source=str(path),
         auto_answer=None if callers == SITE_RESIDENTS else tuple(callers),
         announce=calls["auto_answer"]["announce"], max_call_s=calls["max_call_s"],
-        warning_before_s=calls["warning_before_s"], tone_volume=hw["speaker"]["tone_volume"], ca_file=ca_file)
+        warning_before_s=calls["warning_before_s"], tone_volume=hw["speaker"]["tone_volume"], ca_file=ca_file,
+        quick_replies=tuple(replies))

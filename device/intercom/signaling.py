@@ -68,6 +68,7 @@ class SignalingClient:
         request_timeout_s: float = 10.0,
         claims: Callable[[], list[str]] | None = None,
         ca_file: str | None = None,
+        quick_replies: list[dict[str, str]] | None = None,
     ) -> None:
         self.url = url
         self.user_id = user_id
@@ -77,6 +78,8 @@ class SignalingClient:
         self._on_request = on_request
         self._on_connection = on_connection
         self._timeout = request_timeout_s
+        #: A door's quick replies ({id, label}), told to the server at each sign-in.
+        self.quick_replies = quick_replies
         #: The calls this client still holds, told to the server at every sign-in so that it
         #: ends the ones this process no longer knows (see docs/protocol.md, authenticate).
         self._claims = claims
@@ -133,6 +136,8 @@ class SignalingClient:
                     body["device_id"] = self.device_id
                 if self._claims is not None:
                     body["calls"] = self._claims()
+                if self.quick_replies:
+                    body["quick_replies"] = self.quick_replies
                 info = await self.request("authenticate", _before_auth=True, **body)
                 self.session_info = info
                 self.device_id = info["device_id"]

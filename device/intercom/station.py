@@ -34,6 +34,7 @@ from .config import DoorConfig
 from .directory import site_users, unknown_residents
 from .media.audio import AlsaCaptureTrack, Speaker, ToneTrack
 from .media.camera import EncodedCamera, make_camera
+from .media.clips import ClipError, Clips
 from .media.echo import EchoCanceller
 from .media.peer import rtc_configuration
 from .pins import Pins
@@ -52,13 +53,14 @@ class Station:
         self.client = SignalingClient(config.server_url, config.user_id, config.access_token, config.device_id,
                                       on_event=self._server_event, on_request=self._server_request,
                                       on_connection=self._connection_changed, claims=self.policy.claims,
-                                      ca_file=config.ca_file)
+                                      ca_file=config.ca_file, quick_replies=self._offered(config))
         self.camera: EncodedCamera = make_camera(config.camera)
         mic = config.microphone
         self.echo: EchoCanceller | None = None
         if mic["backend"] == "alsa" and (mic["echo_cancellation"] or mic["noise_suppression"]):
             self.echo = EchoCanceller(mic["echo_cancellation"], mic["noise_suppression"])
         self.speaker = Speaker(config.speaker_device, self.echo, config.tone_volume)
+        self.clips = Clips()
         self.pins = Pins(config.pins, self.press, self.loop, factory=pin_factory)
         self.pc: RTCPeerConnection | None = None
         self.reloads = 0
@@ -127,6 +129,8 @@ class Station:
         if self.last_error and self.last_error.startswith("reload refused"):
             self.last_error = None
         self.speaker.tone_volume = config.tone_volume
+        self.client.quick_replies = self._offered(config)
+        self.clips.forget()
         server = (config.server_url, config.user_id, config.access_token, config.device_id)
         if server != (old.server_url, old.user_id, old.access_token, old.device_id):
             self.client.reconfigure(*server)
@@ -172,7 +176,7 @@ class Station:
         handlers: dict[str, Callable[[Any], Awaitable[None]]] = {
             "press": self._on_press, "event": self._on_event, "media": self._on_media, "clock": self._on_clock,
             "hangup": self._on_hangup, "timer": self._on_timer, "report_missed": self._report_missed,
-            "resync": self._on_resync}
+            "resync": self._on_resync, "reply_played": self._on_reply_played}
         while True:
             kind, data = await self._inbox.get()
             if kind == "stop":
@@ -184,6 +188,9 @@ class Station:
                 log.exception("while handling %s", kind)
                 self.last_error = f"{kind}: {exc}"
             self._show()
+
+    async def _on_reply_played(self, _: None) -> None:
+        await self._run(self.policy.reply_played())
 
     async def _on_press(self, pressed: tuple[float, float]) -> None:
         wall, self._pressed_mono = pressed
@@ -425,9 +432,27 @@ class Station:
     async def _server_request(self, req: dict[str, Any]) -> dict[str, Any]:
         if req.get("type") != "action":
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"the door does not handle '{req.get('type')}'")
+        if req.get("name") == "quick_reply":
+            return self.quick_reply(str(req.get("call_id")), str(req.get("reply")), req.get("by") or {})
         if req.get("name") != "open_door":
             raise ProtocolError(ErrorCode.NOT_FOUND, f"the door has no action '{req.get('name')}'")
         return self.open_door(str(req.get("call_id")), req.get("by") or {})
+
+    @staticmethod
+    def _offered(config: DoorConfig) -> list[dict[str, str]] | None:
+        return [{"id": r.id, "label": r.label} for r in config.quick_replies] or None
+
+    def quick_reply(self, call_id: str, reply_id: str, by: dict[str, Any]) -> dict[str, Any]:
+        """Play a quick reply to the visitor, if the ring is still on and its clip plays; the
+        ringback comes back after it unless the reply ended the ring."""
+        reply = self.policy.quick_reply(call_id, reply_id, by)
+        try:
+            samples = self.clips.get(reply.clip)
+        except ClipError as exc:
+            log.warning("quick reply '%s': %s", reply.id, exc)
+            raise ProtocolError(ErrorCode.CONFLICT, f"the door cannot play '{reply.label}': {exc}") from None
+        self.speaker.clip(f"reply:{reply.id}", samples, done=lambda: self._inbox.put_nowait(("reply_played", None)))
+        return {"ends_call": reply.ends_call}
 
     def open_door(self, call_id: str, by: dict[str, Any]) -> dict[str, Any]:
         """Pulse the strike, if the policy allows it (raises its refusal otherwise)."""
@@ -491,7 +516,7 @@ class Station:
             "press_timings": self.press_timings,
             "calls_placed": door.calls_placed,
             "calls_answered": door.calls_answered,
-            "ignored_presses": door.ignored_presses,
+            "ignored_presses": door.ignored_presses, "quick_replies_played": door.replies_played,
             "missed_presses": len(door.missed),
             "missed_reported": door.missed_reported,
             "unknown_residents": self.unknown_residents,

@@ -88,6 +88,8 @@ class ServerCall:
     #: Callees the server does not ring (do-not-disturb, quiet hours, away): still parties of
     #: the call, so it is in their history, but no device of theirs rings or is woken.
     unavailable: tuple[str, ...] = ()
+    #: The calling door's quick replies ({id, label}), offered with the ring.
+    quick_replies: tuple[dict[str, str], ...] = ()
     state: CallState = CallState.DIALING
     #: Devices that were sent `incoming` and have not yet declined or been told it ended.
     ringing: dict[DeviceRef, None] = field(default_factory=dict)
@@ -137,6 +139,7 @@ class ServerCall:
         return event_message(Incoming(call_id=self.call_id, caller=self.caller_info, video=self.video, offer=self.offer,
                                       created_at=iso(self.created_at),
                                       expires_in_s=round(max(0.0, self.ring_deadline - now), 3),
+                                      quick_replies=[dict(r) for r in self.quick_replies] or None,
                                       snapshot_url=self.snapshot_url or None))
 
     def ring(self, devices: list[DeviceRef], now: float) -> list[Send]:

@@ -51,6 +51,18 @@ class DoorRules:
     announce: bool = True  # a tone tells the visitor that someone looks
     max_call_s: float = 180.0
     warning_before_s: float = 15.0
+    quick_replies: tuple[QuickReply, ...] = ()
+
+
+@dataclass(frozen=True)
+class QuickReply:
+    """A clip the door plays to its visitor when a resident taps it on the ring screen."""
+
+    id: str
+    label: str
+    clip: str  # the audio file
+    #: Whether it answers the visitor for everyone: the other phones stop ringing.
+    ends_call: bool = False
 
 
 @dataclass
@@ -168,6 +180,10 @@ class DoorPolicy:
     missed_reported: int = 0
     door_openings: list[dict[str, Any]] = field(default_factory=list)
     last_error: str | None = None
+    #: Quick replies played, for the installer's status.
+    replies_played: int = 0
+    #: The call a quick reply ended: the visitor heard the reply, so no tone and no next group.
+    _replied: str | None = None
     _pressed_at: float = 0.0
 
     # -- what the installer sees ---------------------------------------------------------------
@@ -332,6 +348,8 @@ class DoorPolicy:
         if isinstance(event, Ended):
             log.info("call %s ended: %s", call.call_id, event.reason)
             effects = self._teardown(event.reason)
+            if self._replied == call.call_id:
+                return effects  # a resident's quick reply answered the visitor
             return effects + self._unanswered(event.reason, now) if call.unanswered else effects
         return []
 
@@ -445,6 +463,29 @@ class DoorPolicy:
         if not relay:
             log.warning("asked to open the door for %s, but no relay is configured", who)
             raise ProtocolError(ErrorCode.CONFLICT, "this door has no relay configured (hardware.pins.relay)")
+
+    def quick_reply(self, call_id: str, reply_id: str, by: dict[str, Any]) -> QuickReply:
+        """The reply a resident rung by this door's visitor asked for, if the door's ring is
+        still on; raises the refusal otherwise."""
+        call = self.call
+        if call is None or call.call_id != call_id or call.role != "caller" or not call.live or not call.ringing_state:
+            raise ProtocolError(ErrorCode.CONFLICT, "the visitor's ring is over")
+        reply = next((r for r in self.rules.quick_replies if r.id == reply_id), None)
+        if reply is None:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"this door has no quick reply '{reply_id}'")
+        if reply.ends_call:
+            self._replied = call_id
+        self.replies_played += 1
+        log.info("playing the quick reply '%s' from %s", reply.id, by.get("user_id", "?"))
+        return reply
+
+    def reply_played(self) -> list[Effect]:
+        """A quick reply's clip ended: the ringback again if the ring goes on."""
+        call = self.call
+        if call is not None and call.live and call.role == "caller" and call.ringing_state \
+                and self._replied != call.call_id:
+            return [Tone("ringback", loop=True)]
+        return []
 
     def door_opened(self, call_id: str, by: dict[str, Any], pulse_s: float, wall: float) -> None:
         who = by.get("user_id", "?")

@@ -24,6 +24,10 @@ MAX_SNAPSHOT_BYTES = 256 * 1024
 MAX_CALLEES = 64
 #: Calls one device may claim when it signs in (a door or a phone holds one or two).
 MAX_CLAIMED_CALLS = 16
+#: Quick replies a door offers, each {id, label}; the label is what the resident taps.
+MAX_QUICK_REPLIES = 8
+MAX_REPLY_LABEL = 80
+QUICK_REPLY_ID = re.compile(r"^[a-z0-9_-]{1,32}$")
 MAX_RING_TIMEOUT_S = 300.0
 #: A press reported after an outage older than this is history, not news.
 MAX_MISSED_AGE_S = 7 * 24 * 3600
@@ -140,6 +144,18 @@ def _call_ids(value: Any, kind: str) -> None:
         raise ValueError("must contain only call ids (non-empty strings)")
 
 
+def check_quick_replies(value: Any, kind: str = "") -> None:
+    if not isinstance(value, list) or len(value) > MAX_QUICK_REPLIES:
+        raise ValueError(f"must be a list of at most {MAX_QUICK_REPLIES} quick replies")
+    for item in value:
+        if not isinstance(item, dict) or set(item) != {"id", "label"} or not isinstance(item["id"], str) \
+                or not QUICK_REPLY_ID.match(item["id"]) or not isinstance(item["label"], str) \
+                or not 0 < len(item["label"].strip()) <= MAX_REPLY_LABEL:
+            raise ValueError(f'must contain {{"id": "a-z, 0-9, _ or -", "label": "1 to {MAX_REPLY_LABEL} characters"}}')
+    if len({item["id"] for item in value}) != len(value):
+        raise ValueError("must not name one id twice")
+
+
 def _nonempty_str(value: Any, kind: str) -> None:
     if not isinstance(value, str) or not value or len(value) > 256:
         raise ValueError("must be a non-empty string of at most 256 characters")
@@ -165,6 +181,8 @@ class Authenticate:
     access_token: str = _field(_nonempty_str)
     device_id: str | None = _field(_nonempty_str, optional=True)
     calls: list[str] | None = _field(_call_ids, optional=True)
+    #: A door's quick replies, offered to the residents its visitor's ring reaches.
+    quick_replies: list[dict[str, str]] | None = _field(check_quick_replies, optional=True)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -209,6 +227,8 @@ class Missed:
 class Action:
     call_id: str = _field(_nonempty_str)
     name: str = _field(_nonempty_str)
+    #: For `quick_reply`: the id of the door's quick reply.
+    reply: str | None = _field(_nonempty_str, optional=True)
 
 
 @dataclass(frozen=True)
@@ -251,6 +271,8 @@ class Incoming:
     created_at: str
     expires_in_s: float | None = _omitted_when_none()
     snapshot_url: str | None = _omitted_when_none()
+    #: What the resident may send the visitor without answering ({id, label} each).
+    quick_replies: list[dict[str, str]] | None = _omitted_when_none()
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -32,7 +32,7 @@ class Connection:
     and a parked writer task cost about 4.5 KiB a connection; see bench/results.md)."""
 
     __slots__ = ("_send_text", "_close", "peer", "user", "device", "token_id", "bucket", "_requests", "_max_queue",
-                 "closed", "_closer", "outbox", "_writer", "__weakref__")
+                 "closed", "_closer", "outbox", "_writer", "quick_replies", "__weakref__")
 
     def __init__(self, send_text: Callable[[str], Any], close: Callable[[int, str], Any], peer: str,
                  limits: LimitSettings) -> None:
@@ -52,6 +52,8 @@ class Connection:
         #: Frames encoded and waiting for the socket, oldest first; None while there are none.
         self.outbox: deque[str] | None = None
         self._writer: asyncio.Task[None] | None = None
+        #: A door's quick replies ({id, label}), as it signed in with them.
+        self.quick_replies: tuple[dict[str, str], ...] = ()
 
     def send(self, message: dict[str, Any]) -> None:
         if self.closed or self._closer is not None:

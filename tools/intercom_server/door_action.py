@@ -46,8 +46,12 @@ class DoorAction:
         """`open_door`: checked here, carried out by the door, and audited either way."""
         assert conn.user is not None and conn.device is not None
         name, call_id = req.body.name, req.body.call_id
+        if name == "quick_reply":
+            self.quick_reply(conn, req)
+            return
         if name != "open_door":
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"unknown action '{name}'; the actions are: open_door", req.id)
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"unknown action '{name}'; the actions are: open_door, "
+                                                       "quick_reply", req.id)
         now = time.time()
         call = self.hub.calls.get(call_id) or self.hub.recent.get(call_id)
         site_id = conn.user["site_id"]
@@ -92,6 +96,51 @@ class DoorAction:
             conn.send(m.ok(req.id))
         else:
             conn.send(m.error(req.id, opening.code or ErrorCode.INTERNAL, opening.message))
+
+    def quick_reply(self, conn: Connection, req: Request[m.Action]) -> None:
+        """A resident rung by a visitor's call has the door play one of its quick replies
+        ("I'm coming"), without answering. The door plays it, or says why it cannot."""
+        assert conn.user is not None and conn.device is not None
+        call = self.hub.calls.get(req.body.call_id)
+        if conn.user["kind"] != "resident" or call is None or not call.involves(conn.device) \
+                or call.caller_info.get("kind") != "door":
+            raise ProtocolError(ErrorCode.FORBIDDEN, "you are not rung by this door's visitor", req.id)
+        if req.body.reply is None:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "'action.reply' names the quick reply to play", req.id)
+        if call.accepted_by is not None:
+            raise ProtocolError(ErrorCode.CONFLICT, "the call was answered: talk to the visitor instead", req.id)
+        reply = next((r for r in call.quick_replies if r["id"] == req.body.reply), None)
+        if reply is None:
+            offered = ", ".join(r["id"] for r in call.quick_replies) or "none"
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"the door has no quick reply '{req.body.reply}'; it has: "
+                                                     f"{offered}", req.id)
+        door_conn = self.hub.devices.get(call.caller)
+        if door_conn is None:
+            raise ProtocolError(ErrorCode.CONFLICT, "the door station is not connected", req.id)
+        self.hub._spawn(self._play_reply(conn, req, call, door_conn, reply))
+
+    async def _play_reply(self, conn: Connection, req: Request[m.Action], call: ServerCall, door_conn: Connection,
+                          reply: dict[str, str]) -> None:
+        assert conn.user is not None and conn.device is not None
+        try:
+            answer = await door_conn.request("action", self.hub.settings.door_reply_timeout_s, call_id=call.call_id,
+                                             name="quick_reply", reply=reply["id"],
+                                             by={**conn.device.as_json(), "display_name": conn.user["display_name"]})
+        except (TimeoutError, ConnectionGone) as exc:
+            conn.send(m.error(req.id, ErrorCode.INTERNAL, "the door station did not answer in time"
+                              if isinstance(exc, TimeoutError) else "the door station disconnected"))
+            return
+        if answer["type"] != "ok":
+            code = answer.get("code")
+            code = code if isinstance(code, str) and code in _ERROR_CODES else ErrorCode.INTERNAL
+            conn.send(m.error(req.id, code, f"the door refused: {str(answer.get('message') or 'no reason given')[:200]}"))
+            return
+        ends = answer.get("ends_call") is True
+        log.info("%s/%s sent the quick reply '%s' to %s's visitor (call %s)%s", conn.device.user_id,
+                 conn.device.device_id, reply["id"], call.caller.user_id, call.call_id, "; it ends the call" if ends else "")
+        conn.send(m.ok(req.id, ends_call=ends))
+        if ends and not call.ended:  # answered for everyone: the other phones stop ringing
+            self.hub._deliver(call, call.abort(m.EndReason.DECLINED, time.time()))
 
     async def carry_out(self, site_id: str, by: DeviceRef, display_name: str, call_id: str, door_conn: Connection,
                         now: float) -> Opening:

@@ -241,6 +241,8 @@ class Hub:
         conn.user = user
         conn.device = device
         conn.token_id, expires_at = token
+        if user["kind"] == "door":
+            conn.quick_replies = tuple(dict(r) for r in req.body.quick_replies or ())
         self.devices[device] = conn
         if expires_at is not None:
             self._expiry[conn] = asyncio.get_running_loop().call_later(
@@ -346,7 +348,7 @@ class Hub:
             callees=tuple(callees), video=dialed.video is not False if dialed else True,
             offer=dialed.offer if dialed else {}, created_at=created_at,
             ring_timeout_s=ring_timeout_s, snapshot_url=f"/v1/direct_calls/{call_id}/snapshot" if snapshot else None,
-            unavailable=unavailable)
+            unavailable=unavailable, quick_replies=conn.quick_replies if dialed else ())
         return call, snapshot, unknown
 
     def _store(self, what: str, written: Future[Any]) -> None:

@@ -206,6 +206,15 @@ class Speaker:
             self._tone_done = done
         self.stats.tones.append(name)
 
+    def clip(self, name: str, samples: np.ndarray, done: Callable[[], None] | None = None) -> None:
+        """Play recorded audio (16-bit mono at RATE) now, in the tone's place; `done` runs on
+        the event loop when it has finished."""
+        with self._lock:
+            self._tone, self._tone_name = samples, name
+            self._tone_loop = None
+            self._tone_done = done
+        self.stats.tones.append(name)
+
     def stop_tone(self, name: str | None = None) -> None:
         """Stop the tone playing (only if it is `name`, when given)."""
         with self._lock:

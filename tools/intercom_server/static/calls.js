@@ -35,6 +35,8 @@ let ringing = null;
 let call = null;
 /** A call id the resident already answered from a notification. @type {string | null} */
 let answerOnRing = null;
+/** The quick reply this phone sent to a ring, and the ring's. @type {{call_id: string, label: string} | null} */
+let replied = null;
 
 export const current = () => ({ ringing, call });
 /** Whether this call is still the page's call (after an await, the resident may have hung up).
@@ -84,6 +86,7 @@ async function onIncoming(event) {
   $("ring-caller").textContent = `${event.caller.display_name} is ringing`;
   $("ring-title").textContent = event.caller.kind === "door" ? "Someone is at the door" : `${event.caller.display_name} is calling`;
   $("ring-snapshot").hidden = true;
+  showReplies(event.quick_replies);
   $("ring-screen").hidden = false;
   button("answer").disabled = false;
   button("decline").disabled = false;
@@ -140,6 +143,39 @@ async function showVisitor(event) {
   }
 }
 
+/** The door's quick replies as buttons: the visitor hears one without anyone answering.
+ * @param {{id: string, label: string}[] | undefined} replies */
+function showReplies(replies) {
+  const box = $("quick-replies");
+  box.replaceChildren();
+  for (const reply of replies || []) {
+    const choice = document.createElement("button");
+    choice.className = "secondary";
+    choice.textContent = reply.label;
+    choice.dataset.reply = reply.id;
+    choice.addEventListener("click", () => quickReply(reply));
+    box.append(choice);
+  }
+  box.hidden = !(replies && replies.length);
+}
+
+/** @param {{id: string, label: string}} reply */
+async function quickReply(reply) {
+  const ring = ringing;
+  if (!ring) return;
+  const choices = /** @type {NodeListOf<HTMLButtonElement>} */ ($("quick-replies").querySelectorAll("button"));
+  choices.forEach((choice) => { choice.disabled = true; });
+  try {
+    await request("action", { call_id: ring.call_id, name: "quick_reply", reply: reply.id });
+    replied = { call_id: ring.call_id, label: reply.label };
+    toast(`The door said: \u201c${reply.label}\u201d`);
+  } catch (error) {
+    toast(`Could not send it: ${/** @type {Error} */ (error).message}`);
+  } finally {
+    choices.forEach((choice) => { choice.disabled = false; });
+  }
+}
+
 function stopRinging() {
   ringing = null;
   ringtone.stop();
@@ -158,7 +194,8 @@ export async function decline() {
 function onEnded(event) {
   if (ringing && ringing.call_id === event.call_id) {
     stopRinging();
-    toast(event.reason === END_REASONS.CANCELED ? "The visitor left." : REASONS[event.reason] || "The call ended.");
+    if (replied && replied.call_id === event.call_id) toast(`Answered with \u201c${replied.label}\u201d`);
+    else toast(event.reason === END_REASONS.CANCELED ? "The visitor left." : REASONS[event.reason] || "The call ended.");
   }
   if (call && call.call_id === event.call_id) {
     closeCall();
