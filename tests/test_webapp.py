@@ -304,6 +304,35 @@ async def test_a_quick_reply_tapped_on_the_ring_screen_is_played_by_the_door(sit
     assert alice.problems == []
 
 
+async def test_a_visitor_s_message_plays_from_the_history_and_can_be_deleted(site, browser, tmp_path):
+    invite = await site.invite("alice")
+    door = await site.start_door("frontdoor", [{"residents": ["alice"], "timeout_s": 2}], settings={
+        "calls": {"visitor_messages": {"enabled": True, "max_s": 4, "spool_dir": str(tmp_path / "spool")}}})
+    alice = await phone(browser, site, "alice")
+    await alice.sign_in(invite)
+    page = alice.page
+    await door.ring()
+    await page.locator("#ring-screen").wait_for(state="visible", timeout=10000)
+    await page.locator("#ring-screen").wait_for(state="hidden", timeout=10000)  # nobody answered
+    await door.wait_status(lambda s: s["messages"]["sent"] == 1, timeout=40)
+
+    await page.locator("#tab-calls").click()  # the history again: the message is there now
+    await page.locator("#history .play-message").click()
+    await until(page, "(() => { const v = document.querySelector('#history video');"
+                      " return v && v.getVideoPlaybackQuality().totalVideoFrames > 15 && v.currentTime > 1; })()",
+                timeout_s=20, what="the message's video playing")
+    size = await page.evaluate("(() => { const v = document.querySelector('#history video');"
+                               " return [v.videoWidth, v.videoHeight, Math.round(v.duration)]; })()")
+    assert size == [640, 480, 4]
+    await alice.shot("visitor-message")
+
+    await page.locator("#history .delete-message").click()
+    await page.locator("#history .message").filter(has_text="Message deleted").wait_for(timeout=5000)
+    code, calls = await site.api("GET", "/v1/direct_calls")
+    assert code == 200 and calls["calls"][0]["has_message"] is False
+    assert alice.problems == []
+
+
 async def test_the_ring_stops_at_once_when_the_visitor_gives_up(site, browser):
     invite = await site.invite("alice")
     door = await site.start_door("frontdoor", [{"residents": ["alice"], "timeout_s": 30}])

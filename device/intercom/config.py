@@ -141,11 +141,28 @@ SCHEMA: dict[str, Field] = {
             "ends_call": Field(bool, default=False,
                                help="true: the reply answers the visitor and the other phones stop ringing"),
         })),
+        "visitor_messages": Field(schema={
+            "enabled": Field(bool, default=False, help="record a message when nobody can answer"),
+            "max_s": Field(float, default=20.0, check=in_range(3, 120), help="the longest message"),
+            "greeting": Field(str, check=nonempty, help="a clip saying nobody can answer (default: a tone)"),
+            "spool_dir": Field(str, default="/var/lib/intercom/messages", check=nonempty,
+                               help="where messages wait until the server has them"),
+            "spool_max_mb": Field(float, default=200.0, check=in_range(1, 100_000)),
+        }),
     }),
     "control": Field(schema={
         "socket": Field(str, default="/run/intercom/control.sock", check=nonempty),
     }),
 }
+
+
+@dataclass(frozen=True)
+class MessageSettings:
+    """Visitor messages (`calls.visitor_messages`), when enabled."""
+    max_s: float
+    greeting: str | None
+    spool_dir: Path
+    spool_max_bytes: int
 
 
 @dataclass(frozen=True)
@@ -168,12 +185,13 @@ class DoorConfig:
     source: str = "<config>"
     ca_file: str | None = None
     quick_replies: tuple[QuickReply, ...] = ()
+    messages: MessageSettings | None = None
 
     @property
     def rules(self) -> DoorRules:
         """What the call policy applies."""
         return DoorRules(self.ring_groups, self.auto_answer, self.announce, self.max_call_s, self.warning_before_s,
-                         self.quick_replies)
+                         self.quick_replies, visitor_messages=self.messages is not None)
 
 
 def load(path: str | Path) -> DoorConfig:
@@ -227,6 +245,17 @@ def _build(raw: dict[str, Any], path: Path) -> DoorConfig:
         if not clip.is_file():
             problems.append(Problem(f"calls.quick_replies[{i}].clip", None, f"{clip} is not a readable file"))
         replies.append(QuickReply(reply["id"], reply["label"].strip(), str(clip), reply["ends_call"]))
+    vm = calls["visitor_messages"]
+    messages = None
+    if vm["enabled"]:
+        greeting = None
+        if vm["greeting"]:
+            greeting_path = (path.parent / vm["greeting"]).resolve()
+            if not greeting_path.is_file():
+                problems.append(Problem("calls.visitor_messages.greeting", None, f"{greeting_path} is not a readable file"))
+            greeting = str(greeting_path)
+        messages = MessageSettings(vm["max_s"], greeting, (path.parent / vm["spool_dir"]).resolve(),
+                                   int(vm["spool_max_mb"] * 1024 * 1024))
     if problems:
         raise ConfigError(str(path), problems)
     callers = calls["auto_answer"]["callers"]
@@ -238,4 +267,4 @@ def _build(raw: dict[str, Any], path: Path) -> DoorConfig:
         auto_answer=None if callers == SITE_RESIDENTS else tuple(callers),
         announce=calls["auto_answer"]["announce"], max_call_s=calls["max_call_s"],
         warning_before_s=calls["warning_before_s"], tone_volume=hw["speaker"]["tone_volume"], ca_file=ca_file,
-        quick_replies=tuple(replies))
+        quick_replies=tuple(replies), messages=messages)

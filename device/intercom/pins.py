@@ -27,6 +27,7 @@ PATTERNS: dict[str, Shape] = {
     "connected": True,
     "door_open": (0.05, 0.05),
     "offline": (0.1, 1.9),
+    "recording": (1.0, 0.25),  # the visitor's message is being recorded: they can see it
     "off": False,
 }
 
@@ -38,6 +39,7 @@ BACKLIGHT: dict[str, Shape] = {
     "connected": True,
     "door_open": True,
     "offline": True,
+    "recording": True,
     "off": False,
 }
 

@@ -22,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+import av
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 
 from intercom_protocol import door as policy
@@ -37,6 +38,9 @@ from .media.camera import EncodedCamera, make_camera
 from .media.clips import ClipError, Clips
 from .media.echo import EchoCanceller
 from .media.peer import rtc_configuration
+from .media.recorder import record
+from .media.video import EncodedVideo
+from .outbox import Outbox
 from .pins import Pins
 from .signaling import NotConnected, SignalingClient
 
@@ -61,6 +65,11 @@ class Station:
             self.echo = EchoCanceller(mic["echo_cancellation"], mic["noise_suppression"])
         self.speaker = Speaker(config.speaker_device, self.echo, config.tone_volume)
         self.clips = Clips()
+        messages = config.messages
+        self.outbox = Outbox(messages.spool_dir, messages.spool_max_bytes, lambda: self.config.server_url,
+                             lambda: self.config.access_token, lambda: self.client.ssl_context) if messages else None
+        #: The last visitor's message recorded, for the installer's status.
+        self.last_message: dict[str, Any] | None = None
         self.pins = Pins(config.pins, self.press, self.loop, factory=pin_factory)
         self.pc: RTCPeerConnection | None = None
         self.reloads = 0
@@ -114,6 +123,8 @@ class Station:
         await asyncio.gather(self._signaling, return_exceptions=True)
         self.camera.close()
         self.speaker.close()
+        if self.outbox is not None:
+            self.outbox.close()
         self.pins.close()
 
     def reload(self, config: DoorConfig) -> list[str]:
@@ -162,6 +173,8 @@ class Station:
             self.policy.link_up()
             self._inbox.put_nowait(("resync", self.client.live_calls))
             self._spawn_check()
+            if self.outbox is not None:
+                self.outbox.send_soon()
         else:
             self._run_now(self.policy.link_lost(time.monotonic()))
         self._show()
@@ -284,6 +297,9 @@ class Station:
                 await self._teardown()
             case policy.ReportMissed():
                 self._inbox.put_nowait(("report_missed", None))
+            case policy.RecordMessage(call_id):
+                self.policy.recording = True  # from now: a press is ignored, the LED says so
+                self._spawn(self._record_message(call_id))
 
     def _arm_clock(self, effect: ArmClock) -> None:
         """One timer at the call's next deadline; it posts to the inbox like every event."""
@@ -464,6 +480,55 @@ class Station:
 
     # -- what the installer sees ---------------------------------------------------------------
 
+    # -- a visitor's message ---------------------------------------------------------------------
+
+    async def _record_message(self, call_id: str) -> None:
+        """Tell the visitor nobody can answer (the greeting, or a tone), beep, and record; the
+        LED blinks slowly while it records. Then send it to the server."""
+        settings, outbox = self.config.messages, self.outbox
+        assert settings is not None and outbox is not None
+        self._show()
+        mic: MediaStreamTrack | None = None
+        try:
+            if not isinstance(self.camera.video, EncodedVideo):
+                raise RuntimeError("visitor messages need the camera's own H.264 (hardware.camera.encoding: "
+                                   "passthrough)")
+            greeting = self.clips.get(settings.greeting) if settings.greeting else None
+            await self._play_to_end(lambda done: self.speaker.clip("greeting", greeting, done=done) if greeting
+                                    is not None else self.speaker.tone("no_answer", done=done))
+            await self._play_to_end(lambda done: self.speaker.tone("record_beep", done=done))
+            camera = self.config.camera
+            outbox.make_room(int(settings.max_s * 400_000))  # room for a message at a camera's rate
+            mic = self._microphone()
+            made = await record(self.camera.video, mic, settings.spool_dir / f"{call_id}.mp4", settings.max_s,
+                                camera["width"], camera["height"], camera["fps"])
+            self.policy.messages_recorded += 1
+            self.last_message = {"call_id": call_id, "duration_s": round(made.duration_s, 2), "bytes": made.bytes,
+                                 "video_frames": made.video_frames, "video_sha256": made.video_sha256}
+            log.info("recorded the visitor's message for call %s: %.1f s, %d bytes", call_id, made.duration_s,
+                     made.bytes)
+        except (ClipError, OSError, RuntimeError, av.FFmpegError) as exc:
+            log.error("could not record the visitor's message: %s", exc)
+            self.last_error = f"visitor message: {exc}"
+        finally:
+            if mic is not None:
+                mic.stop()
+            self.policy.recording = False
+            self._show()
+        outbox.send_soon()
+
+    async def _play_to_end(self, play: Callable[[Callable[[], None]], None], limit_s: float = 30.0) -> None:
+        done: asyncio.Future[None] = self.loop.create_future()
+
+        def finished() -> None:
+            if not done.done():
+                done.set_result(None)
+        play(finished)
+        try:
+            await asyncio.wait_for(done, limit_s)
+        except TimeoutError:
+            self.speaker.stop_tone()
+
     def _spawn_check(self) -> None:
         self._spawn(self._check_ring_groups())
 
@@ -517,6 +582,9 @@ class Station:
             "calls_placed": door.calls_placed,
             "calls_answered": door.calls_answered,
             "ignored_presses": door.ignored_presses, "quick_replies_played": door.replies_played,
+            "messages": None if self.outbox is None else {"recording": door.recording,
+                                                         "recorded": door.messages_recorded,
+                                                         "last": self.last_message, **self.outbox.status()},
             "missed_presses": len(door.missed),
             "missed_reported": door.missed_reported,
             "unknown_residents": self.unknown_residents,

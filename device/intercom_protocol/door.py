@@ -52,6 +52,8 @@ class DoorRules:
     max_call_s: float = 180.0
     warning_before_s: float = 15.0
     quick_replies: tuple[QuickReply, ...] = ()
+    #: When nobody answers, the visitor may leave a message (recorded and sent to the server).
+    visitor_messages: bool = False
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,12 @@ class Decline:
 
 
 @dataclass(frozen=True)
+class RecordMessage:
+    """Nobody can answer: tell the visitor, then record their message for the call's residents."""
+    call_id: str
+
+
+@dataclass(frozen=True)
 class TellEnded:
     """Send `end` for this call. `wait`: before the next effect; else in the background (a
     frozen server must not hold up the door). `untold`: if the server could not be told,
@@ -160,7 +168,7 @@ class ReportMissed:
 
 
 Effect = (Tone | StopTone | PlaceCall | SendPicture | KeepPress | Answer | UseAnswer | Decline | TellEnded | Teardown
-          | ArmClock | StartCallTimers | ReportMissed)
+          | ArmClock | StartCallTimers | ReportMissed | RecordMessage)
 MissedOutcome = Literal["reported", "refused", "not_stored", "unreachable"]
 
 
@@ -184,6 +192,9 @@ class DoorPolicy:
     replies_played: int = 0
     #: The call a quick reply ended: the visitor heard the reply, so no tone and no next group.
     _replied: str | None = None
+    #: A visitor's message is being recorded: presses meanwhile are ignored.
+    recording: bool = False
+    messages_recorded: int = 0
     _pressed_at: float = 0.0
 
     # -- what the installer sees ---------------------------------------------------------------
@@ -194,9 +205,10 @@ class DoorPolicy:
 
     @property
     def state(self) -> str:
-        """idle, calling (dialing or ringing either way) or connected."""
+        """idle, calling (dialing or ringing either way), connected, or recording (a visitor's
+        message)."""
         if self.call is None or not self.call.live:
-            return "idle"
+            return "recording" if self.recording else "idle"
         return "calling" if self.call.ringing_state else "connected"
 
     def claims(self) -> list[str]:
@@ -210,6 +222,10 @@ class DoorPolicy:
         if call is not None and call.live and call.role == "caller":
             self.ignored_presses += 1
             log.info("bell pressed during a call (%s): ignored", call.state)
+            return []
+        if self.recording:
+            self.ignored_presses += 1
+            log.info("bell pressed while the visitor's message is recorded: ignored")
             return []
         self._pressed_at = wall
         effects: list[Effect] = []
@@ -515,6 +531,10 @@ class DoorPolicy:
                      self.group + 2)
             return self._dial(self.group + 1, now)
         if reason != EndReason.CANCELED:
+            call_id = self.call.call_id if self.call is not None else None
+            if self.rules.visitor_messages and call_id:
+                log.info("nobody can answer: recording the visitor's message for call %s", call_id)
+                return [RecordMessage(call_id)]
             return [Tone("no_answer")]
         return []
 

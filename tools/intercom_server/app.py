@@ -6,9 +6,12 @@ import asyncio
 import contextlib
 import hmac
 import ipaddress
+import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,6 +26,7 @@ from .hub import Hub, HubSettings
 from .mqtt import MqttBridge
 from .openapi import AUDIT_CURSOR, CALLS_CURSOR, OPENAPI
 from .store import Bearer, Forbidden, NotFound, Store, StoreError, check_id
+from .visitor_messages import MessageBox, TooLarge
 from .webapp import add_webapp_routes
 from .webhooks import Webhooks, check_events, check_url
 
@@ -36,6 +40,7 @@ API_TOKEN = web.AppKey("api_token", str)
 PUBLIC_URL = web.AppKey("public_url", str)
 MQTT = web.AppKey("mqtt", MqttBridge)
 WEBHOOKS = web.AppKey("webhooks", Webhooks)
+MESSAGES = web.AppKey("messages", MessageBox)
 #: Larger frames than the protocol allows are still read, so they get a `too_large` reply;
 #: only absurd ones make aiohttp drop the connection.
 _WS_READ_LIMIT = 4 * 1024 * 1024
@@ -82,6 +87,12 @@ def create_app(store: Store, settings: HubSettings, api_token: str, public_url: 
     app.router.add_put("/v1/users/{user_id}/availability", _api(_put_availability))
     app.router.add_get("/v1/sites/{site_id}/availability", _api(_get_site_availability, parties=True))
     app.router.add_put("/v1/sites/{site_id}/availability", _api(_put_site_availability, parties=True))
+    app.router.add_put("/v1/direct_calls/{call_id}/message", _api(_put_message, parties=True, bearer_only=True))
+    app.router.add_get("/v1/direct_calls/{call_id}/message", _api(_get_message, parties=True))
+    app.router.add_delete("/v1/direct_calls/{call_id}/message", _api(_delete_message, parties=True, bearer_only=True))
+    app[MESSAGES] = MessageBox(settings.messages.directory or Path(store.path).parent / "messages", store,
+                               settings.messages)
+    app.cleanup_ctx.append(_sweep_messages)
     app[WEBHOOKS] = Webhooks(store, settings.webhooks)
     app[HUB].events.listen(app[WEBHOOKS].on_event)
     app.cleanup_ctx.append(_run_webhooks)
@@ -121,6 +132,25 @@ async def _watch_revocations(app: web.Application) -> AsyncIterator[None]:
                 log.exception("checking for revoked tokens")
 
     task = asyncio.get_running_loop().create_task(watch(), name="revocations")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _sweep_messages(app: web.Application) -> AsyncIterator[None]:
+    """The retention policy, at start and every `sweep_every_s` (and after each upload)."""
+    box = app[MESSAGES]
+
+    async def sweep() -> None:
+        while True:
+            try:
+                await asyncio.to_thread(box.sweep)
+            except Exception:  # tried again at the next round
+                log.exception("sweeping visitor messages")
+            await asyncio.sleep(box.settings.sweep_every_s)
+
+    task = asyncio.get_running_loop().create_task(sweep(), name="message-retention")
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -481,6 +511,64 @@ async def _put_site_availability(request: web.Request) -> web.Response:
     log.info("site %s: away %s, time zone %s (by %s)", site_id, changed.away, changed.time_zone,
              request.get(VIEWER) or "the Platform API")
     return web.json_response(changed.as_json())
+
+
+# -- Visitors' messages: sent by the call's door, heard by the call's residents --------------------
+
+async def _put_message(request: web.Request) -> web.Response:
+    """The door's recording for a call nobody answered."""
+    store, call_id = request.app[STORE], request.match_info["call_id"]
+    row = store.call_row(call_id)
+    if row is None or row["caller_id"] != request[VIEWER] or store.get_user(request[VIEWER])["kind"] != "door":
+        raise NotFound(f"no call '{call_id}' of this door")
+    if row["accepted_by_user"] is not None:
+        raise StoreError("the call was answered: there is no message to leave")
+    if store.has_message(call_id):
+        return _error(409, "conflict", "this call already has its message")
+    box = request.app[MESSAGES]
+    limit = box.settings.max_bytes
+    if request.content_length is not None and request.content_length > limit:
+        return _error(413, "too_large", f"a message is at most {limit // (1024 * 1024)} MiB")
+    try:
+        size = await box.save(call_id, request.content)
+    except TooLarge:
+        return _error(413, "too_large", f"a message is at most {limit // (1024 * 1024)} MiB")
+    log.info("a visitor's message for %s from %s: %d bytes", call_id, request[VIEWER], size)
+    hub = request.app[HUB]
+    callees = json.loads(row["callees"])
+    live = hub.recent.get(call_id) or hub.calls.get(call_id)
+    wake = list(live.rung_callees) if live is not None else callees
+    door = store.find_user(request[VIEWER]) or {}
+    hub.push.message(call_id, {k: door.get(k) for k in ("user_id", "display_name", "kind")},
+                     live.created_at if live else time.time(), wake, time.time())
+    asyncio.get_running_loop().run_in_executor(None, box.sweep)
+    return web.json_response({"call_id": call_id, "bytes": size}, status=201)
+
+
+def _message_call(request: web.Request) -> str:
+    """The call, if this caller may hear its message: the operator, or a resident of the call."""
+    call_id = _visible_call(request)
+    viewer = request.get(VIEWER)
+    if viewer is not None and request.app[STORE].get_user(viewer)["kind"] != "resident":
+        raise NotFound(f"no call '{call_id}'")
+    if not request.app[STORE].has_message(call_id):
+        raise NotFound(f"call '{call_id}' has no message")
+    return call_id
+
+
+async def _get_message(request: web.Request) -> web.StreamResponse:
+    """The MP4, with range requests (a phone's player seeks)."""
+    path = request.app[MESSAGES].path(_message_call(request))
+    if not path.is_file():
+        raise NotFound("the message's file is gone")
+    return web.FileResponse(path, headers={"Content-Type": "video/mp4", "Cache-Control": "private, no-store"})
+
+
+async def _delete_message(request: web.Request) -> web.Response:
+    call_id = _message_call(request)
+    request.app[MESSAGES].delete(call_id)
+    log.info("%s deleted the visitor's message of %s", request[VIEWER], call_id)
+    return web.Response(status=204)
 
 
 # -- Webhooks: the operator's, with the Api-Token ----------------------------------------------

@@ -20,6 +20,7 @@ from .limits import LimitSettings
 from .mqtt import MqttSettings
 from .push import PushSettings
 from .store import ID_PATTERN
+from .visitor_messages import MessageSettings
 from .webhooks import WebhookSettings
 
 
@@ -148,6 +149,12 @@ SCHEMA = {
         "reconnect_max_s": Field(float, default=60.0, check=in_range(0.1, 3600),
                                  help="the longest wait between attempts to reach the broker"),
     }, optional_section=True),
+    "messages": Field(schema={
+        "max_mb": Field(float, default=20.0, check=in_range(0.1, 1000), help="the largest message a door may send"),
+        "keep_days": Field(float, default=30.0, check=in_range(0.01, 3650), help="older messages are removed"),
+        "max_total_mb": Field(float, default=2000.0, check=in_range(1, 10_000_000),
+                              help="beyond, the oldest messages are removed"),
+    }),
     "webhooks": Field(schema={
         "timeout_s": Field(float, default=10.0, check=in_range(1, 120), help="per attempt"),
         "retry_for_s": Field(float, default=600.0, check=in_range(0, 86400),
@@ -206,7 +213,11 @@ class ServerConfig:
                 trusted_proxies=tuple(raw["trusted_proxies"]), allowed_origins=tuple(raw["allowed_origins"]),
                 time_zone=raw["time_zone"],
                 mqtt=_mqtt_settings(mqtt, raw["public_url"]) if mqtt else None,
-                webhooks=WebhookSettings(**raw["webhooks"])))
+                webhooks=WebhookSettings(**raw["webhooks"]),
+                messages=MessageSettings(directory=Path(raw["data_dir"]) / "messages",
+                                         max_bytes=int(raw["messages"]["max_mb"] * 1024 * 1024),
+                                         keep_days=raw["messages"]["keep_days"],
+                                         max_total_mb=raw["messages"]["max_total_mb"])))
 
     @property
     def db_path(self) -> Path:

@@ -35,6 +35,7 @@ from .limits import FailureWindow, LimitSettings
 from .mqtt import MqttSettings
 from .push import Pusher, PushSettings
 from .store import Store
+from .visitor_messages import MessageSettings
 from .webhooks import WebhookSettings
 
 log = logging.getLogger("intercom.server")
@@ -69,6 +70,7 @@ class HubSettings:
     #: The broker Home Assistant listens on; None: no MQTT.
     mqtt: MqttSettings | None = None
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    messages: MessageSettings = field(default_factory=MessageSettings)
     #: The time zone of a site's quiet hours until the site sets its own.
     time_zone: str = "UTC"
     #: The clock do-not-disturb and quiet hours are judged by (tests give their own).

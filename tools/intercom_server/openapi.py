@@ -67,6 +67,7 @@ _CALL_PROPERTIES = {
     "ended_by": _NULLABLE_DEVICE,
     "duration_s": {"type": ["number", "null"], "description": "from accept to end"},
     "has_snapshot": {"type": "boolean"},
+    "has_message": {"type": "boolean", "description": "the visitor left a message (nobody could answer)"},
 }
 
 _WEBHOOK_EVENTS = {"type": "array", "minItems": 1, "items": {"type": "string", "enum": list(EVENTS)},
@@ -106,7 +107,7 @@ SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "required": ["error"], "properties": {"error": {
         "type": "object", "required": ["code", "message"],
         "properties": {"code": {"type": "string", "enum": ["bad_request", "unauthenticated", "forbidden",
-                                                            "not_found", "conflict", "internal"]},
+                                                            "not_found", "conflict", "too_large", "internal"]},
                        "message": {"type": "string"}}}}},
     "NewSite": {"type": "object", "required": ["site_id", "name"], "additionalProperties": False, "properties": {
         "site_id": {"type": "string", "pattern": ID_PATTERN},
@@ -410,6 +411,28 @@ PATHS: dict[str, Any] = {
                 "responses": {"200": {"description": "the JPEG",
                                       "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}},
                               **_errors(404)}},
+    },
+    "/v1/direct_calls/{call_id}/message": {
+        "get": {"summary": "The visitor's message (MP4: the door camera's H.264 and AAC audio)",
+                "operationId": "getMessage", "security": _API_OR_PARTY, "parameters": [_CALL_ID],
+                "description": "With an access token: residents of the call only. Range requests are served.",
+                "responses": {"200": {"description": "the MP4",
+                                      "content": {"video/mp4": {"schema": {"type": "string", "format": "binary"}}}},
+                              "206": {"description": "the range asked for",
+                                      "content": {"video/mp4": {"schema": {"type": "string", "format": "binary"}}}},
+                              **_errors(404)}},
+        "put": {"summary": "The door sends its visitor's message for a call nobody answered",
+                "operationId": "putMessage", "security": _PARTY_ONLY, "parameters": [_CALL_ID],
+                "description": "The call's door only, with its own token; at most messages.max_mb. A second "
+                               "upload of the same call is 409 (the door takes it as sent).",
+                "requestBody": {"required": True, "content": {"video/mp4": {"schema": {"type": "string",
+                                                                                         "format": "binary"}}}},
+                "responses": {"201": _json({"type": "object", "required": ["call_id", "bytes"], "properties": {
+                    "call_id": {"type": "string"}, "bytes": {"type": "integer"}}}, "kept"),
+                              "413": _json(_ref("Error"), "larger than messages.max_mb"), **_errors(404, 409)}},
+        "delete": {"summary": "Delete the visitor's message", "operationId": "deleteMessage",
+                   "security": _PARTY_ONLY, "parameters": [_CALL_ID],
+                   "responses": {"204": {"description": "deleted"}, **_errors(404)}},
     },
     "/v1/direct_calls/{call_id}/decline": {
         "post": {"summary": "Decline a ringing call from a notification, without the WebSocket",

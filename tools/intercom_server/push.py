@@ -321,6 +321,13 @@ class Pusher:
         # High: it replaces a ring that would otherwise go on showing for a visitor who left.
         self._send(subs, body, ttl=MISSED_TTL_S, urgency="high", topic=call.call_id, life=MISSED_TTL_S)
 
+    def message(self, call_id: str, caller: dict[str, Any], created_at: float, user_ids: list[str], now: float) -> None:
+        """A visitor left a message: "New message from Front door"."""
+        body = {"type": "message", "call_id": call_id, "caller": caller, "created_at": iso(created_at),
+                "snapshot_url": f"/v1/direct_calls/{call_id}/snapshot"}
+        self._send(self.subscribed(user_ids, now), body, ttl=MISSED_TTL_S, urgency="normal", topic=call_id,
+                   life=MISSED_TTL_S)
+
     def test(self, sub: Subscription) -> None:
         body = {"type": "test", "sent_at": iso(time.time())}
         self._send([sub], body, ttl=300, urgency="high", topic="test", life=300)

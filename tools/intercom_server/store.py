@@ -90,6 +90,8 @@ CREATE INDEX IF NOT EXISTS webhooks_site ON webhooks(site_id);
 CREATE TABLE IF NOT EXISTS resident_rules (
     user_id TEXT PRIMARY KEY REFERENCES users(user_id), do_not_disturb INTEGER NOT NULL, until REAL,
     quiet_hours TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS visitor_messages (
+    call_id TEXT PRIMARY KEY REFERENCES calls(call_id), bytes INTEGER NOT NULL, created_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS site_rules (
     site_id TEXT PRIMARY KEY REFERENCES sites(site_id), away INTEGER NOT NULL, time_zone TEXT NOT NULL);
 """
@@ -506,6 +508,7 @@ class Store:
             "duration_s": (round(row["ended_at"] - row["accepted_at"], 3)
                            if row["ended_at"] and row["accepted_at"] else None),
             "has_snapshot": bool(row["has_snapshot"]),
+            "has_message": bool(row["has_message"]),
         }
         if timeline:
             result["timeline"] = json.loads(row["timeline"])
@@ -513,7 +516,8 @@ class Store:
 
     _CALL_COLUMNS = ("call_id, caller_id, caller_device, callees, video, created_at, accepted_by_user, "
                      "accepted_by_device, accepted_at, ended_at, end_reason, ended_by_user, ended_by_device, "
-                     "timeline, snapshot IS NOT NULL AS has_snapshot")
+                     "timeline, snapshot IS NOT NULL AS has_snapshot, "
+                     "EXISTS (SELECT 1 FROM visitor_messages m WHERE m.call_id = calls.call_id) AS has_message")
 
     def get_call(self, call_id: str) -> dict[str, Any]:
         self.writer.wait_idle()
@@ -556,6 +560,30 @@ class Store:
             return {}
         rows = self.db.execute(f"SELECT * FROM users WHERE user_id IN ({','.join('?' * len(ids))})", ids).fetchall()
         return {r["user_id"]: self._user_json(r) for r in rows}
+
+    # -- visitors' messages (the files are the MessageBox's) -----------------------------------------
+
+    def add_message(self, call_id: str, size: int, at: float) -> None:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO visitor_messages (call_id, bytes, created_at) VALUES (?, ?, ?)",
+                            (call_id, size, at))
+
+    def delete_message(self, call_id: str) -> None:
+        with self.db:
+            self.db.execute("DELETE FROM visitor_messages WHERE call_id = ?", (call_id,))
+
+    def has_message(self, call_id: str) -> bool:
+        return self.db.execute("SELECT 1 FROM visitor_messages WHERE call_id = ?", (call_id,)).fetchone() is not None
+
+    def messages(self) -> list[tuple[str, int, float]]:
+        """Every message, oldest first: (call_id, bytes, created_at)."""
+        return [(r[0], r[1], r[2]) for r in
+                self.db.execute("SELECT call_id, bytes, created_at FROM visitor_messages ORDER BY created_at")]
+
+    def call_row(self, call_id: str) -> sqlite3.Row | None:
+        self.writer.wait_idle()
+        return self.db.execute("SELECT caller_id, accepted_by_user, ended_at, callees FROM calls WHERE call_id = ?",
+                               (call_id,)).fetchone()
 
     # -- who may be rung: do-not-disturb, quiet hours, away ------------------------------------------
 

@@ -54,6 +54,11 @@ def announce() -> np.ndarray:
     return np.concatenate([_note(523.25, 0.2), _note(784.0, 0.35, 3.0)])
 
 
+def record_beep() -> np.ndarray:
+    """One long beep: speak now, the door records (after the "nobody can answer" greeting)."""
+    return _note(880.0, 0.5)
+
+
 def test_tone() -> np.ndarray:
     """The installer's self-test: one second of 1 kHz."""
     return _note(1000.0, 1.0)
@@ -61,5 +66,5 @@ def test_tone() -> np.ndarray:
 
 test_tone.__test__ = False  # type: ignore[attr-defined]
 
-TONES = {"chime": chime, "ringback": ringback, "no_answer": no_answer, "warning": warning, "announce": announce,
+TONES = {"chime": chime, "ringback": ringback, "no_answer": no_answer, "warning": warning, "announce": announce, "record_beep": record_beep,
          "test": test_tone}

@@ -16,6 +16,7 @@ import { app } from "./state.js";
  * @property {{user_id: string} | null} accepted_by
  * @property {number | null} duration_s
  * @property {boolean} has_snapshot
+ * @property {boolean} [has_message]
  */
 
 /** @type {string | null} */
@@ -100,6 +101,48 @@ function historyItem(title, detail, reason, picturePath) {
   return item;
 }
 
+/** "Play the message" and "Delete" for a call whose visitor left one; the video plays inline.
+ * @param {string} callId */
+function messageControls(callId) {
+  const path = `/v1/direct_calls/${encodeURIComponent(callId)}/message`;
+  const box = document.createElement("div");
+  box.className = "message";
+  const play = document.createElement("button");
+  play.className = "secondary play-message";
+  play.textContent = "\u25B6 Play the visitor's message";
+  const remove = document.createElement("button");
+  remove.className = "link delete-message";
+  remove.textContent = "Delete";
+  play.addEventListener("click", async () => {
+    play.disabled = true;
+    try {
+      const player = document.createElement("video");
+      player.controls = true;
+      player.playsInline = true;
+      player.className = "message-video";
+      player.src = await blobUrl(path);
+      box.replaceChildren(player, remove);
+      await player.play().catch(() => {}); // without a gesture's allowance it waits for a tap
+    } catch (error) {
+      play.disabled = false;
+      toast(`Could not load the message: ${/** @type {Error} */ (error).message}`);
+    }
+  });
+  remove.addEventListener("click", async () => {
+    try {
+      await api(path, { method: "DELETE" });
+      for (const player of box.querySelectorAll("video")) {
+        if (player.src.startsWith("blob:")) URL.revokeObjectURL(player.src);
+      }
+      box.replaceChildren(Object.assign(document.createElement("span"), { className: "muted", textContent: "Message deleted" }));
+    } catch (error) {
+      toast(`Could not delete it: ${/** @type {Error} */ (error).message}`);
+    }
+  });
+  box.append(play, remove);
+  return box;
+}
+
 /** @param {boolean} reset the first page again, or the next one */
 export async function loadHistory(reset) {
   if (!app.session || !app.me) return;
@@ -113,8 +156,10 @@ export async function loadHistory(reset) {
       const page = await (await api(`/v1/direct_calls?limit=20${after}`)).json();
       rows = page.calls.map((/** @type {CallRecord} */ record) => {
         const { title, outcome } = describe(record);
-        return historyItem(title, { outcome, when: when(record.created_at) }, record.end_reason,
-                           record.has_snapshot ? `/v1/direct_calls/${encodeURIComponent(record.call_id)}/snapshot` : null);
+        const item = historyItem(title, { outcome, when: when(record.created_at) }, record.end_reason,
+                                 record.has_snapshot ? `/v1/direct_calls/${encodeURIComponent(record.call_id)}/snapshot` : null);
+        if (record.has_message) item.append(messageControls(record.call_id));
+        return item;
       });
       historyNext = page.next;
     } else {

@@ -22,7 +22,7 @@ const worker = /** @type {any} */ (self);
  * @typedef {NotificationOptions & {image?: string, vibrate?: number[], renotify?: boolean, timestamp?: number,
  *   actions?: {action: string, title: string}[]}} RichNotification */
 
-const CACHE = "intercom-shell-v4";
+const CACHE = "intercom-shell-v5";
 const SHELL = ["/", "/app.js", "/state.js", "/screens.js", "/session.js", "/connection.js", "/calls.js", "/history.js",
                "/push.js", "/availability.js", "/protocol.js", "/app.css", "/keystore.js", "/manifest.webmanifest", "/icon.svg"];
 // How long the worker looks for the visitor's picture: the door sends it a frame after the dial.
@@ -115,6 +115,14 @@ async function onPush(message) {
     await worker.registration.showNotification(`Missed: ${door} at ${clock(message.created_at)}`, {
       tag, body: "Nobody answered. Open the app to see the history.", icon: "/icon.svg",
       ...(picture ? { image: picture } : {}), data: { type: "missed", call_id: message.call_id },
+    });
+    return;
+  }
+  if (message.type === "message") {
+    const picture = await fetchPicture(message.snapshot_url, 0);
+    await worker.registration.showNotification(`New message from ${door}`, {
+      tag, body: `Left at ${clock(message.created_at)}. Open the app to play it.`, icon: "/icon.svg",
+      ...(picture ? { image: picture } : {}), data: { type: "message", call_id: message.call_id },
     });
     return;
   }
