@@ -16,6 +16,7 @@ from intercom_protocol.door import (
     KeepPress,
     PlaceCall,
     QuickReply,
+    RecordMessage,
     ReportMissed,
     RingGroup,
     SendPicture,
@@ -25,6 +26,7 @@ from intercom_protocol.door import (
     TellEnded,
     Tone,
     UseAnswer,
+    offline_message,
 )
 from intercom_protocol.messages import ErrorCode, Incoming, ProtocolError
 
@@ -170,6 +172,30 @@ def test_a_quick_reply_is_refused_when_the_ring_is_over_or_unknown() -> None:
     with pytest.raises(ProtocolError) as exc:
         policy.quick_reply("c1", "coming", ALICE)  # answered: they talk instead
     assert exc.value.code == ErrorCode.CONFLICT
+
+
+def test_with_visitor_messages_nobody_answering_records_a_message_and_presses_wait_for_it() -> None:
+    policy = door(("alice",), ("caretaker",), visitor_messages=True)
+    ringing(policy)
+    effects = policy.event(ev({"type": "ended", "call_id": "c1", "reason": "no_answer"}), T0 + 30)
+    second = effects[2]
+    assert isinstance(second, PlaceCall)  # the next group first
+    policy.dialed(second.call, "c2", [])
+    effects = policy.event(ev({"type": "ended", "call_id": "c2", "reason": "unavailable"}), T0 + 31)
+    assert effects == [Teardown(), RecordMessage("c2")]  # no "nobody answered" tone: the message's greeting
+    policy.recording = True  # the station records
+    assert policy.press(T0 + 35, WALL + 35) == [] and policy.ignored_presses == 1
+    assert policy.state == "recording"
+    policy.recording = False
+    assert any(isinstance(e, PlaceCall) for e in policy.press(T0 + 60, WALL + 60))
+
+
+def test_a_press_while_the_server_is_unreachable_records_a_message_kept_with_the_press() -> None:
+    policy = door(visitor_messages=True)
+    policy.link_lost(T0)
+    effects = policy.press(T0 + 1, WALL)
+    assert effects[1:] == [KeepPress(WALL), RecordMessage(offline_message(WALL))]
+    assert policy.recording
 
 
 def test_the_door_hanging_up_while_ringing_cancels_without_a_tone() -> None:

@@ -85,6 +85,28 @@ async def test_nobody_answers_and_the_visitor_s_message_reaches_the_server_as_th
     assert code == 206 and part == mp4[100:200]
 
 
+async def test_a_message_left_while_the_server_was_unreachable_arrives_with_its_press(site, tmp_path):
+    spool = tmp_path / "spool"
+    door = await site.start_door("frontdoor", [{"residents": ["alice"]}], settings={
+        "calls": {"visitor_messages": {"enabled": True, "max_s": 3, "spool_dir": str(spool)}}})
+    await site.add_user("alice", "resident", "Alice")
+    await site.stop_server()
+    await door.wait_status(lambda s: not s["server"]["connected"])
+    await door.ring()
+    kept = await door.wait_status(lambda s: s["messages"]["recorded"] == 1 and s["state"] == "idle", timeout=30)
+    assert kept["messages"]["waiting"] == 1 and kept["missed_presses"] == 1
+    assert [p.name.startswith("press-") for p in spool.iterdir()] == [True]  # on the board, with its press
+
+    await site.restart_server()
+    sent = await door.wait_status(lambda s: s["messages"]["sent"] == 1, timeout=40)
+    assert sent["missed_reported"] == 1 and sent["messages"]["waiting"] == 0
+    code, history = await site.api("GET", "/v1/direct_calls?user_id=alice")
+    [record] = history["calls"]
+    assert record["end_reason"] == "dial_failed" and record["has_message"] is True
+    code, mp4, _ = await _get(site, f"/v1/direct_calls/{record['call_id']}/message")
+    assert code == 200 and slices_sha256(mp4) == sent["messages"]["last"]["video_sha256"]
+
+
 async def test_only_the_call_s_residents_hear_a_message_and_one_can_delete_it(server, tmp_path):
     alice_token, bob_token = server.user("alice"), server.user("bob")
     mallory_token = server.user("mallory", site="elsewhere")

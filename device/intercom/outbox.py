@@ -41,12 +41,21 @@ class Outbox:
         self._retry: asyncio.TimerHandle | None = None
         self._wait = RETRY_FIRST_S
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Presses made while the server was unreachable, reported since: name -> call id.
+        self._named: dict[str, str] = {}
 
     def waiting(self) -> list[Path]:
+        """Every message on the board, oldest first (with those still waiting for their call)."""
         try:
             return sorted(self.spool.glob("*.mp4"), key=lambda p: p.stat().st_mtime)
         except OSError:
             return []
+
+    def name_message(self, offline_name: str, call_id: str) -> None:
+        """A press made while the server was unreachable has been reported and has its call:
+        its message, if one was recorded, can go now."""
+        self._named[offline_name] = call_id  # it may still be recording
+        self.send_soon()
 
     def status(self) -> dict[str, Any]:
         return {"waiting": len(self.waiting()), "sent": self.sent, "dropped": self.dropped,
@@ -81,6 +90,12 @@ class Outbox:
     async def _send_all(self) -> None:
         async with self._lock:
             for path in self.waiting():
+                if path.stem in self._named:
+                    call_id = self._named.pop(path.stem)
+                    path = path.replace(self.spool / f"{call_id}.mp4")
+                    log.info("the visitor's message of a press made offline belongs to call %s", call_id)
+                if not path.stem.startswith("call_"):
+                    continue  # a press not reported yet: its call is not known
                 if not await self._send(path):
                     self._retry = asyncio.get_running_loop().call_later(self._wait, self.send_soon)
                     self._wait = min(self._wait * 2, RETRY_MAX_S)

@@ -237,6 +237,7 @@ class Station:
     async def _report_missed(self, _: None = None) -> None:
         """Tell the server about presses it could not hear, oldest first, once each."""
         while (body := self.policy.missed_to_report()) is not None:
+            pressed_at = self.policy.missed[0].pressed_at
             try:
                 reply = await self.client.request("missed", **body)
             except RequestFailed as exc:
@@ -245,7 +246,10 @@ class Station:
             except (NotConnected, TimeoutError):
                 go_on = self.policy.missed_result("unreachable")
             else:
-                go_on = self.policy.missed_result("reported", str(reply.get("call_id")))
+                call_id = str(reply.get("call_id"))
+                go_on = self.policy.missed_result("reported", call_id)
+                if self.outbox is not None:
+                    self.outbox.name_message(policy.offline_message(pressed_at), call_id)
             if not go_on:
                 return
 
@@ -297,9 +301,9 @@ class Station:
                 await self._teardown()
             case policy.ReportMissed():
                 self._inbox.put_nowait(("report_missed", None))
-            case policy.RecordMessage(call_id):
+            case policy.RecordMessage(name):
                 self.policy.recording = True  # from now: a press is ignored, the LED says so
-                self._spawn(self._record_message(call_id))
+                self._spawn(self._record_message(name))
 
     def _arm_clock(self, effect: ArmClock) -> None:
         """One timer at the call's next deadline; it posts to the inbox like every event."""

@@ -133,8 +133,15 @@ class Decline:
 
 @dataclass(frozen=True)
 class RecordMessage:
-    """Nobody can answer: tell the visitor, then record their message for the call's residents."""
-    call_id: str
+    """Nobody can answer: tell the visitor, then record their message for the call's residents.
+    `name` is the call's id, or for a press the server did not hear `offline_message(pressed_at)`
+    until the press is reported and has its call."""
+    name: str
+
+
+def offline_message(pressed_at: float) -> str:
+    """The name of a message recorded while the server was unreachable."""
+    return f"press-{round(pressed_at * 1000)}"
 
 
 @dataclass(frozen=True)
@@ -240,7 +247,11 @@ class DoorPolicy:
         if not self.connected:
             self.last_error = "bell pressed while the server is unreachable; will report it when back"
             log.warning("%s", self.last_error)
-            return [*effects, KeepPress(wall)]
+            effects.append(KeepPress(wall))
+            if self.rules.visitor_messages:  # nobody can be rung: the visitor may leave a message
+                self.recording = True
+                effects.append(RecordMessage(offline_message(wall)))
+            return effects
         log.info("bell pressed: calling %s", ", ".join(self.rules.ring_groups[0].residents))
         return effects + self._dial(0, now)
 
