@@ -51,6 +51,10 @@ async def test_quick_bench_runs_every_part_and_writes_results(tmp_path):
         assert run["cpu_percent"] > 0 and run["peak_rss_kib"] > 0 and "camera" in run["threads_percent"]
     assert cost["idle_rss_kib"] > 10_000
 
+    message = results["message_cost"]  # a visitor's message was recorded and reached the server
+    assert 2.5 <= message["duration_s"] <= 3.5 and message["file_kib"] > 0 and message["cpu_percent"] > 0, message
+    assert message["peak_rss_kib"] > 0 and message["camera"].startswith("320x240")
+
     capacity = results["capacity"]
     assert capacity["idle"]["connections"] == 50 and capacity["idle"]["per_connection_kib"] > 0
     for phase in ("steady", "peak"):

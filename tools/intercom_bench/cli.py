@@ -23,7 +23,7 @@ from . import capacity, media, press, push
 from .figures import machine
 from .report import markdown, notes
 
-PARTS = ("press", "answer", "cost", "server", "push")
+PARTS = ("press", "answer", "cost", "message", "server", "push")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -33,6 +33,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny counts: proves the benchmarks run, measures little")
     parser.add_argument("--only", choices=PARTS, action="append", help="run only this part (repeatable)")
     parser.add_argument("--presses", type=int, default=100)
+    parser.add_argument("--message-seconds", type=float, default=20.0, help="the visitor's message recorded")
     parser.add_argument("--calls", type=int, default=50, help="answered calls per camera path")
     parser.add_argument("--call-seconds", type=float, default=30.0)
     parser.add_argument("--sizes", default="640x480,1280x720")
@@ -47,6 +48,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.push_presses, args.cold_starts = 2, 1
         args.presses, args.calls, args.call_seconds, args.sizes = 3, 2, 2.0, "320x240"
+        args.message_seconds = 3.0
         args.connections, args.pairs, args.setup_seconds, args.setup_rate = 50, 4, 1.0, 8.0
     args.sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     return args
@@ -71,6 +73,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if "cost" in parts:
         step(f"cost on the board: {len(args.sizes) * len(media.ENCODINGS)} calls of {args.call_seconds:g} s")
         results["call_cost"] = await media.call_cost(work / "cost", args.call_seconds, args.sizes)
+    if "message" in parts:
+        step(f"a visitor's message of {args.message_seconds:g} s: the door's cost while it records")
+        width, height = args.sizes[-1]
+        results["message_cost"] = await media.message_cost(work / "message", args.message_seconds, width, height)
     if "server" in parts:
         step(f"server: {args.connections} idle devices, then 2 x {args.setup_seconds:g} s of call set-ups")
         results["capacity"] = await capacity.run(work / "server", args.connections, args.pairs, args.setup_seconds,

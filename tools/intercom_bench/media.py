@@ -128,3 +128,51 @@ async def _measure_call(bell: Bell, resident: Process, pid: int, seconds: float,
         "glass_to_glass_ms": summary(glass),
         "stamps_read": len(ended["glass_to_glass_ms"]),
     }
+
+
+async def message_cost(root: Path, seconds: float, width: int = 1280, height: int = 720,
+                       fps: float = 30) -> dict[str, Any]:
+    """A visitor's message of `seconds` nobody answered for: the door's CPU and memory while it
+    records (the camera's own H.264 into an MP4, the microphone into AAC), the file, and how
+    long it took to reach the server."""
+    async with installation(root) as site:
+        await site.start_resident("alice", "--answer", "ignore")
+        settings = camera(width, height, fps)
+        settings["calls"] = {"visitor_messages": {"enabled": True, "max_s": seconds,
+                                                  "spool_dir": str(root / "spool")}}
+        door = await site.start_door("door-message", [{"residents": ["alice"], "timeout_s": 1}], settings=settings)
+        pid = door.process.proc.pid
+        bell = Bell(door)
+        try:
+            await bell.press()
+            while (await bell.status())["state"] != "recording":
+                await asyncio.sleep(0.01)
+            while "record_beep" not in (await bell.status())["speaker"]["tones_played"]:
+                await asyncio.sleep(0.01)
+            reset_peak_rss(pid)
+            before, started = cpu_times(pid), time.monotonic()
+            peak_sampled = 0
+            while (status := await bell.status())["state"] == "recording":
+                peak_sampled = max(peak_sampled, memory_kib(pid)["VmRSS"])
+                await asyncio.sleep(0.25)
+            after, elapsed = cpu_times(pid), time.monotonic() - started
+            peak = max(peak_sampled, memory_kib(pid)["VmHWM"])
+            recorded = time.monotonic()
+            while (status := await bell.status())["messages"]["sent"] < 1:
+                if time.monotonic() - recorded > 60:
+                    raise TimeoutError(f"the message never reached the server: {status['messages']}")
+                await asyncio.sleep(0.05)
+            sent_after_s = time.monotonic() - recorded
+            await bell.release()
+        finally:
+            bell.close()
+            await site.stop(door.process)
+    camera_s = after.by_thread.get("camera", 0.0) - before.by_thread.get("camera", 0.0)
+    total_s = after.total - before.total
+    last = status["messages"]["last"]
+    return {"seconds": seconds, "camera": f"{width}x{height} at {fps:g} fps, pass-through",
+            "recording_s": round(elapsed, 1), "cpu_percent": round(100 * total_s / elapsed, 1),
+            "camera_thread_percent": round(100 * camera_s / elapsed, 1),
+            "door_percent": round(100 * (total_s - camera_s) / elapsed, 1), "peak_rss_kib": peak,
+            "file_kib": round(last["bytes"] / 1024), "duration_s": last["duration_s"],
+            "sent_after_s": round(sent_after_s, 2)}

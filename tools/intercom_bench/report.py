@@ -154,6 +154,14 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", f"Idle door RSS: {cost['idle_rss_kib'] / 1024:.1f} MiB ({cost['idle_camera']}). "
                   "\"Door CPU\" leaves out the thread that draws the test pattern (and, for pass-through, "
                   "encodes it with libx264): on a Pi the camera's ISP and hardware encoder do that work."]
+    message = results.get("message_cost")
+    if message:
+        lines += ["", f"## Cost on the board: recording a visitor's message of {message['seconds']:g} s", "",
+                  "| camera | door CPU % of a core | simulated camera % | whole process % | peak RSS MiB | file KiB | "
+                  "on the server after |", "|---|---|---|---|---|---|---|",
+                  f"| {message['camera']} | {message['door_percent']} | {message['camera_thread_percent']} | "
+                  f"{message['cpu_percent']} | {message['peak_rss_kib'] / 1024:.1f} | {message['file_kib']} | "
+                  f"{message['sent_after_s']} s |"]
     capacity = results.get("capacity")
     if capacity:
         idle = capacity["idle"]
