@@ -120,3 +120,26 @@ async def test_microphone_capture_from_alsa_null_is_paced_20ms_frames():
     assert [f.samples for f in frames] == [FRAME_SAMPLES] * 6
     assert [f.pts for f in frames] == [n * FRAME_SAMPLES for n in range(6)]
     assert elapsed >= 0.09  # null returns at once; the reader keeps real time
+
+
+def test_a_quick_reply_clip_is_decoded_to_the_speaker_s_format_and_a_bad_one_says_why(tmp_path):
+    import wave
+
+    from intercom.media.clips import ClipError, Clips
+
+    path = tmp_path / "coming.wav"
+    t = np.arange(8000) / 8000  # one second at 8 kHz, stereo, as a phone might record it
+    tone = (np.sin(2 * np.pi * 440 * t) * 0.5 * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(2)
+        out.setsampwidth(2)
+        out.setframerate(8000)
+        out.writeframes(np.repeat(tone, 2).tobytes())
+    samples = Clips().get(str(path))
+    assert samples.dtype == np.int16 and abs(len(samples) - RATE) < RATE // 50  # one second at 48 kHz, mono
+    assert 0.4 * 32767 < np.max(np.abs(samples)) < 0.6 * 32767
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really")
+    with pytest.raises(ClipError) as exc:
+        Clips().get(str(broken))
+    assert "broken.wav" in str(exc.value)

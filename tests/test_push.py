@@ -285,3 +285,32 @@ async def test_a_token_revoked_from_a_shell_takes_the_phones_push_with_it(
     door = await server.signed_in("door", server.user("door", "door"))
     await door_dials(server, door, "alice")
     assert (await door.next("ringing"))["devices"] == 0
+
+
+async def test_a_resident_in_do_not_disturb_is_not_woken_and_the_others_hear_of_the_visitor_s_message(
+        server: ServerUnderTest, pushes: PushService, household: dict[str, str]) -> None:
+    status, _ = await server.api("PUT", "/v1/me/availability", {"do_not_disturb": {"on": True}},
+                                 bearer=household["bob"])
+    assert status == 200
+    door = await server.signed_in("door", household["door"], device_id="door")
+    call_id = await door_dials(server, door, "alice", "bob")
+    assert (await door.next("ringing"))["devices"] == 2  # alice's two; bob's phone is left alone
+    rings = [await pushes.next() for _ in range(2)]
+    assert {d.name for d in rings} == {"alice-phone", "alice-tablet"} and all(d.message["type"] == "ring"
+                                                                               for d in rings)
+    await door.request("end", call_id=call_id)
+    missed = [await pushes.next() for _ in range(2)]
+    assert {(d.name, d.message["type"]) for d in missed} == {("alice-phone", "missed"), ("alice-tablet", "missed")}
+
+    await server.store.flushed()
+    async with server.http.put(f"{server.url}/v1/direct_calls/{call_id}/message", data=b"\x00" * 2000,
+                               headers={"Authorization": f"Bearer {household['door']}"}) as resp:
+        assert resp.status == 201
+    told = [await pushes.next() for _ in range(2)]
+    assert {d.name for d in told} == {"alice-phone", "alice-tablet"}
+    for delivery in told:
+        assert delivery.message["type"] == "message" and delivery.message["call_id"] == call_id
+        assert delivery.message["caller"]["display_name"] == "Door" and delivery.urgency == "normal"
+    await server.hub.push.idle()  # the last answers of the push service are read
+    status, health = await server.api("GET", "/healthz")
+    assert health["push"]["sent"] == 6 and health["push"]["pending"] == 0  # nothing ever went to bob's phone
