@@ -26,6 +26,8 @@ topic readwrite homeassistant/#
 user homeassistant
 topic read intercom/#
 topic write intercom/+/open/set
+topic write intercom/site/+/away/set
+topic write intercom/resident/+/dnd/set
 topic readwrite homeassistant/#
 """
 PASSWORDS = {"intercom": "server-secret-1", "homeassistant": "ha-secret-2"}

@@ -31,3 +31,14 @@ def test_discovery_offers_one_opening_entity_and_removes_the_other():
     assert none["homeassistant/lock/intercom_gate/strike/config"] is None
     assert none["homeassistant/button/intercom_gate/open/config"] is None
     assert sum(1 for d in none.values() if d is not None) == 5
+
+
+def test_a_switch_topic_names_a_site_s_away_or_a_resident_s_do_not_disturb():
+    assert ha.switch_of_command("intercom", "intercom/site/home/away/set") == ("away", "home")
+    assert ha.switch_of_command("intercom", "intercom/resident/alice/dnd/set") == ("dnd", "alice")
+    assert ha.switch_of_command("intercom", "intercom/resident/a/b/dnd/set") is None
+    assert ha.switch_of_command("intercom", "intercom/site/home/dnd/set") is None
+    [away, alice] = ha.site_discovery("homeassistant", "intercom", "home", "Home", [("alice@x", "Alice")])
+    assert away[0] == "homeassistant/switch/intercom_site_home/away/config"
+    assert alice[1]["command_topic"] == "intercom/resident/alice@x/dnd/set"
+    assert alice[1]["unique_id"] == "intercom_site_home_dnd_alice_x"

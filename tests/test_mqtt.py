@@ -258,3 +258,31 @@ async def test_the_server_reaches_a_tls_broker_only_through_the_ca_it_is_given(t
             await site.close()
         cleanup.clear()
         await broker.stop()
+
+
+async def test_away_and_do_not_disturb_are_switches_in_home_assistant_both_ways(tmp_path, broker, ha, cleanup):
+    site = await _mqtt_site(tmp_path, broker)
+    cleanup.append(site)
+    await site.add_user("alice", "resident", "Alice")
+    await site.start_door("frontdoor", [{"residents": ["alice"]}])
+    away = (await ha.on("homeassistant/switch/intercom_site_home/away/config", lambda p: bool(p))).json()
+    dnd = (await ha.on("homeassistant/switch/intercom_site_home/dnd_alice/config", lambda p: bool(p))).json()
+    assert away["command_topic"] == "intercom/site/home/away/set" and away["state_topic"] == "intercom/site/home/away"
+    assert dnd["name"] == "Do not disturb: Alice" and dnd["device"]["name"] == "Intercom Demo house"
+    assert dnd["unique_id"] == "intercom_site_home_dnd_alice" and dnd["payload_on"] == "ON"
+    assert (await ha.on("intercom/site/home/away")).payload == b"OFF"
+    assert (await ha.on("intercom/resident/alice/dnd")).payload == b"OFF"
+
+    mark = len(ha.messages)
+    await ha.publish("intercom/site/home/away/set", "ON")
+    await ha.on("intercom/site/home/away", lambda p: p == b"ON", after=mark)
+    assert (await site.api("GET", "/v1/sites/home/availability"))[1]["away"] is True
+
+    mark = len(ha.messages)  # changed elsewhere (the web app, the API): Home Assistant sees it
+    status, _ = await site.api("PUT", "/v1/users/alice/availability", {"do_not_disturb": {"on": True}})
+    assert status == 200
+    await ha.on("intercom/resident/alice/dnd", lambda p: p == b"ON", after=mark)
+    await ha.publish("intercom/resident/alice/dnd/set", "OFF")
+    await ha.on("intercom/resident/alice/dnd", lambda p: p == b"OFF", after=mark)
+    rules = (await site.api("GET", "/v1/users/alice/availability"))[1]
+    assert rules["do_not_disturb"]["on"] is False and rules["reason"] == "away"

@@ -9,6 +9,7 @@ and a window that starts on Friday night ends on Saturday morning.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, time
 from enum import StrEnum
@@ -159,6 +160,8 @@ class RuleBook:
         self.default_time_zone = default_time_zone
         self._residents: dict[str, ResidentRules] = {}
         self._sites: dict[str, SiteRules] = {}
+        #: Told of each change made here: ("resident", user_id) or ("site", site_id).
+        self.listeners: list[Callable[[str, str], None]] = []
         self.reload()
 
     def reload(self) -> None:
@@ -177,10 +180,14 @@ class RuleBook:
         self.store.set_resident_rules(user_id, rules.do_not_disturb, rules.until,
                                       [w.as_json() for w in rules.quiet_hours])
         self._residents[user_id] = rules
+        for listener in self.listeners:
+            listener("resident", user_id)
 
     def set_site(self, site_id: str, rules: SiteRules) -> None:
         self.store.set_site_rules(site_id, rules.away, rules.time_zone)
         self._sites[site_id] = rules
+        for listener in self.listeners:
+            listener("site", site_id)
 
     def why_not(self, user: dict[str, Any], now: float) -> Unavailable | None:
         if user["kind"] != "resident":

@@ -145,6 +145,8 @@ SCHEMA = {
         "doors": Field(dict, default={}, check=_mqtt_doors,
                        help="doors Home Assistant may open, and as what: {front_door: {open: lock}}"),
         "opens_per_minute": Field(int, default=4, check=in_range(1, 60)),
+        "switches": Field(bool, default=True,
+                          help="Home Assistant switches for each site's away mode and each resident's do-not-disturb"),
         "keepalive_s": Field(int, default=30, check=in_range(5, 3600)),
         "reconnect_max_s": Field(float, default=60.0, check=in_range(0.1, 3600),
                                  help="the longest wait between attempts to reach the broker"),
@@ -256,7 +258,7 @@ def _mqtt_settings(raw: dict[str, Any], public_url: str | None) -> MqttSettings:
         client_id=raw["client_id"], base_topic=raw["base_topic"], discovery_prefix=raw["discovery_prefix"],
         integration=raw["integration"], sites=tuple(raw["sites"]),
         doors={door: OpenEntity(options.get("open", "none")) for door, options in raw["doors"].items()},
-        opens_per_minute=raw["opens_per_minute"], keepalive_s=raw["keepalive_s"],
+        opens_per_minute=raw["opens_per_minute"], switches=raw["switches"], keepalive_s=raw["keepalive_s"],
         reconnect_max_s=raw["reconnect_max_s"], reconnect_min_s=min(1.0, raw["reconnect_max_s"]),
         server_url=public_url)
 

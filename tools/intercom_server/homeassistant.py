@@ -129,3 +129,56 @@ def opens(opening: OpenEntity, payload: bytes) -> bool | None:
     if opening is OpenEntity.LOCK:
         return True if text in (UNLOCK, OPEN) else False if text == LOCK else None
     return None
+
+
+# -- a site: away, and each resident's do-not-disturb ------------------------------------------------
+
+ON, OFF = "ON", "OFF"
+
+
+def site_node(site_id: str) -> str:
+    return "intercom_site_" + re.sub(r"[^A-Za-z0-9_-]", "_", site_id)
+
+
+def away_topic(base: str, site_id: str) -> str:
+    return f"{base}/site/{site_id}/away"
+
+
+def dnd_topic(base: str, user_id: str) -> str:
+    return f"{base}/resident/{user_id}/dnd"
+
+
+def switch_filters(base: str) -> tuple[str, str]:
+    return f"{base}/site/+/away/set", f"{base}/resident/+/dnd/set"
+
+
+def switch_of_command(base: str, topic: str) -> tuple[str, str] | None:
+    """("away", site_id) or ("dnd", user_id) for a switch's command topic."""
+    for kind, middle in (("away", "site"), ("dnd", "resident")):
+        prefix, suffix = f"{base}/{middle}/", f"/{kind}/set"
+        if topic.startswith(prefix) and topic.endswith(suffix):
+            name = topic[len(prefix):-len(suffix)]
+            if name and "/" not in name:
+                return kind, name
+    return None
+
+
+def site_discovery(prefix: str, base: str, site_id: str, site_name: str,
+                   residents: list[tuple[str, str]]) -> list[tuple[str, dict[str, Any]]]:
+    """One Home Assistant device per site: "Away", and a "Do not disturb" switch per resident."""
+    node = site_node(site_id)
+    common = {"device": {"identifiers": [node], "name": f"Intercom {site_name}", "manufacturer": "Intercom",
+                         "model": "Site", "sw_version": _software()},
+              "origin": {"name": "intercom-server", "sw_version": _software()},
+              "availability": [{"topic": status_topic(base), "payload_available": ONLINE,
+                                "payload_not_available": OFFLINE}], "qos": 1,
+              "payload_on": ON, "payload_off": OFF, "state_on": ON, "state_off": OFF}
+    out = [(f"{prefix}/switch/{node}/away/config",
+            {**common, "unique_id": f"{node}_away", "name": "Away", "icon": "mdi:home-export-outline",
+             "command_topic": f"{away_topic(base, site_id)}/set", "state_topic": away_topic(base, site_id)})]
+    for user_id, name in residents:
+        key = "dnd_" + re.sub(r"[^A-Za-z0-9_-]", "_", user_id)
+        out.append((f"{prefix}/switch/{node}/{key}/config",
+                    {**common, "unique_id": f"{node}_{key}", "name": f"Do not disturb: {name}", "icon": "mdi:bell-off",
+                     "command_topic": f"{dnd_topic(base, user_id)}/set", "state_topic": dnd_topic(base, user_id)}))
+    return out

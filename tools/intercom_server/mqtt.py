@@ -31,9 +31,11 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from intercom_protocol.calls import iso
 
 from . import homeassistant as ha
+from .availability import SiteRules, parse_resident
 from .events import EventType, SiteEvent
 from .homeassistant import DoorTopics, OpenEntity
 from .limits import FailureWindow
+from .store import StoreError
 
 if TYPE_CHECKING:
     from .hub import Hub
@@ -64,6 +66,8 @@ class MqttSettings:
     #: Doors whose opening is offered to Home Assistant, and as what.
     doors: dict[str, OpenEntity] = field(default_factory=dict)
     opens_per_minute: int = 4
+    #: Home Assistant switches for each site's away mode and each resident's do-not-disturb.
+    switches: bool = True
     keepalive_s: int = 30
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 60.0
@@ -110,7 +114,13 @@ class MqttBridge:
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
         self._client: aiomqtt.Client | None = None
+        self._dnd_ends: dict[str, asyncio.TimerHandle] = {}
+        #: Sites and residents whose switches were published.
+        self._sites: set[str] = set()
+        self._residents: set[str] = set()
         hub.events.listen(self.on_event)
+        if settings.switches:
+            hub.rules.listeners.append(self._rules_changed)
 
     # -- life ---------------------------------------------------------------------------------
 
@@ -124,7 +134,7 @@ class MqttBridge:
             with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
                 await client.publish(ha.status_topic(self.settings.base_topic), ha.OFFLINE, qos=1, retain=True,
                                      timeout=2.0)
-        for handle in self._relock.values():
+        for handle in [*self._relock.values(), *self._dnd_ends.values()]:
             handle.cancel()
         for task in [*self._tasks, *([self._runner] if self._runner else [])]:
             task.cancel()
@@ -170,6 +180,9 @@ class MqttBridge:
         queue: asyncio.Queue[Publish] = asyncio.Queue()
         await client.subscribe(ha.command_filter(s.base_topic), options=SubscribeOptions(qos=0, retainAsPublished=True))
         await client.subscribe(f"{s.discovery_prefix}/status", options=SubscribeOptions(qos=0))
+        if s.switches:
+            for switch in ha.switch_filters(s.base_topic):
+                await client.subscribe(switch, options=SubscribeOptions(qos=0, retainAsPublished=True))
         self._queue = queue
         self.status.connected = True
         self.status.since = iso(time.time())
@@ -214,6 +227,10 @@ class MqttBridge:
             door_id = ha.door_of_command(s.base_topic, topic)
             if door_id is not None:
                 self._command(door_id, payload, bool(message.retain))
+                continue
+            switch = ha.switch_of_command(s.base_topic, topic) if s.switches else None
+            if switch is not None:
+                self._switch(*switch, payload, bool(message.retain))
 
     # -- what is published ----------------------------------------------------------------------
 
@@ -230,6 +247,9 @@ class MqttBridge:
         self._doors = {d["user_id"]: d["display_name"] for d in doors}
         for door_id in self._doors:
             self._publish_door(door_id)
+        if self.settings.switches:
+            for site_id in sorted({d["site_id"] for d in doors}):
+                self._publish_site(site_id)
 
     def _publish_door(self, door_id: str) -> None:
         s = self.settings
@@ -247,6 +267,70 @@ class MqttBridge:
             self._put(topics.picture, self._pictures[door_id], True)
         if opening is OpenEntity.LOCK:
             self._put(topics.lock_state, ha.UNLOCKED if door_id in self._relock else ha.LOCKED, True)
+
+    # -- away and do-not-disturb ------------------------------------------------------------------
+
+    def _publish_site(self, site_id: str) -> None:
+        s, store = self.settings, self.hub.store
+        residents = [(u["user_id"], u["display_name"]) for u in store.list_users(site_id) if u["kind"] == "resident"]
+        self._sites.add(site_id)
+        self._residents.update(user_id for user_id, _ in residents)
+        for topic, document in ha.site_discovery(s.discovery_prefix, s.base_topic, site_id,
+                                                 store.get_site(site_id)["name"], residents):
+            self._put(topic, json.dumps(document), True)
+        self._rules_changed("site", site_id)
+        for user_id, _ in residents:
+            self._rules_changed("resident", user_id)
+
+    def _rules_changed(self, kind: str, name: str) -> None:
+        """Publish a switch's state (after the API, the web app or Home Assistant changed it)."""
+        rules, base = self.hub.rules, self.settings.base_topic
+        if kind == "site":
+            self._put(ha.away_topic(base, name), ha.ON if rules.site(name).away else ha.OFF, True)
+            return
+        if name not in self._residents:  # a resident added since: the site's switches again
+            user = self.hub.store.find_user(name)
+            if user is not None and user["site_id"] in self._sites:
+                self._publish_site(user["site_id"])
+            return
+        resident = rules.resident(name)
+        now = time.time()
+        on = resident.do_not_disturb and (resident.until is None or resident.until > now)
+        self._put(ha.dnd_topic(base, name), ha.ON if on else ha.OFF, True)
+        old = self._dnd_ends.pop(name, None)
+        if old is not None:
+            old.cancel()
+        if on and resident.until is not None:  # it ends by itself: say so then
+            self._dnd_ends[name] = asyncio.get_running_loop().call_later(
+                resident.until - now + 0.5, self._rules_changed, "resident", name)
+
+    def _switch(self, kind: str, name: str, payload: bytes, retained: bool) -> None:
+        text = payload.decode("utf-8", "replace").strip()
+        if not text:
+            return
+        if retained or text not in (ha.ON, ha.OFF):
+            log.warning("MQTT: refused %s for %s %s", "a retained command" if retained else f"'{text[:20]}'", kind,
+                        name)
+            self.status.refused += 1
+            return
+        on = text == ha.ON
+        rules, store = self.hub.rules, self.hub.store
+        if kind == "away":
+            try:
+                store.get_site(name)
+            except StoreError:
+                log.warning("MQTT: no site '%s' to put away", name)
+                return
+            current = rules.site(name)
+            rules.set_site(name, SiteRules(on, current.time_zone))
+        else:
+            user = store.find_user(name)
+            if user is None or user["kind"] != "resident":
+                log.warning("MQTT: no resident '%s' for do-not-disturb", name)
+                return
+            rules.set_resident(name, parse_resident({"do_not_disturb": {"on": on}}, rules.resident(name), time.time()))
+        log.info("%s switched %s %s for %s", self.settings.integration, "away" if kind == "away" else
+                 "do-not-disturb", "on" if on else "off", name)
 
     def _call_state(self, door_id: str) -> str:
         state = "idle"
@@ -266,6 +350,8 @@ class MqttBridge:
         if door not in self._doors:
             self._doors[door] = event.door_name
             self._publish_door(door)
+            if s.switches and event.site_id not in self._sites:
+                self._publish_site(event.site_id)
         topics = DoorTopics.of(s.base_topic, door)
         visitor = event.data.get("direction") == "visitor"
         at = iso(event.at)
