@@ -43,6 +43,11 @@ class Outbox:
         self._tasks: set[asyncio.Task[None]] = set()
         #: Presses made while the server was unreachable, reported since: name -> call id.
         self._named: dict[str, str] = {}
+        try:
+            for partial in spool.glob("*.part"):
+                partial.unlink()  # a recording that a crash or a power cut cut short
+        except OSError as exc:
+            log.warning("cannot tidy the message spool %s: %s", spool, exc)
 
     def waiting(self) -> list[Path]:
         """Every message on the board, oldest first (with those still waiting for their call)."""
