@@ -424,9 +424,10 @@ PATHS: dict[str, Any] = {
         "put": {"summary": "The door sends its visitor's message for a call nobody answered",
                 "operationId": "putMessage", "security": _PARTY_ONLY, "parameters": [_CALL_ID],
                 "description": "The call's door only, with its own token; at most messages.max_mb. A second "
-                               "upload of the same call is 409 (the door takes it as sent).",
-                "requestBody": {"required": True, "content": {"video/mp4": {"schema": {"type": "string",
-                                                                                         "format": "binary"}}}},
+                               "upload of the same call is 409 (the door takes it as sent). The body is the MP4 "
+                               "file (the door labels it video/mp4; any type is taken).",
+                "requestBody": {"required": True, "content": {"application/octet-stream": {
+                    "schema": {"type": "string", "format": "binary"}}}},
                 "responses": {"201": _json({"type": "object", "required": ["call_id", "bytes"], "properties": {
                     "call_id": {"type": "string"}, "bytes": {"type": "integer"}}}, "kept"),
                               "413": _json(_ref("Error"), "larger than messages.max_mb"), **_errors(404, 409)}},
