@@ -448,10 +448,15 @@ async def _sign_out(request: web.Request) -> web.Response:
 
 # -- Do-not-disturb, quiet hours, away: judged by the server's clock at each press --------------------
 
-def _availability(request: web.Request, user: dict[str, Any]) -> dict[str, Any]:
-    hub = request.app[HUB]
+def _resident(user: dict[str, Any]) -> dict[str, Any]:
     if user["kind"] != "resident":
         raise NotFound(f"no resident '{user['user_id']}': only residents have do-not-disturb and quiet hours")
+    return user
+
+
+def _availability(request: web.Request, user: dict[str, Any]) -> dict[str, Any]:
+    hub = request.app[HUB]
+    _resident(user)
     why = hub.rules.why_not(user, hub.settings.clock())
     return {**hub.rules.resident(user["user_id"]).as_json(), "site": hub.rules.site(user["site_id"]).as_json(),
             "available": why is None, "reason": str(why) if why else None}
@@ -459,8 +464,7 @@ def _availability(request: web.Request, user: dict[str, Any]) -> dict[str, Any]:
 
 async def _change_availability(request: web.Request, user: dict[str, Any]) -> dict[str, Any]:
     hub = request.app[HUB]
-    if user["kind"] != "resident":
-        raise NotFound(f"no resident '{user['user_id']}': only residents have do-not-disturb and quiet hours")
+    _resident(user)
     body = await _body(request, (), ("do_not_disturb", "quiet_hours"))
     try:
         rules = parse_resident(body, hub.rules.resident(user["user_id"]), hub.settings.clock())

@@ -92,6 +92,10 @@ class ResidentRules:
     until: float | None = None
     quiet_hours: tuple[QuietWindow, ...] = ()
 
+    def dnd_on(self, now: float) -> bool:
+        """Do-not-disturb is on and has not ended by itself."""
+        return self.do_not_disturb and (self.until is None or now < self.until)
+
     def as_json(self) -> dict[str, Any]:
         return {"do_not_disturb": {"on": self.do_not_disturb, "until": iso(self.until) if self.until else None},
                 "quiet_hours": [w.as_json() for w in self.quiet_hours]}
@@ -110,7 +114,7 @@ def unavailable(resident: ResidentRules, site: SiteRules, now: float) -> Unavail
     """Why this resident may not be rung at `now` (a Unix time), or None."""
     if site.away:
         return Unavailable.AWAY
-    if resident.do_not_disturb and (resident.until is None or now < resident.until):
+    if resident.dnd_on(now):
         return Unavailable.DO_NOT_DISTURB
     if resident.quiet_hours:
         local = datetime.fromtimestamp(now, zone(site.time_zone))

@@ -11,7 +11,7 @@ import logging
 import sqlite3
 import time
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from intercom_protocol import messages as m
 from intercom_protocol.calls import DeviceRef, ServerCall
@@ -36,6 +36,21 @@ class Opening(NamedTuple):
     code: str | None
     message: str
     pulse_s: float | None = None
+
+
+def _unanswered(exc: TimeoutError | ConnectionGone) -> str:
+    """Why a request to the door got no answer."""
+    if isinstance(exc, TimeoutError):
+        return "the door station did not answer in time"
+    return "the door station disconnected before it answered"
+
+
+def _refusal(reply: dict[str, Any]) -> tuple[str, str]:
+    """The door's `error` reply as (a known error code, its message, bounded): a garbled one
+    is still a refusal."""
+    code = reply.get("code")
+    return (code if isinstance(code, str) and code in _ERROR_CODES else ErrorCode.INTERNAL,
+            str(reply.get("message") or "no reason given")[:200])
 
 
 class DoorAction:
@@ -127,13 +142,11 @@ class DoorAction:
                                              name="quick_reply", reply=reply["id"],
                                              by={**conn.device.as_json(), "display_name": conn.user["display_name"]})
         except (TimeoutError, ConnectionGone) as exc:
-            conn.send(m.error(req.id, ErrorCode.INTERNAL, "the door station did not answer in time"
-                              if isinstance(exc, TimeoutError) else "the door station disconnected"))
+            conn.send(m.error(req.id, ErrorCode.INTERNAL, _unanswered(exc)))
             return
         if answer["type"] != "ok":
-            code = answer.get("code")
-            code = code if isinstance(code, str) and code in _ERROR_CODES else ErrorCode.INTERNAL
-            conn.send(m.error(req.id, code, f"the door refused: {str(answer.get('message') or 'no reason given')[:200]}"))
+            code, message = _refusal(answer)
+            conn.send(m.error(req.id, code, f"the door refused: {message}"))
             return
         ends = answer.get("ends_call") is True
         log.info("%s/%s sent the quick reply '%s' to %s's visitor (call %s)%s", conn.device.user_id,
@@ -160,8 +173,7 @@ class DoorAction:
             reply = await door_conn.request("action", self.hub.settings.door_reply_timeout_s, call_id=call_id,
                                             name="open_door", by={**by.as_json(), "display_name": display_name})
         except (TimeoutError, ConnectionGone) as exc:
-            why = ("the door station did not answer in time" if isinstance(exc, TimeoutError)
-                   else "the door station disconnected before it answered")
+            why = _unanswered(exc)
             self._settle(by, entry, call_id, "failed", why)
             return Opening("failed", ErrorCode.INTERNAL, why)
         if reply["type"] == "ok":
@@ -171,9 +183,7 @@ class DoorAction:
             self.hub.events.door(EventType.DOOR_OPENED, door.user_id, now, call_id=call_id,
                                  by={**by.as_json(), "display_name": display_name}, pulse_s=pulse_s)
             return Opening("opened", None, "opened", pulse_s)
-        code = reply.get("code")
-        code = code if isinstance(code, str) and code in _ERROR_CODES else ErrorCode.INTERNAL
-        message = str(reply.get("message") or "no reason given")[:200]
+        code, message = _refusal(reply)
         self._settle(by, entry, call_id, "refused", f"the door: {message}")
         return Opening("refused", code, f"the door refused: {message}")
 

@@ -37,9 +37,13 @@ def _software() -> str:
         return "unknown"
 
 
+def _object_id(user_or_site_id: str) -> str:
+    """Discovery ids allow letters, digits, '_' and '-'; user and site ids also '.' and '@'."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", user_or_site_id)
+
+
 def node_id(door_id: str) -> str:
-    """Discovery ids allow letters, digits, '_' and '-'; user ids also '.' and '@'."""
-    return "intercom_" + re.sub(r"[^A-Za-z0-9_-]", "_", door_id)
+    return "intercom_" + _object_id(door_id)
 
 
 @dataclass(frozen=True)
@@ -137,7 +141,7 @@ ON, OFF = "ON", "OFF"
 
 
 def site_node(site_id: str) -> str:
-    return "intercom_site_" + re.sub(r"[^A-Za-z0-9_-]", "_", site_id)
+    return "intercom_site_" + _object_id(site_id)
 
 
 def away_topic(base: str, site_id: str) -> str:
@@ -177,7 +181,7 @@ def site_discovery(prefix: str, base: str, site_id: str, site_name: str,
             {**common, "unique_id": f"{node}_away", "name": "Away", "icon": "mdi:home-export-outline",
              "command_topic": f"{away_topic(base, site_id)}/set", "state_topic": away_topic(base, site_id)})]
     for user_id, name in residents:
-        key = "dnd_" + re.sub(r"[^A-Za-z0-9_-]", "_", user_id)
+        key = "dnd_" + _object_id(user_id)
         out.append((f"{prefix}/switch/{node}/{key}/config",
                     {**common, "unique_id": f"{node}_{key}", "name": f"Do not disturb: {name}", "icon": "mdi:bell-off",
                      "command_topic": f"{dnd_topic(base, user_id)}/set", "state_topic": dnd_topic(base, user_id)}))

@@ -295,7 +295,7 @@ class MqttBridge:
             return
         resident = rules.resident(name)
         now = time.time()
-        on = resident.do_not_disturb and (resident.until is None or resident.until > now)
+        on = resident.dnd_on(now)
         self._put(ha.dnd_topic(base, name), ha.ON if on else ha.OFF, True)
         old = self._dnd_ends.pop(name, None)
         if old is not None:

@@ -199,19 +199,17 @@ class Speaker:
     def tone(self, name: str, loop: bool = False, done: Callable[[], None] | None = None) -> None:
         """Play a tone now, replacing any other; `loop` repeats it until `stop_tone()`.
         `done` runs on the event loop when a tone that does not loop has finished."""
-        samples = (TONES[name]() * self.tone_volume * 32767).astype(np.int16)
-        with self._lock:
-            self._tone, self._tone_name = samples, name
-            self._tone_loop = samples if loop else None
-            self._tone_done = done
-        self.stats.tones.append(name)
+        self._play(name, (TONES[name]() * self.tone_volume * 32767).astype(np.int16), loop, done)
 
     def clip(self, name: str, samples: np.ndarray, done: Callable[[], None] | None = None) -> None:
         """Play recorded audio (16-bit mono at RATE) now, in the tone's place; `done` runs on
         the event loop when it has finished."""
+        self._play(name, samples, False, done)
+
+    def _play(self, name: str, samples: np.ndarray, loop: bool, done: Callable[[], None] | None) -> None:
         with self._lock:
             self._tone, self._tone_name = samples, name
-            self._tone_loop = None
+            self._tone_loop = samples if loop else None
             self._tone_done = done
         self.stats.tones.append(name)
 
