@@ -17,8 +17,9 @@ import av
 
 from .config import DoorConfig
 from .directory import site_users, unknown_residents
-from .media.audio import AlsaCaptureTrack, Speaker, level_dbfs
+from .media.audio import FRAME_SAMPLES, RATE, Speaker, frames_of, level_dbfs, open_pcm
 from .media.camera import make_camera
+from .media.pacing import RealTime
 from .pins import Pins
 from .signaling import tls_context
 
@@ -92,22 +93,32 @@ async def _speaker(config: DoorConfig, pins: Pins, _: float) -> dict[str, Any]:
     return {"device": config.speaker_device, "played": "1 s of 1 kHz", "frames": speaker.stats.frames}
 
 
+def _listen(device: str, listen_s: float) -> list[float]:
+    """The raw microphone's level, frame by frame (no echo canceller: the installer wants what
+    the capsule hears), read on a thread of its own as the daemon's reader does."""
+    import alsaaudio
+
+    pcm = open_pcm(alsaaudio.PCM_CAPTURE, device)
+    levels = []
+    clock = RealTime(FRAME_SAMPLES / RATE)  # ALSA's null device returns at once
+    try:
+        deadline = time.monotonic() + listen_s
+        for samples in frames_of(pcm):
+            levels.append(level_dbfs(samples))
+            if time.monotonic() >= deadline:
+                break
+            clock.tick()
+    finally:
+        pcm.close()
+    return levels
+
+
 async def _microphone(config: DoorConfig, pins: Pins, listen_s: float) -> dict[str, Any]:
     mic = config.microphone
     if mic["backend"] != "alsa":
         return {"backend": mic["backend"], "level_dbfs": None}
-    track = AlsaCaptureTrack(mic["device"])  # raw: the installer wants what the capsule hears
-    peak = float("-inf")
-    levels = []
-    try:
-        deadline = time.monotonic() + listen_s
-        while time.monotonic() < deadline:
-            frame = await asyncio.wait_for(track.recv(), 2)
-            level = level_dbfs(frame.to_ndarray())
-            levels.append(level)
-            peak = max(peak, level)
-    finally:
-        track.stop()
+    levels = await asyncio.wait_for(asyncio.to_thread(_listen, mic["device"], listen_s), listen_s + 2)
+    peak = max(levels, default=float("-inf"))
     return {"device": mic["device"], "frames": len(levels),
             "peak_dbfs": None if peak == float("-inf") else round(peak, 1),
             "hint": "silent: check the microphone's cable and mixer levels (alsamixer)" if peak < -70 else None}

@@ -26,6 +26,7 @@ from intercom.media.audio import ToneTrack, level_dbfs, packed_s16
 from intercom.media.peer import rtc_configuration
 from intercom.media.stamps import monotonic_us, read_stamp
 from intercom.media.video import encode_image
+from intercom.media.voice import send_audio_levels
 from intercom.signaling import NotConnected, RequestFailed, SignalingClient
 from intercom_protocol import resident as rules
 from intercom_protocol.calls import ArmClock, ClientCall
@@ -221,7 +222,7 @@ class Resident:
         self.reception = Reception()
         pc = self._new_peer()
         pc.addTransceiver("video", direction="recvonly")
-        pc.addTransceiver(ToneTrack(freqs=(440.0, 330.0)), direction="sendrecv")
+        send_audio_levels(pc.addTransceiver(ToneTrack(freqs=(440.0, 330.0)), direction="sendrecv").sender)
         await pc.setLocalDescription(await pc.createOffer())
         self._accepted_at = time.monotonic()
         try:
@@ -271,7 +272,8 @@ class Resident:
             return
         pc = self._new_peer()
         await pc.setRemoteDescription(RTCSessionDescription(**offer))
-        pc.addTrack(ToneTrack(freqs=(440.0, 330.0)))  # the resident's voice, so the door hears something
+        # The resident's voice, so the door hears something: mono Opus, as a browser sends it.
+        send_audio_levels(pc.addTrack(ToneTrack(freqs=(440.0, 330.0))))
         await pc.setLocalDescription(await pc.createAnswer())
         self._accepted_at = time.monotonic()
         try:

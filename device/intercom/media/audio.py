@@ -11,37 +11,43 @@ included, from the one thread that writes it.
 from __future__ import annotations
 
 import asyncio
-import fractions
+import functools
 import logging
 import math
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import av
 import numpy as np
-from aiortc import MediaStreamTrack
+from aiortc import MediaStreamTrack, RTCRtpCodecParameters, RTCRtpReceiver
+from aiortc.codecs import get_decoder
+from aiortc.codecs.base import Decoder
+from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError
 
+from .aiortc_hooks import decode_audio_elsewhere
 from .echo import EchoCanceller
 from .pacing import Pacer, RealTime
 from .threads import name_thread
 from .tones import TONES
+from .voice import AUDIO_TIME_BASE, FRAME_SAMPLES, RATE, VoiceTrack
+
+__all__ = ["AUDIO_TIME_BASE", "FRAME_SAMPLES", "RATE", "AlsaCaptureTrack", "Mixdown", "Speaker", "ToneTrack",
+           "level_dbfs", "open_pcm", "packed_s16", "stereo_to_mono"]
 
 log = logging.getLogger("intercom.audio")
 
-RATE = 48000
-FRAME_SAMPLES = 960  # 20 ms
-AUDIO_TIME_BASE = fractions.Fraction(1, RATE)
-
 
 def level_dbfs(samples: np.ndarray) -> float:
-    """RMS level of s16 samples in dBFS; -inf for digital silence."""
+    """RMS level of s16 samples in dBFS; -inf for digital silence. One numpy pass (a dot
+    product), no per-sample Python."""
     if samples.size == 0:
         return float("-inf")
-    rms = math.sqrt(float(np.mean(np.square(samples.astype(np.float64)))))
+    wide = samples.astype(np.float64)
+    rms = math.sqrt(float(np.dot(wide, wide)) / samples.size)
     return 20 * math.log10(rms / 32768) if rms > 0 else float("-inf")
 
 
@@ -50,97 +56,142 @@ def packed_s16(frame: av.AudioFrame) -> bytes:
     return bytes(frame.planes[0])[: frame.samples * 2 * len(frame.layout.channels)]
 
 
-def _mono_frame(samples: np.ndarray, index: int) -> av.AudioFrame:
-    frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
-    frame.sample_rate = RATE
-    frame.pts = index * FRAME_SAMPLES
-    frame.time_base = AUDIO_TIME_BASE
-    return frame
+def stereo_to_mono(frame: av.AudioFrame) -> np.ndarray | None:
+    """A call's decoded audio as the speaker's mono samples, without a resampler, when it is s16
+    at the speaker's rate already (Opus always is: stereo, 48 kHz, 20 ms). The two channels are
+    averaged with rounding, sample for sample what FFmpeg's resampler gives (the speaker test
+    compares them). None for any other format: the caller resamples that."""
+    if frame.format.name != "s16" or frame.sample_rate != RATE or frame.format.is_planar:
+        return None
+    channels = len(frame.layout.channels)
+    if channels == 1:
+        return np.frombuffer(memoryview(frame.planes[0]), np.int16, count=frame.samples).copy()
+    if channels != 2:
+        return None
+    both = np.frombuffer(memoryview(frame.planes[0]), np.int16, count=frame.samples * 2).astype(np.int32)
+    return ((both[0::2] + both[1::2] + 1) >> 1).astype(np.int16)
 
 
-class ToneTrack(MediaStreamTrack):
-    """The simulated microphone: a two-note chime-like tone, never silent, in real time."""
+class Mixdown:
+    """Received audio frames to the speaker's 20 ms mono frames: `stereo_to_mono` for what is
+    already s16 at RATE (Opus), FFmpeg's resampler for anything else (G.711 at 8 kHz)."""
 
-    kind = "audio"
+    def __init__(self) -> None:
+        self._resampler: av.AudioResampler | None = None
+        self._pending = np.zeros(0, np.int16)
 
-    def __init__(self, freqs: tuple[float, float] = (660.0, 550.0), amplitude: float = 0.3) -> None:
-        super().__init__()
-        self._pacer = Pacer(RATE / FRAME_SAMPLES)
+    def push(self, frame: av.AudioFrame) -> list[np.ndarray]:
+        samples = stereo_to_mono(frame)
+        if samples is None:
+            self._resampler = self._resampler or av.AudioResampler(format="s16", layout="mono", rate=RATE)
+            samples = np.concatenate([np.frombuffer(packed_s16(out), dtype=np.int16)
+                                      for out in self._resampler.resample(frame)] or [self._pending[:0]])
+        if not len(self._pending) and len(samples) == FRAME_SAMPLES:
+            return [samples]  # Opus: always one 20 ms frame, as the speaker wants
+        self._pending = np.concatenate([self._pending, samples])
+        whole = len(self._pending) // FRAME_SAMPLES * FRAME_SAMPLES
+        frames = [self._pending[i:i + FRAME_SAMPLES] for i in range(0, whole, FRAME_SAMPLES)]
+        self._pending = self._pending[whole:]
+        return frames
+
+
+def _tone_frame(freqs: tuple[float, float], amplitude: float, n: int) -> np.ndarray:
+    freq = freqs[(n // 25) % 2]  # change note every half second
+    t = (np.arange(FRAME_SAMPLES) + n * FRAME_SAMPLES) / RATE
+    return (amplitude * np.sin(2 * math.pi * freq * t)).astype(np.int16)
+
+
+@functools.cache
+def _tone_second(freqs: tuple[float, float], amplitude: float) -> tuple[np.ndarray, ...]:
+    frames = tuple(_tone_frame(freqs, amplitude * 32767, n) for n in range(50))
+    for frame in frames:
+        frame.flags.writeable = False
+    return frames
+
+
+class ToneTrack(VoiceTrack):
+    """The simulated microphone: a two-note chime-like tone, never silent, in real time.
+
+    It is made on the event loop, paced by a timer, as the simulation always was: a frame is
+    drawn and encoded when the sender asks for it. ALSA's microphone needs a reader thread
+    (its reads block), which costs a thread's wake-up and a hand-over per frame more: about
+    0.5 % of a core here."""
+
+    def __init__(self, freqs: tuple[float, float] = (660.0, 550.0), amplitude: float = 0.3, raw: bool = False) -> None:
+        super().__init__(raw=raw)
         self._freqs = freqs
         self._amp = amplitude * 32767
-        self._t = np.arange(FRAME_SAMPLES) / RATE
+        #: Whole-hertz notes repeat every second (50 frames): drawn once per process, not every
+        #: 20 ms (and not at a press, where the door makes this track).
+        self._table = _tone_second(freqs, amplitude) if all(f == int(f) for f in freqs) else None
+        self._pacer = Pacer(RATE / FRAME_SAMPLES)
 
-    async def recv(self) -> av.AudioFrame:
-        n = await self._pacer.next()
-        freq = self._freqs[(n // 25) % 2]  # change note every half second
-        t = self._t + n * FRAME_SAMPLES / RATE
-        samples = (self._amp * np.sin(2 * math.pi * freq * t)).astype(np.int16)
-        return _mono_frame(samples, n)
+    def samples(self, n: int) -> np.ndarray:
+        """Frame `n` of the tone."""
+        return self._table[n % 50] if self._table is not None else _tone_frame(self._freqs, self._amp, n)
+
+    async def recv(self) -> av.Packet | av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        while True:
+            n = await self._pacer.next()
+            encoded = self._encode(self.samples(n))
+            if encoded is not None:
+                item, self.level_dbov = encoded
+                return item
 
 
-def _open_pcm(kind: int, device: str) -> Any:  # an alsaaudio.PCM
+def open_pcm(kind: int, device: str) -> Any:  # an alsaaudio.PCM
+    """A mono 48 kHz PCM in 20 ms periods: the call's own rate, so nothing is resampled."""
     import alsaaudio  # imported here so configs that never touch ALSA do not need it
 
     return alsaaudio.PCM(kind, device=device, channels=1, rate=RATE,
                          format=alsaaudio.PCM_FORMAT_S16_LE, periodsize=FRAME_SAMPLES, periods=4)
 
 
-class AlsaCaptureTrack(MediaStreamTrack):
-    """The microphone through ALSA: a reader thread cleans each 20 ms frame (echo, noise)
-    and hands it to the event loop."""
+def frames_of(pcm: Any) -> Iterator[np.ndarray]:
+    """The 20 ms frames a capture PCM gives, whatever its reads' sizes; an overrun is logged."""
+    buf = b""
+    while True:
+        length, data = pcm.read()
+        if length < 0:
+            log.warning("microphone overrun (%d); samples were lost", length)
+            continue
+        buf += data
+        while len(buf) >= FRAME_SAMPLES * 2:
+            chunk, buf = buf[:FRAME_SAMPLES * 2], buf[FRAME_SAMPLES * 2:]
+            yield np.frombuffer(chunk, dtype=np.int16)
 
-    kind = "audio"
 
-    def __init__(self, device: str, echo: EchoCanceller | None = None) -> None:
-        super().__init__()
+class AlsaCaptureTrack(VoiceTrack):
+    """The microphone through ALSA: a reader thread cleans each 20 ms frame (echo, noise),
+    measures it, and (once the call's media is up) encodes it for the call."""
+
+    def __init__(self, device: str, echo: EchoCanceller | None = None, raw: bool = False) -> None:
+        super().__init__(raw=raw)
         import alsaaudio
 
-        self._pcm = _open_pcm(alsaaudio.PCM_CAPTURE, device)
+        self._pcm = open_pcm(alsaaudio.PCM_CAPTURE, device)
         self._echo = echo
-        self._loop = asyncio.get_running_loop()
-        self._frames: asyncio.Queue[np.ndarray] = asyncio.Queue(maxsize=10)
         self._running = True
-        self._index = 0
         self.level_dbfs = float("-inf")
         self._thread = threading.Thread(target=self._read, name=f"alsa-capture-{device}", daemon=True)
         self._thread.start()
 
     def _read(self) -> None:
         name_thread("alsa-capture")
-        buf = b""
         clock = RealTime(FRAME_SAMPLES / RATE)
-        while self._running:
-            length, data = self._pcm.read()
-            if length < 0:
-                log.warning("microphone overrun (%d); samples were lost", length)
-                continue
-            buf += data
-            while len(buf) >= FRAME_SAMPLES * 2:
-                chunk, buf = buf[:FRAME_SAMPLES * 2], buf[FRAME_SAMPLES * 2:]
-                samples = np.frombuffer(chunk, dtype=np.int16)
+        try:
+            for samples in frames_of(self._pcm):
+                if not self._running:
+                    break
                 if self._echo is not None:
                     samples = self._echo.near_end(samples)
                 self.level_dbfs = level_dbfs(samples)
-                assert self._loop is not None
-                try:
-                    self._loop.call_soon_threadsafe(self._offer, samples)
-                except RuntimeError:
-                    return  # the loop is gone
+                self._deliver(samples)
                 clock.tick()
-        self._pcm.close()
-
-    def _offer(self, samples: np.ndarray) -> None:
-        if self._frames.full():
-            self._frames.get_nowait()  # keep latency bounded: drop the oldest
-        self._frames.put_nowait(samples)
-
-    async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        samples = await self._frames.get()
-        frame = _mono_frame(samples, self._index)
-        self._index += 1
-        return frame
+        finally:
+            self._pcm.close()
 
     def stop(self) -> None:
         self._running = False
@@ -172,7 +223,13 @@ class Speaker:
         self.stats = PlaybackStats()
         self._echo = echo
         self.tone_volume = tone_volume
+        self._tones: dict[tuple[str, float], np.ndarray] = {}
         self._voice: queue.Queue[np.ndarray] = queue.Queue(maxsize=max_queue)
+        #: Encoded audio from the call's receiver, decoded by the writer thread (`receive`).
+        self._received: queue.Queue[tuple[int, RTCRtpCodecParameters, JitterFrame]] = queue.Queue(maxsize=50)
+        #: Which call is playing: anything delivered for an earlier one is dropped.
+        self._call = 0
+        self._decoding: tuple[tuple[int, str], Decoder, Mixdown] | None = None
         self._lock = threading.Lock()
         self._tone: np.ndarray | None = None  # what is left of the tone playing now
         self._tone_name: str | None = None
@@ -188,7 +245,8 @@ class Speaker:
         import alsaaudio
 
         self._loop = asyncio.get_running_loop()
-        pcm = _open_pcm(alsaaudio.PCM_PLAYBACK, self.device)
+        pcm = open_pcm(alsaaudio.PCM_PLAYBACK, self.device)
+        self._tone_samples("chime")  # a press plays it first thing: synthesised before anyone presses
         self._running = True
         self._thread = threading.Thread(target=self._write, args=(pcm,), name=f"alsa-playback-{self.device}",
                                         daemon=True)
@@ -199,7 +257,17 @@ class Speaker:
     def tone(self, name: str, loop: bool = False, done: Callable[[], None] | None = None) -> None:
         """Play a tone now, replacing any other; `loop` repeats it until `stop_tone()`.
         `done` runs on the event loop when a tone that does not loop has finished."""
-        self._play(name, (TONES[name]() * self.tone_volume * 32767).astype(np.int16), loop, done)
+        self._play(name, self._tone_samples(name), loop, done)
+
+    def _tone_samples(self, name: str) -> np.ndarray:
+        """A tone at the installer's volume, synthesised the first time it plays and kept: the
+        chime synthesised at a press took 7.5 ms, more than the rest of the press's work."""
+        key = (name, self.tone_volume)
+        samples = self._tones.get(key)
+        if samples is None:
+            samples = self._tones[key] = (TONES[name]() * self.tone_volume * 32767).astype(np.int16)
+            samples.flags.writeable = False  # shared by every time it plays
+        return samples
 
     def clip(self, name: str, samples: np.ndarray, done: Callable[[], None] | None = None) -> None:
         """Play recorded audio (16-bit mono at RATE) now, in the tone's place; `done` runs on
@@ -244,37 +312,56 @@ class Speaker:
     # -- the resident's voice ------------------------------------------------------------------
 
     def play(self, track: MediaStreamTrack) -> None:
-        """Play a call's remote audio until it ends or `stop()`."""
+        """Play a call's remote audio until it ends or `stop()`, as aiortc delivers it (decoded,
+        on the loop). `receive` is the cheaper way for a call's own receiver."""
         self.stop()
         self._task = asyncio.get_running_loop().create_task(self._pump(track))
 
+    def receive(self, receiver: RTCRtpReceiver, track: MediaStreamTrack) -> None:
+        """Play a call's remote audio, decoded on the writer thread: call at the `track` event.
+
+        Each encoded frame goes from the receiver's jitter buffer straight to the writer, which
+        decodes it when it next wakes to write (see `aiortc_hooks.decode_audio_elsewhere`)."""
+        self.stop()
+        call = self._call
+
+        def deliver(codec: RTCRtpCodecParameters, encoded: JitterFrame) -> None:  # on the loop
+            if self._call == call:
+                try:
+                    self._received.put_nowait((call, codec, encoded))
+                except queue.Full:
+                    self.stats.dropped += 1
+
+        if not decode_audio_elsewhere(receiver, deliver):
+            self.play(track)
+
     async def _pump(self, track: MediaStreamTrack) -> None:
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
-        pending = np.zeros(0, np.int16)
+        mixdown = Mixdown()
         try:
             while True:
-                frame = cast(av.AudioFrame, await track.recv())
-                for out in resampler.resample(frame):
-                    pending = np.concatenate([pending, np.frombuffer(packed_s16(out), dtype=np.int16)])
-                while len(pending) >= FRAME_SAMPLES:
-                    samples, pending = pending[:FRAME_SAMPLES], pending[FRAME_SAMPLES:]
-                    self.stats.voice_frames += 1
-                    self.stats.level_dbfs = level_dbfs(samples)
-                    self.stats.peak_dbfs = max(self.stats.peak_dbfs, self.stats.level_dbfs)
-                    try:
-                        self._voice.put_nowait(samples)
-                    except queue.Full:
-                        self.stats.dropped += 1
+                for samples in mixdown.push(cast(av.AudioFrame, await track.recv())):
+                    self._queue_voice(samples)
         except MediaStreamError:
             pass
 
+    def _queue_voice(self, samples: np.ndarray) -> None:
+        self.stats.voice_frames += 1
+        self.stats.level_dbfs = level_dbfs(samples)
+        self.stats.peak_dbfs = max(self.stats.peak_dbfs, self.stats.level_dbfs)
+        try:
+            self._voice.put_nowait(samples)
+        except queue.Full:
+            self.stats.dropped += 1
+
     def stop(self) -> None:
         """Stop playing the call's audio (tones go on)."""
+        self._call += 1  # what the last call's receiver still delivers is ignored
         if self._task is not None:
             self._task.cancel()
             self._task = None
-        while not self._voice.empty():
-            self._voice.get_nowait()
+        for pending in (self._voice, self._received):
+            while not pending.empty():
+                pending.get_nowait()
 
     # -- the writer thread ---------------------------------------------------------------------
 
@@ -284,6 +371,7 @@ class Speaker:
         silence = np.zeros(FRAME_SAMPLES, np.int16)
         try:
             while self._running:
+                self._decode_received()
                 try:
                     voice = self._voice.get_nowait()
                 except queue.Empty:
@@ -302,6 +390,27 @@ class Speaker:
                 clock.tick()
         finally:
             pcm.close()
+
+    def _decode_received(self) -> None:
+        """On the writer thread: decode what the call's receiver delivered since the last frame."""
+        while True:
+            try:
+                call, codec, encoded = self._received.get_nowait()
+            except queue.Empty:
+                return
+            if call != self._call:
+                continue
+            if self._decoding is None or self._decoding[0] != (call, codec.name):
+                self._decoding = ((call, codec.name), get_decoder(codec), Mixdown())
+            _, decoder, mixdown = self._decoding
+            try:
+                frames = decoder.decode(encoded)
+            except av.FFmpegError as exc:  # keep the decoder's state, as aiortc does
+                log.warning("could not decode the resident's audio: %s", exc)
+                continue
+            for frame in frames:
+                for samples in mixdown.push(cast(av.AudioFrame, frame)):
+                    self._queue_voice(samples)
 
     def close(self) -> None:
         self.stop()

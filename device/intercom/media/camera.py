@@ -18,7 +18,8 @@ from typing import Any
 import av
 from aiortc import MediaStreamTrack
 
-from .video import EncodedVideo, RawVideo, forward_keyframe_requests, prefer_codec
+from .aiortc_hooks import forward_keyframe_requests
+from .video import EncodedVideo, RawVideo, prefer_codec
 
 #: How calls get the camera's pictures (`hardware.camera.encoding`).
 ENCODINGS = {"passthrough": "video/H264", "vp8": "video/VP8", "h264": "video/H264"}
@@ -44,12 +45,15 @@ class EncodedCamera:
         self.video: EncodedVideo | RawVideo = EncodedVideo(self.force_keyframe) if self.passthrough else RawVideo()
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def add_to(self, pc: Any) -> None:
-        """Give a call the camera: a send-only video transceiver offering only our codec."""
-        transceiver = pc.addTransceiver(self.track(), direction="sendonly")
+    def add_to(self, pc: Any, with_track: bool = True) -> Any:
+        """Give a call the camera: a send-only video transceiver offering only our codec.
+        Without its track (a connection prepared ahead), `replaceTrack(camera.track())` at the
+        call; until then nothing is queued for it. Returns the transceiver."""
+        transceiver = pc.addTransceiver(self.track() if with_track else "video", direction="sendonly")
         prefer_codec(transceiver, ENCODINGS[self.encoding])
         if isinstance(self.video, EncodedVideo):
-            forward_keyframe_requests(transceiver.sender, self.video)
+            forward_keyframe_requests(transceiver.sender, self.video.keyframe_requested)
+        return transceiver
 
     def start(self) -> None:
         """Start capturing; called on the event loop."""

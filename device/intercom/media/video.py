@@ -9,7 +9,7 @@ What pass-through gives up, this module puts back:
 - A new viewer must start at a keyframe, so a track asks the encoder for one when the call
   connects and drops everything before it (joining mid-GOP waited ~1.8 s for the next IDR).
 - The receiver's keyframe requests (PLI/FIR) end in aiortc's sender, which only tells its own
-  encoder; `forward_keyframe_requests` hands them to the camera's encoder instead.
+  encoder; `aiortc_hooks.forward_keyframe_requests` hands them to the camera's encoder instead.
 - The offer must put H.264 first and only, or a peer could pick VP8 for packets that are H.264.
 """
 
@@ -285,19 +285,3 @@ def prefer_codec(transceiver: RTCRtpTransceiver, mime_type: str) -> None:
 def prefer_h264(transceiver: RTCRtpTransceiver) -> None:
     """Offer H.264 only (with its retransmission codec): the packets are H.264 already."""
     prefer_codec(transceiver, "video/H264")
-
-
-def forward_keyframe_requests(sender: RTCRtpSender, video: EncodedVideo) -> None:
-    """Send the receiver's PLI/FIR to the camera's encoder.
-
-    aiortc routes them to `RTCRtpSender._send_keyframe`, which sets a flag only its own
-    encoder reads; with pre-encoded packets nobody reads it. Wrapping that one method on this
-    sender instance keeps aiortc's behaviour and adds ours.
-    """
-    original = sender._send_keyframe
-
-    def send_keyframe() -> None:
-        original()
-        video.keyframe_requested()
-
-    sender._send_keyframe = send_keyframe  # type: ignore[method-assign]
