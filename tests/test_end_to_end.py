@@ -37,6 +37,7 @@ async def test_a_press_rings_the_resident_who_sees_and_hears_the_visitor(site, t
     alice = await site.start_resident("alice", "--once", "--hangup-after-frames", "45", "--picture", str(picture))
     door = await site.start_door("frontdoor", [{"residents": ["alice"], "timeout_s": 30}])
     assert (await door.ctl("status"))["pins"]["status_led"]["pattern"] == "idle"
+    await door.wait_status(lambda s: s["standby"]["ready"])  # the call's connection is made while idle
 
     await press(door)
     incoming = await alice.wait_for_event("incoming")
@@ -64,6 +65,9 @@ async def test_a_press_rings_the_resident_who_sees_and_hears_the_visitor(site, t
     assert door_status["camera"]["viewers"] == 0  # the call's view of the camera ended with it
     assert door_status["speaker"]["voice_frames"] > 0 and door_status["speaker"]["peak_dbfs"] > -30  # heard the resident
     assert door_status["pins"]["status_led"]["pattern"] == "idle"
+    assert door_status["press_timings"]["prepared"] is True  # the press dialled on the prepared connection
+    ready = await door.wait_status(lambda s: s["standby"]["ready"])  # and the next one is made
+    assert ready["standby"]["prepared"] == 2 and ready["standby"]["taken"] == 1
     assert await stored_reason(site, ended["call_id"]) == "completed"
     status, snapshot = await site.api("GET", f"/v1/direct_calls/{ended['call_id']}/snapshot")
     assert status == 200 and snapshot.startswith(b"\xff\xd8")

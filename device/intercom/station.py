@@ -39,7 +39,9 @@ from .media.clips import ClipError, Clips
 from .media.echo import EchoCanceller
 from .media.peer import rtc_configuration
 from .media.recorder import record
+from .media.standby import StandbyPeer
 from .media.video import EncodedVideo
+from .media.voice import send_audio_levels
 from .outbox import Outbox
 from .pins import Pins
 from .signaling import NotConnected, SignalingClient
@@ -72,6 +74,8 @@ class Station:
         self.last_message: dict[str, Any] | None = None
         self.pins = Pins(config.pins, self.press, self.loop, factory=pin_factory)
         self.pc: RTCPeerConnection | None = None
+        #: The next press's peer connection, made while the door is idle.
+        self.standby = StandbyPeer(lambda ice: self._new_peer(ice, with_tracks=False), lambda: self.client.ice_servers)
         self.reloads = 0
         self._call_timers: list[asyncio.TimerHandle] = []
         #: The live call's own clock (`ClientCall.deadline`): at most one armed at a time.
@@ -103,6 +107,7 @@ class Station:
     async def start(self) -> None:
         self.camera.start()
         self.speaker.start()
+        self.standby.prepare()
         self._signaling = self.loop.create_task(self.client.run(), name="signaling")
         self._worker = self.loop.create_task(self._work(), name="station")
 
@@ -118,6 +123,7 @@ class Station:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        await self.standby.close()
         await self.client.close()
         self._signaling.cancel()
         await asyncio.gather(self._signaling, return_exceptions=True)
@@ -171,6 +177,8 @@ class Station:
     def _connection_changed(self, up: bool) -> None:
         if up:
             self.policy.link_up()
+            if not self.policy.live:
+                self.standby.prepare()  # rebuilt if this sign-in brought other ICE servers
             self._inbox.put_nowait(("resync", self.client.live_calls))
             self._spawn_check()
             if self.outbox is not None:
@@ -317,30 +325,42 @@ class Station:
 
     # -- calling residents -------------------------------------------------------------------
 
-    def _new_peer(self) -> RTCPeerConnection:
+    def _new_peer(self, ice_servers: list[dict[str, Any]] | None = None, with_tracks: bool = True) -> RTCPeerConnection:
         """A peer connection with the door's two transceivers, made before any description so
         that the H.264-only preference holds whether the door offers or answers.
 
         The camera's H.264 goes out as is (unless the installer chose per-call encoding), and
         the resident's keyframe requests reach its encoder; the microphone goes out and the
-        resident's voice comes back."""
-        pc = RTCPeerConnection(rtc_configuration(self.client.ice_servers))
-        pc.on("track", self._remote_track)
+        resident's voice comes back. Without tracks it is the standby's, given them at a press."""
+        pc = RTCPeerConnection(rtc_configuration(self.client.ice_servers if ice_servers is None else ice_servers))
+        pc.on("track", lambda track: self._remote_track(pc, track))
         pc.on("connectionstatechange", lambda: self._inbox.put_nowait(("media", (pc, pc.connectionState))))
-        self.camera.add_to(pc)
-        pc.addTransceiver(self._microphone(), direction="sendrecv")
+        self.camera.add_to(pc, with_track=with_tracks)
+        microphone = pc.addTransceiver(self._microphone() if with_tracks else "audio", direction="sendrecv")
+        send_audio_levels(microphone.sender)
         return pc
 
+    def _give_tracks(self, pc: RTCPeerConnection) -> None:
+        """The prepared connection's camera and microphone, given at the press."""
+        video, audio = pc.getTransceivers()
+        video.sender.replaceTrack(self.camera.track())
+        audio.sender.replaceTrack(self._microphone())
+
     async def _place_call(self, place: policy.PlaceCall) -> None:
-        """Dial at once; the visitor's picture follows in its own message.
+        """Dial at once, on the connection prepared while idle; the visitor's picture follows in
+        its own message.
 
         The picture is the camera's next keyframe, up to a frame interval away (67 ms at
         15 fps), while the candidates take about 2 ms: waiting for it made the picture, not the
         network, decide how fast the phones rang."""
         self._show()
-        pc = self.pc = self._new_peer()
+        pc = self.standby.take()
+        prepared = pc is not None
+        if pc is None:  # nothing prepared (or stale): build one now, the slow way
+            pc = self._new_peer()
+            await pc.setLocalDescription(await pc.createOffer())  # gathers candidates: no trickle
+        self.pc = pc
         self._picture = self.loop.create_task(self.camera.snapshot_jpeg(), name="snapshot")
-        await pc.setLocalDescription(await pc.createOffer())  # gathers candidates: no trickle
         body: dict[str, Any] = {"callees": list(place.callees), "video": True, "ring_timeout_s": place.ring_timeout_s,
                                 "offer": {"type": "offer", "sdp": pc.localDescription.sdp}}
         sent = time.monotonic()
@@ -350,9 +370,14 @@ class Station:
             await self._run(self.policy.dial_failed(place.call, place.group, str(exc),
                                                     server_heard=isinstance(exc, RequestFailed)))
             return
+        if prepared:
+            # The camera and the microphone join once the dial is out: media flows only after a
+            # resident answers, and opening a sound card must not delay the phones' ring.
+            self._give_tracks(pc)
         if place.group == 0:  # an escalation's dial comes a ring timeout after the press: not a press timing
             self.press_timings = {"press_to_dial_ms": round((sent - self._pressed_mono) * 1000, 1),
-                                  "dial_reply_ms": round((time.monotonic() - sent) * 1000, 1)}
+                                  "dial_reply_ms": round((time.monotonic() - sent) * 1000, 1),
+                                  "prepared": prepared}
         await self._run(self.policy.dialed(place.call, reply["call_id"], list(reply.get("unknown") or [])))
 
     async def _undo_dial(self, reply: dict[str, Any]) -> None:
@@ -376,13 +401,19 @@ class Station:
         except TRANSIENT as exc:  # the call ended meanwhile, or the server went: the ring goes on
             log.info("the visitor's picture did not reach call %s: %s", call.call_id, exc)
 
-    def _microphone(self) -> MediaStreamTrack:
+    def _microphone(self, raw: bool = False) -> MediaStreamTrack:
+        """The microphone for a call (Opus packets) or, `raw`, for a visitor's message (samples)."""
         mic = self.config.microphone
-        return ToneTrack() if mic["backend"] == "tone" else AlsaCaptureTrack(mic["device"], self.echo)
+        return ToneTrack(raw=raw) if mic["backend"] == "tone" else AlsaCaptureTrack(mic["device"], self.echo, raw=raw)
 
-    def _remote_track(self, track: MediaStreamTrack) -> None:
-        if track.kind == "audio":
+    def _remote_track(self, pc: RTCPeerConnection, track: MediaStreamTrack) -> None:
+        if track.kind != "audio":
+            return
+        receiver = next((t.receiver for t in pc.getTransceivers() if t.receiver.track is track), None)
+        if receiver is None:
             self.speaker.play(track)
+        else:
+            self.speaker.receive(receiver, track)
 
     # -- residents calling the door ----------------------------------------------------------
 
@@ -446,6 +477,7 @@ class Station:
                 if transceiver.sender.track is not None:
                     transceiver.sender.track.stop()
             await pc.close()
+        self.standby.prepare()  # for the next press
 
     # -- the door action (a request from the server) -----------------------------------------
 
@@ -503,7 +535,7 @@ class Station:
             await self._play_to_end(lambda done: self.speaker.tone("record_beep", done=done))
             camera = self.config.camera
             outbox.make_room(int(settings.max_s * 400_000))  # room for a message at a camera's rate
-            mic = self._microphone()
+            mic = self._microphone(raw=True)
             made = await record(self.camera.video, mic, settings.spool_dir / f"{call_id}.mp4", settings.max_s,
                                 camera["width"], camera["height"], camera["fps"])
             self.policy.messages_recorded += 1
@@ -583,6 +615,8 @@ class Station:
             "echo_cancellation": self.echo is not None,
             "config": {"file": self.config.source, "reloads": self.reloads},
             "press_timings": self.press_timings,
+            "standby": {"ready": self.standby.ready, "prepared": self.standby.stats.prepared,
+                        "taken": self.standby.stats.taken, "missed": self.standby.stats.missed},
             "calls_placed": door.calls_placed,
             "calls_answered": door.calls_answered,
             "ignored_presses": door.ignored_presses, "quick_replies_played": door.replies_played,
