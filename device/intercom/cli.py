@@ -13,6 +13,8 @@ from typing import Any
 
 from intercom_protocol.yamlconfig import ConfigError
 
+from . import eventloop
+
 DEFAULT_CONFIG = "/etc/intercom/intercom.yaml"
 
 
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             try:
-                return asyncio.run(_run(args.config))
+                return eventloop.run(_run(args.config))
             except OSError as exc:
                 # A path or device that is not what the YAML says: one line, not a traceback.
                 print(f"intercom: cannot start: {exc}", file=sys.stderr)
