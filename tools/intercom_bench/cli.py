@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import capacity, media, press, push
+from . import capacity, media, press, profile, push
 from .figures import machine
 from .report import markdown, notes
 
@@ -73,6 +73,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if "cost" in parts:
         step(f"cost on the board: {len(args.sizes) * len(media.ENCODINGS)} calls of {args.call_seconds:g} s")
         results["call_cost"] = await media.call_cost(work / "cost", args.call_seconds, args.sizes)
+        width, height = args.sizes[-1]
+        step(f"where the door's time goes: one pass-through call of {args.call_seconds:g} s at {width}x{height}, py-spy")
+        results["call_cost"]["profile"] = await profile.profile_call(work / "profile", args.call_seconds, width, height)
     if "message" in parts:
         step(f"a visitor's message of {args.message_seconds:g} s: the door's cost while it records")
         width, height = args.sizes[-1]

@@ -60,11 +60,12 @@ def cpu_times(pid: int) -> CpuTimes:
 
 
 def memory_kib(pid: int) -> dict[str, int]:
-    """VmRSS (now) and VmHWM (the peak since the process started), in KiB."""
+    """VmRSS (now), VmHWM (the peak since the process started) and RssAnon (the process's own
+    memory, without the shared libraries' pages it has touched), in KiB."""
     out = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
+        if key in ("VmRSS", "VmHWM", "RssAnon"):
             out[key] = int(value.split()[0])
     return out
 

@@ -83,7 +83,8 @@ async def call_cost(root: Path, seconds: float, sizes: list[tuple[int, int]], fp
                     if "idle_rss_kib" not in results:  # the first door: pass-through, the default
                         # Idle is a state that lasts: measured over a span, not at one instant.
                         await asyncio.sleep(idle_s)
-                        results["idle_rss_kib"] = memory_kib(pid)["VmRSS"]
+                        idle = memory_kib(pid)
+                        results["idle_rss_kib"], results["idle_rss_anon_kib"] = idle["VmRSS"], idle["RssAnon"]
                         results["idle_camera"] = f"{width}x{height} at {fps:g} fps, {encoding}"
                     results["runs"].append(await _measure_call(bell, resident, pid, seconds, width, height, encoding))
                 finally:

@@ -39,6 +39,8 @@ async def run(root: Path, presses: int) -> dict[str, Any]:
         dial_ms: list[float] = []
         #: Rings that came without the picture, which followed in its own `snapshot`.
         rang_first = 0
+        #: Presses that found their peer connection prepared (the rest built one).
+        prepared = 0
         try:
             await asyncio.wait_for(phone.connected.wait(), 10)
             for _ in range(presses):
@@ -52,6 +54,7 @@ async def run(root: Path, presses: int) -> dict[str, Any]:
                 await phone.request("decline", call_id=incoming["call_id"])
                 status = await bell.until_idle()
                 dial_ms.append(status["press_timings"]["press_to_dial_ms"])
+                prepared += bool(status["press_timings"].get("prepared"))
                 await bell.release()
         finally:
             bell.close()
@@ -60,4 +63,5 @@ async def run(root: Path, presses: int) -> dict[str, Any]:
             await asyncio.gather(runner, return_exceptions=True)
     return {"presses": presses, "camera": f"{WIDTH}x{HEIGHT} at {FPS} fps",
             "press_to_ring_ms": summary(ring_ms), "press_to_dial_sent_ms": summary(dial_ms),
-            "press_to_picture_ms": summary(picture_ms), "rang_before_picture": rang_first}
+            "press_to_picture_ms": summary(picture_ms), "rang_before_picture": rang_first,
+            "prepared_connections": prepared}

@@ -60,11 +60,13 @@ class Bell:
         return await self.ctl.command("status")
 
     async def until_idle(self, timeout_s: float = 10.0) -> dict[str, Any]:
-        """Wait for the door to finish its call (it polls the door's own view, as an installer would)."""
+        """Wait for the door to finish its call and be ready for the next press, its peer
+        connection prepared (it polls the door's own view, as an installer would). A visitor's
+        next press comes seconds after a call, not the bench's 50 ms."""
         deadline = time.monotonic() + timeout_s
         while True:
             status = await self.status()
-            if status["state"] == "idle" and status["camera"]["viewers"] == 0:
+            if status["state"] == "idle" and status["camera"]["viewers"] == 0 and status["standby"]["ready"]:
                 return status
             if time.monotonic() > deadline:
                 raise TimeoutError(f"door {self.door.user_id} did not return to idle: {status}")
