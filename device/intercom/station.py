@@ -353,7 +353,6 @@ class Station:
         The picture is the camera's next keyframe, up to a frame interval away (67 ms at
         15 fps), while the candidates take about 2 ms: waiting for it made the picture, not the
         network, decide how fast the phones rang."""
-        self._show()
         pc = self.standby.take()
         prepared = pc is not None
         if pc is None:  # nothing prepared (or stale): build one now, the slow way
@@ -367,12 +366,14 @@ class Station:
         try:
             reply = await self.client.request("dial", undo=self._undo_dial, **body)
         except TRANSIENT as exc:
+            self._show()
             await self._run(self.policy.dial_failed(place.call, place.group, str(exc),
                                                     server_heard=isinstance(exc, RequestFailed)))
             return
+        # The LED and the tracks once the dial is out: gpiozero starts a blink thread, and
+        # media flows only after a resident answers; neither may delay the phones' ring.
+        self._show()
         if prepared:
-            # The camera and the microphone join once the dial is out: media flows only after a
-            # resident answers, and opening a sound card must not delay the phones' ring.
             self._give_tracks(pc)
         if place.group == 0:  # an escalation's dial comes a ring timeout after the press: not a press timing
             self.press_timings = {"press_to_dial_ms": round((sent - self._pressed_mono) * 1000, 1),
