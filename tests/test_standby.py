@@ -45,13 +45,20 @@ async def test_a_prepared_connection_is_handed_over_once_with_its_offer_and_cand
     await standby.close()
 
 
-async def test_new_ice_servers_make_the_prepared_connection_stale():
+async def ready_then_other_servers() -> tuple[StandbyPeer, list[RTCPeerConnection]]:
+    """A standby with its connection ready, whose ICE servers then change (a sign-in brought
+    other ones); with the list of every connection it made."""
     ice: list = []
     made: list[RTCPeerConnection] = []
     standby = StandbyPeer(lambda servers: made.append(build(servers)) or made[-1], lambda: ice)
     standby.prepare()
     await until(lambda: standby.ready)
-    ice.append(OTHER_SERVERS)  # a sign-in brought other ICE servers
+    ice.append(OTHER_SERVERS)
+    return standby, made
+
+
+async def test_new_ice_servers_make_the_prepared_connection_stale():
+    standby, made = await ready_then_other_servers()
     assert standby.take() is None and standby.stats.missed == 1
     await until(lambda: made[0].connectionState == "closed")  # the stale one is closed, not leaked
     standby.prepare()  # rebuilt with the new servers
@@ -63,12 +70,7 @@ async def test_new_ice_servers_make_the_prepared_connection_stale():
 
 
 async def test_prepare_notices_ice_servers_that_changed_while_it_was_ready():
-    ice: list = []
-    made: list[RTCPeerConnection] = []
-    standby = StandbyPeer(lambda servers: made.append(build(servers)) or made[-1], lambda: ice)
-    standby.prepare()
-    await until(lambda: standby.ready)
-    ice.append(OTHER_SERVERS)
+    standby, made = await ready_then_other_servers()
     standby.prepare()  # the door signed in again: same call, other servers
     await until(lambda: len(made) == 2 and standby.ready)
     assert made[0].connectionState == "closed"
