@@ -253,3 +253,20 @@ def test_a_quick_reply_clip_is_decoded_to_the_speaker_s_format_and_a_bad_one_say
     with pytest.raises(ClipError) as exc:
         Clips().get(str(broken))
     assert "broken.wav" in str(exc.value)
+
+
+def test_audio_not_at_the_speaker_s_rate_is_resampled_into_whole_20ms_frames():
+    """A peer that chose G.711 sends 8 kHz mono in 20 ms frames of 160 samples: the speaker
+    still gets 20 ms frames at its own rate, with the tone's level kept."""
+    from intercom.media.audio import Mixdown
+
+    mixdown, out = Mixdown(), []
+    t = np.arange(50 * 160) / 8000
+    tone = (0.3 * 32767 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
+    for n in range(50):
+        frame = av.AudioFrame.from_ndarray(tone[n * 160:(n + 1) * 160].reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = 8000, n * 160, fractions.Fraction(1, 8000)
+        out += mixdown.push(frame)
+    assert 48 <= len(out) <= 50 and all(len(f) == FRAME_SAMPLES for f in out)  # the resampler keeps a little back
+    level = level_dbfs(np.concatenate(out[5:-5]))
+    assert abs(level - 20 * math.log10(0.3 / math.sqrt(2))) < 0.5
