@@ -51,6 +51,15 @@ def audio_level_dbov(samples: np.ndarray) -> int:
     return round(min(0.0, max(float(MIN_AUDIO_LEVEL), 20 * math.log10(rms))))
 
 
+def mono_frame(samples: np.ndarray, index: int) -> av.AudioFrame:
+    """20 ms of mono s16 samples as an `av.AudioFrame`, stamped with its index."""
+    frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+    frame.sample_rate = RATE
+    frame.pts = index * FRAME_SAMPLES
+    frame.time_base = AUDIO_TIME_BASE
+    return frame
+
+
 class VoiceEncoder:
     """Mono s16 frames of 20 ms in, Opus packets out, each stamped with the frame's index
     (so the RTP timestamps run on even when a frame is dropped before the sender takes it)."""
@@ -66,26 +75,13 @@ class VoiceEncoder:
         self._codec = codec
 
     def encode(self, samples: np.ndarray, index: int) -> av.Packet | None:
-        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = RATE
-        frame.pts = index * FRAME_SAMPLES
-        frame.time_base = AUDIO_TIME_BASE
-        packets = self._codec.encode(frame)
+        packets = self._codec.encode(mono_frame(samples, index))
         if not packets:
             return None
         packet = packets[-1]  # libopus gives one packet per 20 ms frame
         packet.pts = index * FRAME_SAMPLES
         packet.time_base = AUDIO_TIME_BASE
         return packet
-
-
-def mono_frame(samples: np.ndarray, index: int) -> av.AudioFrame:
-    """20 ms of mono s16 samples as an `av.AudioFrame`, stamped with its index."""
-    frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
-    frame.sample_rate = RATE
-    frame.pts = index * FRAME_SAMPLES
-    frame.time_base = AUDIO_TIME_BASE
-    return frame
 
 
 class VoiceTrack(MediaStreamTrack):
