@@ -198,6 +198,15 @@ class AlsaCaptureTrack(VoiceTrack):
         super().stop()
 
 
+def _drain(pending: queue.Queue[Any]) -> None:
+    """Empty a queue the writer thread also takes from (it may take the last item first)."""
+    while True:
+        try:
+            pending.get_nowait()
+        except queue.Empty:
+            return
+
+
 @dataclass
 class PlaybackStats:
     frames: int = 0
@@ -360,8 +369,7 @@ class Speaker:
             self._task.cancel()
             self._task = None
         for pending in (self._voice, self._received):
-            while not pending.empty():
-                pending.get_nowait()
+            _drain(pending)
 
     # -- the writer thread ---------------------------------------------------------------------
 
