@@ -45,15 +45,14 @@ class EncodedCamera:
         self.video: EncodedVideo | RawVideo = EncodedVideo(self.force_keyframe) if self.passthrough else RawVideo()
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def add_to(self, pc: Any, with_track: bool = True) -> Any:
+    def add_to(self, pc: Any, with_track: bool = True) -> None:
         """Give a call the camera: a send-only video transceiver offering only our codec.
         Without its track (a connection prepared ahead), `replaceTrack(camera.track())` at the
-        call; until then nothing is queued for it. Returns the transceiver."""
+        call; until then nothing is queued for it."""
         transceiver = pc.addTransceiver(self.track() if with_track else "video", direction="sendonly")
         prefer_codec(transceiver, ENCODINGS[self.encoding])
         if isinstance(self.video, EncodedVideo):
             forward_keyframe_requests(transceiver.sender, self.video.keyframe_requested)
-        return transceiver
 
     def start(self) -> None:
         """Start capturing; called on the event loop."""
