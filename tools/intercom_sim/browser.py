@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
+
+log = logging.getLogger("intercom.sim.browser")
 
 #: Debian's Chromium (`make test` installs it); Playwright's own browser download is never used.
 CHROMIUM = "/usr/bin/chromium"
@@ -95,7 +98,7 @@ class ServiceWorkerPush:
             except TimeoutError:
                 if attempt == attempts:
                     raise
-                print(f"push to {tag} not shown after 5 s: delivered again", flush=True)
+                log.warning("push to %s not shown after 5 s: delivered again", tag)
         raise AssertionError("unreachable")
 
     async def notifications(self, tag: str | None = None) -> list[dict[str, Any]]:
