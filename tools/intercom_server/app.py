@@ -8,6 +8,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,7 +26,7 @@ from .availability import RuleError, parse_resident, parse_site
 from .hub import Hub, HubSettings
 from .mqtt import MqttBridge
 from .openapi import AUDIT_CURSOR, CALLS_CURSOR, OPENAPI
-from .store import Bearer, Forbidden, NotFound, Store, StoreError, check_id
+from .store import Bearer, Forbidden, NotFound, Store, StoreError, Unauthenticated, check_id
 from .visitor_messages import MessageBox, TooLarge
 from .webapp import add_webapp_routes
 from .webhooks import Webhooks, check_events, check_url
@@ -67,6 +68,8 @@ def create_app(store: Store, settings: HubSettings, api_token: str, public_url: 
     app.router.add_post("/v1/users/{user_id}/invites", _api(_post_invite))
     app.router.add_get("/v1/users/{user_id}/invites", _api(_get_invites))
     app.router.add_post("/v1/invites/redeem", _redeem_invite)
+    app.router.add_post("/v1/users/{user_id}/pairings", _api(_post_pairing))
+    app.router.add_post("/v1/pairings/redeem", _redeem_pairing)
     app.router.add_get("/v1/me", _api(_get_me, parties=True, bearer_only=True))
     app.router.add_delete("/v1/me/token", _api(_sign_out, parties=True, bearer_only=True))
     app.router.add_get("/v1/direct_calls", _api(_get_calls, parties=True))
@@ -328,8 +331,8 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
         return _error(500, "internal", "internal error")
 
 
-def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
 
 
 async def _body(request: web.Request, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -422,12 +425,41 @@ async def _get_invites(request: web.Request) -> Any:
 
 
 async def _redeem_invite(request: web.Request) -> web.Response:
-    """No credentials: the one-time code is the credential. It is 192 random bits, so
-    guessing is hopeless even without a rate limit."""
+    """No credentials: the one-time code is the credential."""
+    return await _redeem(request, "resident", "code must be the text after 'invite=' in the invite link")
+
+
+async def _post_pairing(request: web.Request) -> Any:
+    body = await _body(request, (), ("expires_in_s",)) if request.can_read_body else {}
+    pairing = request.app[STORE].create_pairing(request.match_info["user_id"], body.get("expires_in_s"))
+    return {**pairing, "url": pairing_url(request.app[PUBLIC_URL] or str(request.url.origin()), pairing["code"])}
+
+
+async def _redeem_pairing(request: web.Request) -> web.Response:
+    """`intercom pair LINK` on the door: the code for the door's own token."""
+    return await _redeem(request, "door", "code must be the text after 'pair=' in the pairing link")
+
+
+async def _redeem(request: web.Request, kind: str, malformed: str) -> web.Response:
+    """A code is 192 random bits, so guessing is hopeless anyway; wrong codes still count
+    against the address like failed sign-ins, so nobody can hammer the server with them."""
+    hub = request.app[HUB]
+    address = client_address(request, hub.settings.trusted_proxies)
+    wait = hub.sign_in_blocked_for(address)
+    if wait > 0:
+        return _error(429, "rate_limited", f"too many wrong codes from {address}; try again in {math.ceil(wait)} s",
+                      headers={"Retry-After": str(math.ceil(wait))})
     body = await _body(request, ("code",))
     if not isinstance(body["code"], str) or not 1 <= len(body["code"]) <= 200:
-        raise StoreError("code must be the text after 'invite=' in the invite link")
-    return web.json_response(request.app[STORE].redeem_invite(body["code"]), status=201)
+        raise StoreError(malformed)
+    try:
+        redeemed = request.app[STORE].redeem_invite(body["code"], kind=kind)
+    except Unauthenticated:
+        hub.sign_in_failed(address)
+        raise
+    if kind == "door":
+        log.info("door %s paired from %s", redeemed["user"]["user_id"], address)
+    return web.json_response(redeemed, status=201)
 
 
 async def _get_me(request: web.Request) -> Any:
@@ -684,6 +716,12 @@ def invite_url(base: str, code: str) -> str:
     """The code is in the fragment, which browsers never send to a server or in a Referer,
     so it stays out of access logs and proxies."""
     return f"{base.rstrip('/')}/#invite={code}"
+
+
+def pairing_url(base: str, code: str) -> str:
+    """Like an invite link: the code rides in the fragment; `intercom pair` reads the server's
+    address from the rest."""
+    return f"{base.rstrip('/')}/#pair={code}"
 
 
 def _cursor_out(cursor: tuple[float, str]) -> str:

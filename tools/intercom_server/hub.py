@@ -197,6 +197,14 @@ class Hub:
 
     # -- requests --------------------------------------------------------------------------
 
+    def sign_in_blocked_for(self, address: str) -> float:
+        """Seconds before `address` may try a code again (invites, pairings): wrong codes and
+        wrong tokens from one address share one budget."""
+        return self._auth_by_address.blocked_for(address, time.monotonic())
+
+    def sign_in_failed(self, address: str) -> None:
+        self._auth_by_address.fail(address, time.monotonic())
+
     def _authenticate(self, conn: Connection, req: Request[m.Authenticate]) -> None:
         """Sign a connection in, then resynchronise its device's calls.
 

@@ -107,7 +107,8 @@ SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "required": ["error"], "properties": {"error": {
         "type": "object", "required": ["code", "message"],
         "properties": {"code": {"type": "string", "enum": ["bad_request", "unauthenticated", "forbidden",
-                                                            "not_found", "conflict", "too_large", "internal"]},
+                                                            "not_found", "conflict", "too_large", "rate_limited",
+                                                            "internal"]},
                        "message": {"type": "string"}}}}},
     "NewSite": {"type": "object", "required": ["site_id", "name"], "additionalProperties": False, "properties": {
         "site_id": {"type": "string", "pattern": ID_PATTERN},
@@ -137,6 +138,9 @@ SCHEMAS: dict[str, Any] = {
     "NewInvite": {"type": "object", "additionalProperties": False, "properties": {
         "expires_in_s": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_INVITE_LIFETIME_S,
                          "description": "how long the link can be used; default 7 days"}}},
+    "NewPairing": {"type": "object", "additionalProperties": False, "properties": {
+        "expires_in_s": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_INVITE_LIFETIME_S,
+                         "description": "how long the link can be used; default one hour"}}},
     "Invite": {"type": "object", "required": ["invite_id", "user_id", "code", "expires_at", "url"], "properties": {
         "invite_id": {"type": "string"}, "user_id": {"type": "string"},
         "code": {"type": "string", "description": "shown this once; the server keeps only its hash"},
@@ -356,7 +360,23 @@ PATHS: dict[str, Any] = {
         "post": {"summary": "Exchange an invite's code for an access token, once", "operationId": "redeemInvite",
                  "description": "No credentials: the code is one. Unknown, used and expired codes get the same 401.",
                  "security": [], "requestBody": _body("Redeem"),
-                 "responses": {"201": _json(_ref("SignedIn"), "the phone's own access token"), **_errors()}},
+                 "responses": {"201": _json(_ref("SignedIn"), "the phone's own access token"), **_errors(429)}},
+    },
+    "/v1/users/{user_id}/pairings": {
+        "post": {"summary": "A one-time pairing link for a door station (`intercom pair LINK` on the board)",
+                 "operationId": "createPairing", "security": _API_ONLY, "parameters": [_USER_ID],
+                 "requestBody": _body("NewPairing", required=False),
+                 "responses": {"201": _json(_ref("Invite"), "the pairing, its code shown once"),
+                               **_errors(404, 409)}},
+    },
+    "/v1/pairings/redeem": {
+        "post": {"summary": "Exchange a door's pairing code for the door's access token, once",
+                 "operationId": "redeemPairing",
+                 "description": "No credentials: the code is one. Unknown, used and expired codes, and a "
+                                "resident's invite code, get the same 401; wrong codes count against the "
+                                "address like failed sign-ins (429 beyond).",
+                 "security": [], "requestBody": _body("Redeem"),
+                 "responses": {"201": _json(_ref("SignedIn"), "the door's own access token"), **_errors(429)}},
     },
     "/v1/me": {
         "get": {"summary": "Who this access token belongs to, its site and the site's users", "operationId": "getMe",
@@ -454,7 +474,8 @@ OPENAPI: dict[str, Any] = {
         "responses": {f"E{s}": _json(_ref("Error"), d) for s, d in
                       ((400, "the request is malformed; nothing was changed"), (401, "no or wrong credentials"),
                        (403, "these credentials may not do this"), (404, "no such resource"),
-                       (409, "the resource already exists"))},
+                       (409, "the resource already exists"),
+                       (429, "too many wrong codes from this address; try again after Retry-After seconds"))},
         "securitySchemes": {
             "ApiToken": {"type": "apiKey", "in": "header", "name": "Api-Token",
                          "description": "the server's master token"},

@@ -42,6 +42,8 @@ MAX_TOKEN_LIFETIME_S = 10 * 365 * 86400
 #: An invite is a link sent by message or shown as a QR code: short-lived, used once.
 DEFAULT_INVITE_LIFETIME_S = 7 * 86400
 MAX_INVITE_LIFETIME_S = 30 * 86400
+#: A door's pairing code is used by the installer standing at the door, within the hour.
+DEFAULT_PAIRING_LIFETIME_S = 3600
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sites (
@@ -316,11 +318,21 @@ class Store:
     def create_invite(self, user_id: str, expires_in_s: float | None = None) -> dict[str, Any]:
         """A one-time code a resident's phone exchanges for an access token, so nobody types
         or copies tokens. Kept as a hash, like tokens; shown once."""
-        user = self.get_user(user_id)
-        if user["kind"] != "resident":
+        if self.get_user(user_id)["kind"] != "resident":
             raise Conflict(f"'{user_id}' is a door station: invites are for residents' phones; "
-                           f"a door gets a token with `token issue`")
-        lifetime = DEFAULT_INVITE_LIFETIME_S if expires_in_s is None else expires_in_s
+                           f"pair a door with `intercom-server door pair {user_id}`")
+        return self._one_time_code(user_id, DEFAULT_INVITE_LIFETIME_S if expires_in_s is None else expires_in_s)
+
+    def create_pairing(self, door_id: str, expires_in_s: float | None = None) -> dict[str, Any]:
+        """A door's invite: `intercom pair LINK` on the board exchanges it for the door's own
+        token, so no secret is copied between SSH sessions by hand. Short-lived by default: the
+        installer pairs the door while standing at it."""
+        if self.get_user(door_id)["kind"] != "door":
+            raise Conflict(f"'{door_id}' is a resident: pairing codes are for door stations; "
+                           f"a phone signs in with `intercom-server invite {door_id}`")
+        return self._one_time_code(door_id, DEFAULT_PAIRING_LIFETIME_S if expires_in_s is None else expires_in_s)
+
+    def _one_time_code(self, user_id: str, lifetime: float) -> dict[str, Any]:
         if isinstance(lifetime, bool) or not isinstance(lifetime, (int, float)) \
                 or not 0 < lifetime <= MAX_INVITE_LIFETIME_S:
             raise StoreError(f"expires_in_s must be a number of seconds above 0 and at most {MAX_INVITE_LIFETIME_S}")
@@ -331,19 +343,23 @@ class Store:
                         (invite_id, user_id, hash_token(code), now, now + lifetime))
         return {"invite_id": invite_id, "user_id": user_id, "code": code, "expires_at": iso(now + lifetime)}
 
-    def redeem_invite(self, code: str, now: float | None = None) -> dict[str, Any]:
-        """Exchange an invite's code for a new access token, exactly once.
+    def redeem_invite(self, code: str, now: float | None = None, kind: str = "resident") -> dict[str, Any]:
+        """Exchange an invite's (or, with kind="door", a pairing's) code for a new access token,
+        exactly once.
 
         The single UPDATE is the check and the claim together, so two phones racing with the
-        same code cannot both win. Unknown, used and expired codes get the same answer."""
+        same code cannot both win. Unknown, used and expired codes get the same answer, and so
+        does a door's code given to the web app: a browser never signs in as a door."""
         now = time.time() if now is None else now
+        what = "invite" if kind == "resident" else "pairing code"
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             row = self.db.execute(
                 "UPDATE invites SET redeemed_at = ? WHERE code_hash = ? AND redeemed_at IS NULL AND expires_at > ? "
-                "RETURNING invite_id, user_id", (now, hash_token(code), now)).fetchone()
+                "AND user_id IN (SELECT user_id FROM users WHERE kind = ?) RETURNING invite_id, user_id",
+                (now, hash_token(code), now, kind)).fetchone()
             if row is None:
-                raise Unauthenticated("this invite is unknown, already used or expired; ask for a new one")
+                raise Unauthenticated(f"this {what} is unknown, already used or expired; ask for a new one")
             token = self.issue_token(row["user_id"])
             self.db.execute("UPDATE invites SET token_id = ? WHERE invite_id = ?", (token["token_id"], row["invite_id"]))
         return {**token, "user": self.get_user(row["user_id"])}
