@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import logging
 import signal
@@ -11,12 +12,13 @@ import sqlite3
 import ssl
 import sys
 from pathlib import Path
+from typing import Any, cast
 
 from aiohttp import web
 
 from intercom_protocol.yamlconfig import ConfigError
 
-from .app import create_app, invite_url
+from .app import create_app, invite_url, pairing_url
 from .config import ServerConfig
 from .store import Store, StoreError, StoreUnavailable
 
@@ -86,10 +88,13 @@ async def _serve(config: ServerConfig) -> None:
         await site.start()
     except OSError as exc:
         await runner.cleanup()
-        raise StartupError(f"cannot listen on {config.host}:{config.port}: {exc.strerror}; is another server "
-                           f"running there? choose another port (listen.port in the YAML, or --port)") from None
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupError(f"port {config.port} on {config.host} is in use (another intercom-server?): stop "
+                               f"it, or choose another port with listen.port in the YAML or serve --port N") from None
+        raise StartupError(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
     port = runner.addresses[0][1]
     log.info("Platform API token from %s", source)
+    _remember_address(config, port)
     # Tests and the demo read this line to learn the port when --port 0 was given.
     print(f"intercom-server listening on {'https' if tls else 'http'}://{config.host}:{port}", flush=True)
     if not tls and config.host not in ("127.0.0.1", "localhost", "::1"):
@@ -105,65 +110,133 @@ async def _serve(config: ServerConfig) -> None:
     store.close()
 
 
-def _print_invite(invite: dict[str, str]) -> None:
-    """For the installer's terminal: the link to send, and a QR code to show the phone."""
+def _remember_address(config: ServerConfig, port: int) -> None:
+    """`invite` and `door pair` run as other processes; they read here where the server
+    really listens (the port given with --port, a LAN address for 0.0.0.0)."""
+    try:
+        config.listen_url_file.write_text(config.listen_url(port) + "\n")
+    except OSError as exc:
+        log.warning("cannot note the listening address in %s: %s", config.listen_url_file, exc.strerror)
+
+
+def _print_link(what: str, link: dict[str, str], use: str, scan: str) -> None:
+    """For the installer's terminal: the link, and a QR code to carry it to a phone."""
     import qrcode
 
     qr = qrcode.QRCode(border=2, error_correction=qrcode.constants.ERROR_CORRECT_L)
-    qr.add_data(invite["url"])
-    print(f"Invite for {invite['user_id']}: open this link on the resident's phone (once, before {invite['expires_at']}):")
-    print(f"  {invite['url']}")
-    print("or scan this code with the phone's camera:")
+    qr.add_data(link["url"])
+    print(f"{what} for {link['user_id']}: {use} (once, before {link['expires_at']}):")
+    print(f"  {link['url']}")
+    print(scan)
     qr.print_ascii(out=sys.stdout, invert=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="intercom-server", description=__doc__)
-    parser.add_argument("--config", help="server YAML file")
-    parser.add_argument("--data-dir", help="where the database and the API token live")
-    parser.add_argument("-v", "--verbose", action="store_true")
+def _link_base(config: ServerConfig, url: str | None) -> str:
+    """Where the links point: --url, else public_url, else where the server really listens
+    (it writes that into data_dir at start), else the YAML's listen address. Without
+    public_url the installer is told which address was used, so a link that a phone cannot
+    reach is no surprise."""
+    if url:
+        return url
+    if config.public_url:
+        return config.public_url
+    try:
+        listening = config.listen_url_file.read_text().strip()
+    except OSError:
+        listening = ""
+    if listening:
+        print(f"note: public_url is not set, so the link uses {listening}, where the server listens; "
+              f"set public_url in the server's YAML (or give --url) if phones reach it by another address",
+              file=sys.stderr)
+        return listening
+    base = config.base_url
+    print(f"note: public_url is not set and the server has not run with this data_dir yet, so the link uses "
+          f"{base} from listen: in the YAML; set public_url (or give --url) if phones reach it by another address",
+          file=sys.stderr)
+    return base
+
+
+def _parser() -> argparse.ArgumentParser:
+    # --config, --data-dir and -v go before or after the subcommand alike: the installer
+    # should not have to know where argparse wants them.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help="server YAML file")
+    common.add_argument("--data-dir", default=argparse.SUPPRESS,
+                        help="where the database and the API token live (overrides data_dir in the YAML)")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
+    parser = argparse.ArgumentParser(prog="intercom-server", description=__doc__, parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the signaling server")
+    def command(name: str, help: str, within: Any = sub) -> argparse.ArgumentParser:
+        return cast(argparse.ArgumentParser, within.add_parser(name, help=help, parents=[common]))
+
+    def group(name: str, help: str) -> Any:
+        return sub.add_parser(name, help=help).add_subparsers(dest="action", required=True)
+
+    def link_options(p: argparse.ArgumentParser, default: str) -> None:
+        p.add_argument("--expires-in", type=float, metavar="SECONDS", help=f"default: {default}")
+        p.add_argument("--url", help="where the server is reached; default: public_url from the config, "
+                                     "else where the server listens")
+        p.add_argument("--json", action="store_true", help="print JSON only, no QR code")
+
+    serve = command("serve", "run the signaling server")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
 
-    site = sub.add_parser("site", help="sites: one building or household").add_subparsers(dest="action", required=True)
-    p = site.add_parser("add")
+    site = group("site", "sites: one building or household")
+    p = command("add", "add a site", site)
     p.add_argument("site_id")
     p.add_argument("--name", required=True)
 
-    user = sub.add_parser("user", help="door stations and residents").add_subparsers(dest="action", required=True)
-    p = user.add_parser("add")
+    user = group("user", "door stations and residents")
+    p = command("add", "add a resident or a door station", user)
     p.add_argument("user_id")
     p.add_argument("--kind", choices=("door", "resident"), required=True)
     p.add_argument("--site", required=True)
     p.add_argument("--name", required=True, help="display name shown to the other party")
-    p = user.add_parser("show")
+    p = command("show", "show a user", user)
     p.add_argument("user_id")
 
-    token = sub.add_parser("token", help="access tokens").add_subparsers(dest="action", required=True)
-    p = token.add_parser("issue", help="print a new access token (shown only this once)")
+    door = group("door", "door stations, paired with a one-time link")
+    p = command("add", "add a door station and print its pairing link", door)
+    p.add_argument("user_id")
+    p.add_argument("--site", required=True)
+    p.add_argument("--name", required=True, help="what residents see, e.g. \"Front door\"")
+    link_options(p, "one hour")
+    p = command("pair", "a new one-time pairing link for a door station (`intercom pair LINK` on the board)", door)
+    p.add_argument("user_id")
+    link_options(p, "one hour")
+
+    token = group("token", "access tokens, for scripts (doors pair with a link, phones with an invite)")
+    p = command("issue", "print a new access token (shown only this once)", token)
     p.add_argument("user_id")
     p.add_argument("--expires-in", type=float, metavar="SECONDS")
-    p = token.add_parser("list")
+    p = command("list", "list a user's tokens", token)
     p.add_argument("user_id")
-    p = token.add_parser("revoke")
+    p = command("revoke", "revoke a token", token)
     p.add_argument("user_id")
     p.add_argument("token_id")
 
-    p = sub.add_parser("invite", help="a one-time sign-in link (and QR code) for a resident's phone")
+    p = command("invite", "a one-time sign-in link (and QR code) for a resident's phone")
     p.add_argument("user_id")
-    p.add_argument("--expires-in", type=float, metavar="SECONDS", help="default: 7 days")
-    p.add_argument("--url", help="where phones reach the server; default: public_url from the config")
-    p.add_argument("--json", action="store_true", help="print JSON only, no QR code")
+    link_options(p, "7 days")
 
-    sub.add_parser("api-token", help="print the Platform API token (made on first use)")
+    command("api-token", "print the Platform API token (made on first use)")
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    # Not set_defaults: the options are shared with the subcommands, and SUPPRESS lets either
+    # place give them.
+    for name, default in (("config", None), ("data_dir", None), ("verbose", False)):
+        setattr(args, name, getattr(args, name, default))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
+        if args.config and not Path(args.config).exists():
+            raise StartupError(f"there is no config file at {args.config}: copy config/server.example.yaml "
+                               f"there and edit it, or give the right --config")
         config = _config(args)
         if args.command == "serve":
             asyncio.run(_serve(config))
@@ -181,9 +254,19 @@ def main(argv: list[str] | None = None) -> int:
             result = store.get_user(args.user_id)
         elif args.command == "invite":
             invite = store.create_invite(args.user_id, args.expires_in)
-            result = {**invite, "url": invite_url(args.url or config.base_url, invite["code"])}
+            result = {**invite, "url": invite_url(_link_base(config, args.url), invite["code"])}
             if not args.json:
-                _print_invite(result)
+                _print_link("Invite", result, "open this link on the resident's phone",
+                            "or scan this code with the phone's camera:")
+                return 0
+        elif args.command == "door":
+            if args.action == "add":
+                store.add_user(args.user_id, "door", args.site, args.name)
+            pairing = store.create_pairing(args.user_id, args.expires_in)
+            result = {**pairing, "url": pairing_url(_link_base(config, args.url), pairing["code"])}
+            if not args.json:
+                _print_link("Pairing link", result, f"on the door, run: intercom pair '{result['url']}'",
+                            "or scan this code to carry the link to the door's terminal:")
                 return 0
         elif args.action == "issue":
             result = store.issue_token(args.user_id, args.expires_in)
@@ -197,10 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    except StartupError as exc:
-        print(f"intercom-server: {exc}", file=sys.stderr)
-        return 1
-    except StoreError as exc:
+    except (StartupError, StoreError) as exc:
         print(f"intercom-server: {exc}", file=sys.stderr)
         return 1
 

@@ -6,6 +6,7 @@ import ipaddress
 import os
 import re
 import secrets
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -230,9 +231,19 @@ class ServerConfig:
         """Where the web app is: the configured public URL, else the listening address."""
         if self.public_url:
             return self.public_url.rstrip("/")
+        return self.listen_url(self.port)
+
+    def listen_url(self, port: int) -> str:
+        """The address a phone on the same network can use when the server listens on `port`:
+        for 0.0.0.0 (every interface), this machine's address on its network."""
         scheme = "https" if self.tls_cert else "http"
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
-        return f"{scheme}://{host}:{self.port}"
+        host = lan_address() if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"{scheme}://{'[' + host + ']' if ':' in host else host}:{port}"
+
+    @property
+    def listen_url_file(self) -> Path:
+        """Written by `serve` at start, read by `invite` and `door pair`."""
+        return self.data_dir / "listen_url"
 
     def resolve_api_token(self) -> tuple[str, str]:
         """The master Api-Token and where it came from; made and kept (0600) on first start."""
@@ -261,6 +272,17 @@ def _mqtt_settings(raw: dict[str, Any], public_url: str | None) -> MqttSettings:
         opens_per_minute=raw["opens_per_minute"], switches=raw["switches"], keepalive_s=raw["keepalive_s"],
         reconnect_max_s=raw["reconnect_max_s"], reconnect_min_s=min(1.0, raw["reconnect_max_s"]),
         server_url=public_url)
+
+
+def lan_address() -> str:
+    """This machine's address toward the rest of the network: the source address the kernel
+    would pick for a packet to a public address (a UDP "connect" sends nothing)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: never routed anywhere real
+            return str(probe.getsockname()[0])
+        except OSError:
+            return "127.0.0.1"
 
 
 def _default_contact(public_url: str | None) -> str:
