@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -14,8 +15,15 @@ from typing import Any
 from intercom_protocol.yamlconfig import ConfigError
 
 from . import eventloop
+from .config import DEFAULT_SOCKET
 
 DEFAULT_CONFIG = "/etc/intercom/intercom.yaml"
+
+
+def default_config() -> str:
+    """The YAML every subcommand reads unless given --config: $INTERCOM_CONFIG, for an
+    installation kept elsewhere, else /etc/intercom/intercom.yaml."""
+    return os.environ.get("INTERCOM_CONFIG") or DEFAULT_CONFIG
 
 
 async def _run(config_path: str) -> int:
@@ -64,67 +72,157 @@ async def _run(config_path: str) -> int:
 
 
 def _socket_path(args: argparse.Namespace) -> Path:
-    if args.socket:
-        return Path(args.socket)
+    """--socket, else the socket of the YAML given with --config, else of the default YAML
+    where it is readable, else the default socket: plain `intercom ctl status` finds a daemon
+    installed as the README says."""
     from . import config as door_config
 
-    return door_config.load(args.config).control_socket
+    if args.socket:
+        return Path(args.socket)
+    return door_config.control_socket_of(args.config or default_config())
+
+
+def _parser() -> argparse.ArgumentParser:
+    # -v and --config go before or after the subcommand alike.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
+    with_config = argparse.ArgumentParser(add_help=False)
+    with_config.add_argument("--config", default=argparse.SUPPRESS,
+                             help=f"the door's YAML (default $INTERCOM_CONFIG, else {DEFAULT_CONFIG})")
+    parser = argparse.ArgumentParser(prog="intercom", description=__doc__, parents=[common, with_config])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="run the door station", parents=[common, with_config])
+    p = sub.add_parser("check-config", help="check a config file; prints every problem with its line",
+                       parents=[common])
+    p.add_argument("file", nargs="?", help="default: --config, else $INTERCOM_CONFIG, else "
+                                                             f"{DEFAULT_CONFIG}")
+    p = sub.add_parser("pair", help="pair this door with the server: a one-time link from "
+                                    "`intercom-server door pair DOOR`", parents=[common, with_config])
+    p.add_argument("link", help="the pairing link, http(s)://SERVER/#pair=CODE")
+    p = sub.add_parser("selftest", help="blink the LEDs, click the relay, play a tone, listen, take a picture",
+                       parents=[common, with_config])
+    p.add_argument("--no-relay", action="store_true", help="do not click the door strike")
+    p = sub.add_parser("ctl", help="talk to the running door station", parents=[common, with_config])
+    p.add_argument("action", choices=("status", "press", "release", "hangup"))
+    p.add_argument("--socket", help=f"the control socket (default: control.socket of the YAML, else {DEFAULT_SOCKET})")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="intercom", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("run", help="run the door station")
-    p.add_argument("--config", default=DEFAULT_CONFIG)
-    p = sub.add_parser("check-config", help="check a config file; prints every problem with its line")
-    p.add_argument("file")
-    p = sub.add_parser("selftest", help="blink the LEDs, click the relay, play a tone, listen, take a picture")
-    p.add_argument("--config", default=DEFAULT_CONFIG)
-    p.add_argument("--no-relay", action="store_true", help="do not click the door strike")
-    p = sub.add_parser("ctl", help="talk to the running door station")
-    p.add_argument("action", choices=("status", "press", "release", "hangup"))
-    p.add_argument("--config", default=DEFAULT_CONFIG, help="read the socket path from this config")
-    p.add_argument("--socket", help="the control socket (overrides --config)")
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
+    # Not set_defaults: the options are shared with the subcommands, and SUPPRESS lets either
+    # place give them.
+    args.verbose, args.config = getattr(args, "verbose", False), getattr(args, "config", None)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if args.verbose is False:
         logging.getLogger("aioice").setLevel(logging.WARNING)
+    config_path = args.config or default_config()
     try:
+        if args.command == "ctl":
+            return _ctl(_socket_path(args), args.action)
+        if args.command == "pair":
+            return eventloop.run(_pair(Path(config_path), args.link))
+        if args.command == "check-config":
+            return _check_config(args.file or config_path)
+        config = _load_to_run(config_path)
         if args.command == "run":
             try:
-                return eventloop.run(_run(args.config))
+                return eventloop.run(_run(config_path))
             except OSError as exc:
                 # A path or device that is not what the YAML says: one line, not a traceback.
                 print(f"intercom: cannot start: {exc}", file=sys.stderr)
                 return 1
-        if args.command == "selftest":
-            return asyncio.run(_selftest(args.config, not args.no_relay))
-        if args.command == "check-config":
-            from . import config as door_config
-
-            door_config.load(args.file)
-            print(f"{args.file}: ok")
-            return 0
-        try:
-            reply = asyncio.run(_send(_socket_path(args), args.action))
-        except (TimeoutError, OSError) as exc:
-            print(f"intercom: cannot reach the door station's control socket: {exc}", file=sys.stderr)
-            return 1
-        print(json.dumps(reply, indent=2))
-        return 0 if reply.get("ok") else 1
+        return asyncio.run(_selftest(config, not args.no_relay))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    except _Refused as exc:
+        print(f"intercom: {exc}", file=sys.stderr)
+        return 1
 
 
-async def _selftest(config_path: str, click_relay: bool) -> int:
+class _Refused(Exception):
+    """One line for the installer instead of a traceback."""
+
+
+def _no_config(path: str) -> _Refused:
+    return _Refused(f"there is no config file at {path}: copy config/intercom.example.yaml there and edit it, "
+                    f"or give --config PATH")
+
+
+def _load_to_run(path: str) -> Any:
+    """The config, and every hardware library it needs present, before anything starts."""
     from . import config as door_config
+    from . import libraries
+
+    if not Path(path).exists():
+        raise _no_config(path)
+    config = door_config.load(path)
+    missing = libraries.missing(config)
+    if missing:
+        raise _Refused(str(missing[0]))
+    return config
+
+
+def _check_config(path: str) -> int:
+    from . import config as door_config
+    from . import libraries
+
+    if not Path(path).exists():
+        raise _no_config(path)
+    missing = libraries.missing(door_config.load(path))
+    for problem in missing:
+        print(f"{path}: {problem}", file=sys.stderr)
+    if missing:
+        return 1
+    print(f"{path}: ok")
+    return 0
+
+
+def _ctl(socket: Path, action: str) -> int:
+    try:
+        reply = asyncio.run(_send(socket, action))
+    except (FileNotFoundError, ConnectionRefusedError):
+        print(f"intercom: no door station is running with the control socket {socket} (systemctl status "
+              f"intercom); give --socket or --config if it uses another", file=sys.stderr)
+        return 1
+    except (TimeoutError, OSError) as exc:
+        print(f"intercom: cannot reach the door station's control socket {socket}: "
+              f"{getattr(exc, 'strerror', None) or exc or 'no answer'}", file=sys.stderr)
+        return 1
+    print(json.dumps(reply, indent=2))
+    return 0 if reply.get("ok") else 1
+
+
+async def _pair(config_path: Path, link_text: str) -> int:
+    from . import config as door_config
+    from . import pairing
+
+    try:
+        link = pairing.parse_link(link_text)
+        plan = pairing.plan(config_path)
+        ca_file = door_config.ca_file_of(config_path)
+        redeemed = await pairing.redeem(link, ca_file)
+        pairing.write(plan, link, redeemed)
+        user = redeemed["user"]
+        print(f"Paired as {user['user_id']} ({user['display_name']}, site {user['site_id']}) with {link.base}")
+        print(f"  access token: {plan.token_path} (mode 600)")
+        print(f"  {config_path}: server.url {link.ws_url}, server.user_id {user['user_id']}")
+        config = door_config.load(config_path)
+        await pairing.check_connection(config.server_url, config.user_id, config.access_token, config.ca_file)
+    except pairing.PairingError as exc:
+        raise _Refused(str(exc)) from None
+    print("  the server accepted the door's token")
+    print(f"Next: intercom check-config {config_path}, then start the door (intercom run, or "
+          f"systemctl restart intercom)")
+    return 0
+
+
+async def _selftest(config: Any, click_relay: bool) -> int:
     from . import selftest
     from .control import send_command
 
-    config = door_config.load(config_path)
     try:
         await send_command(config.control_socket, "status", timeout_s=1)
     except (TimeoutError, OSError, ValueError):

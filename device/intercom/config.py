@@ -10,9 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from intercom_protocol.door import DoorRules, QuickReply, RingGroup
 from intercom_protocol.messages import MAX_QUICK_REPLIES, MAX_REPLY_LABEL, QUICK_REPLY_ID
 from intercom_protocol.yamlconfig import ConfigError, Field, Problem, in_range, load_file, nonempty, one_of
+
+DEFAULT_SOCKET = "/run/intercom/control.sock"
 
 PIN_BACKENDS = ("lgpio", "rpigpio", "pigpio", "native", "mock")
 
@@ -151,7 +155,7 @@ SCHEMA: dict[str, Field] = {
         }),
     }),
     "control": Field(schema={
-        "socket": Field(str, default="/run/intercom/control.sock", check=nonempty),
+        "socket": Field(str, default=DEFAULT_SOCKET, check=nonempty),
     }),
 }
 
@@ -192,6 +196,30 @@ class DoorConfig:
         """What the call policy applies."""
         return DoorRules(self.ring_groups, self.auto_answer, self.announce, self.max_call_s, self.warning_before_s,
                          self.quick_replies, visitor_messages=self.messages is not None)
+
+
+def control_socket_of(path: str | Path) -> Path:
+    """Only `control.socket`, for `intercom ctl`: the daemon's token file is not readable by
+    every user who may press the bell from a shell, and need not be."""
+    socket = _path_at(Path(path), "control", "socket")
+    return socket or Path(DEFAULT_SOCKET)
+
+
+def ca_file_of(path: str | Path) -> str | None:
+    """Only `server.ca_file`, for `intercom pair`, whose YAML has no token yet."""
+    ca_file = _path_at(Path(path), "server", "ca_file")
+    return str(ca_file) if ca_file else None
+
+
+def _path_at(path: Path, section: str, key: str) -> Path | None:
+    """A path from the YAML, relative to it, read without checking the rest of the file."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None
+    part = raw.get(section) if isinstance(raw, dict) else None
+    value = part.get(key) if isinstance(part, dict) else None
+    return (path.parent / value).resolve() if isinstance(value, str) and value else None
 
 
 def load(path: str | Path) -> DoorConfig:
