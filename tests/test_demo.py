@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from intercom_sim.browser import BROWSER_ARGS, CHROMIUM, GRANT_MICROPHONE
-from intercom_sim.harness import Process
+from intercom_sim.harness import Door, Process
 
 from .test_webapp import Phone, playwright_api
 
@@ -32,14 +32,32 @@ async def test_the_demo_prints_an_invite_and_rings_the_browser_from_the_terminal
         async with playwright_api.async_playwright() as pw:
             browser = await pw.chromium.launch(executable_path=CHROMIUM, args=[*BROWSER_ARGS, GRANT_MICROPHONE])
             try:
+                assert proc.stdin is not None
+                door = Door("frontdoor", demo, tmp_path / "demo" / "frontdoor.yaml", tmp_path / "demo" / "frontdoor.sock")
+                # Before anyone signed in, a press rings nobody, and the demo says so.
+                proc.stdin.write(b"\n")
+                await demo.wait_for_line(lambda line: line.strip() == "ding dong, but nobody is signed in yet: open "
+                                         "the invite link (it rings no phone until then)", 30)
+                # The door rings on: a phone that signs in meanwhile is rung.
                 context = await browser.new_context()
                 alice = Phone("alice", await context.new_page(), invite.group(1).split("/#")[0])
                 await alice.sign_in(invite.group(1))
-                assert proc.stdin is not None
-                proc.stdin.write(b"\n")  # Enter rings the bell
                 await alice.page.locator("#ring-screen").wait_for(state="visible", timeout=15000)
+                # A press while it rings is ignored by the door, and the demo says why.
+                proc.stdin.write(b"\n")
+                await demo.wait_for_line(lambda line: line.strip() == "the door ignored the press: the door is "
+                                         "already in a call (ringing)", 30)
                 await alice.page.locator("#decline").click()
                 await alice.page.locator("#ring-screen").wait_for(state="hidden", timeout=5000)
+                await door.wait_status(lambda s: s["state"] == "idle")
+
+                proc.stdin.write(b"\n")  # Enter rings the bell
+                await alice.page.locator("#ring-screen").wait_for(state="visible", timeout=15000)
+                await demo.wait_for_line(lambda line: line.strip() == "ding dong: the door is calling, 1 device(s) "
+                                         "ringing", 30)
+                await alice.page.locator("#decline").click()
+                await alice.page.locator("#ring-screen").wait_for(state="hidden", timeout=5000)
+                await door.wait_status(lambda s: s["state"] == "idle")
 
                 door_panel = await context.new_page()
                 await door_panel.goto(panel.group(1))

@@ -185,7 +185,7 @@ def test_with_visitor_messages_nobody_answering_records_a_message_and_presses_wa
     assert effects == [Teardown(), RecordMessage("c2")]  # no "nobody answered" tone: the message's greeting
     policy.recording = True  # the station records
     assert policy.press(T0 + 35, WALL + 35) == [] and policy.ignored_presses == 1
-    assert policy.state == "recording"
+    assert policy.state == "recording" and policy.last_ignored == "the door is recording the visitor's message"
     policy.recording = False
     assert any(isinstance(e, PlaceCall) for e in policy.press(T0 + 60, WALL + 60))
 
@@ -215,10 +215,15 @@ def test_a_hang_up_the_server_does_not_hear_ends_the_call_here() -> None:
     assert policy.last_call is not None and policy.last_call["end_reason"] == "canceled"
 
 
-def test_a_press_during_a_call_is_ignored_and_counted() -> None:
+def test_a_press_during_a_call_is_ignored_and_counted_with_why() -> None:
     policy = door()
     ringing(policy)
+    assert policy.devices_rung == 2  # what the server said rings, for the installer's status
     assert policy.press(T0 + 1, WALL + 1) == [] and policy.ignored_presses == 1
+    assert policy.last_ignored == "the door is already in a call (ringing)"
+    policy.event(ev({"type": "ended", "call_id": "c1", "reason": "declined"}), T0 + 2)
+    effects = policy.press(T0 + 3, WALL + 3)
+    assert any(isinstance(e, PlaceCall) for e in effects) and policy.devices_rung is None  # this call: not yet known
 
 
 def test_stopping_the_daemon_ends_the_live_call() -> None:

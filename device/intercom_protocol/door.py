@@ -192,6 +192,10 @@ class DoorPolicy:
     calls_placed: int = 0
     calls_answered: int = 0
     ignored_presses: int = 0
+    #: Why the last ignored press was ignored, for the installer's status and the demo.
+    last_ignored: str | None = None
+    #: Devices the server rang for the current (or last) call; 0: nobody is signed in.
+    devices_rung: int | None = None
     missed_reported: int = 0
     door_openings: list[dict[str, Any]] = field(default_factory=list)
     last_error: str | None = None
@@ -227,13 +231,9 @@ class DoorPolicy:
     def press(self, now: float, wall: float) -> list[Effect]:
         call = self.call
         if call is not None and call.live and call.role == "caller":
-            self.ignored_presses += 1
-            log.info("bell pressed during a call (%s): ignored", call.state)
-            return []
+            return self._ignore(f"the door is already in a call ({call.state})")
         if self.recording:
-            self.ignored_presses += 1
-            log.info("bell pressed while the visitor's message is recorded: ignored")
-            return []
+            return self._ignore("the door is recording the visitor's message")
         self._pressed_at = wall
         effects: list[Effect] = []
         if call is not None and call.live:
@@ -255,12 +255,19 @@ class DoorPolicy:
         log.info("bell pressed: calling %s", ", ".join(self.rules.ring_groups[0].residents))
         return effects + self._dial(0, now)
 
+    def _ignore(self, why: str) -> list[Effect]:
+        self.ignored_presses += 1
+        self.last_ignored = why
+        log.info("bell pressed, ignored: %s", why)
+        return []
+
     def keep_press(self, pressed_at: float, snapshot: bytes | None) -> None:
         self.missed.append(MissedPress(pressed_at, snapshot))
 
     def _dial(self, group: int, now: float) -> list[Effect]:
         ring = self.rules.ring_groups[group]
         self.group = group
+        self.devices_rung = None
         # The call's own ring deadline: a server that dies or freezes while it rings never
         # says `no_answer`, and the visitor must not hear the ringback for ever.
         call = self.call = ClientCall.dial(now, ring.timeout_s)
@@ -365,6 +372,7 @@ class DoorPolicy:
             return []
         if isinstance(event, Ringing):
             call.ringing()
+            self.devices_rung = event.devices
             log.info("ringing on %d device(s)", event.devices)
             return [Tone("ringback", loop=True)]
         if isinstance(event, Accepted):

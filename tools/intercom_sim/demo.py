@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import html
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
@@ -149,9 +150,7 @@ async def web_demo(out: Path, port: int) -> int:
                 await asyncio.Event().wait()
             if line.strip().lower() in ("q", "quit", "exit"):
                 return 0
-            await door.ring()
-            status = await door.wait_status(lambda s: s["state"] != "idle" or s["last_call"] is not None, timeout=5)
-            say(f"  ding dong: the door is {status['state']}")
+            say(await press(door))
     except (TimeoutError, RuntimeError) as exc:
         say(f"Demo failed: {exc}")
         return 1
@@ -159,6 +158,32 @@ async def web_demo(out: Path, port: int) -> int:
         if panel is not None:
             await panel.cleanup()
         await site.close()
+
+
+async def press(door: Door) -> str:
+    """Press the bell and say what really happened: rung phones, nobody to ring, or a press
+    the door ignored, and why."""
+    before = await door.ctl("status")
+    await door.ring()
+
+    def settled(s: dict[str, Any]) -> bool:
+        return (s["ignored_presses"] > before["ignored_presses"] or not s["server"]["connected"]
+                or s["calls_placed"] > before["calls_placed"] and s["devices_rung"] is not None)
+
+    status = await door.wait_status(settled, timeout=10)
+    if status["ignored_presses"] > before["ignored_presses"]:
+        return f"  the door ignored the press: {status['last_ignored']}"
+    if not status["server"]["connected"]:
+        return "  ding dong, but the door cannot reach the server: it will report the press when it is back"
+    if status["devices_rung"] == 0:
+        return "  ding dong, but nobody is signed in yet: open the invite link (it rings no phone until then)"
+    return f"  ding dong: the door is calling, {status['devices_rung']} device(s) ringing"
+
+
+def port_taken(port: int) -> bool:
+    """Whether something already listens on 127.0.0.1:port (another demo, a server)."""
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _narrate(line: str, start: float) -> None:
@@ -189,6 +214,10 @@ def main() -> int:
     parser.add_argument("--auto", action="store_true", help="an unattended call with a command-line resident")
     parser.add_argument("--port", type=int, default=8080, help="the server's port (0: any free one)")
     args = parser.parse_args()
+    if not args.auto and args.port and port_taken(args.port):
+        print(f"demo: port {args.port} is in use (another demo or server?): stop it, or choose another port "
+              f"with make demo DEMO_ARGS='--port {args.port + 1}'", file=sys.stderr)
+        return 1
     try:
         if args.auto:
             return asyncio.run(demo(args.out.resolve(), args.frames))
