@@ -14,8 +14,9 @@ from typing import Any
 
 from intercom_protocol.yamlconfig import ConfigError
 
+from . import config as door_config
 from . import eventloop
-from .config import DEFAULT_SOCKET
+from .config import DEFAULT_SOCKET, DoorConfig
 
 DEFAULT_CONFIG = "/etc/intercom/intercom.yaml"
 
@@ -27,7 +28,6 @@ def default_config() -> str:
 
 
 async def _run(config_path: str) -> int:
-    from . import config as door_config
     from .control import ControlServer
     from .sdnotify import Notifier
     from .station import Station
@@ -75,8 +75,6 @@ def _socket_path(args: argparse.Namespace) -> Path:
     """--socket, else the socket of the YAML given with --config, else of the default YAML
     where it is readable, else the default socket: plain `intercom ctl status` finds a daemon
     installed as the README says."""
-    from . import config as door_config
-
     if args.socket:
         return Path(args.socket)
     return door_config.control_socket_of(args.config or default_config())
@@ -94,8 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("run", help="run the door station", parents=[common, with_config])
     p = sub.add_parser("check-config", help="check a config file; prints every problem with its line",
                        parents=[common])
-    p.add_argument("file", nargs="?", help="default: --config, else $INTERCOM_CONFIG, else "
-                                                             f"{DEFAULT_CONFIG}")
+    p.add_argument("file", nargs="?", help=f"default: --config, else $INTERCOM_CONFIG, else {DEFAULT_CONFIG}")
     p = sub.add_parser("pair", help="pair this door with the server: a one-time link from "
                                     "`intercom-server door pair DOOR`", parents=[common, with_config])
     p.add_argument("link", help="the pairing link, http(s)://SERVER/#pair=CODE")
@@ -151,9 +148,8 @@ def _no_config(path: str) -> _Refused:
                     f"or give --config PATH")
 
 
-def _load_to_run(path: str) -> Any:
+def _load_to_run(path: str) -> DoorConfig:
     """The config, and every hardware library it needs present, before anything starts."""
-    from . import config as door_config
     from . import libraries
 
     if not Path(path).exists():
@@ -166,7 +162,6 @@ def _load_to_run(path: str) -> Any:
 
 
 def _check_config(path: str) -> int:
-    from . import config as door_config
     from . import libraries
 
     if not Path(path).exists():
@@ -196,7 +191,6 @@ def _ctl(socket: Path, action: str) -> int:
 
 
 async def _pair(config_path: Path, link_text: str) -> int:
-    from . import config as door_config
     from . import pairing
 
     try:
@@ -219,7 +213,7 @@ async def _pair(config_path: Path, link_text: str) -> int:
     return 0
 
 
-async def _selftest(config: Any, click_relay: bool) -> int:
+async def _selftest(config: DoorConfig, click_relay: bool) -> int:
     from . import selftest
     from .control import send_command
 
