@@ -143,18 +143,18 @@ class _Refused(Exception):
     """One line for the installer instead of a traceback."""
 
 
-def _no_config(path: str) -> _Refused:
-    return _Refused(f"there is no config file at {path}: copy config/intercom.example.yaml there and edit it, "
-                    f"or give --config PATH")
+def _load(path: str) -> DoorConfig:
+    if not Path(path).exists():
+        raise _Refused(f"there is no config file at {path}: copy config/intercom.example.yaml there and edit it, "
+                       f"or give --config PATH")
+    return door_config.load(path)
 
 
 def _load_to_run(path: str) -> DoorConfig:
     """The config, and every hardware library it needs present, before anything starts."""
     from . import libraries
 
-    if not Path(path).exists():
-        raise _no_config(path)
-    config = door_config.load(path)
+    config = _load(path)
     missing = libraries.missing(config)
     if missing:
         raise _Refused(str(missing[0]))
@@ -164,9 +164,7 @@ def _load_to_run(path: str) -> DoorConfig:
 def _check_config(path: str) -> int:
     from . import libraries
 
-    if not Path(path).exists():
-        raise _no_config(path)
-    missing = libraries.missing(door_config.load(path))
+    missing = libraries.missing(_load(path))
     for problem in missing:
         print(f"{path}: {problem}", file=sys.stderr)
     if missing:
@@ -196,15 +194,14 @@ async def _pair(config_path: Path, link_text: str) -> int:
     try:
         link = pairing.parse_link(link_text)
         plan = pairing.plan(config_path)
-        ca_file = door_config.ca_file_of(config_path)
-        redeemed = await pairing.redeem(link, ca_file)
+        redeemed = await pairing.redeem(link, plan.ca_file)
         pairing.write(plan, link, redeemed)
         user = redeemed["user"]
         print(f"Paired as {user['user_id']} ({user['display_name']}, site {user['site_id']}) with {link.base}")
         print(f"  access token: {plan.token_path} (mode 600)")
         print(f"  {config_path}: server.url {link.ws_url}, server.user_id {user['user_id']}")
         config = door_config.load(config_path)
-        await pairing.check_connection(config.server_url, config.user_id, config.access_token, config.ca_file)
+        await pairing.check_connection(config.server_url, config.access_token, config.ca_file)
     except pairing.PairingError as exc:
         raise _Refused(str(exc)) from None
     print("  the server accepted the door's token")

@@ -199,27 +199,17 @@ class DoorConfig:
 
 
 def control_socket_of(path: str | Path) -> Path:
-    """Only `control.socket`, for `intercom ctl`: the daemon's token file is not readable by
-    every user who may press the bell from a shell, and need not be."""
-    socket = _path_at(Path(path), "control", "socket")
-    return socket or Path(DEFAULT_SOCKET)
-
-
-def ca_file_of(path: str | Path) -> str | None:
-    """Only `server.ca_file`, for `intercom pair`, whose YAML has no token yet."""
-    ca_file = _path_at(Path(path), "server", "ca_file")
-    return str(ca_file) if ca_file else None
-
-
-def _path_at(path: Path, section: str, key: str) -> Path | None:
-    """A path from the YAML, relative to it, read without checking the rest of the file."""
+    """Only `control.socket`, for `intercom ctl`, read without checking the rest of the file:
+    the daemon's token file is not readable by every user who may press the bell from a shell,
+    and need not be."""
+    path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError, UnicodeDecodeError):
-        return None
-    part = raw.get(section) if isinstance(raw, dict) else None
-    value = part.get(key) if isinstance(part, dict) else None
-    return (path.parent / value).resolve() if isinstance(value, str) and value else None
+        return Path(DEFAULT_SOCKET)
+    control = raw.get("control") if isinstance(raw, dict) else None
+    socket = control.get("socket") if isinstance(control, dict) else None
+    return (path.parent / socket).resolve() if isinstance(socket, str) and socket else Path(DEFAULT_SOCKET)
 
 
 def load(path: str | Path) -> DoorConfig:

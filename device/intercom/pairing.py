@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import re
-import ssl
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,9 @@ import aiohttp
 import yaml
 
 from intercom_protocol.messages import PROTOCOL_PATH
+
+from .directory import site_users
+from .signaling import tls_context
 
 #: The token file `intercom pair` adds to a YAML that names none: beside the YAML.
 DEFAULT_TOKEN_FILE = "token"
@@ -63,6 +65,8 @@ class Plan:
     text: str
     token_path: Path
     add_token_file: bool
+    #: server.ca_file, resolved: the YAML has no token yet, so it cannot be loaded whole.
+    ca_file: str | None
 
 
 def plan(config_path: Path) -> Plan:
@@ -81,6 +85,9 @@ def plan(config_path: Path) -> Plan:
     file_node = values.get("access_token_file")
     name = file_node.value if isinstance(file_node, yaml.ScalarNode) and file_node.value else DEFAULT_TOKEN_FILE
     token_path = (config_path.parent / name).resolve()
+    ca_node = values.get("ca_file")
+    ca_file = str((config_path.parent / ca_node.value).resolve()) \
+        if isinstance(ca_node, yaml.ScalarNode) and ca_node.value else None
     for path in (config_path, token_path):
         directory = path.parent
         if not directory.is_dir():
@@ -90,16 +97,15 @@ def plan(config_path: Path) -> Plan:
                 raise PairingError(f"cannot create {directory}: {exc.strerror}") from None
         if not os.access(directory, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
             raise PairingError(f"cannot write {path}: run intercom pair as a user who may (sudo)")
-    return Plan(config_path, text, token_path, add_token_file=file_node is None)
+    return Plan(config_path, text, token_path, add_token_file=file_node is None, ca_file=ca_file)
 
 
 async def redeem(link: Link, ca_file: str | None = None) -> dict[str, Any]:
     """The code for the door's token, at the server that made the link."""
-    tls: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
     url = f"{link.base}/v1/pairings/redeem"
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)) as http, \
-                http.post(url, json={"code": link.code}, ssl=tls) as response:
+                http.post(url, json={"code": link.code}, ssl=tls_context(ca_file)) as response:
             body = await response.json(content_type=None)
             status = response.status
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
@@ -117,8 +123,7 @@ def write(plan: Plan, link: Link, redeemed: dict[str, Any]) -> None:
     if plan.add_token_file:
         settings["access_token_file"] = str(plan.token_path)
     text = set_server_keys(plan.text, settings, plan.config_path)
-    mode = plan.config_path.stat().st_mode & 0o777 if plan.config_path.exists() else 0o644
-    _replace(plan.config_path, text, mode)
+    _replace(plan.config_path, text, plan.config_path.stat().st_mode & 0o777)
 
 
 def set_server_keys(text: str, settings: dict[str, str], source: Path) -> str:
@@ -193,18 +198,11 @@ def _replace(path: Path, text: str, mode: int) -> None:
         raise
 
 
-async def check_connection(url: str, user_id: str, token: str, ca_file: str | None) -> dict[str, Any]:
-    """Sign in once as the door, under a device id of its own so a running daemon's
-    connection is not replaced, and sign out."""
-    tls: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
+async def check_connection(url: str, token: str, ca_file: str | None) -> list[dict[str, Any]]:
+    """The door's new token against the server at the address now in its YAML: the same
+    question `intercom selftest` asks for its ring groups, so a door that pairs can sign in."""
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)) as http, \
-                http.ws_connect(url, ssl=tls) as ws:
-            await ws.send_json({"type": "authenticate", "id": "1", "user_id": user_id, "access_token": token,
-                                "device_id": "pairing-check"})
-            reply = await ws.receive_json(timeout=TIMEOUT_S)
-    except (aiohttp.ClientError, TimeoutError, ValueError, TypeError) as exc:
-        raise PairingError(f"cannot sign in at {url}: {exc or type(exc).__name__}") from None
-    if reply.get("type") != "ok":
-        raise PairingError(f"the server at {url} refused the door's token: {reply.get('message', reply)}")
-    return dict(reply)
+        return await site_users(url, token, tls_context(ca_file))
+    except (aiohttp.ClientError, TimeoutError, RuntimeError, ValueError) as exc:
+        raise PairingError(f"the server at {url} did not accept the door's new token: "
+                           f"{exc or type(exc).__name__}") from None
