@@ -13,7 +13,8 @@ SYSTEM_PACKAGES := libasound2-dev gcc pkg-config
 # iproute2 and nftables: a fault test puts the door on a network namespace of its own and
 # drops its link to the server with nftables.
 # mosquitto: the Home Assistant tests start a real broker with passwords and an ACL.
-TEST_SYSTEM_PACKAGES := coturn systemd chromium fonts-dejavu-core iproute2 nftables mosquitto
+# postgresql: the store's tests run on PostgreSQL as well as SQLite, on a cluster the tests make.
+TEST_SYSTEM_PACKAGES := coturn systemd chromium fonts-dejavu-core iproute2 nftables mosquitto postgresql
 # node and npm run TypeScript's checker (pinned in tools/webapp-check) on the web app's JavaScript:
 # Debian's nodejs and npm unless a node with its own npm (NodeSource's) is there already.
 NODE_PACKAGES := nodejs npm

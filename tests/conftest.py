@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import ipaddress
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -24,6 +25,7 @@ from intercom_server.app import HUB, create_app
 from intercom_server.hub import Hub, HubSettings
 from intercom_server.store import Store
 from intercom_sim.harness import Installation
+from intercom_sim.postgres import Postgres
 
 
 def self_signed_certificate(tmp_path: Path) -> tuple[Path, Path]:
@@ -123,14 +125,16 @@ class ServerUnderTest:
         self.settings = settings
         self._clients: list[WsClient] = []
         self._sites: set[str] = set()
+        #: What a second process (a shell command) opens to reach the same data.
+        self.database: str | Path = ""
 
-    def user(self, user_id: str, kind: str = "resident", site: str = "home") -> str:
+    async def user(self, user_id: str, kind: str = "resident", site: str = "home") -> str:
         """Create a user (and its site) and return a fresh access token."""
         if site not in self._sites:
-            self.store.add_site(site, site.title())
+            await self.store.add_site(site, site.title())
             self._sites.add(site)
-        self.store.add_user(user_id, kind, site, user_id.title())
-        return self.store.issue_token(user_id)["access_token"]
+        await self.store.add_user(user_id, kind, site, user_id.title())
+        return (await self.store.issue_token(user_id))["access_token"]
 
     async def connect(self) -> WsClient:
         ws = await self.http.ws_connect(self.ws_url)
@@ -168,9 +172,38 @@ def settings() -> HubSettings:
     return HubSettings(ring_timeout_s=30.0, grace_s=0.5, auth_timeout_s=10.0, heartbeat_s=20.0)
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """One PostgreSQL server for the session, started only if a test asks for it."""
+    pg = Postgres()
+    try:
+        yield pg
+    finally:
+        pg.stop()
+
+
+#: The engines a store test runs on: `@pytest.mark.parametrize("database", ENGINES, indirect=True)`,
+#: or `server` in place of `database` for a whole server on each.
+ENGINES = ["sqlite", "postgresql"]
+
+
 @pytest.fixture
-async def server(tmp_path: Path, settings: HubSettings) -> AsyncIterator[ServerUnderTest]:
-    store = Store(tmp_path / "intercom.db")
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+    """Where a store keeps its data: an SQLite file (the default), or a new PostgreSQL database."""
+    if getattr(request, "param", "sqlite") == "postgresql":
+        return cast(Postgres, request.getfixturevalue("postgres")).new_database()
+    return tmp_path / "intercom.db"
+
+
+@pytest.fixture
+async def server(request: pytest.FixtureRequest, tmp_path: Path,
+                 settings: HubSettings) -> AsyncIterator[ServerUnderTest]:
+    engine = getattr(request, "param", "sqlite")
+    target: str | Path = tmp_path / "intercom.db"
+    if engine == "postgresql":
+        target = cast(Postgres, request.getfixturevalue("postgres")).new_database()
+        settings.messages = dataclasses.replace(settings.messages, directory=tmp_path / "messages")
+    store = await Store.open(target)
     app = create_app(store, settings, API_TOKEN)
     runner = web.AppRunner(app)
     await runner.setup()
@@ -179,10 +212,11 @@ async def server(tmp_path: Path, settings: HubSettings) -> AsyncIterator[ServerU
     port = runner.addresses[0][1]
     async with aiohttp.ClientSession() as http:
         sut = ServerUnderTest(store, f"http://127.0.0.1:{port}", http, settings, app[HUB])
+        sut.database = target
         yield sut
         await sut.close()
     await runner.cleanup()
-    store.close()
+    await store.close()
 
 
 @pytest.fixture

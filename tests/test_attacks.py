@@ -29,9 +29,9 @@ async def _closed_with(client, code: int, timeout: float = 5.0) -> None:
 
 
 async def test_revoking_a_token_ends_its_live_session_and_call_at_once(server):
-    server.user("door", kind="door")
-    token = server.store.issue_token("door")
-    alice_token = server.user("alice")
+    await server.user("door", kind="door")
+    token = await server.store.issue_token("door")
+    alice_token = await server.user("alice")
     door = await server.signed_in("door", token["access_token"], "door")
     phone = await server.signed_in("alice", alice_token, "phone")
     call_id = (await door.request("dial", callees=["alice"], offer=OFFER))["call_id"]
@@ -44,7 +44,7 @@ async def test_revoking_a_token_ends_its_live_session_and_call_at_once(server):
 
 
 async def test_signing_out_ends_the_phones_other_live_session(server):
-    token = server.user("alice")
+    token = await server.user("alice")
     phone = await server.signed_in("alice", token, "phone")
     status, _ = await server.api("DELETE", "/v1/me/token", bearer=token)
     assert status == 204
@@ -52,18 +52,18 @@ async def test_signing_out_ends_the_phones_other_live_session(server):
 
 
 async def test_a_token_revoked_from_a_shell_ends_its_session(server):
-    server.user("alice")
-    token = server.store.issue_token("alice")
+    await server.user("alice")
+    token = await server.store.issue_token("alice")
     phone = await server.signed_in("alice", token["access_token"], "phone")
-    shell = Store(server.store.path)  # `intercom-server token revoke`: another process, another connection
-    shell.revoke_token("alice", token["token_id"])
-    shell.close()
+    shell = await Store.open(server.database)  # `intercom-server token revoke`: another process, another connection
+    await shell.revoke_token("alice", token["token_id"])
+    await shell.close()
     await _closed_with(phone, CLOSE_TOKEN_REVOKED)
 
 
 async def test_an_expiring_token_ends_its_session_when_it_expires(server):
-    server.user("alice")
-    token = server.store.issue_token("alice", expires_in_s=0.3)
+    await server.user("alice")
+    token = await server.store.issue_token("alice", expires_in_s=0.3)
     phone = await server.signed_in("alice", token["access_token"], "phone")
     await _closed_with(phone, CLOSE_TOKEN_REVOKED)
     again = await server.connect()
@@ -72,7 +72,7 @@ async def test_an_expiring_token_ends_its_session_when_it_expires(server):
 
 
 async def test_a_lone_surrogate_is_refused_at_the_edge_and_the_connection_stays(server):
-    token = server.user("alice")
+    token = await server.user("alice")
     client = await server.connect()
     await client.send_raw('{"type":"authenticate","id":"a1","user_id":"alice","access_token":"' + token + '",'
                           '"device_id":"ph\\ud800one"}')
@@ -111,7 +111,7 @@ async def test_a_page_of_another_site_cannot_open_the_websocket(server):
 @pytest.mark.parametrize("settings", [HubSettings(trusted_proxies=("127.0.0.1",),
                                                   limits=LimitSettings(auth_failures_per_address=2))])
 async def test_behind_a_trusted_proxy_one_bad_client_throttles_only_itself(server):
-    token = server.user("alice")
+    token = await server.user("alice")
 
     async def via_proxy(client_ip: str) -> WsClient:
         return WsClient(await server.http.ws_connect(server.ws_url, headers={"X-Forwarded-For": client_ip}))
@@ -132,25 +132,25 @@ async def test_health_tells_strangers_only_that_the_server_is_up(server):
     assert status == 200 and health["connected_devices"] == 0 and health["live_calls"] == 0
 
 
-def test_the_database_is_private_to_the_server(tmp_path: Path):
-    store = Store(tmp_path / "intercom.db")
-    store.add_site("home", "Home")
+async def test_the_database_is_private_to_the_server(tmp_path: Path):
+    store = await Store.open(tmp_path / "intercom.db")
+    await store.add_site("home", "Home")
     for name in ("intercom.db", "intercom.db-wal"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
-    store.close()
+    await store.close()
     loose = tmp_path / "loose.db"
     loose.touch(mode=0o644)
     loose.chmod(0o644)
-    Store(loose).close()
+    await (await Store.open(loose)).close()
     assert stat.S_IMODE(loose.stat().st_mode) == 0o600
 
 
 async def test_over_tls_the_door_trusts_its_ca_file_and_browsers_get_hsts(tmp_path: Path):
     cert, key = self_signed_certificate(tmp_path)
-    store = Store(tmp_path / "intercom.db")
-    store.add_site("home", "Home")
-    store.add_user("door", "door", "home", "Door")
-    token = store.issue_token("door")["access_token"]
+    store = await Store.open(tmp_path / "intercom.db")
+    await store.add_site("home", "Home")
+    await store.add_user("door", "door", "home", "Door")
+    token = (await store.issue_token("door"))["access_token"]
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     tls.load_cert_chain(cert, key)
     runner = web.AppRunner(create_app(store, HubSettings(), API_TOKEN))
@@ -177,4 +177,4 @@ async def test_over_tls_the_door_trusts_its_ca_file_and_browsers_get_hsts(tmp_pa
             await client.close()
             task.cancel()
         await runner.cleanup()
-        store.close()
+        await store.close()

@@ -179,13 +179,13 @@ def test_server_turn_section_is_off_when_absent_and_checked_when_present(tmp_pat
     path = tmp_path / "server.yaml"
     path.write_text("data_dir: /tmp/x\n")
     config = ServerConfig.from_file(path)
-    assert config.hub.ice.turn is None and config.db_path == Path("/tmp/x/intercom.db")
+    assert config.hub.ice.turn is None and config.db_target == Path("/tmp/x/intercom.db")
     assert config.hub.time_zone == "UTC"
     path.write_text("database: /srv/i.db\nturn:\n  urls: [turn:t.example.org:3478]\n  shared_secret: s\n"
                     "limits:\n  messages_per_s: 5\n")
     config = ServerConfig.from_file(path)
     assert config.hub.ice.turn.urls == ["turn:t.example.org:3478"] and config.hub.ice.turn.ttl_s == 86400
-    assert config.hub.limits.messages_per_s == 5 and config.db_path == Path("/srv/i.db")
+    assert config.hub.limits.messages_per_s == 5 and config.db_target == Path("/srv/i.db")
     path.write_text("turn:\n  urls: [stun:t.example.org]\ncalls:\n  open_door_window_s: 600\ntime_zone: Europe/Berln\n")
     with pytest.raises(ConfigError) as exc:
         ServerConfig.from_file(path)
@@ -331,8 +331,8 @@ def test_door_policy_and_hardware_mistakes_are_named(tmp_path):
 
 
 async def test_selftest_checks_the_ring_groups_against_the_servers_residents(server, tmp_path):
-    token = server.user("frontdoor", kind="door")
-    server.user("alice")
+    token = await server.user("frontdoor", kind="door")
+    await server.user("alice")
     path = selftest_config(tmp_path, microphone={"backend": "tone"}, speaker={"device": "null"})
     config = yaml.safe_load(path.read_text())
     config["server"].update(url=server.ws_url, access_token=token)

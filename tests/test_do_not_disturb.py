@@ -36,8 +36,8 @@ async def _quiet_since_an_answered_request(client) -> None:
 @pytest.mark.parametrize("settings", [HubSettings(grace_s=0.5, clock=CLOCK)])
 async def test_a_resident_in_do_not_disturb_is_not_rung_but_the_call_is_in_their_history(server):
     CLOCK.set("2026-11-23 12:00")
-    alice_token, bob_token = server.user("alice"), server.user("bob")
-    door = await server.signed_in("door", server.user("door", "door"), device_id="door")
+    alice_token, bob_token = await server.user("alice"), await server.user("bob")
+    door = await server.signed_in("door", await server.user("door", "door"), device_id="door")
     alice = await server.signed_in("alice", alice_token, device_id="phone")
     bob = await server.signed_in("bob", bob_token, device_id="phone")
     status, rules = await server.api("PUT", "/v1/me/availability", {"do_not_disturb": {"on": True, "for_s": 3600}},
@@ -66,8 +66,8 @@ async def test_a_resident_in_do_not_disturb_is_not_rung_but_the_call_is_in_their
 @pytest.mark.parametrize("settings", [HubSettings(grace_s=0.5, clock=CLOCK)])
 async def test_when_nobody_can_be_rung_the_door_hears_so_at_once_and_the_record_says_why(server):
     CLOCK.set("2026-11-23 23:30")
-    alice_token = server.user("alice")
-    door = await server.signed_in("door", server.user("door", "door"), device_id="door")
+    alice_token = await server.user("alice")
+    door = await server.signed_in("door", await server.user("door", "door"), device_id="door")
     alice = await server.signed_in("alice", alice_token, device_id="phone")
     status, site = await server.api("PUT", "/v1/sites/home/availability", {"time_zone": "Europe/Berlin"})
     assert status == 200 and site == {"away": False, "time_zone": "Europe/Berlin"}
@@ -91,8 +91,8 @@ async def test_when_nobody_can_be_rung_the_door_hears_so_at_once_and_the_record_
 @pytest.mark.parametrize("settings", [HubSettings(grace_s=0.5, clock=CLOCK)])
 async def test_a_resident_puts_their_site_away_and_nobody_else_can(server):
     CLOCK.set("2026-11-23 12:00")
-    alice_token, mallory_token = server.user("alice"), server.user("mallory", site="elsewhere")
-    door = await server.signed_in("door", server.user("door", "door"), device_id="door")
+    alice_token, mallory_token = await server.user("alice"), await server.user("mallory", site="elsewhere")
+    door = await server.signed_in("door", await server.user("door", "door"), device_id="door")
     status, site = await server.api("PUT", "/v1/sites/home/availability", {"away": True}, token=None,
                                     bearer=alice_token)
     assert status == 200 and site["away"] is True
@@ -105,7 +105,7 @@ async def test_a_resident_puts_their_site_away_and_nobody_else_can(server):
                                  bearer=mallory_token)
     assert status == 404
     status, _ = await server.api("PUT", "/v1/sites/home/availability", {"away": False}, token=None,
-                                 bearer=server.user("frontdoor2", "door"))
+                                 bearer=await server.user("frontdoor2", "door"))
     assert status == 404
     status, site = await server.api("GET", "/v1/sites/home/availability")
     assert site["away"] is True
@@ -113,8 +113,8 @@ async def test_a_resident_puts_their_site_away_and_nobody_else_can(server):
 
 @pytest.mark.parametrize("settings", [HubSettings(grace_s=0.5, clock=CLOCK)])
 async def test_bad_settings_are_refused_and_change_nothing(server):
-    alice_token = server.user("alice")
-    server.user("door", "door")
+    alice_token = await server.user("alice")
+    await server.user("door", "door")
     await server.api("PUT", "/v1/me/availability", {"quiet_hours": [{"start": "22:00", "end": "07:00"}]},
                      bearer=alice_token)
     for body, message in [

@@ -164,17 +164,21 @@ def _assert_nothing_leaked(listener: Listener, victim_call: str, own_calls: set[
             assert message.get("call_id") != victim_call, message
 
 
+async def _victims(path: Path) -> tuple[Store, dict[str, str]]:
+    store = await Store.open(path)
+    await store.add_site("a", "Victims' house")
+    await store.add_site("b", "Attacker's flat")
+    await store.add_user("door_a", "door", "a", "Front door")
+    await store.add_user("alice", "resident", "a", VICTIM_NAME)
+    await store.add_user("door_b", "door", "b", "Attacker's door")
+    await store.add_user("mallory", "resident", "b", "Mallory")
+    tokens = {u: (await store.issue_token(u))["access_token"] for u in ("door_a", "alice", "mallory")}
+    return store, tokens
+
+
 @pytest.fixture(scope="module")
 def victims(tmp_path_factory: pytest.TempPathFactory) -> tuple[Store, dict[str, str]]:
-    store = Store(Path(tmp_path_factory.mktemp("fuzz")) / "intercom.db")
-    store.add_site("a", "Victims' house")
-    store.add_site("b", "Attacker's flat")
-    store.add_user("door_a", "door", "a", "Front door")
-    store.add_user("alice", "resident", "a", VICTIM_NAME)
-    store.add_user("door_b", "door", "b", "Attacker's door")
-    store.add_user("mallory", "resident", "b", "Mallory")
-    tokens = {u: store.issue_token(u)["access_token"] for u in ("door_a", "alice", "mallory")}
-    return store, tokens
+    return asyncio.run(_victims(Path(tmp_path_factory.mktemp("fuzz")) / "intercom.db"))
 
 
 @given(sent=st.lists(frames, min_size=1, max_size=25))

@@ -10,11 +10,19 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from intercom_server.webapp import CONTENT_SECURITY_POLICY
 
+from .conftest import ENGINES
 
+#: An invite is spent by one UPDATE that checks and claims it at once: on both engines.
+on_both = pytest.mark.parametrize("server", ENGINES, indirect=True)
+
+
+@on_both
 async def test_an_invite_signs_a_phone_in_once(server):
-    installer_token = server.user("alice")
+    installer_token = await server.user("alice")
     status, invite = await server.api("POST", "/v1/users/alice/invites", {"expires_in_s": 600})
     assert status == 201 and invite["url"] == f"{server.url}/#invite={invite['code']}"
     status, signed_in = await server.api("POST", "/v1/invites/redeem", {"code": invite["code"]}, token=None)
@@ -26,47 +34,49 @@ async def test_an_invite_signs_a_phone_in_once(server):
     # Used once: the same link a second time, from anyone, signs nobody in.
     status, body = await server.api("POST", "/v1/invites/redeem", {"code": invite["code"]}, token=None)
     assert status == 401 and "already used" in body["error"]["message"]
-    assert server.store.list_invites("alice")[0]["token_id"] == signed_in["token_id"]
-    tokens = {t["token_id"] for t in server.store.list_tokens("alice")}
-    assert tokens == {signed_in["token_id"], server.store.list_tokens("alice")[0]["token_id"]} and len(tokens) == 2
+    assert (await server.store.list_invites("alice"))[0]["token_id"] == signed_in["token_id"]
+    tokens = {t["token_id"] for t in await server.store.list_tokens("alice")}
+    assert tokens == {signed_in["token_id"], (await server.store.list_tokens("alice"))[0]["token_id"]} and len(tokens) == 2
     assert installer_token != signed_in["access_token"]
 
 
+@on_both
 async def test_two_phones_racing_with_one_invite_get_one_token(server):
-    server.user("alice")
+    await server.user("alice")
     _, invite = await server.api("POST", "/v1/users/alice/invites")
     results = await asyncio.gather(*(server.api("POST", "/v1/invites/redeem", {"code": invite["code"]}, token=None)
                                      for _ in range(8)))
     assert sorted(status for status, _ in results) == [201] + [401] * 7
 
 
+@on_both
 async def test_expired_unknown_and_malformed_invites_are_refused_and_change_nothing(server):
-    server.store.add_site("home", "Home")
-    server.store.add_user("alice", "resident", "home", "Alice")
-    expired = server.store.create_invite("alice", 60)
-    server.store.db.execute("UPDATE invites SET expires_at = 0")
+    await server.store.add_site("home", "Home")
+    await server.store.add_user("alice", "resident", "home", "Alice")
+    expired = await server.store.create_invite("alice", 60)
+    await server.store.db.execute("UPDATE invites SET expires_at = 0")
     for code in (expired["code"], "not-a-code-we-gave"):
         status, body = await server.api("POST", "/v1/invites/redeem", {"code": code}, token=None)
         assert status == 401 and body["error"]["code"] == "unauthenticated"
     for body in ({}, {"code": 7}, {"code": ""}, {"code": "x", "user_id": "alice"}):
         status, reply = await server.api("POST", "/v1/invites/redeem", body, token=None)
         assert status == 400 and reply["error"]["code"] == "bad_request"
-    assert server.store.list_tokens("alice") == []
+    assert await server.store.list_tokens("alice") == []
 
 
 async def test_invites_are_for_residents_and_need_the_api_token(server):
-    server.user("door", kind="door")
-    server.user("alice")
+    await server.user("door", kind="door")
+    await server.user("alice")
     status, body = await server.api("POST", "/v1/users/door/invites")
     assert status == 409 and "residents" in body["error"]["message"]
     assert (await server.api("POST", "/v1/users/nobody/invites"))[0] == 404
     assert (await server.api("POST", "/v1/users/alice/invites", token=None))[0] == 401
     assert (await server.api("POST", "/v1/users/alice/invites", {"expires_in_s": 10**9}))[0] == 400
-    assert server.store.list_invites("alice") == []
+    assert await server.store.list_invites("alice") == []
 
 
 async def test_signing_out_revokes_the_phones_token(server):
-    token = server.user("alice")
+    token = await server.user("alice")
     assert (await server.api("GET", "/v1/me", bearer=token))[0] == 200
     assert (await server.api("DELETE", "/v1/me/token", bearer=token, token=None))[0] == 204
     assert (await server.api("GET", "/v1/me", bearer=token))[0] == 401

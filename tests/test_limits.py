@@ -42,7 +42,7 @@ def _limited(**limits) -> HubSettings:
 
 
 async def test_an_oversized_message_gets_too_large_and_the_connection_stays(server):
-    client = await server.signed_in("alice", server.user("alice"))
+    client = await server.signed_in("alice", await server.user("alice"))
     await client.send_raw(json.dumps({"type": "ping", "id": "big", "pad": "x" * MAX_MESSAGE_BYTES}))
     reply = await client.next("error")
     assert reply["code"] == "too_large"
@@ -51,7 +51,7 @@ async def test_an_oversized_message_gets_too_large_and_the_connection_stays(serv
 
 @pytest.mark.parametrize("settings", [_limited(messages_per_s=5, message_burst=10)])
 async def test_a_flood_is_answered_rate_limited_and_the_connection_stays(server):
-    client = await server.signed_in("alice", server.user("alice"))
+    client = await server.signed_in("alice", await server.user("alice"))
     for i in range(30):
         await client.send_raw(json.dumps({"type": "ping", "id": f"p{i}"}))
     answers: dict[str, dict] = {}
@@ -70,7 +70,7 @@ async def test_a_flood_is_answered_rate_limited_and_the_connection_stays(server)
 async def test_wrong_tokens_for_a_user_never_lock_out_its_right_token(server):
     """Anyone who can reach the server could once keep a door offline by guessing its token
     wrong on purpose: failures per user id are now only logged."""
-    token = server.user("alice")
+    token = await server.user("alice")
     client = await server.connect()
     for _ in range(12):
         reply = await client.request("authenticate", user_id="alice", access_token="ict_guess")
@@ -83,7 +83,7 @@ async def test_wrong_tokens_for_a_user_never_lock_out_its_right_token(server):
 async def test_a_throttled_address_still_signs_in_with_a_valid_token(server):
     """Behind one NAT or proxy, the guesser and the real door share an address: the guesses
     are refused, the door is not."""
-    token = server.user("door", kind="door")
+    token = await server.user("door", kind="door")
     guesser = await server.connect()
     for _ in range(3):
         assert (await guesser.request("authenticate", user_id="door", access_token="x"))["code"] == "unauthenticated"
@@ -95,7 +95,7 @@ async def test_a_throttled_address_still_signs_in_with_a_valid_token(server):
 
 @pytest.mark.parametrize("settings", [_limited(auth_failures_per_user=100, auth_failures_per_address=4)])
 async def test_guessing_from_one_address_is_throttled_across_users(server):
-    server.user("alice")
+    await server.user("alice")
     client = await server.connect()
     for i in range(4):
         reply = await client.request("authenticate", user_id=f"user{i}", access_token="ict_guess")
@@ -106,7 +106,7 @@ async def test_guessing_from_one_address_is_throttled_across_users(server):
 
 @pytest.mark.parametrize("settings", [_limited(connections_per_user=2)])
 async def test_connections_per_user_are_bounded_but_the_same_device_may_come_back(server):
-    token = server.user("alice")
+    token = await server.user("alice")
     await server.signed_in("alice", token, device_id="phone")
     await server.signed_in("alice", token, device_id="tablet")
     third = await server.connect()

@@ -8,13 +8,16 @@ import pytest
 
 from intercom_server.hub import HubSettings
 
-from .conftest import ANSWER, OFFER
+from .conftest import ANSWER, ENGINES, OFFER
+
+#: The history, tokens and door log these tests read back are the store's: on both engines.
+pytestmark = pytest.mark.parametrize("server", ENGINES, indirect=True)
 
 
 async def _live_call(server, door_site="home", resident="alice", accept=True):
     """A door (site `door_site`) calls `resident`; returns (door, phone, call_id)."""
-    door = await server.signed_in("door", server.user("door", "door", site=door_site), device_id="door")
-    phone = await server.signed_in(resident, server.user(resident), device_id="phone")
+    door = await server.signed_in("door", await server.user("door", "door", site=door_site), device_id="door")
+    phone = await server.signed_in(resident, await server.user(resident), device_id="phone")
     reply = await door.request("dial", callees=[resident], video=True, offer=OFFER)
     call_id = reply["call_id"]
     await phone.next("incoming")
@@ -94,9 +97,9 @@ async def test_a_ringing_call_cannot_open_the_door(server):
 
 async def test_another_resident_and_the_door_itself_are_refused(server):
     door, phone, call_id = await _live_call(server)
-    bob = await server.signed_in("bob", server.user("bob"))
+    bob = await server.signed_in("bob", await server.user("bob"))
     # Alice's own tablet did not answer: only the device in the call may open.
-    second_phone = await server.signed_in("alice", server.store.issue_token("alice")["access_token"],
+    second_phone = await server.signed_in("alice", (await server.store.issue_token("alice"))["access_token"],
                                           device_id="tablet")
     for client, fragment in ((bob, "not a party"), (second_phone, "not a party"), (door, "only a resident")):
         reply = await client.request("action", call_id=call_id, name="open_door")
@@ -134,8 +137,8 @@ async def test_after_the_window_the_door_stays_shut(server):
 async def test_a_door_of_another_site_cannot_be_opened(server):
     """Dial never connects two sites, so move the door to another site in the middle of a call."""
     door, phone, call_id = await _live_call(server)
-    server.store.add_site("elsewhere", "Elsewhere")
-    server.store.db.execute("UPDATE users SET site_id = 'elsewhere' WHERE user_id = 'door'")
+    await server.store.add_site("elsewhere", "Elsewhere")
+    await server.store.db.execute("UPDATE users SET site_id = 'elsewhere' WHERE user_id = 'door'")
     reply = await phone.request("action", call_id=call_id, name="open_door")
     assert reply["code"] == "forbidden" and "not a door of your site" in reply["message"]
 
@@ -158,8 +161,8 @@ async def _until_gone(server, user_id: str) -> None:
 
 async def test_a_resident_who_called_the_door_may_open_it(server):
     """A resident looks outside: the resident dials, the door answers, then opens."""
-    door = await server.signed_in("door", server.user("door", "door"), device_id="door")
-    phone = await server.signed_in("alice", server.user("alice"), device_id="phone")
+    door = await server.signed_in("door", await server.user("door", "door"), device_id="door")
+    phone = await server.signed_in("alice", await server.user("alice"), device_id="phone")
     call_id = (await phone.request("dial", callees=["door"], video=True, offer=OFFER))["call_id"]
     await door.next("incoming")
     await door.request("accept", call_id=call_id, answer=ANSWER)

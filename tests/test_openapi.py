@@ -40,10 +40,10 @@ class ThreadedServer:
         self._loop.run_forever()
 
     async def _start(self) -> None:
-        self.store = Store(self.db)
-        self.store.add_site("home", "Home")
-        self.store.add_user("door", "door", "home", "Front door")
-        self.store.add_user("alice", "resident", "home", "Alice")
+        self.store = await Store.open(self.db)
+        await self.store.add_site("home", "Home")
+        await self.store.add_user("door", "door", "home", "Front door")
+        await self.store.add_user("alice", "resident", "home", "Alice")
         self.runner = web.AppRunner(create_app(self.store, HubSettings(), API_TOKEN))
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
@@ -56,9 +56,9 @@ class ThreadedServer:
 
     def stop(self) -> None:
         asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self._loop).result(10)
+        asyncio.run_coroutine_threadsafe(self.store.close(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
-        self.store.close()
 
 
 @pytest.fixture(scope="module")

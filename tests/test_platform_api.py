@@ -4,7 +4,10 @@ import pytest
 
 from intercom_server.store import NotFound
 
-from .conftest import OFFER
+from .conftest import ENGINES, OFFER
+
+#: The history, tokens and door log these tests read back are the store's: on both engines.
+pytestmark = pytest.mark.parametrize("server", ENGINES, indirect=True)
 
 
 async def test_every_call_needs_the_api_token(server):
@@ -12,7 +15,7 @@ async def test_every_call_needs_the_api_token(server):
         status, body = await server.api("POST", "/v1/sites", {"site_id": "x", "name": "X"}, token=token)
         assert status == 401 and body["error"]["code"] == "unauthenticated"
     with pytest.raises(NotFound):
-        server.store.get_site("x")
+        await server.store.get_site("x")
 
 
 async def test_provisioning_a_site_a_user_and_a_token_that_signs_in(server):
@@ -45,11 +48,11 @@ async def test_provisioning_a_site_a_user_and_a_token_that_signs_in(server):
     ("/v1/users/alice/tokens", {"expires_in_s": -5}, 400, "expires_in_s"),
 ])
 async def test_bad_requests_are_refused_and_change_nothing(server, path, body, status, fragment):
-    server.user("alice")
-    before = (server.store.list_tokens("alice"), server.store.db.execute("SELECT count(*) FROM users").fetchone()[0])
+    await server.user("alice")
+    before = (await server.store.list_tokens("alice"), (await server.store.db.fetchrow("SELECT count(*) FROM users"))[0])
     got, answer = await server.api("POST", path, body)
     assert got == status and fragment in answer["error"]["message"]
-    after = (server.store.list_tokens("alice"), server.store.db.execute("SELECT count(*) FROM users").fetchone()[0])
+    after = (await server.store.list_tokens("alice"), (await server.store.db.fetchrow("SELECT count(*) FROM users"))[0])
     assert before == after
 
 
@@ -57,12 +60,12 @@ async def test_duplicate_site_is_a_conflict(server):
     await server.api("POST", "/v1/sites", {"site_id": "a", "name": "A"})
     status, body = await server.api("POST", "/v1/sites", {"site_id": "a", "name": "Other"})
     assert status == 409 and body["error"]["code"] == "conflict"
-    assert server.store.get_site("a")["name"] == "A"
+    assert (await server.store.get_site("a"))["name"] == "A"
 
 
 async def test_call_history_newest_first_paged_with_timeline_and_snapshot(server):
-    door = await server.signed_in("door", server.user("door", kind="door"), "door")
-    server.user("alice")
+    door = await server.signed_in("door", await server.user("door", kind="door"), "door")
+    await server.user("alice")
     ids = []
     for _ in range(5):
         call_id = (await door.request("dial", callees=["alice"], offer=OFFER, snapshot="/9j/4AAQ"))["call_id"]
@@ -88,9 +91,9 @@ async def test_call_history_newest_first_paged_with_timeline_and_snapshot(server
 
 
 async def test_the_parties_of_a_call_fetch_its_snapshot_with_their_own_token(server):
-    door = await server.signed_in("door", server.user("door", kind="door"), "door")
-    alice_token, bob_token = server.user("alice"), server.user("bob")
-    stranger_token = server.user("mallory", site="other")
+    door = await server.signed_in("door", await server.user("door", kind="door"), "door")
+    alice_token, bob_token = await server.user("alice"), await server.user("bob")
+    stranger_token = await server.user("mallory", site="other")
     call_id = (await door.request("dial", callees=["alice", "bob"], offer=OFFER, snapshot="/9j/4AAQ"))["call_id"]
     path = f"/v1/direct_calls/{call_id}/snapshot"
     for token in (alice_token, bob_token):  # every callee was rung, so each may see who rang
@@ -101,16 +104,16 @@ async def test_the_parties_of_a_call_fetch_its_snapshot_with_their_own_token(ser
     assert (await server.api("GET", f"/v1/direct_calls/{call_id}", bearer=stranger_token))[0] == 404
     status, call = await server.api("GET", f"/v1/direct_calls/{call_id}", bearer=alice_token)
     assert status == 200 and call["has_snapshot"] is True
-    token_id = server.store.list_tokens("alice")[0]["token_id"]
-    server.store.revoke_token("alice", token_id)
+    token_id = (await server.store.list_tokens("alice"))[0]["token_id"]
+    await server.store.revoke_token("alice", token_id)
     assert (await server.api("GET", path, bearer=alice_token))[0] == 401
     assert (await server.api("GET", path, bearer="ict_made_up"))[0] == 401
 
 
 async def test_a_party_lists_only_its_own_calls_and_cannot_use_the_admin_calls(server):
-    door = await server.signed_in("door", server.user("door", kind="door"), "door")
-    alice_token = server.user("alice")
-    server.user("bob")
+    door = await server.signed_in("door", await server.user("door", kind="door"), "door")
+    alice_token = await server.user("alice")
+    await server.user("bob")
     for callee in ("alice", "bob", "alice"):
         call_id = (await door.request("dial", callees=[callee], offer=OFFER))["call_id"]
         await door.request("end", call_id=call_id)
@@ -125,9 +128,9 @@ async def test_a_party_lists_only_its_own_calls_and_cannot_use_the_admin_calls(s
 async def test_residents_read_their_own_sites_door_log_and_nobody_elses(server):
     """The web app shows who opened the door; a door's token, or a resident of another site,
     is told the site does not exist."""
-    alice = server.user("alice")
-    door = server.user("door", kind="door")
-    mallory = server.user("mallory", site="other")
+    alice = await server.user("alice")
+    door = await server.user("door", kind="door")
+    mallory = await server.user("mallory", site="other")
     status, page = await server.api("GET", "/v1/sites/home/audit", bearer=alice)
     assert status == 200 and page == {"events": [], "next": None}
     for token, site in ((door, "home"), (mallory, "home"), (alice, "other"), (alice, "nowhere")):
@@ -136,9 +139,9 @@ async def test_residents_read_their_own_sites_door_log_and_nobody_elses(server):
 
 
 async def test_sites_and_their_users_are_listed(server):
-    server.user("door", kind="door")
-    server.user("alice")
-    server.user("mallory", site="other")
+    await server.user("door", kind="door")
+    await server.user("alice")
+    await server.user("mallory", site="other")
     status, body = await server.api("GET", "/v1/sites")
     assert status == 200 and [s["site_id"] for s in body["sites"]] == ["home", "other"]
     status, body = await server.api("GET", "/v1/sites/home/users")
@@ -147,7 +150,7 @@ async def test_sites_and_their_users_are_listed(server):
 
 
 async def test_the_audit_log_pages_newest_first(server):
-    phone = await server.signed_in("alice", server.user("alice"), "phone")
+    phone = await server.signed_in("alice", await server.user("alice"), "phone")
     for i in range(5):  # refusals are logged too: no call with these ids
         await phone.request("action", call_id=f"call_{i}", name="open_door")
     seen, cursor = [], None

@@ -52,7 +52,7 @@ async def door_dials(server: ServerUnderTest, door: WsClient, *callees: str) -> 
 
 @pytest.fixture
 async def household(server: ServerUnderTest, pushes: PushService) -> dict[str, str]:
-    tokens = {"door": server.user("door", "door"), "alice": server.user("alice"), "bob": server.user("bob")}
+    tokens = {"door": await server.user("door", "door"), "alice": await server.user("alice"), "bob": await server.user("bob")}
     await subscribe(server, pushes, tokens["alice"], "alice-phone")
     await subscribe(server, pushes, tokens["alice"], "alice-tablet")
     await subscribe(server, pushes, tokens["bob"], "bob-phone")
@@ -138,7 +138,7 @@ async def test_a_decline_from_the_notification_declines_without_the_app(
                                     bearer=household["alice"])
     assert status == 404, "nobody declines for a phone that is not theirs"
     await server.store.flushed()
-    assert server.store.get_call(call_id)["end_reason"] == "declined"
+    assert (await server.store.get_call(call_id))["end_reason"] == "declined"
     assert pushes.deliveries.empty(), "the phone that declined is not told it missed the call"
 
 
@@ -152,7 +152,7 @@ async def test_a_push_service_that_forgot_the_phone_loses_its_subscription(
     await server.hub.push.idle()
     status, mine = await server.api("GET", "/v1/me/push", bearer=household["bob"])
     assert status == 200 and mine["subscriptions"] == []
-    assert server.store.subscriptions() and all(r["user_id"] == "alice" for r in server.store.subscriptions())
+    assert await server.store.subscriptions() and all(r["user_id"] == "alice" for r in await server.store.subscriptions())
     status, health = await server.api("GET", "/healthz")
     assert health["push"]["pruned"] == 1
 
@@ -199,7 +199,7 @@ async def test_a_busy_push_service_is_retried_and_a_ring_it_could_only_deliver_l
 
 async def test_subscriptions_are_checked_capped_and_never_shown_in_full(
         server: ServerUnderTest, pushes: PushService) -> None:
-    alice, door = server.user("alice"), server.user("door", "door")
+    alice, door = await server.user("alice"), await server.user("door", "door")
     sub = pushes.subscribe("x")
     cases = [
         ({**sub, "endpoint": "http://push.example.com/x"}, "https://"),
@@ -215,7 +215,7 @@ async def test_subscriptions_are_checked_capped_and_never_shown_in_full(
         assert status == 400 and words in reply["error"]["message"], (body, reply)
     status, reply = await server.api("PUT", "/v1/me/devices/door/push", sub, bearer=door)
     assert status == 400 and "resident" in reply["error"]["message"]
-    assert server.store.subscriptions() == [], "a refused subscription changes nothing"
+    assert await server.store.subscriptions() == [], "a refused subscription changes nothing"
     for n in range(10):
         status, _ = await server.api("PUT", f"/v1/me/devices/phone{n}/push", pushes.subscribe(f"p{n}"), bearer=alice)
         assert status == 200
@@ -227,20 +227,20 @@ async def test_subscriptions_are_checked_capped_and_never_shown_in_full(
     assert len(mine["subscriptions"]) == 10
     assert all(s["push_service"] == pushes.url for s in mine["subscriptions"])
     assert "/push/" not in str(mine), "the endpoint is a credential: only its origin is shown"
-    status, theirs = await server.api("GET", "/v1/me/push", bearer=server.user("bob"))
+    status, theirs = await server.api("GET", "/v1/me/push", bearer=await server.user("bob"))
     assert theirs["subscriptions"] == []
     status, _ = await server.api("DELETE", "/v1/me/devices/phone0/push", bearer=alice)
-    assert status == 204 and len(server.store.subscriptions()) == 9
+    assert status == 204 and len(await server.store.subscriptions()) == 9
 
 
 async def test_signing_out_or_revoking_the_token_ends_the_phones_push(
         server: ServerUnderTest, pushes: PushService, household: dict[str, str]) -> None:
     status, _ = await server.api("DELETE", "/v1/me/token", bearer=household["bob"])
     assert status == 204
-    tokens = server.store.list_tokens("alice")
+    tokens = await server.store.list_tokens("alice")
     status, _ = await server.api("DELETE", f"/v1/users/alice/tokens/{tokens[0]['token_id']}")
     assert status == 204
-    assert server.store.subscriptions() == []
+    assert await server.store.subscriptions() == []
     assert server.hub.push.count() == 0
     door = await server.signed_in("door", household["door"])
     await door_dials(server, door, "alice", "bob")
@@ -272,17 +272,17 @@ def test_the_vapid_key_is_made_once_kept_private_and_reused(tmp_path: Path) -> N
 
 async def test_a_token_revoked_from_a_shell_takes_the_phones_push_with_it(
         server: ServerUnderTest, pushes: PushService) -> None:
-    server.user("alice")
-    token = server.store.issue_token("alice")
+    await server.user("alice")
+    token = await server.store.issue_token("alice")
     await subscribe(server, pushes, token["access_token"], "alice-phone")
     phone = await server.signed_in("alice", token["access_token"], "alice-phone")
-    shell = Store(server.store.path)  # `intercom-server token revoke`: another process, another connection
-    shell.revoke_token("alice", token["token_id"])
-    shell.close()
+    shell = await Store.open(server.database)  # `intercom-server token revoke`: another process, another connection
+    await shell.revoke_token("alice", token["token_id"])
+    await shell.close()
     await asyncio.wait_for(phone.reader, 10)  # the server noticed: the phone's session ends
     assert phone.ws.close_code == CLOSE_TOKEN_REVOKED
     assert server.hub.push.count() == 0, "the server reread the subscriptions when it noticed the revocation"
-    door = await server.signed_in("door", server.user("door", "door"))
+    door = await server.signed_in("door", await server.user("door", "door"))
     await door_dials(server, door, "alice")
     assert (await door.next("ringing"))["devices"] == 0
 

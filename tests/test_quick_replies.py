@@ -11,8 +11,8 @@ REPLIES = [{"id": "coming", "label": "I'm coming"}, {"id": "leave", "label": "Pl
 
 
 async def _ringing(server, replies=REPLIES):
-    alice_token, bob_token = server.user("alice"), server.user("bob")
-    door = await server.signed_in("door", server.user("door", "door"), device_id="door", quick_replies=replies)
+    alice_token, bob_token = await server.user("alice"), await server.user("bob")
+    door = await server.signed_in("door", await server.user("door", "door"), device_id="door", quick_replies=replies)
     alice = await server.signed_in("alice", alice_token, device_id="phone")
     bob = await server.signed_in("bob", bob_token, device_id="phone")
     call_id = (await door.request("dial", callees=["alice", "bob"], video=True, offer=OFFER))["call_id"]
@@ -53,7 +53,7 @@ async def test_replies_the_door_does_not_have_or_cannot_play_and_strangers_are_r
     assert unknown["code"] == "not_found" and "coming, leave" in unknown["message"]
     missing = await alice.request("action", call_id=call_id, name="quick_reply")
     assert missing["code"] == "bad_request"
-    mallory = await server.signed_in("mallory", server.user("mallory", site="elsewhere"), device_id="phone")
+    mallory = await server.signed_in("mallory", await server.user("mallory", site="elsewhere"), device_id="phone")
     stranger = await mallory.request("action", call_id=call_id, name="quick_reply", reply="coming")
     assert stranger["code"] == "forbidden"
     # The door's own refusal reaches the resident.
@@ -66,7 +66,7 @@ async def test_replies_the_door_does_not_have_or_cannot_play_and_strangers_are_r
 
 
 async def test_a_door_s_malformed_replies_are_refused_at_sign_in(server):
-    token = server.user("door", "door")
+    token = await server.user("door", "door")
     client = await server.connect()
     for bad in ([{"id": "Coming!", "label": "x"}], [{"id": "a", "label": ""}], [{"id": "a", "label": "x"}] * 2,
                 "coming"):

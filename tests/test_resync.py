@@ -16,7 +16,7 @@ from .conftest import ANSWER, OFFER
 
 async def _answered_call(server):
     """The door rings alice's phone, which answers; returns (door, phone, tokens, call_id)."""
-    tokens = {"door": server.user("door", kind="door"), "alice": server.user("alice")}
+    tokens = {"door": await server.user("door", kind="door"), "alice": await server.user("alice")}
     door = await server.signed_in("door", tokens["door"], "door")
     phone = await server.signed_in("alice", tokens["alice"], "phone")
     call_id = (await door.request("dial", callees=["alice"], offer=OFFER))["call_id"]
@@ -49,7 +49,7 @@ async def test_a_restarted_door_that_does_not_claim_its_call_ends_it_at_once(ser
     assert reply["calls"] == []
     ended = await phone.next("ended")
     assert ended["call_id"] == call_id and ended["reason"] == "connection_lost"
-    record = server.store.get_call(call_id)
+    record = await server.store.get_call(call_id)
     assert record["end_reason"] == "connection_lost" and record["accepted_by"]["user_id"] == "alice"
     # The resident is free: the door's next ring reaches her instead of a busy decline.
     next_call = (await again.request("dial", callees=["alice"], offer=OFFER))["call_id"]
@@ -63,7 +63,7 @@ async def test_a_device_that_claims_its_call_keeps_it_and_is_told_so(server):
     assert reply["calls"] == [{"call_id": call_id, "state": "connected", "role": "callee"}]
     assert (await phone.request("end", call_id=call_id))["type"] == "ok"
     assert (await door.next("ended"))["reason"] == "completed"
-    assert server.store.get_call(call_id)["end_reason"] == "completed"
+    assert (await server.store.get_call(call_id))["end_reason"] == "completed"
 
 
 async def test_a_device_is_told_which_of_its_calls_the_server_knows(server):
@@ -74,7 +74,7 @@ async def test_a_device_is_told_which_of_its_calls_the_server_knows(server):
 
 
 async def test_a_ring_carries_its_lifetime_and_a_returning_phone_rings_again_with_less(server):
-    tokens = {"door": server.user("door", kind="door"), "alice": server.user("alice")}
+    tokens = {"door": await server.user("door", kind="door"), "alice": await server.user("alice")}
     door = await server.signed_in("door", tokens["door"], "door")
     phone = await server.signed_in("alice", tokens["alice"], "phone")
     call_id = (await door.request("dial", callees=["alice"], offer=OFFER, ring_timeout_s=20))["call_id"]
@@ -114,12 +114,12 @@ async def test_an_answered_call_whose_party_never_returns_ends_connection_lost(s
 
 async def _store_refuses_writes(server) -> None:
     """The database refuses every write from now on, as a full disk or a read-only file does."""
-    server.store.db.execute("PRAGMA query_only = ON")
-    server.store.writer.submit(lambda db: db.execute("PRAGMA query_only = ON")).result(timeout=10)
+    await server.store.db.execute("PRAGMA query_only = ON")
+    server.store.db.writer.submit(lambda db: db.execute("PRAGMA query_only = ON")).result(timeout=10)
 
 
 async def test_a_store_that_cannot_write_never_silences_the_bell(server):
-    tokens = {"door": server.user("door", kind="door"), "alice": server.user("alice")}
+    tokens = {"door": await server.user("door", kind="door"), "alice": await server.user("alice")}
     door = await server.signed_in("door", tokens["door"], "door")
     phone = await server.signed_in("alice", tokens["alice"], "phone")
     await _store_refuses_writes(server)
@@ -136,7 +136,7 @@ async def test_a_store_that_cannot_write_never_silences_the_bell(server):
 
 async def test_the_answer_is_stored_when_it_happens(server):
     _, _, _, call_id = await _answered_call(server)
-    record = server.store.get_call(call_id)
+    record = await server.store.get_call(call_id)
     assert record["accepted_by"] == {"user_id": "alice", "device_id": "phone"} and record["ended_at"] is None
 
 

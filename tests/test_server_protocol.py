@@ -13,7 +13,7 @@ from .conftest import ANSWER, OFFER
 
 
 async def test_authenticate_returns_the_user_device_and_ice_servers(server):
-    token = server.user("alice")
+    token = await server.user("alice")
     client = await server.connect()
     reply = await client.request("authenticate", user_id="alice", access_token=token, device_id="phone")
     assert reply["type"] == "ok"
@@ -23,7 +23,7 @@ async def test_authenticate_returns_the_user_device_and_ice_servers(server):
 
 
 async def test_bad_token_gets_unauthenticated_and_the_connection_stays_for_a_retry(server):
-    token = server.user("alice")
+    token = await server.user("alice")
     client = await server.connect()
     bad = await client.request("authenticate", user_id="alice", access_token="ict_wrong")
     assert bad["type"] == "error" and bad["code"] == "unauthenticated"
@@ -48,7 +48,7 @@ async def test_no_authentication_in_time_closes_4401(server):
 
 
 async def test_malformed_and_unknown_messages_get_errors_and_the_connection_stays(server):
-    client = await server.signed_in("alice", server.user("alice"))
+    client = await server.signed_in("alice", await server.user("alice"))
     await client.send_raw("{this is not json")
     assert (await client.next("error"))["code"] == "bad_request"
     await client.send_raw(json.dumps({"type": "teleport", "id": "x1"}))
@@ -65,15 +65,15 @@ async def test_malformed_and_unknown_messages_get_errors_and_the_connection_stay
 
 
 async def test_deauthenticate_says_ok_then_closes(server):
-    client = await server.signed_in("alice", server.user("alice"))
+    client = await server.signed_in("alice", await server.user("alice"))
     assert (await client.request("deauthenticate"))["type"] == "ok"
     await asyncio.wait_for(client.reader, 5)
     assert client.ws.closed
 
 
 async def site_with_door_and_residents(server):
-    door = await server.signed_in("door", server.user("door", kind="door"), "door")
-    tokens = {"alice": server.user("alice"), "bob": server.user("bob")}
+    door = await server.signed_in("door", await server.user("door", kind="door"), "door")
+    tokens = {"alice": await server.user("alice"), "bob": await server.user("bob")}
     alice_phone = await server.signed_in("alice", tokens["alice"], "phone")
     alice_tablet = await server.signed_in("alice", tokens["alice"], "tablet")
     bob = await server.signed_in("bob", tokens["bob"], "phone")
@@ -105,9 +105,9 @@ async def test_dial_rings_every_device_and_the_first_accept_wins(server):
     for party in (door, alice_tablet):
         ended = await party.next("ended")
         assert ended["reason"] == "completed" and ended["by"] == {"user_id": "door", "device_id": "door"}
-    record = server.store.get_call(call_id)
+    record = await server.store.get_call(call_id)
     assert record["end_reason"] == "completed" and record["accepted_by"]["device_id"] == "tablet"
-    assert server.store.snapshot(call_id) == b"\xff\xd8\xff\xe0fake-jpeg"
+    assert await server.store.snapshot(call_id) == b"\xff\xd8\xff\xe0fake-jpeg"
 
 
 async def test_the_visitors_picture_follows_the_dial_to_every_ringing_device(server):
@@ -130,14 +130,14 @@ async def test_the_visitors_picture_follows_the_dial_to_every_ringing_device(ser
         assert await device.next("snapshot") == {"type": "snapshot", "call_id": call_id, "snapshot_url": url}
     again = await door.request("snapshot", call_id=call_id, snapshot=base64.b64encode(b"other").decode())
     assert again["code"] == "conflict"
-    assert server.store.snapshot(call_id) == picture  # the first picture stays
+    assert await server.store.snapshot(call_id) == picture  # the first picture stays
 
-    late = await server.signed_in("alice", server.store.issue_token("alice")["access_token"], "laptop")
+    late = await server.signed_in("alice", (await server.store.issue_token("alice"))["access_token"], "laptop")
     assert (await late.next("incoming"))["snapshot_url"] == url
     await door.request("end", call_id=call_id)
     ended_late = await door.request("snapshot", call_id=call_id, snapshot=base64.b64encode(picture).decode())
     assert ended_late["code"] == "conflict"
-    assert server.store.get_call(call_id)["has_snapshot"] is True
+    assert (await server.store.get_call(call_id))["has_snapshot"] is True
 
 
 async def test_decline_from_one_device_keeps_ringing_from_all_ends_declined(server):
@@ -149,7 +149,7 @@ async def test_decline_from_one_device_keeps_ringing_from_all_ends_declined(serv
     door.assert_quiet()  # two of three declined: still ringing
     assert (await alice_tablet.request("decline", call_id=call_id))["type"] == "ok"
     assert (await door.next("ended"))["reason"] == "declined"
-    assert server.store.get_call(call_id)["end_reason"] == "declined"
+    assert (await server.store.get_call(call_id))["end_reason"] == "declined"
 
 
 async def test_caller_hanging_up_while_ringing_cancels_on_every_device(server):
@@ -161,23 +161,23 @@ async def test_caller_hanging_up_while_ringing_cancels_on_every_device(server):
         assert (await device.next("ended"))["reason"] == "canceled"
     late = await alice_phone.request("accept", call_id=call_id, answer=ANSWER)
     assert late["code"] == "conflict" and "canceled" in late["message"]
-    assert server.store.get_call(call_id)["end_reason"] == "canceled"
+    assert (await server.store.get_call(call_id))["end_reason"] == "canceled"
 
 
 @pytest.mark.parametrize("settings", [HubSettings(ring_timeout_s=0.3)])
 async def test_nobody_online_rings_zero_devices_then_no_answer(server):
-    server.user("alice")
-    door = await server.signed_in("door", server.user("door", kind="door"), "door")
+    await server.user("alice")
+    door = await server.signed_in("door", await server.user("door", kind="door"), "door")
     call_id = (await door.request("dial", callees=["alice"], offer=OFFER))["call_id"]
     assert (await door.next("ringing"))["devices"] == 0
     ended = await door.next("ended", timeout=5)
     assert ended["reason"] == "no_answer" and ended["by"] is None
-    assert server.store.get_call(call_id)["end_reason"] == "no_answer"
+    assert (await server.store.get_call(call_id))["end_reason"] == "no_answer"
 
 
 async def test_a_phone_that_signs_in_while_the_door_rings_rings_too(server):
-    alice_token = server.user("alice")
-    door = await server.signed_in("door", server.user("door", kind="door"), "door")
+    alice_token = await server.user("alice")
+    door = await server.signed_in("door", await server.user("door", kind="door"), "door")
     call_id = (await door.request("dial", callees=["alice"], offer=OFFER))["call_id"]
     assert (await door.next("ringing"))["devices"] == 0
     phone = await server.signed_in("alice", alice_token, "phone")
@@ -185,43 +185,43 @@ async def test_a_phone_that_signs_in_while_the_door_rings_rings_too(server):
 
 
 async def test_dial_ring_timeout_from_the_request_is_used(server):
-    server.user("alice")
-    door = await server.signed_in("door", server.user("door", kind="door"), "door")
+    await server.user("alice")
+    door = await server.signed_in("door", await server.user("door", kind="door"), "door")
     await door.request("dial", callees=["alice"], offer=OFFER, ring_timeout_s=0.2)
     assert (await door.next("ended", timeout=5))["reason"] == "no_answer"
 
 
 async def test_a_door_may_only_call_residents_of_its_own_site(server):
-    server.user("eve", site="elsewhere")
-    server.user("door2", kind="door")
-    door = await server.signed_in("door", server.user("door", kind="door"), "door")
+    await server.user("eve", site="elsewhere")
+    await server.user("door2", kind="door")
+    door = await server.signed_in("door", await server.user("door", kind="door"), "door")
     for callees in (["eve"], ["door2"], ["ghost"]):
         reply = await door.request("dial", callees=callees, offer=OFFER)
         assert reply["code"] == "forbidden", callees
-    assert server.store.list_calls(None, 10, None) == []
+    assert await server.store.list_calls(None, 10, None) == []
 
 
 async def test_a_resident_may_only_call_doors_of_its_own_site(server):
-    server.user("bob")
-    server.user("far_door", kind="door", site="elsewhere")
-    door = await server.signed_in("door", server.user("door", kind="door"), "door")
-    alice = await server.signed_in("alice", server.user("alice"), "phone")
+    await server.user("bob")
+    await server.user("far_door", kind="door", site="elsewhere")
+    door = await server.signed_in("door", await server.user("door", kind="door"), "door")
+    alice = await server.signed_in("alice", await server.user("alice"), "phone")
     for callees in (["bob"], ["far_door"], ["far_door", "bob"]):
         reply = await alice.request("dial", callees=callees, offer=OFFER)
         assert reply["code"] == "forbidden", callees
-    assert server.store.list_calls(None, 10, None) == []
+    assert await server.store.list_calls(None, 10, None) == []
     # One callable door among the names: it rings, and the others are named, alike whether
     # they do not exist or are not hers to call.
     reply = await alice.request("dial", callees=["door", "bob", "far_door", "ghost"], offer=OFFER)
     assert reply["type"] == "ok" and reply["unknown"] == ["bob", "far_door", "ghost"]
     incoming = await door.next("incoming")
     assert incoming["call_id"] == reply["call_id"] and incoming["caller"]["user_id"] == "alice"
-    assert server.store.get_call(reply["call_id"])["callees"] == ["door"]
+    assert (await server.store.get_call(reply["call_id"]))["callees"] == ["door"]
 
 
 async def test_a_stranger_cannot_end_or_accept_someone_elses_call(server):
     door, alice_phone, _, _ = await site_with_door_and_residents(server)
-    mallory = await server.signed_in("mallory", server.user("mallory"), "laptop")
+    mallory = await server.signed_in("mallory", await server.user("mallory"), "laptop")
     call_id = (await door.request("dial", callees=["alice"], offer=OFFER))["call_id"]
     for kind, body in (("end", {}), ("accept", {"answer": ANSWER}), ("decline", {})):
         assert (await mallory.request(kind, call_id=call_id, **body))["code"] == "not_found"
@@ -237,13 +237,13 @@ async def test_a_party_gone_past_the_grace_period_ends_connection_lost(server):
     await alice_phone.close()
     ended = await door.next("ended", timeout=5)
     assert ended["reason"] == "connection_lost"
-    assert server.store.get_call(call_id)["end_reason"] == "connection_lost"
+    assert (await server.store.get_call(call_id))["end_reason"] == "connection_lost"
 
 
 @pytest.mark.parametrize("settings", [HubSettings(grace_s=5)])
 async def test_a_device_back_within_the_grace_period_keeps_its_call(server):
-    token = server.user("alice")
-    door = await server.signed_in("door", server.user("door", kind="door"), "door")
+    token = await server.user("alice")
+    door = await server.signed_in("door", await server.user("door", kind="door"), "door")
     phone = await server.signed_in("alice", token, "phone")
     call_id = (await door.request("dial", callees=["alice"], offer=OFFER))["call_id"]
     await phone.next("incoming")
@@ -255,13 +255,13 @@ async def test_a_device_back_within_the_grace_period_keeps_its_call(server):
 
 
 async def test_ping_answers_pong(server):
-    client = await server.signed_in("alice", server.user("alice"))
+    client = await server.signed_in("alice", await server.user("alice"))
     assert (await client.request("ping"))["type"] == "ok"
     assert await client.next("pong") == {"type": "pong"}
 
 
 async def test_authenticating_twice_on_one_connection_is_a_conflict(server):
-    token = server.user("alice")
+    token = await server.user("alice")
     client = await server.signed_in("alice", token, "phone")
     again = await client.request("authenticate", user_id="alice", access_token=token)
     assert again["type"] == "error" and again["code"] == "conflict"
@@ -314,7 +314,7 @@ async def test_an_end_crossing_an_accept_leaves_one_consistent_outcome(server, r
     assert end_reply["type"] == "ok"
     door_events = [await door.next("ended")]
     phone_ended = await alice_phone.next("ended")
-    record = server.store.get_call(call_id)
+    record = await server.store.get_call(call_id)
     if accept_reply["type"] == "ok":  # the accept got there first: the door hung up a live call
         assert record["end_reason"] == "completed" and phone_ended["reason"] == "completed"
         assert record["accepted_by"]["device_id"] == "phone"
@@ -333,4 +333,4 @@ async def test_a_call_longer_than_the_maximum_ends_timed_out_for_both(server):
     for party in (door, alice_phone):
         ended = await party.next("ended")
         assert ended["reason"] == "timed_out" and ended["by"] is None
-    assert server.store.get_call(call_id)["end_reason"] == "timed_out"
+    assert (await server.store.get_call(call_id))["end_reason"] == "timed_out"

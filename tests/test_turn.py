@@ -113,7 +113,7 @@ async def test_the_server_hands_out_turn_credentials_that_coturn_accepts(coturn,
     server.settings.ice = IceSettings(static=[{"urls": "stun:127.0.0.1:3478"}],
                                       turn=TurnSettings(urls=[coturn], shared_secret=SECRET, ttl_s=600))
     client = await server.connect()
-    reply = await client.request("authenticate", user_id="alice", access_token=server.user("alice"))
+    reply = await client.request("authenticate", user_id="alice", access_token=await server.user("alice"))
     stun, turn = reply["ice_servers"]
     assert stun == {"urls": "stun:127.0.0.1:3478"}
     expiry, user = turn["username"].split(":")

@@ -108,9 +108,9 @@ async def test_a_message_left_while_the_server_was_unreachable_arrives_with_its_
 
 
 async def test_only_the_call_s_residents_hear_a_message_and_one_can_delete_it(server, tmp_path):
-    alice_token, bob_token = server.user("alice"), server.user("bob")
-    mallory_token = server.user("mallory", site="elsewhere")
-    door_token = server.user("door", "door")
+    alice_token, bob_token = await server.user("alice"), await server.user("bob")
+    mallory_token = await server.user("mallory", site="elsewhere")
+    door_token = await server.user("door", "door")
     door = await server.signed_in("door", door_token, device_id="door")
     alice = await server.signed_in("alice", alice_token, device_id="phone")
     call_id = (await door.request("dial", callees=["alice"], video=True, offer=OFFER))["call_id"]
@@ -146,8 +146,8 @@ async def test_only_the_call_s_residents_hear_a_message_and_one_can_delete_it(se
 
 
 async def test_a_message_past_the_size_limit_is_refused_and_nothing_is_kept(server, tmp_path):
-    door_token = server.user("door", "door")
-    server.user("alice")
+    door_token = await server.user("door", "door")
+    await server.user("alice")
     door = await server.signed_in("door", door_token, device_id="door")
     call_id = (await door.request("dial", callees=["alice"], video=True, offer=OFFER))["call_id"]
     await door.request("end", call_id=call_id)
@@ -156,12 +156,12 @@ async def test_a_message_past_the_size_limit_is_refused_and_nothing_is_kept(serv
     async with server.http.put(f"{server.url}/v1/direct_calls/{call_id}/message", data=too_big,
                                headers={"Authorization": f"Bearer {door_token}"}) as resp:
         assert resp.status == 413
-    assert not server.store.has_message(call_id)
+    assert not await server.store.has_message(call_id)
 
 
 async def test_retention_removes_old_messages_and_the_oldest_beyond_the_total(server, tmp_path):
-    door_token = server.user("door", "door")
-    server.user("alice")
+    door_token = await server.user("door", "door")
+    await server.user("alice")
     door = await server.signed_in("door", door_token, device_id="door")
     calls = []
     for _ in range(4):
@@ -175,7 +175,7 @@ async def test_retention_removes_old_messages_and_the_oldest_beyond_the_total(se
     ages_days = [10, 3, 2, 1]  # the first is past its time; the rest share a 2 KiB budget
     for call_id, age in zip(calls, ages_days, strict=True):
         box.path(call_id).write_bytes(b"x" * 800)
-        server.store.add_message(call_id, 800, now - age * 86400)
-    assert box.sweep(now) == 2  # 10 days old, then the oldest of 2400 bytes > 2048
-    assert [c for c, _, _ in server.store.messages()] == calls[2:]
+        await server.store.add_message(call_id, 800, now - age * 86400)
+    assert await box.sweep(now) == 2  # 10 days old, then the oldest of 2400 bytes > 2048
+    assert [c for c, _, _ in await server.store.messages()] == calls[2:]
     assert sorted(p.name for p in box.dir.iterdir()) == sorted(f"{c}.mp4" for c in calls[2:])

@@ -115,8 +115,8 @@ async def _call(server, door, phone, end: bool = True) -> str:
 @pytest.mark.parametrize("settings", [HubSettings(grace_s=0.5, webhooks=FAST)])
 async def test_a_site_s_events_arrive_signed_and_in_order(server, receivers):
     receiver = await receivers()
-    alice = server.user("alice")
-    door_token = server.user("door", "door")
+    alice = await server.user("alice")
+    door_token = await server.user("door", "door")
     hook = await _register(server, receiver.url, ["ring", "answered", "ended", "door_online", "door_offline",
                                                   "door_opened"])
     assert hook["secret"].startswith("whsec_") and hook["enabled"] is True
@@ -158,7 +158,7 @@ async def test_a_site_s_events_arrive_signed_and_in_order(server, receivers):
 @pytest.mark.parametrize("settings", [HubSettings(grace_s=0.5, webhooks=FAST)])
 async def test_a_declined_ring_is_sent_as_missed_only_to_who_asked(server, receivers):
     missed_only, rings_only = await receivers(), await receivers()
-    alice, door_token = server.user("alice"), server.user("door", "door")
+    alice, door_token = await server.user("alice"), await server.user("door", "door")
     hook = await _register(server, missed_only.url, ["missed"])
     await _register(server, rings_only.url, ["ring"])
     door = await server.signed_in("door", door_token, device_id="door")
@@ -178,7 +178,7 @@ async def test_a_declined_ring_is_sent_as_missed_only_to_who_asked(server, recei
 @pytest.mark.parametrize("settings", [HubSettings(grace_s=0.5, webhooks=FAST)])
 async def test_a_failed_attempt_is_retried_with_the_same_id_until_it_is_taken(server, receivers):
     receiver = await receivers(statuses=[500, 503])
-    token = server.user("door", "door")
+    token = await server.user("door", "door")
     hook = await _register(server, receiver.url, ["door_online"])
     await server.signed_in("door", token, device_id="door")
     requests = await receiver.wait_requests(3)
@@ -195,7 +195,7 @@ async def test_a_failed_attempt_is_retried_with_the_same_id_until_it_is_taken(se
 async def test_a_receiver_that_always_fails_is_switched_off_reported_and_can_be_switched_on(server, receivers):
     failing = await receivers(statuses=[503] * 1000)
     healthy = await receivers()
-    token = server.user("door", "door")
+    token = await server.user("door", "door")
     bad = await _register(server, failing.url, ["door_online", "door_offline"])
     good = await _register(server, healthy.url, ["door_online", "door_offline"])
     door = await server.signed_in("door", token, device_id="door")
@@ -227,8 +227,8 @@ async def test_a_receiver_that_always_fails_is_switched_off_reported_and_can_be_
 async def test_a_receiver_that_hangs_never_holds_up_the_ring(server, receivers):
     receiver = await receivers()
     receiver.released.clear()
-    alice = server.user("alice")
-    door_token = server.user("door", "door")
+    alice = await server.user("alice")
+    door_token = await server.user("door", "door")
     await _register(server, receiver.url, ["ring", "door_online"])
     door = await server.signed_in("door", door_token, device_id="door")
     phone = await server.signed_in("alice", alice, device_id="phone")
@@ -242,7 +242,7 @@ async def test_a_receiver_that_hangs_never_holds_up_the_ring(server, receivers):
 
 
 async def test_bad_registrations_are_refused_and_change_nothing(server):
-    server.user("alice")
+    await server.user("alice")
     cases = [
         ({"url": "http://example.org/hook", "events": ["ring"]}, "https://"),
         ({"url": "http://example.org/hook", "events": ["ring"], "allow_http": True}, "loopback or private"),
@@ -259,7 +259,7 @@ async def test_bad_registrations_are_refused_and_change_nothing(server):
     assert status == 404
     status, answer = await server.api("POST", "/v1/sites/home/webhooks",
                                       {"url": "https://example.org/hook", "events": ["ring"]},
-                                      token=None, bearer=server.user("bob"))
+                                      token=None, bearer=await server.user("bob"))
     assert status == 401
     status, listed = await server.api("GET", "/v1/sites/home/webhooks")
     assert listed == {"webhooks": []}

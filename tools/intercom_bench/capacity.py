@@ -27,17 +27,23 @@ PEAK_PER_PAIR = 8.0
 DEVICES_PER_RESIDENT = 5
 
 
-def provision(site: Installation, residents: int, doors: int) -> Path:
-    store = Store(site.data_dir / "intercom.db")
+async def _accounts(site: Installation, residents: int, doors: int,
+                    database: str | None) -> dict[str, list[list[str]]]:
+    store = await Store.open(database or site.data_dir / "intercom.db")
     try:
         accounts: dict[str, list[list[str]]] = {"residents": [], "doors": []}
         for kind, count in (("resident", residents), ("door", doors)):
             for n in range(count):
                 user = f"{kind}-{n}"
-                store.add_user(user, kind, site.site_id, f"{kind.title()} {n}")
-                accounts[f"{kind}s"].append([user, store.issue_token(user)["access_token"]])
+                await store.add_user(user, kind, site.site_id, f"{kind.title()} {n}")
+                accounts[f"{kind}s"].append([user, (await store.issue_token(user))["access_token"]])
     finally:
-        store.close()
+        await store.close()
+    return accounts
+
+
+async def provision(site: Installation, residents: int, doors: int, database: str | None = None) -> Path:
+    accounts = await _accounts(site, residents, doors, database)
     path = site.root / "accounts.json"
     path.write_text(json.dumps(accounts))
     path.chmod(0o600)
@@ -51,12 +57,17 @@ async def _loadgen(site: Installation, *args: str) -> Process:
     return process
 
 
-async def run(root: Path, connections: int, pairs: int, seconds: float, steady_rate: float) -> dict[str, Any]:
-    async with installation(root) as site:
+async def run(root: Path, connections: int, pairs: int, seconds: float, steady_rate: float,
+              database: str | None = None) -> dict[str, Any]:
+    """With `database` (a PostgreSQL URL) the server keeps its data there, not in SQLite; with
+    `connections=0` only the call set-ups are measured."""
+    async with installation(root, {"database": database} if database else None) as site:
         assert site.server is not None
         pid = site.server.proc.pid
         residents = max(pairs, -(-connections // DEVICES_PER_RESIDENT))
-        provision(site, residents, pairs)
+        await provision(site, residents, pairs, database)
+        if not connections:
+            return {"setups": await _setups(site, pid, pairs, seconds, steady_rate)}
 
         # Idle devices: the server's memory before and after they have all signed in.
         baseline = memory_kib(pid)["VmRSS"]
@@ -65,27 +76,32 @@ async def run(root: Path, connections: int, pairs: int, seconds: float, steady_r
         loaded = memory_kib(pid)["VmRSS"]
         await idle.stop()
         per_client = (loaded - baseline) / connections
-
-        # Call set-ups with the idle devices gone: at a steady rate twice the target, for the
-        # latency a building sees on a busy evening; then as fast as the pairs may go.
-        setups = {}
-        for phase, per_pair in (("steady", steady_rate / pairs), ("peak", PEAK_PER_PAIR)):
-            calls = await _loadgen(site, "calls", "--pairs", str(pairs), "--seconds", f"{seconds:g}",
-                                   "--per-pair", f"{per_pair:g}")
-            await calls.wait_for_event("connected", timeout=60)
-            server_before, load_before, started = cpu_times(pid), cpu_times(calls.proc.pid), time.monotonic()
-            result = await calls.wait_for_event("result", timeout=seconds + 120)
-            elapsed = time.monotonic() - started
-            server_s = cpu_times(pid).total - server_before.total
-            load_s = cpu_times(calls.proc.pid).total - load_before.total
-            await calls.stop()
-            setups[phase] = {k: result[k] for k in ("pairs", "seconds", "calls", "offered_per_s", "per_s", "setup_ms",
-                                                     "error_count", "errors")}
-            setups[phase]["server_cpu_percent"] = round(100 * server_s / elapsed, 1)
-            setups[phase]["loadgen_cpu_percent"] = round(100 * load_s / elapsed, 1)
+        setups = await _setups(site, pid, pairs, seconds, steady_rate)
     return {
         "idle": {"connections": ready["connections"], "signed_in_in_s": ready["seconds"],
                  "server_rss_before_kib": baseline, "server_rss_after_kib": loaded,
                  "per_connection_kib": round(per_client, 2)},
         "setups": setups,
     }
+
+
+async def _setups(site: Installation, pid: int, pairs: int, seconds: float,
+                  steady_rate: float) -> dict[str, dict[str, Any]]:
+    """Call set-ups with no idle devices: at a steady rate twice the target, for the latency a
+    building sees on a busy evening; then as fast as the pairs may go."""
+    setups: dict[str, dict[str, Any]] = {}
+    for phase, per_pair in (("steady", steady_rate / pairs), ("peak", PEAK_PER_PAIR)):
+        calls = await _loadgen(site, "calls", "--pairs", str(pairs), "--seconds", f"{seconds:g}",
+                               "--per-pair", f"{per_pair:g}")
+        await calls.wait_for_event("connected", timeout=60)
+        server_before, load_before, started = cpu_times(pid), cpu_times(calls.proc.pid), time.monotonic()
+        result = await calls.wait_for_event("result", timeout=seconds + 120)
+        elapsed = time.monotonic() - started
+        server_s = cpu_times(pid).total - server_before.total
+        load_s = cpu_times(calls.proc.pid).total - load_before.total
+        await calls.stop()
+        setups[phase] = {k: result[k] for k in ("pairs", "seconds", "calls", "offered_per_s", "per_s", "setup_ms",
+                                                 "error_count", "errors")}
+        setups[phase]["server_cpu_percent"] = round(100 * server_s / elapsed, 1)
+        setups[phase]["loadgen_cpu_percent"] = round(100 * load_s / elapsed, 1)
+    return setups

@@ -12,6 +12,7 @@ import math
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,6 +24,7 @@ from intercom_protocol.calls import CallError, DeviceRef
 from intercom_protocol.messages import CLOSE_UNAUTHENTICATED, PROTOCOL_PATH, ErrorCode
 
 from .availability import RuleError, parse_resident, parse_site
+from .database import DatabaseError
 from .hub import Hub, HubSettings
 from .mqtt import MqttBridge
 from .openapi import AUDIT_CURSOR, CALLS_CURSOR, OPENAPI
@@ -83,6 +85,9 @@ def create_app(store: Store, settings: HubSettings, api_token: str, public_url: 
     app.router.add_post("/v1/me/devices/{device_id}/push/test", _api(_test_push, parties=True, bearer_only=True))
     app.router.add_get("/healthz", _health)
     add_webapp_routes(app)
+    app[DATABASE] = DatabaseHealth()
+    app.cleanup_ctx.append(_load_hub)
+    app.cleanup_ctx.append(_watch_database)
     app.cleanup_ctx.append(_watch_revocations)
     app.router.add_get("/v1/me/availability", _api(_get_my_availability, parties=True, bearer_only=True))
     app.router.add_put("/v1/me/availability", _api(_put_my_availability, parties=True, bearer_only=True))
@@ -93,8 +98,10 @@ def create_app(store: Store, settings: HubSettings, api_token: str, public_url: 
     app.router.add_put("/v1/direct_calls/{call_id}/message", _api(_put_message, parties=True, bearer_only=True))
     app.router.add_get("/v1/direct_calls/{call_id}/message", _api(_get_message, parties=True))
     app.router.add_delete("/v1/direct_calls/{call_id}/message", _api(_delete_message, parties=True, bearer_only=True))
-    app[MESSAGES] = MessageBox(settings.messages.directory or Path(store.path).parent / "messages", store,
-                               settings.messages)
+    messages = settings.messages.directory or (Path(store.path).parent / "messages" if store.path else None)
+    if messages is None:
+        raise ValueError("messages.directory must be set when the database is not an SQLite file")
+    app[MESSAGES] = MessageBox(messages, store, settings.messages)
     app.cleanup_ctx.append(_sweep_messages)
     app[WEBHOOKS] = Webhooks(store, settings.webhooks)
     app[HUB].events.listen(app[WEBHOOKS].on_event)
@@ -115,6 +122,52 @@ def create_app(store: Store, settings: HubSettings, api_token: str, public_url: 
     return app
 
 
+async def _load_hub(app: web.Application) -> AsyncIterator[None]:
+    """What the hub keeps in memory so that a press reads nothing: the availability rules and
+    the push subscriptions."""
+    await app[HUB].start()
+    yield
+
+
+@dataclass
+class DatabaseHealth:
+    """Whether the database answers, as the last check found: a load balancer reads it from
+    /healthz, and a new connection is refused while it does not (its sign-in would fail)."""
+    ok: bool = True
+    error: str | None = None
+
+
+DATABASE = web.AppKey("database", DatabaseHealth)
+
+
+async def _watch_database(app: web.Application) -> AsyncIterator[None]:
+    """Ask the database every `health_check_s`; when it stops answering, say so (/healthz 503,
+    new connections refused), and when it answers again, take connections again: nobody
+    restarts the server. Live calls go on meanwhile; their records fail and are counted."""
+    store, health, every = app[STORE], app[DATABASE], app[HUB].settings.health_check_s
+
+    async def watch() -> None:
+        while True:
+            try:
+                await asyncio.wait_for(store.ping(), max(1.0, every))
+            except (DatabaseError, OSError, TimeoutError) as exc:
+                error = str(exc) or type(exc).__name__
+                if health.ok:
+                    log.error("the database does not answer (%s): refusing new connections until it does", error)
+                health.ok, health.error = False, error
+            else:
+                if not health.ok:
+                    log.warning("the database answers again: taking connections")
+                health.ok, health.error = True, None
+            await asyncio.sleep(every)
+
+    task = asyncio.get_running_loop().create_task(watch(), name="database-health")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def _watch_revocations(app: web.Application) -> AsyncIterator[None]:
     """A token revoked from a shell (`intercom-server token revoke`, another process) ends its
     live sessions within a second: SQLite's data_version says when another connection wrote,
@@ -122,15 +175,15 @@ async def _watch_revocations(app: web.Application) -> AsyncIterator[None]:
     hub, store = app[HUB], app[STORE]
 
     async def watch() -> None:
-        seen = store.changed_elsewhere()
+        seen = await store.changed_elsewhere()
         while True:
             await asyncio.sleep(REVOCATION_CHECK_S)
             try:
-                version = store.changed_elsewhere()
+                version = await store.changed_elsewhere()
                 if version != seen:
                     seen = version
-                    hub.revoked()
-                    hub.rules.reload()
+                    await hub.revoked()
+                    await hub.rules.reload()
             except Exception:  # a failed check is tried again, the server goes on
                 log.exception("checking for revoked tokens")
 
@@ -148,7 +201,7 @@ async def _sweep_messages(app: web.Application) -> AsyncIterator[None]:
     async def sweep() -> None:
         while True:
             try:
-                await asyncio.to_thread(box.sweep)
+                await box.sweep()
             except Exception:  # tried again at the next round
                 log.exception("sweeping visitor messages")
             await asyncio.sleep(box.settings.sweep_every_s)
@@ -161,7 +214,7 @@ async def _sweep_messages(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _run_webhooks(app: web.Application) -> AsyncIterator[None]:
-    app[WEBHOOKS].start()
+    await app[WEBHOOKS].start()
     yield
     await app[WEBHOOKS].close()
 
@@ -220,6 +273,8 @@ def origin_allowed(request: web.Request, public_url: str, allowed: tuple[str, ..
 
 async def _websocket(request: web.Request) -> web.StreamResponse:
     hub = request.app[HUB]
+    if not request.app[DATABASE].ok:  # through a load balancer, the client's retry finds another process
+        return _error(503, "internal", "this server cannot reach its database; try again shortly")
     if not origin_allowed(request, request.app[PUBLIC_URL], hub.settings.allowed_origins):
         log.warning("refused a WebSocket from the page of another site (%s)", request.headers.get("Origin"))
         return _error(403, "forbidden", "this server does not take WebSockets from pages of other sites")
@@ -286,7 +341,7 @@ def _api(handler: Handler, parties: bool = False,
             if not _is_api_token(request, given):
                 return _error(401, "unauthenticated", "wrong Api-Token header")
         elif parties and bearer:
-            owner = request.app[STORE].token_owner(bearer)
+            owner = await request.app[STORE].token_owner(bearer)
             if owner is None:
                 return _error(401, "unauthenticated", "unknown, expired or revoked access token")
             request[VIEWER] = owner.user_id
@@ -353,75 +408,75 @@ async def _body(request: web.Request, required: tuple[str, ...], optional: tuple
 
 async def _post_site(request: web.Request) -> Any:
     body = await _body(request, ("site_id", "name"))
-    return request.app[STORE].add_site(body["site_id"], body["name"])
+    return await request.app[STORE].add_site(body["site_id"], body["name"])
 
 
 async def _get_site(request: web.Request) -> Any:
-    return request.app[STORE].get_site(request.match_info["site_id"])
+    return await request.app[STORE].get_site(request.match_info["site_id"])
 
 
 async def _get_sites(request: web.Request) -> Any:
-    return {"sites": request.app[STORE].list_sites()}
+    return {"sites": await request.app[STORE].list_sites()}
 
 
 async def _get_site_users(request: web.Request) -> Any:
-    return {"users": request.app[STORE].list_users(request.match_info["site_id"])}
+    return {"users": await request.app[STORE].list_users(request.match_info["site_id"])}
 
 
-def _resident_of(request: web.Request, site_id: str) -> None:
+async def _resident_of(request: web.Request, site_id: str) -> None:
     """A resident with its own token sees its own site's door log; anyone else is told the site
     does not exist, as with calls, so sites cannot be probed."""
     viewer = request.get(VIEWER)
     if viewer is None:
         return
-    user = request.app[STORE].get_user(viewer)
+    user = await request.app[STORE].get_user(viewer)
     if user["kind"] != "resident" or user["site_id"] != site_id:
         raise NotFound(f"no site '{site_id}'")
 
 
 async def _get_audit(request: web.Request) -> Any:
-    _resident_of(request, request.match_info["site_id"])
+    await _resident_of(request, request.match_info["site_id"])
     limit = _limit(request)
     text = request.query.get("next")
     before = int(_cursor(text, AUDIT_CURSOR)) if text else None
-    rows = request.app[STORE].list_audit(request.match_info["site_id"], limit + 1, before)
+    rows = await request.app[STORE].list_audit(request.match_info["site_id"], limit + 1, before)
     page, more = rows[:limit], len(rows) > limit
     return {"events": page, "next": str(page[-1]["audit_id"]) if more else None}
 
 
 async def _post_user(request: web.Request) -> Any:
     body = await _body(request, ("user_id", "kind", "site_id", "display_name"))
-    return request.app[STORE].add_user(body["user_id"], body["kind"], body["site_id"], body["display_name"])
+    return await request.app[STORE].add_user(body["user_id"], body["kind"], body["site_id"], body["display_name"])
 
 
 async def _get_user(request: web.Request) -> Any:
-    return request.app[STORE].get_user(request.match_info["user_id"])
+    return await request.app[STORE].get_user(request.match_info["user_id"])
 
 
 async def _post_token(request: web.Request) -> Any:
     body = await _body(request, (), ("expires_in_s",)) if request.can_read_body else {}
-    return request.app[STORE].issue_token(request.match_info["user_id"], body.get("expires_in_s"))
+    return await request.app[STORE].issue_token(request.match_info["user_id"], body.get("expires_in_s"))
 
 
 async def _get_tokens(request: web.Request) -> Any:
-    return {"tokens": request.app[STORE].list_tokens(request.match_info["user_id"])}
+    return {"tokens": await request.app[STORE].list_tokens(request.match_info["user_id"])}
 
 
 async def _delete_token(request: web.Request) -> Any:
     token_id = request.match_info["token_id"]
-    request.app[STORE].revoke_token(request.match_info["user_id"], token_id)
-    request.app[HUB].revoked({token_id})
+    await request.app[STORE].revoke_token(request.match_info["user_id"], token_id)
+    await request.app[HUB].revoked({token_id})
     return web.Response(status=204)
 
 
 async def _post_invite(request: web.Request) -> Any:
     body = await _body(request, (), ("expires_in_s",)) if request.can_read_body else {}
-    invite = request.app[STORE].create_invite(request.match_info["user_id"], body.get("expires_in_s"))
+    invite = await request.app[STORE].create_invite(request.match_info["user_id"], body.get("expires_in_s"))
     return {**invite, "url": invite_url(request.app[PUBLIC_URL] or str(request.url.origin()), invite["code"])}
 
 
 async def _get_invites(request: web.Request) -> Any:
-    return {"invites": request.app[STORE].list_invites(request.match_info["user_id"])}
+    return {"invites": await request.app[STORE].list_invites(request.match_info["user_id"])}
 
 
 async def _redeem_invite(request: web.Request) -> web.Response:
@@ -431,7 +486,7 @@ async def _redeem_invite(request: web.Request) -> web.Response:
 
 async def _post_pairing(request: web.Request) -> Any:
     body = await _body(request, (), ("expires_in_s",)) if request.can_read_body else {}
-    pairing = request.app[STORE].create_pairing(request.match_info["user_id"], body.get("expires_in_s"))
+    pairing = await request.app[STORE].create_pairing(request.match_info["user_id"], body.get("expires_in_s"))
     return {**pairing, "url": pairing_url(request.app[PUBLIC_URL] or str(request.url.origin()), pairing["code"])}
 
 
@@ -453,7 +508,7 @@ async def _redeem(request: web.Request, kind: str, malformed: str) -> web.Respon
     if not isinstance(body["code"], str) or not 1 <= len(body["code"]) <= 200:
         raise StoreError(malformed)
     try:
-        redeemed = request.app[STORE].redeem_invite(body["code"], kind=kind)
+        redeemed = await request.app[STORE].redeem_invite(body["code"], kind=kind)
     except Unauthenticated:
         hub.sign_in_failed(address)
         raise
@@ -466,15 +521,15 @@ async def _get_me(request: web.Request) -> Any:
     """Who the web app is signed in as, and the site's directory: door names for "Look
     outside", residents' names for the history."""
     store = request.app[STORE]
-    user = store.get_user(request[VIEWER])
-    return {"user": user, "site": store.get_site(user["site_id"]), "users": store.list_users(user["site_id"])}
+    user = await store.get_user(request[VIEWER])
+    return {"user": user, "site": await store.get_site(user["site_id"]), "users": await store.list_users(user["site_id"])}
 
 
 async def _sign_out(request: web.Request) -> web.Response:
     """The phone's own token is revoked, so a lost or shared phone's copy is worthless."""
-    token_id = request.app[STORE].revoke_secret(request[VIEWER], _bearer(request) or "")
+    token_id = await request.app[STORE].revoke_secret(request[VIEWER], _bearer(request) or "")
     if token_id:
-        request.app[HUB].revoked({token_id})
+        await request.app[HUB].revoked({token_id})
     return web.Response(status=204)
 
 
@@ -502,48 +557,48 @@ async def _change_availability(request: web.Request, user: dict[str, Any]) -> di
         rules = parse_resident(body, hub.rules.resident(user["user_id"]), hub.settings.clock())
     except RuleError as exc:
         raise StoreError(str(exc)) from None
-    hub.rules.set_resident(user["user_id"], rules)
+    await hub.rules.set_resident(user["user_id"], rules)
     log.info("%s: do-not-disturb %s, %d quiet window(s)", user["user_id"], "on" if rules.do_not_disturb else "off",
              len(rules.quiet_hours))
     return _availability(request, user)
 
 
 async def _get_my_availability(request: web.Request) -> Any:
-    return _availability(request, request.app[STORE].get_user(request[VIEWER]))
+    return _availability(request, await request.app[STORE].get_user(request[VIEWER]))
 
 
 async def _put_my_availability(request: web.Request) -> web.Response:
-    return web.json_response(await _change_availability(request, request.app[STORE].get_user(request[VIEWER])))
+    return web.json_response(await _change_availability(request, await request.app[STORE].get_user(request[VIEWER])))
 
 
 async def _get_availability(request: web.Request) -> Any:
-    return _availability(request, request.app[STORE].get_user(request.match_info["user_id"]))
+    return _availability(request, await request.app[STORE].get_user(request.match_info["user_id"]))
 
 
 async def _put_availability(request: web.Request) -> web.Response:
-    user = request.app[STORE].get_user(request.match_info["user_id"])
+    user = await request.app[STORE].get_user(request.match_info["user_id"])
     return web.json_response(await _change_availability(request, user))
 
 
 async def _get_site_availability(request: web.Request) -> Any:
     site_id = request.match_info["site_id"]
-    _resident_of(request, site_id)
-    request.app[STORE].get_site(site_id)
+    await _resident_of(request, site_id)
+    await request.app[STORE].get_site(site_id)
     return request.app[HUB].rules.site(site_id).as_json()
 
 
 async def _put_site_availability(request: web.Request) -> web.Response:
     """Away: nobody of the site is rung (a resident of the site may set it, or the operator)."""
     site_id = request.match_info["site_id"]
-    _resident_of(request, site_id)
-    request.app[STORE].get_site(site_id)
+    await _resident_of(request, site_id)
+    await request.app[STORE].get_site(site_id)
     body = await _body(request, (), ("away", "time_zone"))
     rules = request.app[HUB].rules
     try:
         changed = parse_site(body, rules.site(site_id))
     except RuleError as exc:
         raise StoreError(str(exc)) from None
-    rules.set_site(site_id, changed)
+    await rules.set_site(site_id, changed)
     log.info("site %s: away %s, time zone %s (by %s)", site_id, changed.away, changed.time_zone,
              request.get(VIEWER) or "the Platform API")
     return web.json_response(changed.as_json())
@@ -554,12 +609,12 @@ async def _put_site_availability(request: web.Request) -> web.Response:
 async def _put_message(request: web.Request) -> web.Response:
     """The door's recording for a call nobody answered."""
     store, call_id = request.app[STORE], request.match_info["call_id"]
-    row = store.call_row(call_id)
-    if row is None or row["caller_id"] != request[VIEWER] or store.get_user(request[VIEWER])["kind"] != "door":
+    row = await store.call_row(call_id)
+    if row is None or row["caller_id"] != request[VIEWER] or (await store.get_user(request[VIEWER]))["kind"] != "door":
         raise NotFound(f"no call '{call_id}' of this door")
     if row["accepted_by_user"] is not None:
         raise StoreError("the call was answered: there is no message to leave")
-    if store.has_message(call_id):
+    if await store.has_message(call_id):
         return _error(409, "conflict", "this call already has its message")
     box = request.app[MESSAGES]
     limit = box.settings.max_bytes
@@ -574,35 +629,35 @@ async def _put_message(request: web.Request) -> web.Response:
     callees = json.loads(row["callees"])
     live = hub.recent.get(call_id) or hub.calls.get(call_id)
     wake = list(live.rung_callees) if live is not None else callees
-    door = store.find_user(request[VIEWER]) or {}
+    door = await store.find_user(request[VIEWER]) or {}
     hub.push.message(call_id, {k: door.get(k) for k in ("user_id", "display_name", "kind")},
                      live.created_at if live else time.time(), wake, time.time())
-    asyncio.get_running_loop().run_in_executor(None, box.sweep)
+    hub._spawn(box.sweep())
     return web.json_response({"call_id": call_id, "bytes": size}, status=201)
 
 
-def _message_call(request: web.Request) -> str:
+async def _message_call(request: web.Request) -> str:
     """The call, if this caller may hear its message: the operator, or a resident of the call."""
-    call_id = _visible_call(request)
+    call_id = await _visible_call(request)
     viewer = request.get(VIEWER)
-    if viewer is not None and request.app[STORE].get_user(viewer)["kind"] != "resident":
+    if viewer is not None and (await request.app[STORE].get_user(viewer))["kind"] != "resident":
         raise NotFound(f"no call '{call_id}'")
-    if not request.app[STORE].has_message(call_id):
+    if not await request.app[STORE].has_message(call_id):
         raise NotFound(f"call '{call_id}' has no message")
     return call_id
 
 
 async def _get_message(request: web.Request) -> web.StreamResponse:
     """The MP4, with range requests (a phone's player seeks)."""
-    path = request.app[MESSAGES].path(_message_call(request))
+    path = request.app[MESSAGES].path(await _message_call(request))
     if not path.is_file():
         raise NotFound("the message's file is gone")
     return web.FileResponse(path, headers={"Content-Type": "video/mp4", "Cache-Control": "private, no-store"})
 
 
 async def _delete_message(request: web.Request) -> web.Response:
-    call_id = _message_call(request)
-    request.app[MESSAGES].delete(call_id)
+    call_id = await _message_call(request)
+    await request.app[MESSAGES].delete(call_id)
     log.info("%s deleted the visitor's message of %s", request[VIEWER], call_id)
     return web.Response(status=204)
 
@@ -613,25 +668,25 @@ async def _post_webhook(request: web.Request) -> Any:
     """The secret is in this answer only; it signs every delivery."""
     body = await _body(request, ("url", "events"), ("allow_http",))
     allow_http = _flag(body, "allow_http", False)
-    hook = request.app[STORE].add_webhook(request.match_info["site_id"], check_url(body["url"], allow_http),
+    hook = await request.app[STORE].add_webhook(request.match_info["site_id"], check_url(body["url"], allow_http),
                                           check_events(body["events"]), allow_http)
-    request.app[WEBHOOKS].reload()
+    await request.app[WEBHOOKS].reload()
     return hook
 
 
 async def _get_webhooks(request: web.Request) -> Any:
-    return {"webhooks": request.app[STORE].list_webhooks(request.match_info["site_id"])}
+    return {"webhooks": await request.app[STORE].list_webhooks(request.match_info["site_id"])}
 
 
 async def _get_webhook(request: web.Request) -> Any:
-    return request.app[STORE].get_webhook(request.match_info["site_id"], request.match_info["webhook_id"])
+    return await request.app[STORE].get_webhook(request.match_info["site_id"], request.match_info["webhook_id"])
 
 
 async def _patch_webhook(request: web.Request) -> Any:
     """Change where or what is sent, or switch a receiver off or on again."""
     body = await _body(request, (), ("url", "events", "allow_http", "enabled"))
     store, site_id, webhook_id = request.app[STORE], request.match_info["site_id"], request.match_info["webhook_id"]
-    current = store.get_webhook(site_id, webhook_id)
+    current = await store.get_webhook(site_id, webhook_id)
     allow_http = _flag(body, "allow_http", current["allow_http"])
     changes: dict[str, Any] = {"allow_http": allow_http}
     if "url" in body or "allow_http" in body:
@@ -640,14 +695,14 @@ async def _patch_webhook(request: web.Request) -> Any:
         changes["events"] = check_events(body["events"])
     if "enabled" in body:
         changes["enabled"] = _flag(body, "enabled", True)
-    hook = store.update_webhook(site_id, webhook_id, changes)
-    request.app[WEBHOOKS].reload()
+    hook = await store.update_webhook(site_id, webhook_id, changes)
+    await request.app[WEBHOOKS].reload()
     return hook
 
 
 async def _delete_webhook(request: web.Request) -> Any:
-    request.app[STORE].delete_webhook(request.match_info["site_id"], request.match_info["webhook_id"])
-    request.app[WEBHOOKS].reload()
+    await request.app[STORE].delete_webhook(request.match_info["site_id"], request.match_info["webhook_id"])
+    await request.app[WEBHOOKS].reload()
     return web.Response(status=204)
 
 
@@ -681,13 +736,13 @@ async def _put_push(request: web.Request) -> web.Response:
         raise StoreError("body must be the JSON of a push subscription") from None
     device = _my_device(request)
     store, token = request.app[STORE], request[VIEWER_TOKEN]
-    sub = request.app[HUB].push.subscribe(store.get_user(device.user_id), device.device_id, token.token_id,
+    sub = await request.app[HUB].push.subscribe(await store.get_user(device.user_id), device.device_id, token.token_id,
                                           token.expires_at, body)
     return web.json_response(sub.as_json(), status=200)
 
 
 async def _delete_push(request: web.Request) -> web.Response:
-    request.app[HUB].push.unsubscribe(_my_device(request))
+    await request.app[HUB].push.unsubscribe(_my_device(request))
     return web.Response(status=204)
 
 
@@ -749,12 +804,12 @@ def _limit(request: web.Request) -> int:
     return limit
 
 
-def _visible_call(request: web.Request) -> str:
+async def _visible_call(request: web.Request) -> str:
     """The call named in the path, if this caller may see it; a non-party gets 404 as if the
     call did not exist, so call ids cannot be probed."""
     call_id = request.match_info["call_id"]
     viewer = request.get(VIEWER)
-    if viewer is not None and viewer not in request.app[STORE].call_parties(call_id):
+    if viewer is not None and viewer not in await request.app[STORE].call_parties(call_id):
         raise NotFound(f"no call '{call_id}'")
     return call_id
 
@@ -769,20 +824,20 @@ async def _get_calls(request: web.Request) -> Any:
             raise Forbidden("with an access token you see only your own calls")
         user_id = viewer
     if user_id is not None:
-        request.app[STORE].get_user(user_id)
+        await request.app[STORE].get_user(user_id)
     before = _cursor_in(query["next"]) if query.get("next") else None
-    rows = request.app[STORE].list_calls(user_id, limit + 1, before)
+    rows = await request.app[STORE].list_calls(user_id, limit + 1, before)
     page, more = rows[:limit], len(rows) > limit
     cursors = [row.pop("_cursor") for row in page]
     return {"calls": page, "next": _cursor_out(cursors[-1]) if more else None}
 
 
 async def _get_call(request: web.Request) -> Any:
-    return request.app[STORE].get_call(_visible_call(request))
+    return await request.app[STORE].get_call(await _visible_call(request))
 
 
 async def _get_snapshot(request: web.Request) -> Any:
-    data = request.app[STORE].snapshot(_visible_call(request))
+    data = await request.app[STORE].snapshot(await _visible_call(request))
     return web.Response(body=data, content_type="image/jpeg")
 
 
@@ -794,15 +849,19 @@ async def _health(request: web.Request) -> web.Response:
     """For a load balancer or a monitor: up or not. Counts of devices and calls say when a
     household is home, so only the Api-Token sees them."""
     given = request.headers.get("Api-Token")
+    database = request.app[DATABASE]
+    status = 200 if database.ok else 503
     if given is None or not _is_api_token(request, given):
-        return web.json_response({"ok": True})
+        return web.json_response({"ok": database.ok}, status=status)
     hub = request.app[HUB]
     await request.app[STORE].flushed()  # the writes queued until now have told of their failures
     push = hub.push.stats
-    return web.json_response({"ok": True, "connected_devices": len(hub.devices), "live_calls": len(hub.calls),
+    return web.json_response({"ok": database.ok, "database": {"ok": database.ok, "error": database.error},
+                              "connected_devices": len(hub.devices), "live_calls": len(hub.calls),
                               "store_errors": hub.store_errors, "last_store_error": hub.last_store_error,
                               "push": {"subscriptions": hub.push.count(), "sent": push.sent, "failed": push.failed,
                                        "retried": push.retried, "pruned": push.pruned, "expired": push.expired,
                                        "pending": hub.push.pending(), "last_error": push.last_error},
                               "webhooks": request.app[WEBHOOKS].counts(),
-                              **({"mqtt": request.app[MQTT].status.as_json()} if MQTT in request.app else {})})
+                              **({"mqtt": request.app[MQTT].status.as_json()} if MQTT in request.app else {})},
+                             status=status)

@@ -166,10 +166,10 @@ class RuleBook:
         self._sites: dict[str, SiteRules] = {}
         #: Told of each change made here: ("resident", user_id) or ("site", site_id).
         self.listeners: list[Callable[[str, str], None]] = []
-        self.reload()
 
-    def reload(self) -> None:
-        residents, sites = self.store.availability_rules()
+    async def reload(self) -> None:
+        """At start, and when another process changed the rules."""
+        residents, sites = await self.store.availability_rules()
         self._residents = {user_id: ResidentRules(bool(r["do_not_disturb"]), r["until"], tuple(
             QuietWindow.parse(w, "quiet_hours") for w in r["quiet_hours"])) for user_id, r in residents.items()}
         self._sites = {site_id: SiteRules(bool(r["away"]), r["time_zone"]) for site_id, r in sites.items()}
@@ -180,15 +180,15 @@ class RuleBook:
     def site(self, site_id: str) -> SiteRules:
         return self._sites.get(site_id) or SiteRules(time_zone=self.default_time_zone)
 
-    def set_resident(self, user_id: str, rules: ResidentRules) -> None:
-        self.store.set_resident_rules(user_id, rules.do_not_disturb, rules.until,
+    async def set_resident(self, user_id: str, rules: ResidentRules) -> None:
+        await self.store.set_resident_rules(user_id, rules.do_not_disturb, rules.until,
                                       [w.as_json() for w in rules.quiet_hours])
         self._residents[user_id] = rules
         for listener in self.listeners:
             listener("resident", user_id)
 
-    def set_site(self, site_id: str, rules: SiteRules) -> None:
-        self.store.set_site_rules(site_id, rules.away, rules.time_zone)
+    async def set_site(self, site_id: str, rules: SiteRules) -> None:
+        await self.store.set_site_rules(site_id, rules.away, rules.time_zone)
         self._sites[site_id] = rules
         for listener in self.listeners:
             listener("site", site_id)

@@ -8,7 +8,6 @@ import errno
 import json
 import logging
 import signal
-import sqlite3
 import ssl
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from intercom_protocol.yamlconfig import ConfigError
 
 from .app import create_app, invite_url, pairing_url
 from .config import ServerConfig
+from .database import DatabaseError
 from .store import Store, StoreError, StoreUnavailable
 
 log = logging.getLogger("intercom.server")
@@ -41,7 +41,7 @@ class StartupError(Exception):
     installer can act on, not a traceback."""
 
 
-def _open_store(config: ServerConfig) -> Store:
+async def _open_store(config: ServerConfig) -> Store:
     if config.data_dir.exists() and not config.data_dir.is_dir():
         raise StartupError(f"data_dir {config.data_dir} is a file, not a directory")
     try:
@@ -49,18 +49,18 @@ def _open_store(config: ServerConfig) -> Store:
     except OSError as exc:
         raise StartupError(f"cannot create data_dir {config.data_dir}: {exc.strerror}") from None
     try:
-        return Store(config.db_path)
+        return await Store.open(config.db_target)
     except StoreUnavailable as exc:
         raise StartupError(str(exc)) from None
 
 
 async def _serve(config: ServerConfig) -> None:
-    store = _open_store(config)
+    store = await _open_store(config)
     try:
-        closed = store.close_interrupted_calls()
-    except sqlite3.Error as exc:
-        store.close()
-        raise StartupError(f"the database {config.db_path} cannot be written: {exc}") from None
+        closed = await store.close_interrupted_calls()
+    except DatabaseError as exc:
+        await store.close()
+        raise StartupError(f"the database {config.db_name} cannot be written: {exc}") from None
     if closed:
         log.warning("%d call(s) were live when the server last stopped; recorded as ended 'unknown'", closed)
     token, source = config.resolve_api_token()
@@ -68,7 +68,7 @@ async def _serve(config: ServerConfig) -> None:
     try:
         app = create_app(store, config.hub, token, public_url=config.public_url or "")
     except (ValueError, OSError) as exc:
-        store.close()
+        await store.close()
         raise StartupError(f"cannot start Web Push: {exc}") from None
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
@@ -107,7 +107,7 @@ async def _serve(config: ServerConfig) -> None:
     await stop.wait()
     log.info("shutting down")
     await runner.cleanup()
-    store.close()
+    await store.close()
 
 
 def _remember_address(config: ServerConfig, port: int) -> None:
@@ -225,6 +225,48 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+async def _administer(config: ServerConfig, args: argparse.Namespace) -> dict[str, Any] | None:
+    """A shell command on the store; None when it printed its answer itself."""
+    store = await _open_store(config)
+    try:
+        return await _command(store, config, args)
+    finally:
+        await store.close()
+
+
+async def _command(store: Store, config: ServerConfig, args: argparse.Namespace) -> dict[str, Any] | None:
+    if args.command == "site":
+        return await store.add_site(args.site_id, args.name)
+    if args.command == "user" and args.action == "add":
+        return await store.add_user(args.user_id, args.kind, args.site, args.name)
+    if args.command == "user":
+        return await store.get_user(args.user_id)
+    if args.command == "invite":
+        invite = await store.create_invite(args.user_id, args.expires_in)
+        result = {**invite, "url": invite_url(_link_base(config, args.url), invite["code"])}
+        if args.json:
+            return result
+        _print_link("Invite", result, "open this link on the resident's phone",
+                    "or scan this code with the phone's camera:")
+        return None
+    if args.command == "door":
+        if args.action == "add":
+            await store.add_user(args.user_id, "door", args.site, args.name)
+        pairing = await store.create_pairing(args.user_id, args.expires_in)
+        result = {**pairing, "url": pairing_url(_link_base(config, args.url), pairing["code"])}
+        if args.json:
+            return result
+        _print_link("Pairing link", result, f"on the door, run: intercom pair '{result['url']}'",
+                    "or scan this code to carry the link to the door's terminal:")
+        return None
+    if args.action == "issue":
+        return await store.issue_token(args.user_id, args.expires_in)
+    if args.action == "list":
+        return {"tokens": await store.list_tokens(args.user_id)}
+    await store.revoke_token(args.user_id, args.token_id)
+    return {"revoked": args.token_id}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # Not set_defaults: the options are shared with the subcommands, and SUPPRESS lets either
@@ -245,36 +287,9 @@ def main(argv: list[str] | None = None) -> int:
             config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             print(config.resolve_api_token()[0])
             return 0
-        store = _open_store(config)
-        if args.command == "site":
-            result = store.add_site(args.site_id, args.name)
-        elif args.command == "user" and args.action == "add":
-            result = store.add_user(args.user_id, args.kind, args.site, args.name)
-        elif args.command == "user":
-            result = store.get_user(args.user_id)
-        elif args.command == "invite":
-            invite = store.create_invite(args.user_id, args.expires_in)
-            result = {**invite, "url": invite_url(_link_base(config, args.url), invite["code"])}
-            if not args.json:
-                _print_link("Invite", result, "open this link on the resident's phone",
-                            "or scan this code with the phone's camera:")
-                return 0
-        elif args.command == "door":
-            if args.action == "add":
-                store.add_user(args.user_id, "door", args.site, args.name)
-            pairing = store.create_pairing(args.user_id, args.expires_in)
-            result = {**pairing, "url": pairing_url(_link_base(config, args.url), pairing["code"])}
-            if not args.json:
-                _print_link("Pairing link", result, f"on the door, run: intercom pair '{result['url']}'",
-                            "or scan this code to carry the link to the door's terminal:")
-                return 0
-        elif args.action == "issue":
-            result = store.issue_token(args.user_id, args.expires_in)
-        elif args.action == "list":
-            result = {"tokens": store.list_tokens(args.user_id)}
-        else:
-            store.revoke_token(args.user_id, args.token_id)
-            result = {"revoked": args.token_id}
+        result = asyncio.run(_administer(config, args))
+        if result is None:
+            return 0
         print(json.dumps(result, indent=2))
         return 0
     except ConfigError as exc:

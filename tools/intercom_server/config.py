@@ -10,10 +10,12 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from intercom_protocol.yamlconfig import ConfigError, Field, Problem, in_range, load_file
 
 from .availability import RuleError, zone
+from .database import is_url, redacted
 from .homeassistant import OpenEntity
 from .hub import RECENT_CALLS_S, HubSettings
 from .ice import IceSettings, TurnSettings
@@ -51,6 +53,15 @@ def _turn_urls(value: Any) -> None:
 def _public_url(value: Any) -> None:
     if not isinstance(value, str) or not value.startswith(("http://", "https://")) or "#" in value:
         raise ValueError("must be an http:// or https:// URL without a fragment")
+
+
+def _database(value: Any) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("must be a file path or a postgresql:// URL")
+    if "://" in value and not is_url(value):
+        raise ValueError("must be a file path (SQLite) or a postgresql:// URL; no other engine is supported")
+    if is_url(value) and not urlsplit(value).hostname and "host=" not in value:
+        raise ValueError("a PostgreSQL URL names its host: postgresql://user@host:5432/dbname")
 
 
 def _contact(value: Any) -> None:
@@ -94,7 +105,9 @@ SCHEMA = {
         "key": Field(str, required=True, help="PEM private key"),
     }, optional_section=True),
     "data_dir": Field(str, default="/var/lib/intercom-server"),
-    "database": Field(str, help="the SQLite file; default: intercom.db in data_dir"),
+    "database": Field(str, check=lambda v: _database(v),
+                      help="the SQLite file (default: intercom.db in data_dir), or a PostgreSQL URL "
+                           "postgresql://user@host/dbname for several server processes (docs/cluster.md)"),
     "api_token": Field(str, help="the Platform API's master token; or set INTERCOM_SERVER_API_TOKEN"),
     "heartbeat_s": Field(float, default=10.0, check=in_range(1, 300),
                          help="WebSocket pings: a dead link is found within 1.5 times this"),
@@ -183,7 +196,8 @@ class ServerConfig:
     port: int = 8080
     data_dir: Path = Path("/var/lib/intercom-server")
     api_token: str | None = None
-    database: Path | None = None
+    #: An SQLite file, or a postgresql:// URL.
+    database: str | None = None
     public_url: str | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -199,7 +213,7 @@ class ServerConfig:
         mqtt = raw.get("mqtt")
         return cls(
             host=raw["listen"]["host"], port=raw["listen"]["port"], data_dir=Path(raw["data_dir"]),
-            api_token=raw["api_token"], database=Path(raw["database"]) if raw["database"] else None,
+            api_token=raw["api_token"], database=raw["database"] or None,
             public_url=raw["public_url"],
             tls_cert=Path(tls["cert"]) if tls else None, tls_key=Path(tls["key"]) if tls else None,
             hub=HubSettings(
@@ -223,8 +237,17 @@ class ServerConfig:
                                          max_total_mb=raw["messages"]["max_total_mb"])))
 
     @property
-    def db_path(self) -> Path:
-        return self.database or self.data_dir / "intercom.db"
+    def db_target(self) -> str | Path:
+        """What `Store.open` takes: a PostgreSQL URL, else the SQLite file."""
+        if self.database and is_url(self.database):
+            return self.database
+        return Path(self.database) if self.database else self.data_dir / "intercom.db"
+
+    @property
+    def db_name(self) -> str:
+        """The database as a log line may name it (no password)."""
+        target = self.db_target
+        return redacted(target) if isinstance(target, str) else str(target)
 
     @property
     def base_url(self) -> str:

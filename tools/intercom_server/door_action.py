@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
-from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from intercom_protocol import messages as m
@@ -18,6 +16,7 @@ from intercom_protocol.calls import DeviceRef, ServerCall
 from intercom_protocol.messages import ErrorCode, ProtocolError, Request
 
 from .connection import Connection, ConnectionGone
+from .database import DatabaseError
 from .events import EventType
 
 if TYPE_CHECKING:
@@ -57,7 +56,7 @@ class DoorAction:
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
 
-    def request(self, conn: Connection, req: Request[m.Action]) -> None:
+    async def request(self, conn: Connection, req: Request[m.Action]) -> None:
         """`open_door`: checked here, carried out by the door, and audited either way."""
         assert conn.user is not None and conn.device is not None
         name, call_id = req.body.name, req.body.call_id
@@ -71,7 +70,7 @@ class DoorAction:
         call = self.hub.calls.get(call_id) or self.hub.recent.get(call_id)
         site_id = conn.user["site_id"]
         try:
-            door = self._door_of(conn, call, now)
+            door = await self._door_of(conn, call, now)
         except ProtocolError as exc:
             self._audit(site_id, conn.device, call_id, None, "refused", exc.message, now)
             raise
@@ -81,7 +80,7 @@ class DoorAction:
             raise ProtocolError(ErrorCode.CONFLICT, "the door station is not connected", req.id)
         self.hub._spawn(self._open_door(conn, req, door_conn, now))
 
-    def _door_of(self, conn: Connection, call: ServerCall | None, now: float) -> DeviceRef:
+    async def _door_of(self, conn: Connection, call: ServerCall | None, now: float) -> DeviceRef:
         """The door device of a call this resident's device answered or placed, or `forbidden`."""
         assert conn.user is not None and conn.device is not None
         if conn.user["kind"] != "resident":
@@ -95,7 +94,7 @@ class DoorAction:
         if me not in (call.caller, call.accepted_by):
             raise ProtocolError(ErrorCode.FORBIDDEN, "another device answered this call")
         door = call.accepted_by if me == call.caller else call.caller
-        door_user = self.hub.store.find_user(door.user_id)
+        door_user = await self.hub.store.find_user(door.user_id)
         if door_user is None or door_user["kind"] != "door" or door_user["site_id"] != conn.user["site_id"]:
             raise ProtocolError(ErrorCode.FORBIDDEN, "the other party is not a door of your site")
         window = self.hub.settings.open_door_window_s
@@ -165,9 +164,9 @@ class DoorAction:
         door = door_conn.device
         # Fail closed: the entry is on disk before the door is asked, or the door stays shut.
         try:
-            entry = await asyncio.wrap_future(self._audit(site_id, by, call_id, door, "opening",
-                                                          "asked the door; no answer recorded yet", now))
-        except (sqlite3.Error, OSError):
+            entry = await self._audit(site_id, by, call_id, door, "opening", "asked the door; no answer recorded yet",
+                                      now)
+        except (DatabaseError, OSError):
             return Opening("failed", ErrorCode.INTERNAL, "the door log cannot be written, so the door was not opened")
         try:
             reply = await door_conn.request("action", self.hub.settings.door_reply_timeout_s, call_id=call_id,
@@ -194,7 +193,7 @@ class DoorAction:
         the attempt is on the door log before the door is asked, and the door decides."""
         now = time.time()
         by = DeviceRef(integration, INTEGRATION_DEVICE)
-        door_user = self.hub.store.find_user(door_id)
+        door_user = await self.hub.store.find_user(door_id)
         if door_user is None or door_user["kind"] != "door":
             return Opening("refused", ErrorCode.NOT_FOUND, f"there is no door '{door_id}'")
         site_id = door_user["site_id"]
@@ -224,7 +223,7 @@ class DoorAction:
         return None
 
     def _audit(self, site_id: str, by: DeviceRef, call_id: str, door: DeviceRef | None, outcome: str,
-               detail: str | None, now: float) -> Future[int]:
+               detail: str | None, now: float) -> asyncio.Future[int]:
         """One entry of the site's door log; its failure is logged and counted (and an opening
         waits for it, see `carry_out`)."""
         log.info("open_door by %s/%s for %s: %s%s", by.user_id, by.device_id, call_id or "no call", outcome,

@@ -7,9 +7,11 @@ slow never delays a ring. Nothing is emitted, and nothing is looked up, while no
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -56,9 +58,15 @@ Listener = Callable[[SiteEvent], None]
 
 
 class EventBus:
-    def __init__(self, find_user: Callable[[str], dict[str, Any] | None]) -> None:
+    """Events leave in the order the hub made them: each waits for its door's name and site to
+    be looked up (a round trip on PostgreSQL) in one queue, so an `answered` never overtakes
+    its `ring`, and the call that made them never waits."""
+
+    def __init__(self, find_user: Callable[[str], Awaitable[dict[str, Any] | None]]) -> None:
         self._find_user = find_user
         self._listeners: list[Listener] = []
+        self._pending: deque[tuple[str, Callable[[dict[str, Any]], SiteEvent]]] = deque()
+        self._worker: asyncio.Task[None] | None = None
 
     def listen(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -74,17 +82,32 @@ class EventBus:
             except Exception:  # an integration's bug must not stop a call
                 log.exception("an integration failed on the %s event", event.type)
 
+    def _later(self, door_id: str, make: Callable[[dict[str, Any]], SiteEvent]) -> None:
+        self._pending.append((door_id, make))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._drain(), name="events")
+
+    async def _drain(self) -> None:
+        while self._pending:
+            door_id, make = self._pending.popleft()
+            try:
+                door = await self._find_user(door_id)
+            except Exception:  # the database is away: this event is lost, the next ones are not
+                log.exception("could not look up door '%s' for an event", door_id)
+                continue
+            if door is not None and door["kind"] == "door":
+                self.emit(make(door))
+
     # -- the hub's words -------------------------------------------------------------------
 
     def door(self, type: EventType, door_id: str, at: float | None = None, **data: Any) -> None:
         """An event about a door itself (online, offline, opened)."""
         if not self._listeners:
             return
-        door = self._find_user(door_id)
-        if door is None or door["kind"] != "door":
-            return
         call_id = data.pop("call_id", None)
-        self.emit(SiteEvent(type, door["site_id"], door_id, door["display_name"], at or time.time(), call_id, data))
+        when = at or time.time()
+        self._later(door_id, lambda door: SiteEvent(type, door["site_id"], door_id, door["display_name"], when,
+                                                    call_id, data))
 
     def call(self, type: EventType, call: ServerCall, at: float, picture: bytes | None = None, **data: Any) -> None:
         """An event about a call of a door: a visitor's ring, or a resident looking outside."""
@@ -92,11 +115,10 @@ class EventBus:
             return
         visitor = call.caller_info.get("kind") == "door"
         door_id = call.caller.user_id if visitor else call.callees[0]
-        door = self._find_user(door_id)
-        if door is None or door["kind"] != "door":
-            return
-        self.emit(SiteEvent(type, door["site_id"], door_id, door["display_name"], at, call.call_id,
-                            {"direction": "visitor" if visitor else "look_outside", **data}, picture))
+        call_id = call.call_id
+        self._later(door_id, lambda door: SiteEvent(
+            type, door["site_id"], door_id, door["display_name"], at, call_id,
+            {"direction": "visitor" if visitor else "look_outside", **data}, picture))
 
 
 def party(device: DeviceRef, display_name: str | None) -> dict[str, Any]:

@@ -11,13 +11,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import inspect
 import logging
 import math
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -28,6 +27,7 @@ from intercom_protocol.messages import EndReason, ErrorCode, ProtocolError, Requ
 
 from .availability import RuleBook
 from .connection import Connection
+from .database import DatabaseError
 from .door_action import DoorAction
 from .events import EventBus, EventType, party
 from .ice import IceSettings
@@ -73,6 +73,8 @@ class HubSettings:
     messages: MessageSettings = field(default_factory=MessageSettings)
     #: The time zone of a site's quiet hours until the site sets its own.
     time_zone: str = "UTC"
+    #: How often the server asks its database whether it answers (see /healthz).
+    health_check_s: float = 2.0
     #: The clock do-not-disturb and quiet hours are judged by (tests give their own).
     clock: Callable[[], float] = time.time
 
@@ -122,6 +124,11 @@ class Hub:
         self.rules = RuleBook(store, settings.time_zone)
         self.door_action = DoorAction(self)
 
+    async def start(self) -> None:
+        """Read what a press must not wait for: who may be rung, and how to wake phones."""
+        await self.rules.reload()
+        await self.push.reload()
+
     def connection(self, send_text: Callable[[str], Any], close: Callable[[int, str], Any], peer: str) -> Connection:
         return Connection(send_text, close, peer, self.settings.limits)
 
@@ -147,10 +154,13 @@ class Hub:
             if conn.user is None:
                 if req.type != "authenticate":
                     raise ProtocolError(ErrorCode.UNAUTHENTICATED, "authenticate first", req.id)
-                self._authenticate(conn, req)
+                await self._authenticate(conn, req)
                 return True
             handler = getattr(self, f"_on_{req.type}")
-            return handler(conn, req) is not False
+            result = handler(conn, req)
+            if inspect.isawaitable(result):  # a request that reads the store first
+                result = await result
+            return result is not False
         except ProtocolError as exc:
             exc.re = req.id
             conn.send(exc.reply())
@@ -205,17 +215,19 @@ class Hub:
     def sign_in_failed(self, address: str) -> None:
         self._auth_by_address.fail(address, time.monotonic())
 
-    def _authenticate(self, conn: Connection, req: Request[m.Authenticate]) -> None:
+    async def _authenticate(self, conn: Connection, req: Request[m.Authenticate]) -> None:
         """Sign a connection in, then resynchronise its device's calls.
 
         Throttling keys on the source address only and never refuses a valid token: failures
         for one user id from anywhere used to lock that user out, so anyone who could reach
         the server could keep a door offline by guessing wrong on purpose."""
         user_id = req.body.user_id
-        clock = time.monotonic()
-        user = self.store.find_user(user_id)
+        # Read first, then change the hub's state without awaiting anything more: what follows
+        # sees one consistent picture of who is connected.
+        user = await self.store.find_user(user_id)
         # The token is checked even for an unknown user, so both fail alike.
-        token = self.store.check_token(user_id, req.body.access_token)
+        token = await self.store.check_token(user_id, req.body.access_token)
+        clock = time.monotonic()
         if token is None or user is None:
             wait = self._auth_by_address.blocked_for(conn.peer, clock)
             self._auth_by_address.fail(conn.peer, clock)
@@ -303,14 +315,14 @@ class Hub:
                 if call.involves(device):
                     self._deliver(call, call.lose(device, now))
 
-    def revoked(self, token_ids: set[str] | None = None) -> int:
+    async def revoked(self, token_ids: set[str] | None = None) -> int:
         """End the sessions of these tokens, or of every token the store no longer accepts
         (revoked or expired from a shell, another process). Returns how many ended."""
         sessions = [c for c in self.devices.values() if c.token_id is not None]
-        gone = token_ids if token_ids is not None else self.store.invalid_tokens(c.token_id for c in sessions
-                                                                                  if c.token_id)
+        gone = token_ids if token_ids is not None else await self.store.invalid_tokens(
+            c.token_id for c in sessions if c.token_id)
         if token_ids is None:
-            self.push.reload()
+            await self.push.reload()
         else:
             self.push.forget_tokens(token_ids)
         ended = 0
@@ -331,8 +343,8 @@ class Hub:
         conn.send(m.ok(req.id))
         return False
 
-    def _new_call(self, conn: Connection, req: Request[m.Dial] | Request[m.Missed], created_at: float,
-                  ring_timeout_s: float) -> tuple[ServerCall, bytes | None, list[str]]:
+    async def _new_call(self, conn: Connection, req: Request[m.Dial] | Request[m.Missed], created_at: float,
+                        ring_timeout_s: float) -> tuple[ServerCall, bytes | None, list[str]]:
         """Check the callees and the snapshot of a `dial` or `missed`, and make the call.
 
         Callees that do not exist or may not be called are left out and named in the reply:
@@ -342,7 +354,7 @@ class Hub:
         body = req.body
         dialed = body if isinstance(body, m.Dial) else None  # else a press reported afterwards: no media
         wanted = list(dict.fromkeys(body.callees))
-        found = self.store.users_of(wanted)
+        found = await self.store.users_of(wanted)
         callees = [c for c in wanted if c in found and self._may_call(conn.user, found[c])]
         unknown = [c for c in wanted if c not in callees]
         if not callees:
@@ -361,25 +373,25 @@ class Hub:
             unavailable=unavailable, quick_replies=conn.quick_replies if dialed else ())
         return call, snapshot, unknown
 
-    def _store(self, what: str, written: Future[Any]) -> None:
+    def _store(self, what: str, written: asyncio.Future[Any]) -> None:
         """A write that must not stop the call: the ring, the answer and the hang-up go on
         while it is committed, and a full disk or a read-only database is logged and counted."""
         def done(result: asyncio.Future[Any]) -> None:
             if not result.cancelled() and result.exception() is not None:
                 self._store_failed(what, result.exception())
-        asyncio.wrap_future(written).add_done_callback(done)
+        written.add_done_callback(done)
 
     def _store_failed(self, what: str, exc: BaseException | None) -> None:
         self.store_errors += 1
         self.last_store_error = f"{what}: {exc}"
         log.error("could not %s: %s", what, exc)
 
-    def _on_dial(self, conn: Connection, req: Request[m.Dial]) -> None:
+    async def _on_dial(self, conn: Connection, req: Request[m.Dial]) -> None:
         """Ring first, store after: the phones are rung before the call is written, so a
         failing disk never silences the bell (the record is completed at the end)."""
         now = time.time()
-        call, snapshot, unknown = self._new_call(conn, req, now,
-                                                 float(req.body.ring_timeout_s or self.settings.ring_timeout_s))
+        call, snapshot, unknown = await self._new_call(
+            conn, req, now, float(req.body.ring_timeout_s or self.settings.ring_timeout_s))
         call_id = call.call_id
         self.calls[call_id] = call
         conn.send(m.ok(req.id, call_id=call_id, **({"unknown": unknown} if unknown else {})))
@@ -409,13 +421,13 @@ class Hub:
             if not rung:  # nobody may be rung: the door hears so at once (its next group, or nobody)
                 self._deliver(call, call.abort(EndReason.UNAVAILABLE, now))
 
-    def _on_missed(self, conn: Connection, req: Request[m.Missed]) -> None:
+    async def _on_missed(self, conn: Connection, req: Request[m.Missed]) -> None:
         """A door reports a press it made while it could not reach the server."""
         assert conn.user is not None
         if conn.user["kind"] != "door":
             raise ProtocolError(ErrorCode.FORBIDDEN, "only a door station reports missed presses", req.id)
         pressed_at = datetime.fromisoformat(req.body.pressed_at).timestamp()
-        call, snapshot, _ = self._new_call(conn, req, pressed_at, 0.0)
+        call, snapshot, _ = await self._new_call(conn, req, pressed_at, 0.0)
         devices = sorted(d for d in self.devices if d.user_id in call.rung_callees)
         sends = call.missed(devices, time.time())
         self._spawn(self._store_missed(conn, req, call, snapshot, sends))
@@ -425,8 +437,8 @@ class Hub:
         """The door forgets a press once it has `ok`: the record is on disk before that, or
         the door keeps the press for its next connection."""
         try:
-            await asyncio.wrap_future(self.store.finish_call(call, snapshot))
-        except (sqlite3.Error, OSError) as exc:
+            await self.store.finish_call(call, snapshot)
+        except (DatabaseError, OSError) as exc:
             self._store_failed("record a missed press", exc)
             conn.send(m.error(req.id, ErrorCode.INTERNAL, "the press could not be stored; report it again later"))
             return
@@ -505,8 +517,8 @@ class Hub:
         conn.send(m.ok(req.id))
         self._deliver(call, sends)
 
-    def _on_action(self, conn: Connection, req: Request[m.Action]) -> None:
-        self.door_action.request(conn, req)
+    async def _on_action(self, conn: Connection, req: Request[m.Action]) -> None:
+        await self.door_action.request(conn, req)
 
     # -- delivery --------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ import json
 import logging
 import ssl
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -189,7 +190,7 @@ class MqttBridge:
         self.status.connects += 1
         log.info("connected to the MQTT broker at %s as %s", self.status.broker, s.client_id)
         self._put(ha.status_topic(s.base_topic), ha.ONLINE, True)
-        self._publish_all()
+        await self._publish_all()
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._publisher(client, queue))
@@ -222,7 +223,7 @@ class MqttBridge:
             if topic == f"{s.discovery_prefix}/status":
                 if payload.strip() == b"online":
                     log.info("Home Assistant started: publishing the doors again")
-                    self._publish_all()
+                    await self._publish_all()
                 continue
             door_id = ha.door_of_command(s.base_topic, topic)
             if door_id is not None:
@@ -230,7 +231,7 @@ class MqttBridge:
                 continue
             switch = ha.switch_of_command(s.base_topic, topic) if s.switches else None
             if switch is not None:
-                self._switch(*switch, payload, bool(message.retain))
+                await self._switch(*switch, payload, bool(message.retain))
 
     # -- what is published ----------------------------------------------------------------------
 
@@ -241,15 +242,15 @@ class MqttBridge:
             return
         self._queue.put_nowait((topic, payload, retain))
 
-    def _publish_all(self) -> None:
+    async def _publish_all(self) -> None:
         """Discovery and the retained state of every door, from what the server knows now."""
-        doors = self.hub.store.doors(self.settings.sites)
+        doors = await self.hub.store.doors(self.settings.sites)
         self._doors = {d["user_id"]: d["display_name"] for d in doors}
         for door_id in self._doors:
             self._publish_door(door_id)
         if self.settings.switches:
             for site_id in sorted({d["site_id"] for d in doors}):
-                self._publish_site(site_id)
+                await self._publish_site(site_id)
 
     def _publish_door(self, door_id: str) -> None:
         s = self.settings
@@ -270,13 +271,15 @@ class MqttBridge:
 
     # -- away and do-not-disturb ------------------------------------------------------------------
 
-    def _publish_site(self, site_id: str) -> None:
+    async def _publish_site(self, site_id: str) -> None:
         s, store = self.settings, self.hub.store
-        residents = [(u["user_id"], u["display_name"]) for u in store.list_users(site_id) if u["kind"] == "resident"]
+        residents = [(u["user_id"], u["display_name"]) for u in await store.list_users(site_id)
+                     if u["kind"] == "resident"]
+        name = (await store.get_site(site_id))["name"]
         self._sites.add(site_id)
         self._residents.update(user_id for user_id, _ in residents)
         for topic, document in ha.site_discovery(s.discovery_prefix, s.base_topic, site_id,
-                                                 store.get_site(site_id)["name"], residents):
+                                                 name, residents):
             self._put(topic, json.dumps(document), True)
         self._rules_changed("site", site_id)
         for user_id, _ in residents:
@@ -289,9 +292,7 @@ class MqttBridge:
             self._put(ha.away_topic(base, name), ha.ON if rules.site(name).away else ha.OFF, True)
             return
         if name not in self._residents:  # a resident added since: the site's switches again
-            user = self.hub.store.find_user(name)
-            if user is not None and user["site_id"] in self._sites:
-                self._publish_site(user["site_id"])
+            self._later(self._publish_resident_site(name))
             return
         resident = rules.resident(name)
         now = time.time()
@@ -304,7 +305,17 @@ class MqttBridge:
             self._dnd_ends[name] = asyncio.get_running_loop().call_later(
                 resident.until - now + 0.5, self._rules_changed, "resident", name)
 
-    def _switch(self, kind: str, name: str, payload: bytes, retained: bool) -> None:
+    async def _publish_resident_site(self, user_id: str) -> None:
+        user = await self.hub.store.find_user(user_id)
+        if user is not None and user["site_id"] in self._sites:
+            await self._publish_site(user["site_id"])
+
+    def _later(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _switch(self, kind: str, name: str, payload: bytes, retained: bool) -> None:
         text = payload.decode("utf-8", "replace").strip()
         if not text:
             return
@@ -317,18 +328,18 @@ class MqttBridge:
         rules, store = self.hub.rules, self.hub.store
         if kind == "away":
             try:
-                store.get_site(name)
+                await store.get_site(name)
             except StoreError:
                 log.warning("MQTT: no site '%s' to put away", name)
                 return
             current = rules.site(name)
-            rules.set_site(name, SiteRules(on, current.time_zone))
+            await rules.set_site(name, SiteRules(on, current.time_zone))
         else:
-            user = store.find_user(name)
+            user = await store.find_user(name)
             if user is None or user["kind"] != "resident":
                 log.warning("MQTT: no resident '%s' for do-not-disturb", name)
                 return
-            rules.set_resident(name, parse_resident({"do_not_disturb": {"on": on}}, rules.resident(name), time.time()))
+            await rules.set_resident(name, parse_resident({"do_not_disturb": {"on": on}}, rules.resident(name), time.time()))
         log.info("%s switched %s %s for %s", self.settings.integration, "away" if kind == "away" else
                  "do-not-disturb", "on" if on else "off", name)
 
@@ -351,7 +362,8 @@ class MqttBridge:
             self._doors[door] = event.door_name
             self._publish_door(door)
             if s.switches and event.site_id not in self._sites:
-                self._publish_site(event.site_id)
+                self._sites.add(event.site_id)  # published once, whatever arrives meanwhile
+                self._later(self._publish_site(event.site_id))
         topics = DoorTopics.of(s.base_topic, door)
         visitor = event.data.get("direction") == "visitor"
         at = iso(event.at)

@@ -178,19 +178,18 @@ class Pusher:
         self._crypto = ThreadPoolExecutor(1, thread_name_prefix="push-crypto")
         self._done: asyncio.Condition | None = None
         self._fingerprint: tuple[int, float | None] | None = None
-        self.reload()
 
     # -- subscriptions ---------------------------------------------------------------------
 
-    def reload(self) -> None:
+    async def reload(self) -> None:
         """Read the subscriptions again: at start, and when another process changed them (a
         token revoked from a shell takes its subscriptions with it)."""
-        fingerprint = self.store.subscriptions_fingerprint()
+        fingerprint = await self.store.subscriptions_fingerprint()
         if fingerprint == self._fingerprint:
             return  # the store changed elsewhere (a call's record), not the subscriptions
         self._fingerprint = fingerprint
         by_user: dict[str, dict[str, Subscription]] = {}
-        for row in self.store.subscriptions():
+        for row in await self.store.subscriptions():
             sub = Subscription(DeviceRef(row["user_id"], row["device_id"]), row["token_id"], row["endpoint"],
                                _b64decode(row["p256dh"]), _b64decode(row["auth"]), row["created_at"],
                                row["expires_at"])
@@ -223,7 +222,7 @@ class Pusher:
     def of_device(self, device: DeviceRef) -> Subscription | None:
         return self._by_user.get(device.user_id, {}).get(device.device_id)
 
-    def subscribe(self, user: dict[str, Any], device_id: str, token_id: str, token_expires_at: float | None,
+    async def subscribe(self, user: dict[str, Any], device_id: str, token_id: str, token_expires_at: float | None,
                   body: Any) -> Subscription:
         """Check and keep what the browser's `PushSubscription.toJSON()` gave the app."""
         check_id("device_id", device_id)
@@ -243,7 +242,7 @@ class Pusher:
             ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), p256dh)
         except ValueError:
             raise StoreError("keys.p256dh is not a P-256 public key") from None
-        created = self.store.save_subscription(user["user_id"], device_id, token_id, endpoint,
+        created = await self.store.save_subscription(user["user_id"], device_id, token_id, endpoint,
                                                b64urlencode(p256dh), b64urlencode(auth),
                                                self.settings.subscriptions_per_user)
         sub = Subscription(DeviceRef(user["user_id"], device_id), token_id, endpoint, p256dh, auth, created,
@@ -276,8 +275,8 @@ class Pusher:
             raise StoreError(f"keys.{name} must be {size} bytes in base64url")
         return raw
 
-    def unsubscribe(self, device: DeviceRef, endpoint: str | None = None) -> bool:
-        removed = self.store.delete_subscription(device.user_id, device.device_id, endpoint)
+    async def unsubscribe(self, device: DeviceRef, endpoint: str | None = None) -> bool:
+        removed = await self.store.delete_subscription(device.user_id, device.device_id, endpoint)
         self._fingerprint = None
         current = self.of_device(device)
         if current is not None and (endpoint is None or current.endpoint == endpoint):
@@ -400,7 +399,7 @@ class Pusher:
                 self.stats.pruned += 1
                 log.info("%s/%s: the push service forgot its subscription (%d); removed",
                          sub.device.user_id, sub.device.device_id, status)
-                self.unsubscribe(sub.device, sub.endpoint)
+                await self.unsubscribe(sub.device, sub.endpoint)
                 return
             self.stats.last_error = f"{sub.service}: {status or text}"
             if status and status != 429 and status < 500:

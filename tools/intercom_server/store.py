@@ -1,13 +1,11 @@
 """What the server keeps: sites, users, access tokens (as hashes only) and finished calls.
 
-SQLite in WAL mode: one file an installer can back up, crash-safe, fast enough for a building.
-What changes with every call (its record, its answer and end, the door log) is written by the
-`Writer` thread, many commits to one fsync, so the event loop never waits on the disk; those
-writes return futures. Sites, users and tokens change rarely and are written directly. The
-store is also used by `intercom-server` shell commands while the server runs (WAL allows it).
-
-The file holds token hashes, visitors' pictures and the door log: it is made 0600 (SQLite
-gives its -wal and -shm files the same mode).
+On SQLite (the default: one file an installer can back up, crash-safe, fast enough for a
+building) or on PostgreSQL (several server processes sharing one database), with the same
+schema and the same migrations: see `database.py` for what differs. What changes with every
+call (its record, its answer and end, the door log) goes through `Database.write`, which on
+SQLite commits many writes to one fsync off the event loop. The store is also used by
+`intercom-server` shell commands while the server runs.
 """
 
 from __future__ import annotations
@@ -20,17 +18,14 @@ import json
 import os
 import re
 import secrets
-import sqlite3
 import time
 from collections.abc import Iterable
-from concurrent.futures import Future
-from pathlib import Path
 from typing import Any, NamedTuple
 
 from intercom_protocol.calls import DeviceRef, ServerCall, iso
 from intercom_protocol.messages import ErrorCode
 
-from .writer import Writer
+from .database import Database, DatabaseError, IntegrityError, Statement, open_database
 
 USER_KINDS = ("door", "resident")
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"
@@ -45,7 +40,10 @@ MAX_INVITE_LIFETIME_S = 30 * 86400
 #: A door's pairing code is used by the installer standing at the door, within the hour.
 DEFAULT_PAIRING_LIFETIME_S = 3600
 
-SCHEMA = """
+#: The schema, one step per release that changed it, applied in order on both engines (written
+#: in SQLite's words; `database.pg_schema` translates the few types PostgreSQL names otherwise).
+#: A step is never edited once released: a change is a new step.
+SCHEMA_1 = """
 CREATE TABLE IF NOT EXISTS sites (
     site_id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS users (
@@ -97,6 +95,7 @@ CREATE TABLE IF NOT EXISTS visitor_messages (
 CREATE TABLE IF NOT EXISTS site_rules (
     site_id TEXT PRIMARY KEY REFERENCES sites(site_id), away INTEGER NOT NULL, time_zone TEXT NOT NULL);
 """
+MIGRATIONS = [SCHEMA_1]
 
 
 class StoreError(Exception):
@@ -155,119 +154,117 @@ class StoreUnavailable(Exception):
 
 
 class Store:
-    def __init__(self, path: str | Path) -> None:
-        self.path = str(path)
+    """Every method is awaited: on PostgreSQL each is a round trip; on SQLite none suspends."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        #: The SQLite file; None on PostgreSQL.
+        self.path = db.path
+
+    @classmethod
+    async def open(cls, target: str | os.PathLike[str]) -> Store:
+        """Open (an SQLite file, or a postgresql:// URL) and bring the schema up to date."""
         try:
-            self._make_private(Path(path))
-            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self.db.row_factory = sqlite3.Row
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA foreign_keys=ON")
-            self.db.execute("PRAGMA busy_timeout=5000")
-            self.db.executescript(SCHEMA)
-            self.writer = Writer(self.path)
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreUnavailable(f"cannot open the database {self.path}: {exc}") from None
+            db = await open_database(target)
+        except (DatabaseError, OSError) as exc:
+            raise StoreUnavailable(str(exc)) from None
+        try:
+            await db.migrate(MIGRATIONS)
+        except DatabaseError as exc:
+            await db.close()
+            raise StoreUnavailable(f"cannot prepare the database: {exc}") from None
+        return cls(db)
 
-    @staticmethod
-    def _make_private(path: Path) -> None:
-        """Create the file 0600, or take group and world access away from an existing one."""
-        if path.is_dir():
-            raise IsADirectoryError(f"{path} is a directory, not a database file")
-        if not path.exists():
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-        elif path.stat().st_mode & 0o077 and path.stat().st_uid == os.getuid():
-            path.chmod(0o600)
+    async def ping(self) -> None:
+        """Raises `DatabaseError` if the database does not answer."""
+        await self.db.fetchrow("SELECT 1")
 
-    def changed_elsewhere(self) -> int:
-        """SQLite's data_version: it moves when another connection (an `intercom-server
-        token revoke` in a shell) commits, so the server notices without polling the tables."""
-        return int(self.db.execute("PRAGMA data_version").fetchone()[0])
+    async def changed_elsewhere(self) -> object:
+        """Moves when another process or a shell command (`intercom-server token revoke`)
+        commits, so the server notices without polling the tables."""
+        return await self.db.data_version()
 
     async def flushed(self) -> None:
         """Resume once every write queued so far is committed or has failed (and the loop has
         run what waited on it)."""
-        try:
-            await asyncio.wrap_future(self.writer.submit(lambda db: None))
-        except (sqlite3.Error, OSError):
-            pass  # a database that refuses writes still has its queue drained
+        await self.db.flushed()
 
-    def close(self) -> None:
-        """Commits what is queued, then closes both connections."""
-        self.writer.close()
-        self.db.close()
+    async def close(self) -> None:
+        """Commits what is queued, then closes the connections."""
+        await self.db.close()
 
     # -- sites and users -------------------------------------------------------------------
 
-    def add_site(self, site_id: str, name: str) -> dict[str, Any]:
+    async def add_site(self, site_id: str, name: str) -> dict[str, Any]:
         check_id("site_id", site_id)
         check_name("name", name)
         try:
-            self.db.execute("INSERT INTO sites VALUES (?, ?, ?)", (site_id, name, time.time()))
-        except sqlite3.IntegrityError:
+            await self.db.execute("INSERT INTO sites VALUES (?, ?, ?)", (site_id, name, time.time()))
+        except IntegrityError:
             raise Conflict(f"site '{site_id}' already exists") from None
-        return self.get_site(site_id)
+        return await self.get_site(site_id)
 
-    def get_site(self, site_id: str) -> dict[str, Any]:
-        row = self.db.execute("SELECT * FROM sites WHERE site_id = ?", (site_id,)).fetchone()
+    async def get_site(self, site_id: str) -> dict[str, Any]:
+        row = await self.db.fetchrow("SELECT * FROM sites WHERE site_id = ?", (site_id,))
         if row is None:
             raise NotFound(f"no site '{site_id}'")
         return self._site_json(row)
 
-    def list_sites(self) -> list[dict[str, Any]]:
-        return [self._site_json(r) for r in self.db.execute("SELECT * FROM sites ORDER BY site_id")]
+    async def list_sites(self) -> list[dict[str, Any]]:
+        return [self._site_json(r) for r in await self.db.fetch("SELECT * FROM sites ORDER BY site_id")]
 
     @staticmethod
-    def _site_json(row: sqlite3.Row) -> dict[str, Any]:
+    def _site_json(row: Any) -> dict[str, Any]:
         return {"site_id": row["site_id"], "name": row["name"], "created_at": iso(row["created_at"])}
 
-    def list_users(self, site_id: str) -> list[dict[str, Any]]:
-        self.get_site(site_id)
-        rows = self.db.execute("SELECT * FROM users WHERE site_id = ? ORDER BY user_id", (site_id,)).fetchall()
+    async def list_users(self, site_id: str) -> list[dict[str, Any]]:
+        await self.get_site(site_id)
+        rows = await self.db.fetch("SELECT * FROM users WHERE site_id = ? ORDER BY user_id", (site_id,))
         return [self._user_json(r) for r in rows]
 
-    def doors(self, sites: Iterable[str] = ()) -> list[dict[str, Any]]:
+    async def doors(self, sites: Iterable[str] = ()) -> list[dict[str, Any]]:
         """Every door station, or those of these sites."""
         wanted = list(sites)
         where = f" AND site_id IN ({','.join('?' * len(wanted))})" if wanted else ""
-        rows = self.db.execute(f"SELECT * FROM users WHERE kind = 'door'{where} ORDER BY user_id", wanted).fetchall()
+        rows = await self.db.fetch(f"SELECT * FROM users WHERE kind = 'door'{where} ORDER BY user_id", wanted)
         return [self._user_json(r) for r in rows]
 
     @staticmethod
-    def _user_json(row: sqlite3.Row) -> dict[str, Any]:
+    def _user_json(row: Any) -> dict[str, Any]:
         return {"user_id": row["user_id"], "kind": row["kind"], "site_id": row["site_id"],
                 "display_name": row["display_name"]}
 
-    def add_user(self, user_id: str, kind: str, site_id: str, display_name: str) -> dict[str, Any]:
+    async def add_user(self, user_id: str, kind: str, site_id: str, display_name: str) -> dict[str, Any]:
         check_id("user_id", user_id)
         if kind not in USER_KINDS:
             raise StoreError(f"kind must be one of {', '.join(USER_KINDS)}")
         check_name("display_name", display_name)
-        self.get_site(site_id)
+        await self.get_site(site_id)
         try:
-            self.db.execute("INSERT INTO users VALUES (?, ?, ?, ?, ?)",
-                            (user_id, kind, site_id, display_name, time.time()))
-        except sqlite3.IntegrityError:
+            await self.db.execute("INSERT INTO users VALUES (?, ?, ?, ?, ?)",
+                                  (user_id, kind, site_id, display_name, time.time()))
+        except IntegrityError:
             raise Conflict(f"user '{user_id}' already exists") from None
-        return self.get_user(user_id)
+        return await self.get_user(user_id)
 
-    def get_user(self, user_id: str) -> dict[str, Any]:
-        row = self.db.execute("SELECT * FROM users WHERE user_id = ?", (user_id,)).fetchone()
-        if row is None:
+    async def get_user(self, user_id: str) -> dict[str, Any]:
+        found = await self.find_user(user_id)
+        if found is None:
             raise NotFound(f"no user '{user_id}'")
-        return self._user_json(row)
+        return found
 
-    def find_user(self, user_id: str) -> dict[str, Any] | None:
-        try:
-            return self.get_user(user_id)
-        except NotFound:
-            return None
+    async def find_user(self, user_id: str) -> dict[str, Any] | None:
+        row = await self.db.fetchrow("SELECT * FROM users WHERE user_id = ?", (user_id,))
+        return None if row is None else self._user_json(row)
 
     # -- access tokens ---------------------------------------------------------------------
 
-    def issue_token(self, user_id: str, expires_in_s: float | None = None) -> dict[str, Any]:
+    async def issue_token(self, user_id: str, expires_in_s: float | None = None,
+                          db: Database | None = None) -> dict[str, Any]:
         """A new token; its secret is returned here once and never stored."""
-        self.get_user(user_id)
+        db = db or self.db
+        if await db.fetchrow("SELECT 1 FROM users WHERE user_id = ?", (user_id,)) is None:
+            raise NotFound(f"no user '{user_id}'")
         if expires_in_s is not None and (isinstance(expires_in_s, bool) or not isinstance(expires_in_s, (int, float))
                                          or not 0 < expires_in_s <= MAX_TOKEN_LIFETIME_S):
             raise StoreError(f"expires_in_s must be a number of seconds above 0 and at most {MAX_TOKEN_LIFETIME_S}")
@@ -275,75 +272,74 @@ class Store:
         token_id = "tok_" + secrets.token_hex(8)
         secret = "ict_" + secrets.token_urlsafe(32)
         expires_at = now + expires_in_s if expires_in_s else None
-        self.db.execute("INSERT INTO tokens VALUES (?, ?, ?, ?, ?, NULL)",
-                        (token_id, user_id, hash_token(secret), now, expires_at))
+        await db.execute("INSERT INTO tokens VALUES (?, ?, ?, ?, ?, NULL)",
+                         (token_id, user_id, hash_token(secret), now, expires_at))
         return {"token_id": token_id, "access_token": secret, "expires_at": iso(expires_at) if expires_at else None}
 
-    def list_tokens(self, user_id: str) -> list[dict[str, Any]]:
-        self.get_user(user_id)
-        rows = self.db.execute("SELECT * FROM tokens WHERE user_id = ? AND revoked_at IS NULL ORDER BY created_at",
-                               (user_id,)).fetchall()
+    async def list_tokens(self, user_id: str) -> list[dict[str, Any]]:
+        await self.get_user(user_id)
+        rows = await self.db.fetch("SELECT * FROM tokens WHERE user_id = ? AND revoked_at IS NULL ORDER BY created_at",
+                                   (user_id,))
         return [{"token_id": r["token_id"], "created_at": iso(r["created_at"]),
                  "expires_at": iso(r["expires_at"]) if r["expires_at"] else None} for r in rows]
 
-    def revoke_token(self, user_id: str, token_id: str) -> None:
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
-            cur = self.db.execute("UPDATE tokens SET revoked_at = ? WHERE user_id = ? AND token_id = ? "
-                                  "AND revoked_at IS NULL", (time.time(), user_id, token_id))
-            if cur.rowcount == 0:
+    async def revoke_token(self, user_id: str, token_id: str) -> None:
+        async with self.db.transaction() as tx:
+            changed = await tx.execute("UPDATE tokens SET revoked_at = ? WHERE user_id = ? AND token_id = ? "
+                                       "AND revoked_at IS NULL", (time.time(), user_id, token_id))
+            if changed == 0:
                 raise NotFound(f"no token '{token_id}' for user '{user_id}'")
-            self._drop_subscriptions(token_id)
+            await self._drop_subscriptions(tx, token_id)
 
-    def revoke_secret(self, user_id: str, token: str) -> str | None:
+    async def revoke_secret(self, user_id: str, token: str) -> str | None:
         """Sign-out: the holder of a token (already checked, see `token_owner`) revokes it.
         Returns the token's id, so its live sessions can be ended."""
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
-            row = self.db.execute("UPDATE tokens SET revoked_at = ? WHERE user_id = ? AND token_hash = ? "
-                                  "AND revoked_at IS NULL RETURNING token_id",
-                                  (time.time(), user_id, hash_token(token))).fetchone()
+        async with self.db.transaction() as tx:
+            row = await tx.fetchrow("UPDATE tokens SET revoked_at = ? WHERE user_id = ? AND token_hash = ? "
+                                    "AND revoked_at IS NULL RETURNING token_id",
+                                    (time.time(), user_id, hash_token(token)))
             if row is None:
                 return None
-            self._drop_subscriptions(str(row[0]))
+            await self._drop_subscriptions(tx, str(row[0]))
         return str(row[0])
 
-    def _drop_subscriptions(self, token_id: str) -> None:
+    @staticmethod
+    async def _drop_subscriptions(tx: Database, token_id: str) -> None:
         """A phone signed out or cut off is never woken again: its push subscriptions go with
         the token that made them, in the same transaction."""
-        self.db.execute("DELETE FROM push_subscriptions WHERE token_id = ?", (token_id,))
+        await tx.execute("DELETE FROM push_subscriptions WHERE token_id = ?", (token_id,))
 
     # -- invites -----------------------------------------------------------------------------
 
-    def create_invite(self, user_id: str, expires_in_s: float | None = None) -> dict[str, Any]:
+    async def create_invite(self, user_id: str, expires_in_s: float | None = None) -> dict[str, Any]:
         """A one-time code a resident's phone exchanges for an access token, so nobody types
         or copies tokens. Kept as a hash, like tokens; shown once."""
-        if self.get_user(user_id)["kind"] != "resident":
+        if (await self.get_user(user_id))["kind"] != "resident":
             raise Conflict(f"'{user_id}' is a door station: invites are for residents' phones; "
                            f"pair a door with `intercom-server door pair {user_id}`")
-        return self._one_time_code(user_id, DEFAULT_INVITE_LIFETIME_S if expires_in_s is None else expires_in_s)
+        return await self._one_time_code(user_id, DEFAULT_INVITE_LIFETIME_S if expires_in_s is None else expires_in_s)
 
-    def create_pairing(self, door_id: str, expires_in_s: float | None = None) -> dict[str, Any]:
+    async def create_pairing(self, door_id: str, expires_in_s: float | None = None) -> dict[str, Any]:
         """A door's invite: `intercom pair LINK` on the board exchanges it for the door's own
         token, so no secret is copied between SSH sessions by hand. Short-lived by default: the
         installer pairs the door while standing at it."""
-        if self.get_user(door_id)["kind"] != "door":
+        if (await self.get_user(door_id))["kind"] != "door":
             raise Conflict(f"'{door_id}' is a resident: pairing codes are for door stations; "
                            f"a phone signs in with `intercom-server invite {door_id}`")
-        return self._one_time_code(door_id, DEFAULT_PAIRING_LIFETIME_S if expires_in_s is None else expires_in_s)
+        return await self._one_time_code(door_id, DEFAULT_PAIRING_LIFETIME_S if expires_in_s is None else expires_in_s)
 
-    def _one_time_code(self, user_id: str, lifetime: float) -> dict[str, Any]:
+    async def _one_time_code(self, user_id: str, lifetime: float) -> dict[str, Any]:
         if isinstance(lifetime, bool) or not isinstance(lifetime, (int, float)) \
                 or not 0 < lifetime <= MAX_INVITE_LIFETIME_S:
             raise StoreError(f"expires_in_s must be a number of seconds above 0 and at most {MAX_INVITE_LIFETIME_S}")
         now = time.time()
         invite_id = "inv_" + secrets.token_hex(8)
         code = secrets.token_urlsafe(24)  # 192 bits: short enough for a QR code, far too many to guess
-        self.db.execute("INSERT INTO invites VALUES (?, ?, ?, ?, ?, NULL, NULL)",
-                        (invite_id, user_id, hash_token(code), now, now + lifetime))
+        await self.db.execute("INSERT INTO invites VALUES (?, ?, ?, ?, ?, NULL, NULL)",
+                              (invite_id, user_id, hash_token(code), now, now + lifetime))
         return {"invite_id": invite_id, "user_id": user_id, "code": code, "expires_at": iso(now + lifetime)}
 
-    def redeem_invite(self, code: str, now: float | None = None, kind: str = "resident") -> dict[str, Any]:
+    async def redeem_invite(self, code: str, now: float | None = None, kind: str = "resident") -> dict[str, Any]:
         """Exchange an invite's (or, with kind="door", a pairing's) code for a new access token,
         exactly once.
 
@@ -352,37 +348,37 @@ class Store:
         does a door's code given to the web app: a browser never signs in as a door."""
         now = time.time() if now is None else now
         what = "invite" if kind == "resident" else "pairing code"
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
-            row = self.db.execute(
+        async with self.db.transaction() as tx:
+            row = await tx.fetchrow(
                 "UPDATE invites SET redeemed_at = ? WHERE code_hash = ? AND redeemed_at IS NULL AND expires_at > ? "
                 "AND user_id IN (SELECT user_id FROM users WHERE kind = ?) RETURNING invite_id, user_id",
-                (now, hash_token(code), now, kind)).fetchone()
+                (now, hash_token(code), now, kind))
             if row is None:
                 raise Unauthenticated(f"this {what} is unknown, already used or expired; ask for a new one")
-            token = self.issue_token(row["user_id"])
-            self.db.execute("UPDATE invites SET token_id = ? WHERE invite_id = ?", (token["token_id"], row["invite_id"]))
-        return {**token, "user": self.get_user(row["user_id"])}
+            token = await self.issue_token(row["user_id"], db=tx)
+            await tx.execute("UPDATE invites SET token_id = ? WHERE invite_id = ?", (token["token_id"], row["invite_id"]))
+        return {**token, "user": await self.get_user(row["user_id"])}
 
-    def list_invites(self, user_id: str) -> list[dict[str, Any]]:
-        self.get_user(user_id)
-        rows = self.db.execute("SELECT * FROM invites WHERE user_id = ? ORDER BY created_at", (user_id,)).fetchall()
+    async def list_invites(self, user_id: str) -> list[dict[str, Any]]:
+        await self.get_user(user_id)
+        rows = await self.db.fetch("SELECT * FROM invites WHERE user_id = ? ORDER BY created_at", (user_id,))
         return [{"invite_id": r["invite_id"], "created_at": iso(r["created_at"]), "expires_at": iso(r["expires_at"]),
                  "redeemed_at": iso(r["redeemed_at"]) if r["redeemed_at"] else None, "token_id": r["token_id"]}
                 for r in rows]
 
-    def verify_token(self, user_id: str, token: str, now: float | None = None) -> bool:
-        return self.check_token(user_id, token, now) is not None
+    async def verify_token(self, user_id: str, token: str, now: float | None = None) -> bool:
+        return await self.check_token(user_id, token, now) is not None
 
-    def check_token(self, user_id: str, token: str, now: float | None = None) -> tuple[str, float | None] | None:
+    async def check_token(self, user_id: str, token: str,
+                          now: float | None = None) -> tuple[str, float | None] | None:
         """The (token_id, expires_at) of a valid token of this user, else None.
 
         Constant-time over the candidate hashes, so timing says nothing about the secret. The
         server keeps the id with the session, to end it when the token is revoked or expires."""
         digest = hash_token(token)
         now = time.time() if now is None else now
-        rows = self.db.execute("SELECT token_id, token_hash, expires_at FROM tokens WHERE user_id = ? "
-                               "AND revoked_at IS NULL", (user_id,)).fetchall()
+        rows = await self.db.fetch("SELECT token_id, token_hash, expires_at FROM tokens WHERE user_id = ? "
+                                   "AND revoked_at IS NULL", (user_id,))
         found = None
         for row in rows:
             match = hmac.compare_digest(row["token_hash"], digest)
@@ -390,24 +386,24 @@ class Store:
                 found = (str(row["token_id"]), row["expires_at"])
         return found
 
-    def invalid_tokens(self, token_ids: Iterable[str], now: float | None = None) -> set[str]:
+    async def invalid_tokens(self, token_ids: Iterable[str], now: float | None = None) -> set[str]:
         """Which of these tokens are revoked, expired or gone."""
         ids = list(dict.fromkeys(token_ids))
         now = time.time() if now is None else now
         valid: set[str] = set()
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
-            valid.update(r[0] for r in self.db.execute(
+            valid.update(r[0] for r in await self.db.fetch(
                 f"SELECT token_id FROM tokens WHERE token_id IN ({','.join('?' * len(chunk))}) "
                 "AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)", (*chunk, now)))
         return set(ids) - valid
 
-    def token_owner(self, token: str, now: float | None = None) -> Bearer | None:
+    async def token_owner(self, token: str, now: float | None = None) -> Bearer | None:
         """Whose a bearer token is, for HTTP requests that carry no user id."""
         digest = hash_token(token)
         now = time.time() if now is None else now
-        row = self.db.execute("SELECT user_id, token_id, token_hash, expires_at FROM tokens WHERE token_hash = ? "
-                              "AND revoked_at IS NULL", (digest,)).fetchone()
+        row = await self.db.fetchrow("SELECT user_id, token_id, token_hash, expires_at FROM tokens "
+                                     "WHERE token_hash = ? AND revoked_at IS NULL", (digest,))
         if row is None or not hmac.compare_digest(row["token_hash"], digest):
             return None
         if row["expires_at"] is not None and row["expires_at"] <= now:
@@ -416,98 +412,95 @@ class Store:
 
     # -- push subscriptions ------------------------------------------------------------------
 
-    def save_subscription(self, user_id: str, device_id: str, token_id: str, endpoint: str, p256dh: str, auth: str,
-                          per_user: int) -> float:
+    async def save_subscription(self, user_id: str, device_id: str, token_id: str, endpoint: str, p256dh: str,
+                                auth: str, per_user: int) -> float:
         """Add or replace a device's subscription; a user has at most `per_user` devices
         subscribed. Returns when it was made."""
         now = time.time()
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
-            others = self.db.execute("SELECT COUNT(*) FROM push_subscriptions WHERE user_id = ? AND device_id != ?",
-                                     (user_id, device_id)).fetchone()[0]
+        async with self.db.transaction() as tx:
+            row = await tx.fetchrow("SELECT COUNT(*) FROM push_subscriptions WHERE user_id = ? AND device_id != ?",
+                                    (user_id, device_id))
+            others = int(row[0]) if row is not None else 0
             if others >= per_user:
                 raise Conflict(f"{others} devices of '{user_id}' already ring when their app is closed, the most "
                                f"allowed; switch it off on one of them first")
-            self.db.execute("INSERT OR REPLACE INTO push_subscriptions VALUES (?, ?, ?, ?, ?, ?, ?)",
-                            (user_id, device_id, token_id, endpoint, p256dh, auth, now))
+            await tx.execute(
+                "INSERT INTO push_subscriptions VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (user_id, device_id) DO UPDATE "
+                "SET token_id = excluded.token_id, endpoint = excluded.endpoint, p256dh = excluded.p256dh, "
+                "auth = excluded.auth, created_at = excluded.created_at",
+                (user_id, device_id, token_id, endpoint, p256dh, auth, now))
         return now
 
-    def delete_subscription(self, user_id: str, device_id: str, endpoint: str | None = None) -> bool:
+    async def delete_subscription(self, user_id: str, device_id: str, endpoint: str | None = None) -> bool:
         """Remove a device's subscription (only if it still is `endpoint`, where given: a push
         service's 410 for an old one must not remove the one that replaced it)."""
-        cur = self.db.execute("DELETE FROM push_subscriptions WHERE user_id = ? AND device_id = ?"
-                              + (" AND endpoint = ?" if endpoint is not None else ""),
-                              (user_id, device_id) + ((endpoint,) if endpoint is not None else ()))
-        return cur.rowcount > 0
+        changed = await self.db.execute("DELETE FROM push_subscriptions WHERE user_id = ? AND device_id = ?"
+                                        + (" AND endpoint = ?" if endpoint is not None else ""),
+                                        (user_id, device_id) + ((endpoint,) if endpoint is not None else ()))
+        return changed > 0
 
-    def subscriptions_fingerprint(self) -> tuple[int, float | None]:
+    async def subscriptions_fingerprint(self) -> tuple[int, float | None]:
         """Changes whenever a subscription is added, replaced or removed (by any process)."""
-        row = self.db.execute("SELECT COUNT(*), MAX(created_at) FROM push_subscriptions").fetchone()
+        row = await self.db.fetchrow("SELECT COUNT(*), MAX(created_at) FROM push_subscriptions")
+        assert row is not None
         return int(row[0]), row[1]
 
-    def subscriptions(self, now: float | None = None) -> list[sqlite3.Row]:
+    async def subscriptions(self, now: float | None = None) -> list[Any]:
         """Every subscription whose token is still valid, with the token's expiry."""
         now = time.time() if now is None else now
-        return self.db.execute(
+        return await self.db.fetch(
             "SELECT s.*, t.expires_at FROM push_subscriptions s JOIN tokens t ON t.token_id = s.token_id "
             "WHERE t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > ?) ORDER BY s.created_at",
-            (now,)).fetchall()
+            (now,))
 
     # -- calls -----------------------------------------------------------------------------
 
-    # Each write below reads the call on the loop's thread, now, and hands plain values to the
-    # writer: the call goes on changing while the write waits its turn.
+    # Each write below reads the call now and hands plain values to the engine: the call goes
+    # on changing while the write waits its turn.
 
     @staticmethod
-    def _insert_call(call: ServerCall, snapshot: bytes | None) -> Any:
+    def _insert_call(call: ServerCall, snapshot: bytes | None) -> list[Statement]:
         row = (call.call_id, call.caller.user_id, call.caller.device_id, json.dumps(list(call.callees)),
                int(call.video), call.created_at, snapshot)
-        parties = [(call.call_id, u) for u in (call.caller.user_id, *call.callees)]
+        parties = [("INSERT INTO call_parties VALUES (?, ?) ON CONFLICT DO NOTHING", (call.call_id, u))
+                   for u in dict.fromkeys((call.caller.user_id, *call.callees))]
+        return [("INSERT INTO calls (call_id, caller_id, caller_device, callees, video, created_at, snapshot) "
+                 "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", row), *parties]
 
-        def insert(db: sqlite3.Connection) -> None:
-            db.execute("INSERT OR IGNORE INTO calls (call_id, caller_id, caller_device, callees, video, created_at, "
-                       "snapshot) VALUES (?, ?, ?, ?, ?, ?, ?)", row)
-            db.executemany("INSERT OR IGNORE INTO call_parties VALUES (?, ?)", parties)
-        return insert
-
-    def record_call(self, call: ServerCall, snapshot: bytes | None) -> Future[None]:
+    def record_call(self, call: ServerCall, snapshot: bytes | None) -> asyncio.Future[None]:
         """Written at the dial, so a crash mid-call leaves a trace that start-up closes."""
-        return self.writer.submit(self._insert_call(call, snapshot))
+        return self.db.write(self._insert_call(call, snapshot))
 
-    def set_snapshot(self, call_id: str, snapshot: bytes) -> Future[None]:
-        return self._execute("UPDATE calls SET snapshot = ? WHERE call_id = ?", (snapshot, call_id))
+    def set_snapshot(self, call_id: str, snapshot: bytes) -> asyncio.Future[None]:
+        return self.db.write([("UPDATE calls SET snapshot = ? WHERE call_id = ?", (snapshot, call_id))])
 
-    def accept_call(self, call: ServerCall) -> Future[None]:
+    def accept_call(self, call: ServerCall) -> asyncio.Future[None]:
         """Written when it happens: a crash mid-call leaves a record that says who answered."""
         accepted = call.accepted_by
         assert accepted is not None
         values = (accepted.user_id, accepted.device_id, call.accepted_at, call.call_id)
-        return self._execute(
-            "UPDATE calls SET accepted_by_user = ?, accepted_by_device = ?, accepted_at = ? WHERE call_id = ?", values)
+        return self.db.write([(
+            "UPDATE calls SET accepted_by_user = ?, accepted_by_device = ?, accepted_at = ? WHERE call_id = ?",
+            values)])
 
-    def finish_call(self, call: ServerCall, snapshot: bytes | None = None) -> Future[None]:
+    def finish_call(self, call: ServerCall, snapshot: bytes | None = None) -> asyncio.Future[None]:
         """The call's end; a call whose first write had failed (the bell rang anyway) is
         recorded whole now (a missed press is recorded whole at once, with its picture)."""
-        insert = self._insert_call(call, snapshot)
         by = call.ended_by
         accepted = call.accepted_by
         values = (accepted.user_id if accepted else None, accepted.device_id if accepted else None, call.accepted_at,
                   call.ended_at, str(call.end_reason), by.user_id if by else None, by.device_id if by else None,
                   json.dumps([{"at": iso(t), "event": e, **d} for t, e, d in call.timeline]), call.call_id)
+        return self.db.write([*self._insert_call(call, snapshot), (
+            "UPDATE calls SET accepted_by_user = ?, accepted_by_device = ?, accepted_at = ?, ended_at = ?, "
+            "end_reason = ?, ended_by_user = ?, ended_by_device = ?, timeline = ? WHERE call_id = ?", values)])
 
-        def finish(db: sqlite3.Connection) -> None:
-            insert(db)
-            db.execute("UPDATE calls SET accepted_by_user = ?, accepted_by_device = ?, accepted_at = ?, ended_at = ?, "
-                       "end_reason = ?, ended_by_user = ?, ended_by_device = ?, timeline = ? WHERE call_id = ?", values)
-        return self.writer.submit(finish)
-
-    def close_interrupted_calls(self) -> int:
+    async def close_interrupted_calls(self) -> int:
         """Calls live when the server last stopped can no longer be reached: they end `unknown`."""
-        cur = self.db.execute("UPDATE calls SET ended_at = ?, end_reason = 'unknown' WHERE ended_at IS NULL",
-                              (time.time(),))
-        return cur.rowcount
+        return await self.db.execute("UPDATE calls SET ended_at = ?, end_reason = 'unknown' WHERE ended_at IS NULL",
+                                     (time.time(),))
 
-    def _call_json(self, row: sqlite3.Row, timeline: bool) -> dict[str, Any]:
+    def _call_json(self, row: Any, timeline: bool) -> dict[str, Any]:
         result: dict[str, Any] = {
             "call_id": row["call_id"],
             "caller": {"user_id": row["caller_id"], "device_id": row["caller_device"]},
@@ -535,20 +528,21 @@ class Store:
                      "timeline, snapshot IS NOT NULL AS has_snapshot, "
                      "EXISTS (SELECT 1 FROM visitor_messages m WHERE m.call_id = calls.call_id) AS has_message")
 
-    def get_call(self, call_id: str) -> dict[str, Any]:
-        self.writer.wait_idle()
-        row = self.db.execute(f"SELECT {self._CALL_COLUMNS} FROM calls WHERE call_id = ?", (call_id,)).fetchone()
+    async def get_call(self, call_id: str) -> dict[str, Any]:
+        await self.db.flushed()
+        row = await self.db.fetchrow(f"SELECT {self._CALL_COLUMNS} FROM calls WHERE call_id = ?", (call_id,))
         if row is None:
             raise NotFound(f"no call '{call_id}'")
         return self._call_json(row, timeline=True)
 
-    def call_parties(self, call_id: str) -> list[str]:
-        self.writer.wait_idle()
-        return [r[0] for r in self.db.execute("SELECT user_id FROM call_parties WHERE call_id = ?", (call_id,))]
+    async def call_parties(self, call_id: str) -> list[str]:
+        await self.db.flushed()
+        return [r[0] for r in await self.db.fetch("SELECT user_id FROM call_parties WHERE call_id = ?", (call_id,))]
 
-    def list_calls(self, user_id: str | None, limit: int, before: tuple[float, str] | None) -> list[dict[str, Any]]:
+    async def list_calls(self, user_id: str | None, limit: int,
+                         before: tuple[float, str] | None) -> list[dict[str, Any]]:
         """Newest first; `before` is the (created_at, call_id) of the last call of the previous page."""
-        self.writer.wait_idle()
+        await self.db.flushed()
         where, args = [], []  # type: list[str], list[Any]
         if user_id is not None:
             where.append("call_id IN (SELECT call_id FROM call_parties WHERE user_id = ?)")
@@ -560,97 +554,96 @@ class Store:
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at DESC, call_id DESC LIMIT ?"
-        rows = self.db.execute(sql, (*args, limit)).fetchall()
+        rows = await self.db.fetch(sql, (*args, limit))
         return [{**self._call_json(r, timeline=False), "_cursor": (r["ts"], r["call_id"])} for r in rows]
 
-    def snapshot(self, call_id: str) -> bytes:
-        self.writer.wait_idle()
-        row = self.db.execute("SELECT snapshot FROM calls WHERE call_id = ?", (call_id,)).fetchone()
+    async def snapshot(self, call_id: str) -> bytes:
+        await self.db.flushed()
+        row = await self.db.fetchrow("SELECT snapshot FROM calls WHERE call_id = ?", (call_id,))
         if row is None or row["snapshot"] is None:
             raise NotFound(f"no snapshot for call '{call_id}'")
         return bytes(row["snapshot"])
 
-    def users_of(self, user_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    async def users_of(self, user_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         ids = list(user_ids)
         if not ids:
             return {}
-        rows = self.db.execute(f"SELECT * FROM users WHERE user_id IN ({','.join('?' * len(ids))})", ids).fetchall()
+        rows = await self.db.fetch(f"SELECT * FROM users WHERE user_id IN ({','.join('?' * len(ids))})", ids)
         return {r["user_id"]: self._user_json(r) for r in rows}
 
     # -- visitors' messages (the files are the MessageBox's) -----------------------------------------
 
-    def add_message(self, call_id: str, size: int, at: float) -> None:
-        with self.db:
-            self.db.execute("INSERT OR REPLACE INTO visitor_messages (call_id, bytes, created_at) VALUES (?, ?, ?)",
-                            (call_id, size, at))
+    async def add_message(self, call_id: str, size: int, at: float) -> None:
+        await self.db.execute("INSERT INTO visitor_messages (call_id, bytes, created_at) VALUES (?, ?, ?) "
+                              "ON CONFLICT (call_id) DO UPDATE SET bytes = excluded.bytes, "
+                              "created_at = excluded.created_at", (call_id, size, at))
 
-    def delete_message(self, call_id: str) -> None:
-        with self.db:
-            self.db.execute("DELETE FROM visitor_messages WHERE call_id = ?", (call_id,))
+    async def delete_message(self, call_id: str) -> None:
+        await self.db.execute("DELETE FROM visitor_messages WHERE call_id = ?", (call_id,))
 
-    def has_message(self, call_id: str) -> bool:
-        return self.db.execute("SELECT 1 FROM visitor_messages WHERE call_id = ?", (call_id,)).fetchone() is not None
+    async def has_message(self, call_id: str) -> bool:
+        return await self.db.fetchrow("SELECT 1 FROM visitor_messages WHERE call_id = ?", (call_id,)) is not None
 
-    def messages(self) -> list[tuple[str, int, float]]:
+    async def messages(self) -> list[tuple[str, int, float]]:
         """Every message, oldest first: (call_id, bytes, created_at)."""
         return [(r[0], r[1], r[2]) for r in
-                self.db.execute("SELECT call_id, bytes, created_at FROM visitor_messages ORDER BY created_at")]
+                await self.db.fetch("SELECT call_id, bytes, created_at FROM visitor_messages ORDER BY created_at")]
 
-    def call_row(self, call_id: str) -> sqlite3.Row | None:
-        self.writer.wait_idle()
-        return self.db.execute("SELECT caller_id, accepted_by_user, ended_at, callees FROM calls WHERE call_id = ?",
-                               (call_id,)).fetchone()
+    async def call_row(self, call_id: str) -> Any | None:
+        await self.db.flushed()
+        return await self.db.fetchrow(
+            "SELECT caller_id, accepted_by_user, ended_at, callees FROM calls WHERE call_id = ?", (call_id,))
 
     # -- who may be rung: do-not-disturb, quiet hours, away ------------------------------------------
 
-    def availability_rules(self) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    async def availability_rules(self) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
         residents = {r["user_id"]: {"do_not_disturb": r["do_not_disturb"], "until": r["until"],
                                     "quiet_hours": json.loads(r["quiet_hours"])}
-                     for r in self.db.execute("SELECT * FROM resident_rules")}
+                     for r in await self.db.fetch("SELECT * FROM resident_rules")}
         sites = {r["site_id"]: {"away": r["away"], "time_zone": r["time_zone"]}
-                 for r in self.db.execute("SELECT * FROM site_rules")}
+                 for r in await self.db.fetch("SELECT * FROM site_rules")}
         return residents, sites
 
-    def set_resident_rules(self, user_id: str, dnd: bool, until: float | None, quiet_hours: list[Any]) -> None:
-        with self.db:
-            self.db.execute("INSERT OR REPLACE INTO resident_rules (user_id, do_not_disturb, until, quiet_hours) "
-                            "VALUES (?, ?, ?, ?)", (user_id, int(dnd), until, json.dumps(quiet_hours)))
+    async def set_resident_rules(self, user_id: str, dnd: bool, until: float | None, quiet_hours: list[Any]) -> None:
+        await self.db.execute(
+            "INSERT INTO resident_rules (user_id, do_not_disturb, until, quiet_hours) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (user_id) DO UPDATE SET do_not_disturb = excluded.do_not_disturb, until = excluded.until, "
+            "quiet_hours = excluded.quiet_hours", (user_id, int(dnd), until, json.dumps(quiet_hours)))
 
-    def set_site_rules(self, site_id: str, away: bool, time_zone: str) -> None:
-        with self.db:
-            self.db.execute("INSERT OR REPLACE INTO site_rules (site_id, away, time_zone) VALUES (?, ?, ?)",
-                            (site_id, int(away), time_zone))
+    async def set_site_rules(self, site_id: str, away: bool, time_zone: str) -> None:
+        await self.db.execute(
+            "INSERT INTO site_rules (site_id, away, time_zone) VALUES (?, ?, ?) ON CONFLICT (site_id) DO UPDATE "
+            "SET away = excluded.away, time_zone = excluded.time_zone", (site_id, int(away), time_zone))
 
     # -- webhooks: the secret signs each delivery, so it is kept as given (the file is 0600) --------
 
-    def add_webhook(self, site_id: str, url: str, events: list[str], allow_http: bool) -> dict[str, Any]:
+    async def add_webhook(self, site_id: str, url: str, events: list[str], allow_http: bool) -> dict[str, Any]:
         """A receiver for this site's events; the answer holds its signing secret, shown once."""
-        self.get_site(site_id)
+        await self.get_site(site_id)
         webhook_id = "wh_" + secrets.token_hex(8)
         secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-        with self.db:
-            self.db.execute("INSERT INTO webhooks (webhook_id, site_id, url, events, secret, allow_http, created_at) "
-                            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                            (webhook_id, site_id, url, json.dumps(events), secret, int(allow_http), time.time()))
-        return {**self.get_webhook(site_id, webhook_id), "secret": secret}
+        await self.db.execute("INSERT INTO webhooks (webhook_id, site_id, url, events, secret, allow_http, created_at) "
+                              "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                              (webhook_id, site_id, url, json.dumps(events), secret, int(allow_http), time.time()))
+        return {**await self.get_webhook(site_id, webhook_id), "secret": secret}
 
-    def get_webhook(self, site_id: str, webhook_id: str) -> dict[str, Any]:
-        self.writer.wait_idle()
-        row = self.db.execute("SELECT * FROM webhooks WHERE site_id = ? AND webhook_id = ?",
-                              (site_id, webhook_id)).fetchone()
+    async def get_webhook(self, site_id: str, webhook_id: str) -> dict[str, Any]:
+        await self.db.flushed()
+        row = await self.db.fetchrow("SELECT * FROM webhooks WHERE site_id = ? AND webhook_id = ?",
+                                     (site_id, webhook_id))
         if row is None:
             raise NotFound(f"no webhook '{webhook_id}' on site '{site_id}'")
         return self._webhook_json(row)
 
-    def list_webhooks(self, site_id: str) -> list[dict[str, Any]]:
-        self.get_site(site_id)
-        self.writer.wait_idle()
-        rows = self.db.execute("SELECT * FROM webhooks WHERE site_id = ? ORDER BY created_at", (site_id,)).fetchall()
+    async def list_webhooks(self, site_id: str) -> list[dict[str, Any]]:
+        await self.get_site(site_id)
+        await self.db.flushed()
+        rows = await self.db.fetch("SELECT * FROM webhooks WHERE site_id = ? ORDER BY created_at", (site_id,))
         return [self._webhook_json(r) for r in rows]
 
-    def update_webhook(self, site_id: str, webhook_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+    async def update_webhook(self, site_id: str, webhook_id: str, changes: dict[str, Any]) -> dict[str, Any]:
         """`url`, `events`, `allow_http`, or `enabled` (switching one on again clears its failures)."""
-        self.get_webhook(site_id, webhook_id)
+        await self.get_webhook(site_id, webhook_id)
         columns = {"url": changes.get("url"), "allow_http": changes.get("allow_http"),
                    "events": json.dumps(changes["events"]) if "events" in changes else None,
                    "enabled": changes.get("enabled")}
@@ -659,33 +652,31 @@ class Store:
         if changes.get("enabled") is True:
             sets += ["failures = 0", "disabled_reason = NULL"]
         if sets:
-            with self.db:
-                self.db.execute(f"UPDATE webhooks SET {', '.join(sets)} WHERE webhook_id = ?", (*values, webhook_id))
-        return self.get_webhook(site_id, webhook_id)
+            await self.db.execute(f"UPDATE webhooks SET {', '.join(sets)} WHERE webhook_id = ?", (*values, webhook_id))
+        return await self.get_webhook(site_id, webhook_id)
 
-    def delete_webhook(self, site_id: str, webhook_id: str) -> None:
-        self.get_webhook(site_id, webhook_id)
-        with self.db:
-            self.db.execute("DELETE FROM webhooks WHERE webhook_id = ?", (webhook_id,))
+    async def delete_webhook(self, site_id: str, webhook_id: str) -> None:
+        await self.get_webhook(site_id, webhook_id)
+        await self.db.execute("DELETE FROM webhooks WHERE webhook_id = ?", (webhook_id,))
 
-    def active_webhooks(self) -> list[sqlite3.Row]:
+    async def active_webhooks(self) -> list[Any]:
         """What the sender needs of every switched-on receiver, secrets included."""
-        self.writer.wait_idle()  # a receiver just switched off stays off
-        return self.db.execute("SELECT * FROM webhooks WHERE enabled = 1").fetchall()
+        await self.db.flushed()  # a receiver just switched off stays off
+        return await self.db.fetch("SELECT * FROM webhooks WHERE enabled = 1")
 
-    def webhook_delivered(self, webhook_id: str, at: float) -> Future[None]:
-        return self._execute("UPDATE webhooks SET failures = 0, last_delivery_at = ? WHERE webhook_id = ?",
-                             (at, webhook_id))
+    def webhook_delivered(self, webhook_id: str, at: float) -> asyncio.Future[None]:
+        return self.db.write([("UPDATE webhooks SET failures = 0, last_delivery_at = ? WHERE webhook_id = ?",
+                               (at, webhook_id))])
 
-    def webhook_failed(self, webhook_id: str, at: float, error: str, disable_reason: str | None) -> Future[None]:
+    def webhook_failed(self, webhook_id: str, at: float, error: str, disable_reason: str | None) -> asyncio.Future[None]:
         """A delivery that failed for good; with `disable_reason`, the receiver is switched off."""
-        return self._execute("UPDATE webhooks SET failures = failures + 1, last_error = ?, last_failure_at = ?, "
-                             "enabled = CASE WHEN ? IS NULL THEN enabled ELSE 0 END, "
-                             "disabled_reason = COALESCE(?, disabled_reason) WHERE webhook_id = ?",
-                             (error, at, disable_reason, disable_reason, webhook_id))
+        return self.db.write([("UPDATE webhooks SET failures = failures + 1, last_error = ?, last_failure_at = ?, "
+                               "enabled = CASE WHEN CAST(? AS TEXT) IS NULL THEN enabled ELSE 0 END, "
+                               "disabled_reason = COALESCE(CAST(? AS TEXT), disabled_reason) WHERE webhook_id = ?",
+                               (error, at, disable_reason, disable_reason, webhook_id))])
 
     @staticmethod
-    def _webhook_json(row: sqlite3.Row) -> dict[str, Any]:
+    def _webhook_json(row: Any) -> dict[str, Any]:
         return {"webhook_id": row["webhook_id"], "site_id": row["site_id"], "url": row["url"],
                 "events": json.loads(row["events"]), "allow_http": bool(row["allow_http"]),
                 "created_at": iso(row["created_at"]), "enabled": bool(row["enabled"]),
@@ -696,33 +687,25 @@ class Store:
     # -- the door's audit log ----------------------------------------------------------------
 
     def audit(self, site_id: str, at: float, action: str, outcome: str, by: DeviceRef, call_id: str,
-              door_id: str | None, detail: str | None) -> Future[int]:
+              door_id: str | None, detail: str | None) -> asyncio.Future[int]:
         """An entry of the door log; the future gives its id once it is on disk."""
         values = (site_id, at, action, outcome, by.user_id, by.device_id, call_id, door_id, detail)
+        return self.db.write([(
+            "INSERT INTO audit (site_id, at, action, outcome, user_id, device_id, call_id, door_id, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING audit_id", values)])
 
-        def insert(db: sqlite3.Connection) -> int:
-            cur = db.execute("INSERT INTO audit (site_id, at, action, outcome, user_id, device_id, call_id, door_id, "
-                             "detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
-            return int(cur.lastrowid or 0)
-        return self.writer.submit(insert)
-
-    def settle_audit(self, audit_id: int, outcome: str, detail: str | None) -> Future[None]:
+    def settle_audit(self, audit_id: int, outcome: str, detail: str | None) -> asyncio.Future[None]:
         """The outcome of an opening whose entry was written before the door was asked."""
-        return self._execute("UPDATE audit SET outcome = ?, detail = ? WHERE audit_id = ?", (outcome, detail, audit_id))
+        return self.db.write([("UPDATE audit SET outcome = ?, detail = ? WHERE audit_id = ?",
+                               (outcome, detail, audit_id))])
 
-    def _execute(self, sql: str, params: tuple[Any, ...]) -> Future[None]:
-        """One statement in the writer's next transaction."""
-        def job(db: sqlite3.Connection) -> None:
-            db.execute(sql, params)
-        return self.writer.submit(job)
-
-    def list_audit(self, site_id: str, limit: int, before: int | None) -> list[dict[str, Any]]:
+    async def list_audit(self, site_id: str, limit: int, before: int | None) -> list[dict[str, Any]]:
         """Newest first; `before` is the audit_id of the last entry of the previous page."""
-        self.writer.wait_idle()
-        self.get_site(site_id)
-        rows = self.db.execute(
+        await self.db.flushed()
+        await self.get_site(site_id)
+        rows = await self.db.fetch(
             "SELECT * FROM audit WHERE site_id = ? AND audit_id < ? ORDER BY audit_id DESC LIMIT ?",
-            (site_id, before if before is not None else 2**62, limit)).fetchall()
+            (site_id, before if before is not None else 2**62, limit))
         return [{"audit_id": r["audit_id"], "at": iso(r["at"]), "action": r["action"], "outcome": r["outcome"],
                  "by": {"user_id": r["user_id"], "device_id": r["device_id"]}, "call_id": r["call_id"] or None,
                  "door_id": r["door_id"], "detail": r["detail"]} for r in rows]

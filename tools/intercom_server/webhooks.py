@@ -130,10 +130,10 @@ class Webhooks:
         self._by_site: dict[str, list[_Receiver]] = {}
         self._http: aiohttp.ClientSession | None = None
 
-    def start(self) -> None:
+    async def start(self) -> None:
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.settings.timeout_s),
                                            headers={"User-Agent": "intercom-server"})
-        self.reload()
+        await self.reload()
 
     async def close(self) -> None:
         tasks = [r.task for r in self._receivers.values() if r.task is not None]
@@ -145,10 +145,18 @@ class Webhooks:
         if self._http is not None:
             await self._http.close()
 
-    def reload(self) -> None:
+    @staticmethod
+    def _record(written: asyncio.Future[None]) -> None:
+        """A receiver's delivery state is for the operator: a failure to store it is logged."""
+        def done(result: asyncio.Future[None]) -> None:
+            if not result.cancelled() and result.exception() is not None:
+                log.warning("could not record a webhook delivery: %s", result.exception())
+        written.add_done_callback(done)
+
+    async def reload(self) -> None:
         """Take the registrations as stored (after the API changed one). A receiver that stays
         keeps its queue; one switched off or deleted drops what it had pending."""
-        rows = {r["webhook_id"]: r for r in self.store.active_webhooks()}
+        rows = {r["webhook_id"]: r for r in await self.store.active_webhooks()}
         for webhook_id in list(self._receivers):
             if webhook_id not in rows:
                 receiver = self._receivers.pop(webhook_id)
@@ -200,14 +208,14 @@ class Webhooks:
                     self.stats.delivered += 1
                     if receiver.failures:
                         receiver.failures = 0
-                    self.store.webhook_delivered(receiver.webhook_id, now)
+                    self._record(self.store.webhook_delivered(receiver.webhook_id, now))
                     continue
                 self.stats.failed += 1
                 receiver.failures += 1
                 off = receiver.failures >= self.settings.disable_after
                 reason = (f"switched off after {receiver.failures} deliveries in a row failed; the last: {error}"
                           if off else None)
-                self.store.webhook_failed(receiver.webhook_id, now, error, reason)
+                self._record(self.store.webhook_failed(receiver.webhook_id, now, error, reason))
                 if off:
                     self.stats.switched_off += 1
                     log.warning("webhook %s (%s) of site %s %s", receiver.webhook_id, receiver.url, receiver.site_id,

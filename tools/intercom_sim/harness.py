@@ -232,7 +232,10 @@ class Installation:
         await self._launch_server(self.root / "server.yaml")
 
     async def server_cli(self, *args: str) -> dict[str, Any]:
-        proc = await asyncio.create_subprocess_exec(*SERVER, "--data-dir", str(self.data_dir), *args,
+        # The server's own YAML where there is one: it may name a database outside data_dir.
+        config = self.root / "server.yaml"
+        where = ["--config", str(config)] if config.exists() else ["--data-dir", str(self.data_dir)]
+        proc = await asyncio.create_subprocess_exec(*SERVER, *where, *args,
                                                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         out, err = await proc.communicate()
         if proc.returncode != 0:
