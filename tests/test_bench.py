@@ -57,8 +57,10 @@ async def test_quick_bench_runs_every_part_and_writes_results(tmp_path):
 
     capacity = results["capacity"]
     assert capacity["idle"]["connections"] == 50 and capacity["idle"]["per_connection_kib"] > 0
-    for phase in ("steady", "peak"):
-        assert capacity["setups"][phase]["calls"] > 0 and capacity["setups"][phase]["error_count"] == 0
+    for engine in (capacity, results["capacity_postgresql"]):  # SQLite, then PostgreSQL
+        for phase in ("steady", "peak"):
+            assert engine["setups"][phase]["calls"] > 0 and engine["setups"][phase]["error_count"] == 0
+    assert "call set-up at the server, PostgreSQL, steady" in table
 
     pushed = results["push"]
     assert pushed["refused"] == 0, "every push request carried a valid VAPID JWT and a message that decrypts"

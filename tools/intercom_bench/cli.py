@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from intercom_sim.postgres import Postgres
+
 from . import capacity, media, press, profile, push
 from .figures import machine
 from .report import markdown, notes
@@ -84,6 +86,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         step(f"server: {args.connections} idle devices, then 2 x {args.setup_seconds:g} s of call set-ups")
         results["capacity"] = await capacity.run(work / "server", args.connections, args.pairs, args.setup_seconds,
                                                  args.setup_rate)
+        step(f"server on PostgreSQL: 2 x {args.setup_seconds:g} s of call set-ups")
+        database = Postgres(durable=True)  # fsync at each commit, as SQLite's synchronous=FULL
+        try:
+            url = database.new_database()
+            results["capacity_postgresql"] = await capacity.run(work / "server-postgresql", 0, args.pairs,
+                                                                args.setup_seconds, args.setup_rate, url)
+        finally:
+            database.stop()
     if "push" in parts:
         step(f"Web Push: {args.push_presses} presses to {push.RESIDENTS * push.DEVICES_EACH} devices, "
              f"{args.cold_starts} app starts from a notification")

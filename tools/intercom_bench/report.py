@@ -145,9 +145,10 @@ def markdown(results: dict[str, Any]) -> str:
         cold = pushed.get("cold_start") or {}
         lines.append("| app cold start from the notification's Answer to the first video frame (Chromium) | "
                      + " | ".join(_ms(cold.get("to_first_frame_ms"))) + " |")
-    for phase, run in ((results.get("capacity") or {}).get("setups") or {}).items():
-        lines.append(f"| call set-up at the server, {phase} (dial to accepted; {run['per_s']:g}/s by {run['pairs']} pairs) | "
-                     + " | ".join(_ms(run["setup_ms"])) + " |")
+    for key, engine in (("capacity", ""), ("capacity_postgresql", ", PostgreSQL")):
+        for phase, run in ((results.get(key) or {}).get("setups") or {}).items():
+            lines.append(f"| call set-up at the server{engine}, {phase} (dial to accepted; {run['per_s']:g}/s by "
+                         f"{run['pairs']} pairs) | " + " | ".join(_ms(run["setup_ms"])) + " |")
 
     if cost:
         lines += ["", f"## Cost on the board: one call of {cost['seconds']:g} s at {cost['fps']:g} fps", "",
@@ -184,11 +185,15 @@ def markdown(results: dict[str, Any]) -> str:
                   f"- {idle['connections']} devices signed in and idle (in {idle['signed_in_in_s']} s): server RSS "
                   f"{idle['server_rss_before_kib'] / 1024:.1f} → {idle['server_rss_after_kib'] / 1024:.1f} MiB, "
                   f"{idle['per_connection_kib']} KiB each."]
-        for phase, s in capacity["setups"].items():
-            lines.append(f"- {phase}: {s['calls']} calls set up and ended in {s['seconds']} s by {s['pairs']} door/phone "
-                         f"pairs: {s['per_s']} a second (at most {s['offered_per_s']:g} offered), {s['error_count']} errors; "
-                         f"server CPU {s['server_cpu_percent']} % of a core, load generator {s['loadgen_cpu_percent']} % "
-                         "(on the same two cores).")
+        engines = [("SQLite", capacity["setups"])]
+        if results.get("capacity_postgresql"):
+            engines.append(("PostgreSQL", results["capacity_postgresql"]["setups"]))
+        for engine, setups in engines:
+            for phase, s in setups.items():
+                lines.append(f"- {engine}, {phase}: {s['calls']} calls set up and ended in {s['seconds']} s by "
+                             f"{s['pairs']} door/phone pairs: {s['per_s']} a second (at most {s['offered_per_s']:g} "
+                             f"offered), {s['error_count']} errors; server CPU {s['server_cpu_percent']} % of a core, "
+                             f"load generator {s['loadgen_cpu_percent']} % (on the same two cores).")
     notes = results.get("notes") or []
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
