@@ -16,12 +16,14 @@ lets one slow query wait without holding the others.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import re
 import sqlite3
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -172,14 +174,25 @@ class SQLiteDatabase(Database):
             except sqlite3.Error as exc:
                 raise _translate(exc) from exc
             return result
-        submitted = self.writer.submit(job)  # now, so writes keep their order
+        loop = asyncio.get_running_loop()
+        result: asyncio.Future[Any] = loop.create_future()
 
-        async def committed() -> Any:
-            try:
-                return await asyncio.wrap_future(submitted)
-            except sqlite3.Error as exc:  # the transaction itself failed (BEGIN, COMMIT)
-                raise _translate(exc) from exc
-        return asyncio.ensure_future(committed())
+        def settle(done: Future[Any]) -> None:
+            if result.cancelled():
+                return  # nobody waits any more; the write itself is not undone
+            error = done.exception()
+            if error is None:
+                result.set_result(done.result())
+            else:  # the transaction itself failed (BEGIN, COMMIT), or the job did
+                result.set_exception(_translate(error) if isinstance(error, sqlite3.Error) else error)
+
+        def committed(done: Future[Any]) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody to tell
+                loop.call_soon_threadsafe(settle, done)
+        # Submitted now, so writes keep their order; a waiter that gives up (a task cancelled
+        # at shutdown) does not cancel the write.
+        self.writer.submit(job).add_done_callback(committed)
+        return result
 
     async def flushed(self) -> None:
         try:

@@ -19,7 +19,7 @@ import sqlite3
 import threading
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Any, TypeVar
 
 log = logging.getLogger("intercom.server.writer")
@@ -80,10 +80,13 @@ class Writer:
                 self._jobs.clear()
             outcomes = self._commit(batch)
             for (_, future), (result, error) in zip(batch, outcomes, strict=True):
-                if error is None:
-                    future.set_result(result)
-                else:
-                    future.set_exception(error)
+                try:
+                    if error is None:
+                        future.set_result(result)
+                    else:
+                        future.set_exception(error)
+                except InvalidStateError:
+                    pass  # its waiter gave up (cancelled at shutdown): committed all the same
             with self._changed:
                 self._finished += len(batch)
                 self._changed.notify_all()
