@@ -57,10 +57,14 @@ async def test_quick_bench_runs_every_part_and_writes_results(tmp_path):
 
     capacity = results["capacity"]
     assert capacity["idle"]["connections"] == 50 and capacity["idle"]["per_connection_kib"] > 0
-    for engine in (capacity, results["capacity_postgresql"]):  # SQLite, then PostgreSQL
+    cluster = results["capacity_cluster"]
+    assert cluster["processes"] == 3 and cluster["idle"]["connections"] == 50
+    assert cluster["idle"]["per_connection_kib"] > 0
+    for engine in (capacity, results["capacity_postgresql"], cluster):  # SQLite, PostgreSQL, three processes
         for phase in ("steady", "peak"):
             assert engine["setups"][phase]["calls"] > 0 and engine["setups"][phase]["error_count"] == 0
     assert "call set-up at the server, PostgreSQL, steady" in table
+    assert "call set-up at the server, 3 processes behind HAProxy, peak" in table
 
     pushed = results["push"]
     assert pushed["refused"] == 0, "every push request carried a valid VAPID JWT and a message that decrypts"

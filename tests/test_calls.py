@@ -271,3 +271,29 @@ def test_a_ring_stops_at_its_lifetime_and_a_call_without_an_id_is_not_claimed():
     assert ring.deadline() == 62.5 and ring.expire(62.5) == "no_answer" and not ring.unanswered
     dialing = ClientCall.dial(now=0.0, ring_timeout_s=30)
     assert dialing.claims() == [] and dialing.signed_in(set()) is None and dialing.live
+
+
+def test_a_call_kept_as_json_is_the_same_call_at_every_step():
+    """A cluster keeps each call in Redis as JSON between events: nothing may be lost on the way."""
+    import json
+
+    door, phone, tablet = DeviceRef("door", "d"), DeviceRef("alice", "phone"), DeviceRef("bob", "tablet")
+    call = ServerCall("c1", door, {"user_id": "door", "display_name": "Door", "kind": "door"}, ("alice", "bob"),
+                      True, {"type": "offer", "sdp": "v=0"}, 1000.0, 30, unavailable=("carol",),
+                      quick_replies=({"id": "coming", "label": "I'm coming"},))
+
+    def same() -> None:
+        again = ServerCall.from_json(json.loads(json.dumps(call.to_json())))
+        assert again == call
+
+    same()
+    call.ring([phone, tablet], 1000.1)
+    same()
+    call.add_snapshot(door, "/v1/direct_calls/c1/snapshot", 1000.2)
+    call.decline(tablet, 1000.3)
+    same()
+    call.accept(phone, {"type": "answer", "sdp": "v=0"}, 1001.0)
+    same()
+    call.end(door, 1010.0)
+    same()
+    assert ServerCall.from_json(call.to_json()).end_reason == "completed"

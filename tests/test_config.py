@@ -197,6 +197,30 @@ def test_server_turn_section_is_off_when_absent_and_checked_when_present(tmp_pat
     ]
 
 
+def test_server_database_and_cluster_sections(tmp_path):
+    path = tmp_path / "server.yaml"
+    url = "postgresql://intercom@db.example.org/intercom"
+    path.write_text(f"database: {url}\ncluster:\n  redis: redis://cache.example.org:6379/0\n  name: a\n")
+    config = ServerConfig.from_file(path)
+    assert config.db_target == url and config.cluster is not None
+    assert (config.cluster.redis_url, config.cluster.name) == ("redis://cache.example.org:6379/0", "a")
+    path.write_text("database: postgresql://intercom:s3cret@db.example.org/intercom\n")
+    assert ServerConfig.from_file(path).db_name == "postgresql://intercom:***@db.example.org/intercom"
+    path.write_text("database: mysql://db/intercom\ncluster:\n  redis: http://cache\n")
+    with pytest.raises(ConfigError) as exc:
+        ServerConfig.from_file(path)
+    assert [str(p) for p in exc.value.problems] == [
+        "database (line 1): must be a file path (SQLite) or a postgresql:// URL; no other engine is supported",
+        "cluster.redis (line 3): must be a redis://host:6379/0 URL (rediss:// for TLS)",
+    ]
+    path.write_text("cluster:\n  redis: redis://cache:6379/0\n")  # SQLite is one process's file
+    with pytest.raises(ConfigError, match="share one database: set database: to a postgresql:// URL"):
+        ServerConfig.from_file(path)
+    path.write_text(f"database: {url}\ncluster:\n  redis: redis://cache:6379/0\nmqtt:\n  host: broker\n")
+    with pytest.raises(ConfigError, match="MQTT bridge runs on a single server"):
+        ServerConfig.from_file(path)
+
+
 def test_server_push_section_defaults_and_mistakes(tmp_path):
     path = tmp_path / "server.yaml"
     path.write_text("public_url: https://door.example.org/\n")

@@ -94,7 +94,7 @@ async def test_an_answered_call_outlives_a_signaling_outage_longer_than_the_ring
     device = DeviceRef("alice", "phone")
     while device in server.hub.devices:  # the server notices the closed socket
         await asyncio.sleep(0.01)
-    await _after_timer(server.hub._grace[device][0])  # the ring grace has run out
+    await _after_timer(server.hub._timers["grace:alice\x1fphone"])  # the ring grace has run out
     assert (await door.request("ping"))["type"] == "ok"
     assert (await door.next())["type"] == "pong"
     door.assert_quiet()  # no `ended`: the call's media may well be flowing

@@ -90,6 +90,8 @@ class SignalingClient:
         self.session_info: dict[str, Any] = {}
         self.connected = asyncio.Event()
         self.last_error: str | None = None
+        #: Sessions so far: more than one means the link was lost (or the server moved it) and made again.
+        self.sign_ins = 0
         self._closing = False
 
     @property
@@ -146,6 +148,7 @@ class SignalingClient:
                     # aiohttp takes the interval at connect: it applies from the next connection.
                     self.heartbeat_s = float(heartbeat)
                 self.last_error = None
+                self.sign_ins += 1
                 self.connected.set()
                 log.info("signed in to %s as %s/%s", self.url, self.user_id, self.device_id)
                 if self._on_connection:

@@ -604,7 +604,7 @@ class Station:
             "last_call": door.last_call,
             "server": {"url": self.config.server_url, "connected": self.client.connected.is_set(),
                        "user_id": self.config.user_id, "device_id": self.client.device_id,
-                       "last_error": self.client.last_error},
+                       "last_error": self.client.last_error, "sign_ins": self.client.sign_ins},
             "pins": self.pins.state(),
             "camera": {"backend": self.camera.name, "encoding": self.camera.encoding,
                        "viewers": self.camera.video.viewers, "frames": video.frames, "keyframes": video.keyframes,

@@ -104,6 +104,45 @@ class ServerCall:
     #: (time, event, detail): what the Platform API shows as the call's timeline.
     timeline: list[tuple[float, str, dict[str, Any]]] = field(default_factory=list)
 
+    def to_json(self) -> dict[str, Any]:
+        """The whole call, for a store shared by several server processes (a cluster): any of
+        them can take the next event. `from_json(to_json())` is the same call."""
+        def refs(devices: dict[DeviceRef, None]) -> list[list[str]]:
+            return [[d.user_id, d.device_id] for d in devices]
+
+        def ref(device: DeviceRef | None) -> list[str] | None:
+            return None if device is None else [device.user_id, device.device_id]
+        return {
+            "call_id": self.call_id, "caller": ref(self.caller), "caller_info": self.caller_info,
+            "callees": list(self.callees), "video": self.video, "offer": self.offer, "created_at": self.created_at,
+            "ring_timeout_s": self.ring_timeout_s, "snapshot_url": self.snapshot_url,
+            "unavailable": list(self.unavailable), "quick_replies": [dict(r) for r in self.quick_replies],
+            "state": str(self.state), "ringing": refs(self.ringing), "declined": refs(self.declined),
+            "reached": refs(self.reached), "accepted_by": ref(self.accepted_by), "accepted_at": self.accepted_at,
+            "end_reason": None if self.end_reason is None else str(self.end_reason), "ended_by": ref(self.ended_by),
+            "ended_at": self.ended_at, "timeline": [[t, e, d] for t, e, d in self.timeline],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ServerCall:
+        def refs(items: list[list[str]]) -> dict[DeviceRef, None]:
+            return {DeviceRef(u, d): None for u, d in items}
+
+        def ref(item: list[str] | None) -> DeviceRef | None:
+            return None if item is None else DeviceRef(item[0], item[1])
+        caller = ref(data["caller"])
+        assert caller is not None
+        return cls(
+            call_id=data["call_id"], caller=caller, caller_info=data["caller_info"], callees=tuple(data["callees"]),
+            video=data["video"], offer=data["offer"], created_at=data["created_at"],
+            ring_timeout_s=data["ring_timeout_s"], snapshot_url=data["snapshot_url"],
+            unavailable=tuple(data["unavailable"]), quick_replies=tuple(data["quick_replies"]),
+            state=CallState(data["state"]), ringing=refs(data["ringing"]), declined=refs(data["declined"]),
+            reached=refs(data["reached"]), accepted_by=ref(data["accepted_by"]), accepted_at=data["accepted_at"],
+            end_reason=None if data["end_reason"] is None else EndReason(data["end_reason"]),
+            ended_by=ref(data["ended_by"]), ended_at=data["ended_at"],
+            timeline=[(t, e, d) for t, e, d in data["timeline"]])
+
     @property
     def rung_callees(self) -> tuple[str, ...]:
         return tuple(c for c in self.callees if c not in self.unavailable)

@@ -19,7 +19,7 @@ def _enum(name: str, enum: type[StrEnum], export: str) -> str:
 
 def module() -> str:
     closes = {"UNAUTHENTICATED": m.CLOSE_UNAUTHENTICATED, "TOKEN_REVOKED": m.CLOSE_TOKEN_REVOKED,
-              "REPLACED": m.CLOSE_REPLACED}
+              "REPLACED": m.CLOSE_REPLACED, "SERVICE_RESTART": m.CLOSE_SERVICE_RESTART}
     return "\n".join([
         "// Generated from the Python package intercom_protocol (python -m intercom_protocol.javascript):",
         "// do not edit. The wire contract is docs/protocol.md.",

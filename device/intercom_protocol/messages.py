@@ -37,6 +37,9 @@ CLOSE_UNAUTHENTICATED = 4401
 CLOSE_TOKEN_REVOKED = 4403
 #: Close code for a session replaced by the same device signing in again elsewhere (another tab).
 CLOSE_REPLACED = 4409
+#: WebSocket's own "service restart": the server process stops (a rolling restart of a
+#: cluster); connect again at once, through the load balancer, to another process.
+CLOSE_SERVICE_RESTART = 1012
 #: An escaped UTF-16 surrogate, the only way JSON text can carry a string that is not valid
 #: Unicode (a WebSocket text frame is checked UTF-8 already).
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")

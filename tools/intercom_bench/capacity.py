@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from intercom_server.store import Store
+from intercom_sim.cluster import Cluster
 from intercom_sim.harness import Installation, Process
 
 from .figures import cpu_times, memory_kib
@@ -23,6 +24,8 @@ from .scene import installation
 #: Calls a second one door/phone pair offers at most: the server allows a connection 20
 #: messages a second, and a door sends two per call.
 PEAK_PER_PAIR = 8.0
+#: Server processes in the cluster the benchmark runs.
+CLUSTER = 3
 #: Devices per resident account: phones, tablets and laptops of one household member.
 DEVICES_PER_RESIDENT = 5
 
@@ -67,7 +70,7 @@ async def run(root: Path, connections: int, pairs: int, seconds: float, steady_r
         residents = max(pairs, -(-connections // DEVICES_PER_RESIDENT))
         await provision(site, residents, pairs, database)
         if not connections:
-            return {"setups": await _setups(site, pid, pairs, seconds, steady_rate)}
+            return {"setups": await _setups(site, [pid], pairs, seconds, steady_rate)}
 
         # Idle devices: the server's memory before and after they have all signed in.
         baseline = memory_kib(pid)["VmRSS"]
@@ -76,7 +79,7 @@ async def run(root: Path, connections: int, pairs: int, seconds: float, steady_r
         loaded = memory_kib(pid)["VmRSS"]
         await idle.stop()
         per_client = (loaded - baseline) / connections
-        setups = await _setups(site, pid, pairs, seconds, steady_rate)
+        setups = await _setups(site, [pid], pairs, seconds, steady_rate)
     return {
         "idle": {"connections": ready["connections"], "signed_in_in_s": ready["seconds"],
                  "server_rss_before_kib": baseline, "server_rss_after_kib": loaded,
@@ -85,7 +88,37 @@ async def run(root: Path, connections: int, pairs: int, seconds: float, steady_r
     }
 
 
-async def _setups(site: Installation, pid: int, pairs: int, seconds: float,
+async def run_cluster(root: Path, connections: int, pairs: int, seconds: float, steady_rate: float,
+                      size: int = 3) -> dict[str, Any]:
+    """The same on `size` processes sharing PostgreSQL and Redis behind HAProxy, all on this
+    machine's two cores: memory per idle connection over all the processes, then set-ups, most
+    of whose door and phone are on different processes."""
+    group = Cluster(root, size)
+    try:
+        await group.start()
+        assert group.database is not None
+        site = group.site
+        pids = [p.proc.pid for p in group.servers if p is not None]
+        residents = max(pairs, -(-connections // DEVICES_PER_RESIDENT))
+        await provision(site, residents, pairs, group.database)
+        baseline = sum(memory_kib(pid)["VmRSS"] for pid in pids)
+        idle = await _loadgen(site, "idle", "--connections", str(connections))
+        ready = await idle.wait_for_event("ready", timeout=300)
+        loaded = sum(memory_kib(pid)["VmRSS"] for pid in pids)
+        await idle.stop()
+        setups = await _setups(site, pids, pairs, seconds, steady_rate)
+    finally:
+        await group.close()
+    return {
+        "processes": size,
+        "idle": {"connections": ready["connections"], "signed_in_in_s": ready["seconds"],
+                 "servers_rss_before_kib": baseline, "servers_rss_after_kib": loaded,
+                 "per_connection_kib": round((loaded - baseline) / connections, 2)},
+        "setups": setups,
+    }
+
+
+async def _setups(site: Installation, pids: list[int], pairs: int, seconds: float,
                   steady_rate: float) -> dict[str, dict[str, Any]]:
     """Call set-ups with no idle devices: at a steady rate twice the target, for the latency a
     building sees on a busy evening; then as fast as the pairs may go."""
@@ -94,10 +127,11 @@ async def _setups(site: Installation, pid: int, pairs: int, seconds: float,
         calls = await _loadgen(site, "calls", "--pairs", str(pairs), "--seconds", f"{seconds:g}",
                                "--per-pair", f"{per_pair:g}")
         await calls.wait_for_event("connected", timeout=60)
-        server_before, load_before, started = cpu_times(pid), cpu_times(calls.proc.pid), time.monotonic()
+        server_before = sum(cpu_times(pid).total for pid in pids)
+        load_before, started = cpu_times(calls.proc.pid), time.monotonic()
         result = await calls.wait_for_event("result", timeout=seconds + 120)
         elapsed = time.monotonic() - started
-        server_s = cpu_times(pid).total - server_before.total
+        server_s = sum(cpu_times(pid).total for pid in pids) - server_before
         load_s = cpu_times(calls.proc.pid).total - load_before.total
         await calls.stop()
         setups[phase] = {k: result[k] for k in ("pairs", "seconds", "calls", "offered_per_s", "per_s", "setup_ms",

@@ -94,6 +94,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                                                 args.setup_seconds, args.setup_rate, url)
         finally:
             database.stop()
+        step(f"server, {capacity.CLUSTER} processes on PostgreSQL and Redis behind HAProxy: {args.connections} idle "
+             f"devices, then 2 x {args.setup_seconds:g} s of call set-ups")
+        results["capacity_cluster"] = await capacity.run_cluster(work / "server-cluster", args.connections, args.pairs,
+                                                                 args.setup_seconds, args.setup_rate, capacity.CLUSTER)
     if "push" in parts:
         step(f"Web Push: {args.push_presses} presses to {push.RESIDENTS * push.DEVICES_EACH} devices, "
              f"{args.cold_starts} app starts from a notification")

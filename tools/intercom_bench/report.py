@@ -145,7 +145,9 @@ def markdown(results: dict[str, Any]) -> str:
         cold = pushed.get("cold_start") or {}
         lines.append("| app cold start from the notification's Answer to the first video frame (Chromium) | "
                      + " | ".join(_ms(cold.get("to_first_frame_ms"))) + " |")
-    for key, engine in (("capacity", ""), ("capacity_postgresql", ", PostgreSQL")):
+    for key, engine in (("capacity", ""), ("capacity_postgresql", ", PostgreSQL"),
+                        ("capacity_cluster", f", {(results.get('capacity_cluster') or {}).get('processes')} "
+                                             "processes behind HAProxy")):
         for phase, run in ((results.get(key) or {}).get("setups") or {}).items():
             lines.append(f"| call set-up at the server{engine}, {phase} (dial to accepted; {run['per_s']:g}/s by "
                          f"{run['pairs']} pairs) | " + " | ".join(_ms(run["setup_ms"])) + " |")
@@ -188,6 +190,14 @@ def markdown(results: dict[str, Any]) -> str:
         engines = [("SQLite", capacity["setups"])]
         if results.get("capacity_postgresql"):
             engines.append(("PostgreSQL", results["capacity_postgresql"]["setups"]))
+        cluster = results.get("capacity_cluster")
+        if cluster:
+            engines.append((f"{cluster['processes']} processes (PostgreSQL, Redis, HAProxy)", cluster["setups"]))
+            idle = cluster["idle"]
+            lines.append(f"- {idle['connections']} devices signed in and idle through HAProxy on {cluster['processes']} "
+                         f"processes (in {idle['signed_in_in_s']} s): their RSS together "
+                         f"{idle['servers_rss_before_kib'] / 1024:.1f} → {idle['servers_rss_after_kib'] / 1024:.1f} "
+                         f"MiB, {idle['per_connection_kib']} KiB each.")
         for engine, setups in engines:
             for phase, s in setups.items():
                 lines.append(f"- {engine}, {phase}: {s['calls']} calls set up and ended in {s['seconds']} s by "

@@ -70,10 +70,18 @@ class Reception:
     #: Capture to decode, per frame, for pictures that carry their capture time (the door's
     #: test pattern): glass to glass on one machine, whose monotonic clock both sides share.
     glass_to_glass_ms: list[float] = field(default_factory=list)
+    #: The longest wait between two video frames: the media did not stop if this stays small
+    #: (a cluster's rolling restart moves the signaling, never the media).
+    longest_gap_s: float = 0.0
     _last_fingerprint: bytes = b""
+    _last_frame_at: float | None = None
     last_frame: Any = None
 
     def add_video(self, frame: av.VideoFrame) -> None:
+        now = time.monotonic()
+        if self._last_frame_at is not None:
+            self.longest_gap_s = max(self.longest_gap_s, now - self._last_frame_at)
+        self._last_frame_at = now
         self.video_frames += 1
         self.width, self.height = frame.width, frame.height
         luma = np.frombuffer(memoryview(frame.planes[0]), dtype=np.uint8)
@@ -97,6 +105,9 @@ class Reception:
             "width": self.width, "height": self.height, "audio_frames": self.audio_frames,
             "audio_peak_dbfs": None if self.audio_peak_dbfs == float("-inf") else round(self.audio_peak_dbfs, 1),
             "first_frame_after_accept_s": self.first_frame_after_accept_s,
+            # Counted to the end, so that frames that stopped for good count as one long gap.
+            "longest_gap_s": round(max(self.longest_gap_s, time.monotonic() - self._last_frame_at)
+                                   if self._last_frame_at is not None else 0.0, 3),
             "glass_to_glass_ms": self.glass_to_glass_ms,
         }
 

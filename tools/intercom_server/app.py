@@ -24,6 +24,7 @@ from intercom_protocol.calls import CallError, DeviceRef
 from intercom_protocol.messages import CLOSE_UNAUTHENTICATED, PROTOCOL_PATH, ErrorCode
 
 from .availability import RuleError, parse_resident, parse_site
+from .cluster import ClusterSettings
 from .database import DatabaseError
 from .hub import Hub, HubSettings
 from .mqtt import MqttBridge
@@ -49,10 +50,14 @@ MESSAGES = web.AppKey("messages", MessageBox)
 _WS_READ_LIMIT = 4 * 1024 * 1024
 
 
-def create_app(store: Store, settings: HubSettings, api_token: str, public_url: str = "") -> web.Application:
+def create_app(store: Store, settings: HubSettings, api_token: str, public_url: str = "",
+               cluster: ClusterSettings | None = None) -> web.Application:
+    """With `cluster`, this process is one of several sharing the store and a Redis."""
+    if cluster is not None and settings.mqtt is not None:
+        raise ValueError("the MQTT bridge runs on a single server, not in a cluster")
     app = web.Application(middlewares=[_json_errors])
     app[STORE] = store
-    app[HUB] = Hub(store, settings)
+    app[HUB] = Hub(store, settings, cluster)
     app[API_TOKEN] = api_token
     app[PUBLIC_URL] = public_url
     app.router.add_get(PROTOCOL_PATH, _websocket)
@@ -89,6 +94,8 @@ def create_app(store: Store, settings: HubSettings, api_token: str, public_url: 
     app.cleanup_ctx.append(_load_hub)
     app.cleanup_ctx.append(_watch_database)
     app.cleanup_ctx.append(_watch_revocations)
+    if cluster is not None:
+        app.cleanup_ctx.append(_close_lost_calls)
     app.router.add_get("/v1/me/availability", _api(_get_my_availability, parties=True, bearer_only=True))
     app.router.add_put("/v1/me/availability", _api(_put_my_availability, parties=True, bearer_only=True))
     app.router.add_get("/v1/users/{user_id}/availability", _api(_get_availability))
@@ -127,6 +134,7 @@ async def _load_hub(app: web.Application) -> AsyncIterator[None]:
     the push subscriptions."""
     await app[HUB].start()
     yield
+    await app[HUB].close()
 
 
 @dataclass
@@ -162,6 +170,30 @@ async def _watch_database(app: web.Application) -> AsyncIterator[None]:
             await asyncio.sleep(every)
 
     task = asyncio.get_running_loop().create_task(watch(), name="database-health")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _close_lost_calls(app: web.Application) -> AsyncIterator[None]:
+    """In a cluster no process closes the calls of the last stop at start (the others' are
+    live): a call still open in the database past the longest a call can last lost its state
+    (Redis restarted without persistence) and is closed `unknown`, by whichever process looks."""
+    store, settings = app[STORE], app[HUB].settings
+
+    async def sweep() -> None:
+        while True:
+            try:
+                closed = await store.close_interrupted_calls(time.time() - settings.max_duration_s - 300)
+                if closed:
+                    log.warning("%d call(s) lost their state (Redis restarted empty?): recorded as ended 'unknown'",
+                                closed)
+            except Exception:  # tried again at the next round
+                log.exception("closing lost calls")
+            await asyncio.sleep(60)
+
+    task = asyncio.get_running_loop().create_task(sweep(), name="lost-calls")
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -273,8 +305,9 @@ def origin_allowed(request: web.Request, public_url: str, allowed: tuple[str, ..
 
 async def _websocket(request: web.Request) -> web.StreamResponse:
     hub = request.app[HUB]
-    if not request.app[DATABASE].ok:  # through a load balancer, the client's retry finds another process
-        return _error(503, "internal", "this server cannot reach its database; try again shortly")
+    unready = _unready(request.app)
+    if unready:  # through a load balancer, the client's retry finds another process
+        return _error(503, "internal", f"this server {unready}; try again shortly")
     if not origin_allowed(request, request.app[PUBLIC_URL], hub.settings.allowed_origins):
         log.warning("refused a WebSocket from the page of another site (%s)", request.headers.get("Origin"))
         return _error(403, "forbidden", "this server does not take WebSockets from pages of other sites")
@@ -305,7 +338,7 @@ async def _websocket(request: web.Request) -> web.StreamResponse:
                 break
     finally:
         deadline.cancel()
-        hub.disconnected(conn)
+        await hub.disconnected(conn)
         await conn.close(1000, "bye")  # ends the writer; closing a closed socket is a no-op
     return ws
 
@@ -500,7 +533,7 @@ async def _redeem(request: web.Request, kind: str, malformed: str) -> web.Respon
     against the address like failed sign-ins, so nobody can hammer the server with them."""
     hub = request.app[HUB]
     address = client_address(request, hub.settings.trusted_proxies)
-    wait = hub.sign_in_blocked_for(address)
+    wait = await hub.sign_in_blocked_for(address)
     if wait > 0:
         return _error(429, "rate_limited", f"too many wrong codes from {address}; try again in {math.ceil(wait)} s",
                       headers={"Retry-After": str(math.ceil(wait))})
@@ -510,7 +543,7 @@ async def _redeem(request: web.Request, kind: str, malformed: str) -> web.Respon
     try:
         redeemed = await request.app[STORE].redeem_invite(body["code"], kind=kind)
     except Unauthenticated:
-        hub.sign_in_failed(address)
+        await hub.sign_in_failed(address)
         raise
     if kind == "door":
         log.info("door %s paired from %s", redeemed["user"]["user_id"], address)
@@ -627,7 +660,7 @@ async def _put_message(request: web.Request) -> web.Response:
     log.info("a visitor's message for %s from %s: %d bytes", call_id, request[VIEWER], size)
     hub = request.app[HUB]
     callees = json.loads(row["callees"])
-    live = hub.recent.get(call_id) or hub.calls.get(call_id)
+    live = await hub.find_call(call_id)
     wake = list(live.rung_callees) if live is not None else callees
     door = await store.find_user(request[VIEWER]) or {}
     hub.push.message(call_id, {k: door.get(k) for k in ("user_id", "display_name", "kind")},
@@ -761,7 +794,7 @@ async def _decline(request: web.Request) -> web.Response:
     body = await _body(request, ("device_id",))
     device = DeviceRef(request[VIEWER], check_id("device_id", body["device_id"]))
     try:
-        request.app[HUB].decline_from(device, request.match_info["call_id"])
+        await request.app[HUB].decline_from(device, request.match_info["call_id"])
     except CallError as exc:
         return _error(HTTP_STATUS.get(exc.code, 400), str(exc.code), exc.message)
     return web.Response(status=204)
@@ -845,19 +878,39 @@ async def _openapi(request: web.Request) -> web.Response:
     return web.json_response(OPENAPI)
 
 
+def _unready(app: web.Application) -> str | None:
+    """Why this process takes no new connections now, if it does not."""
+    hub = app[HUB]
+    if hub.draining:
+        return "is restarting"
+    if not app[DATABASE].ok:
+        return "cannot reach its database"
+    if hub.cluster is not None and not hub.cluster.ok:
+        return "cannot reach Redis"
+    return None
+
+
 async def _health(request: web.Request) -> web.Response:
     """For a load balancer or a monitor: up or not. Counts of devices and calls say when a
     household is home, so only the Api-Token sees them."""
     given = request.headers.get("Api-Token")
     database = request.app[DATABASE]
-    status = 200 if database.ok else 503
+    unready = _unready(request.app)
+    status = 503 if unready else 200
     if given is None or not _is_api_token(request, given):
-        return web.json_response({"ok": database.ok}, status=status)
+        return web.json_response({"ok": not unready}, status=status)
     hub = request.app[HUB]
     await request.app[STORE].flushed()  # the writes queued until now have told of their failures
+    try:
+        live_calls: int | None = await asyncio.wait_for(hub.live_count(), 2.0)
+    except Exception:  # noqa: BLE001 - Redis away: said below
+        live_calls = None
     push = hub.push.stats
-    return web.json_response({"ok": database.ok, "database": {"ok": database.ok, "error": database.error},
-                              "connected_devices": len(hub.devices), "live_calls": len(hub.calls),
+    cluster = hub.cluster
+    return web.json_response({"ok": not unready, "database": {"ok": database.ok, "error": database.error},
+                              **({"cluster": {"process": cluster.name, "redis": {"ok": cluster.ok, "error": cluster.error},
+                                              "draining": hub.draining}} if cluster is not None else {}),
+                              "connected_devices": len(hub.devices), "live_calls": live_calls,
                               "store_errors": hub.store_errors, "last_store_error": hub.last_store_error,
                               "push": {"subscriptions": hub.push.count(), "sent": push.sent, "failed": push.failed,
                                        "retried": push.retried, "pruned": push.pruned, "expired": push.expired,

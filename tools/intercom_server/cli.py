@@ -18,6 +18,7 @@ from aiohttp import web
 from intercom_protocol.yamlconfig import ConfigError
 
 from .app import create_app, invite_url, pairing_url
+from .cluster import Unreachable
 from .config import ServerConfig
 from .database import DatabaseError
 from .store import Store, StoreError, StoreUnavailable
@@ -57,7 +58,9 @@ async def _open_store(config: ServerConfig) -> Store:
 async def _serve(config: ServerConfig) -> None:
     store = await _open_store(config)
     try:
-        closed = await store.close_interrupted_calls()
+        # Alone, a call live at the last stop was lost with it; in a cluster, the other
+        # processes carry it on (and its timers end it if nobody does).
+        closed = await store.close_interrupted_calls() if config.cluster is None else 0
     except DatabaseError as exc:
         await store.close()
         raise StartupError(f"the database {config.db_name} cannot be written: {exc}") from None
@@ -66,12 +69,17 @@ async def _serve(config: ServerConfig) -> None:
     token, source = config.resolve_api_token()
     config.hub.push.key_file = config.data_dir / "vapid_private.pem"
     try:
-        app = create_app(store, config.hub, token, public_url=config.public_url or "")
+        app = create_app(store, config.hub, token, public_url=config.public_url or "", cluster=config.cluster)
     except (ValueError, OSError) as exc:
         await store.close()
         raise StartupError(f"cannot start Web Push: {exc}") from None
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
+    try:
+        await runner.setup()
+    except Unreachable as exc:
+        await runner.cleanup()
+        await store.close()
+        raise StartupError(str(exc)) from None
     tls = None
     if config.tls_cert and config.tls_key:
         # Phones allow the microphone only on https (or localhost): serve TLS here, or put the

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from intercom_protocol.yamlconfig import ConfigError, Field, Problem, in_range, load_file
 
 from .availability import RuleError, zone
+from .cluster import ClusterSettings
 from .database import is_url, redacted
 from .homeassistant import OpenEntity
 from .hub import RECENT_CALLS_S, HubSettings
@@ -62,6 +63,11 @@ def _database(value: Any) -> None:
         raise ValueError("must be a file path (SQLite) or a postgresql:// URL; no other engine is supported")
     if is_url(value) and not urlsplit(value).hostname and "host=" not in value:
         raise ValueError("a PostgreSQL URL names its host: postgresql://user@host:5432/dbname")
+
+
+def _redis_url(value: Any) -> None:
+    if not isinstance(value, str) or not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("must be a redis://host:6379/0 URL (rediss:// for TLS)")
 
 
 def _contact(value: Any) -> None:
@@ -142,6 +148,11 @@ SCHEMA = {
                              help="push services on your own network (a self-hosted ntfy), which may be http"),
         "timeout_s": Field(float, default=10.0, check=in_range(1, 120)),
     }),
+    "cluster": Field(schema={
+        "redis": Field(str, required=True, check=lambda v: _redis_url(v),
+                       help="redis://host:6379/0: presence, calls and timers shared by the processes"),
+        "name": Field(str, help="this process's name in the cluster; default: host name and process id"),
+    }, optional_section=True),
     "mqtt": Field(schema={
         "host": Field(str, required=True, help="the MQTT broker, e.g. the Mosquitto add-on's address"),
         "port": Field(int, default=None, check=in_range(1, 65535), help="default 1883, or 8883 with tls"),
@@ -202,6 +213,8 @@ class ServerConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     hub: HubSettings = field(default_factory=HubSettings)
+    #: One of several processes sharing the database and a Redis; None: the only one.
+    cluster: ClusterSettings | None = None
 
     @classmethod
     def from_file(cls, path: str | Path) -> ServerConfig:
@@ -211,7 +224,15 @@ class ServerConfig:
         tls = raw.get("tls")
         push = raw["push"]
         mqtt = raw.get("mqtt")
+        cluster = raw.get("cluster")
+        if cluster and not (raw["database"] and is_url(raw["database"])):
+            raise ConfigError(str(path), [Problem("cluster", None, "a cluster's processes share one database: "
+                                                  "set database: to a postgresql:// URL")])
+        if cluster and mqtt:
+            raise ConfigError(str(path), [Problem("mqtt", None, "the MQTT bridge runs on a single server, not in "
+                                                  "a cluster: remove mqtt: or cluster:")])
         return cls(
+            cluster=ClusterSettings(redis_url=cluster["redis"], name=cluster["name"] or "") if cluster else None,
             host=raw["listen"]["host"], port=raw["listen"]["port"], data_dir=Path(raw["data_dir"]),
             api_token=raw["api_token"], database=raw["database"] or None,
             public_url=raw["public_url"],

@@ -61,24 +61,23 @@ class DoorAction:
         assert conn.user is not None and conn.device is not None
         name, call_id = req.body.name, req.body.call_id
         if name == "quick_reply":
-            self.quick_reply(conn, req)
+            await self.quick_reply(conn, req)
             return
         if name != "open_door":
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"unknown action '{name}'; the actions are: open_door, "
                                                        "quick_reply", req.id)
         now = time.time()
-        call = self.hub.calls.get(call_id) or self.hub.recent.get(call_id)
+        call = await self.hub.find_call(call_id)
         site_id = conn.user["site_id"]
         try:
             door = await self._door_of(conn, call, now)
         except ProtocolError as exc:
             self._audit(site_id, conn.device, call_id, None, "refused", exc.message, now)
             raise
-        door_conn = self.hub.devices.get(door)
-        if door_conn is None:
+        if not await self.hub.is_connected(door):
             self._audit(site_id, conn.device, call_id, door, "failed", "the door station is not connected", now)
             raise ProtocolError(ErrorCode.CONFLICT, "the door station is not connected", req.id)
-        self.hub._spawn(self._open_door(conn, req, door_conn, now))
+        self.hub._spawn(self._open_door(conn, req, door, now))
 
     async def _door_of(self, conn: Connection, call: ServerCall | None, now: float) -> DeviceRef:
         """The door device of a call this resident's device answered or placed, or `forbidden`."""
@@ -102,20 +101,22 @@ class DoorAction:
             raise ProtocolError(ErrorCode.FORBIDDEN, f"the call ended more than {window:g} s ago")
         return door
 
-    async def _open_door(self, conn: Connection, req: Request[m.Action], door_conn: Connection, now: float) -> None:
+    async def _open_door(self, conn: Connection, req: Request[m.Action], door: DeviceRef, now: float) -> None:
         assert conn.user is not None and conn.device is not None
         opening = await self.carry_out(conn.user["site_id"], conn.device, conn.user["display_name"], req.body.call_id,
-                                       door_conn, now)
+                                       door, now)
         if opening.outcome == "opened":
             conn.send(m.ok(req.id))
         else:
             conn.send(m.error(req.id, opening.code or ErrorCode.INTERNAL, opening.message))
 
-    def quick_reply(self, conn: Connection, req: Request[m.Action]) -> None:
+    async def quick_reply(self, conn: Connection, req: Request[m.Action]) -> None:
         """A resident rung by a visitor's call has the door play one of its quick replies
         ("I'm coming"), without answering. The door plays it, or says why it cannot."""
         assert conn.user is not None and conn.device is not None
-        call = self.hub.calls.get(req.body.call_id)
+        call = await self.hub.find_call(req.body.call_id)
+        if call is not None and call.ended:
+            call = None
         if conn.user["kind"] != "resident" or call is None or not call.involves(conn.device) \
                 or call.caller_info.get("kind") != "door":
             raise ProtocolError(ErrorCode.FORBIDDEN, "you are not rung by this door's visitor", req.id)
@@ -128,18 +129,17 @@ class DoorAction:
             offered = ", ".join(r["id"] for r in call.quick_replies) or "none"
             raise ProtocolError(ErrorCode.NOT_FOUND, f"the door has no quick reply '{req.body.reply}'; it has: "
                                                      f"{offered}", req.id)
-        door_conn = self.hub.devices.get(call.caller)
-        if door_conn is None:
+        if not await self.hub.is_connected(call.caller):
             raise ProtocolError(ErrorCode.CONFLICT, "the door station is not connected", req.id)
-        self.hub._spawn(self._play_reply(conn, req, call, door_conn, reply))
+        self.hub._spawn(self._play_reply(conn, req, call, reply))
 
-    async def _play_reply(self, conn: Connection, req: Request[m.Action], call: ServerCall, door_conn: Connection,
+    async def _play_reply(self, conn: Connection, req: Request[m.Action], call: ServerCall,
                           reply: dict[str, str]) -> None:
         assert conn.user is not None and conn.device is not None
         try:
-            answer = await door_conn.request("action", self.hub.settings.door_reply_timeout_s, call_id=call.call_id,
-                                             name="quick_reply", reply=reply["id"],
-                                             by={**conn.device.as_json(), "display_name": conn.user["display_name"]})
+            answer = await self.hub.ask(call.caller, "action", self.hub.settings.door_reply_timeout_s,
+                                        call_id=call.call_id, name="quick_reply", reply=reply["id"],
+                                        by={**conn.device.as_json(), "display_name": conn.user["display_name"]})
         except (TimeoutError, ConnectionGone) as exc:
             conn.send(m.error(req.id, ErrorCode.INTERNAL, _unanswered(exc)))
             return
@@ -151,17 +151,16 @@ class DoorAction:
         log.info("%s/%s sent the quick reply '%s' to %s's visitor (call %s)%s", conn.device.user_id,
                  conn.device.device_id, reply["id"], call.caller.user_id, call.call_id, "; it ends the call" if ends else "")
         conn.send(m.ok(req.id, ends_call=ends))
-        if ends and not call.ended:  # answered for everyone: the other phones stop ringing
-            self.hub._deliver(call, call.abort(m.EndReason.DECLINED, time.time()))
+        if ends:  # answered for everyone: the other phones stop ringing
+            now = time.time()
+            await self.hub._event(call.call_id, lambda c: c.abort(m.EndReason.DECLINED, now))
 
-    async def carry_out(self, site_id: str, by: DeviceRef, display_name: str, call_id: str, door_conn: Connection,
+    async def carry_out(self, site_id: str, by: DeviceRef, display_name: str, call_id: str, door: DeviceRef,
                         now: float) -> Opening:
         """Ask the door, once the request is on the door log; the log gets the door's answer.
 
         For a resident's device and for an integration alike (`by`), once the server's own
         checks have passed."""
-        assert door_conn.device is not None
-        door = door_conn.device
         # Fail closed: the entry is on disk before the door is asked, or the door stays shut.
         try:
             entry = await self._audit(site_id, by, call_id, door, "opening", "asked the door; no answer recorded yet",
@@ -169,8 +168,8 @@ class DoorAction:
         except (DatabaseError, OSError):
             return Opening("failed", ErrorCode.INTERNAL, "the door log cannot be written, so the door was not opened")
         try:
-            reply = await door_conn.request("action", self.hub.settings.door_reply_timeout_s, call_id=call_id,
-                                            name="open_door", by={**by.as_json(), "display_name": display_name})
+            reply = await self.hub.ask(door, "action", self.hub.settings.door_reply_timeout_s, call_id=call_id,
+                                       name="open_door", by={**by.as_json(), "display_name": display_name})
         except (TimeoutError, ConnectionGone) as exc:
             why = _unanswered(exc)
             self._settle(by, entry, call_id, "failed", why)
@@ -197,24 +196,24 @@ class DoorAction:
         if door_user is None or door_user["kind"] != "door":
             return Opening("refused", ErrorCode.NOT_FOUND, f"there is no door '{door_id}'")
         site_id = door_user["site_id"]
-        found = self._door_call(door_id, now)
+        found = await self._door_call(door_id, now)
         if found is None:
             why = (f"nobody is at the door: no call of this door is ringing, in progress or ended within "
                    f"{self.hub.settings.open_door_window_s:g} s")
             self._audit(site_id, by, "", None, "refused", why, now)
             return Opening("refused", ErrorCode.FORBIDDEN, why)
         call, door = found
-        door_conn = self.hub.devices.get(door)
-        if door_conn is None:
+        if not await self.hub.is_connected(door):
             self._audit(site_id, by, call.call_id, door, "failed", "the door station is not connected", now)
             return Opening("failed", ErrorCode.CONFLICT, "the door station is not connected")
-        return await self.carry_out(site_id, by, integration, call.call_id, door_conn, now)
+        return await self.carry_out(site_id, by, integration, call.call_id, door, now)
 
-    def _door_call(self, door_id: str, now: float) -> tuple[ServerCall, DeviceRef] | None:
+    async def _door_call(self, door_id: str, now: float) -> tuple[ServerCall, DeviceRef] | None:
         """The door's live call, else its latest one that ended within the window, with the
         door's own device in it."""
         window = self.hub.settings.open_door_window_s
-        for call in [*reversed(self.hub.calls.values()), *reversed(self.hub.recent.values())]:
+        calls = await self.hub.calls_of([door_id], live_only=False)
+        for call in [*reversed([c for c in calls if not c.ended]), *reversed([c for c in calls if c.ended])]:
             if call.ended_at is not None and now - call.ended_at > window:
                 continue
             for device in (call.caller, call.accepted_by):

@@ -26,7 +26,8 @@ from intercom_protocol.calls import CallError, DeviceRef, Send, ServerCall
 from intercom_protocol.messages import EndReason, ErrorCode, ProtocolError, Request
 
 from .availability import RuleBook
-from .connection import Connection
+from .cluster import Cluster, ClusterSettings
+from .connection import Connection, ConnectionGone
 from .database import DatabaseError
 from .door_action import DoorAction
 from .events import EventBus, EventType, party
@@ -98,22 +99,65 @@ def _id_of(text: str) -> str | None:
     return rid if isinstance(rid, str) else None
 
 
+#: A change of a call: applied to the call, it returns what to send.
+Event = Callable[[ServerCall], list[Send]]
+
+
+def _timer_device(rest: str) -> DeviceRef:
+    user, _, device = rest.partition("\x1f")
+    return DeviceRef(user, device)
+
+
+class Throttle:
+    """Failed sign-ins per key (an address, a user id) within a window: in this process, or in
+    Redis for the whole cluster."""
+
+    def __init__(self, limit: int, window_s: float, cluster: Cluster | None, kind: str) -> None:
+        self.limit, self.window_s, self.kind = limit, window_s, kind
+        self._local = FailureWindow(limit, window_s)
+        self._cluster = cluster
+
+    async def blocked_for(self, key: str) -> float:
+        if self._cluster is None:
+            return self._local.blocked_for(key, time.monotonic())
+        now = time.time()
+        name = f"{self.kind}:{key}"
+        if await self._cluster.failures(name, self.window_s, now) < self.limit:
+            return 0.0
+        oldest = await self._cluster.oldest_failure(name)
+        return max(0.0, (oldest or now) + self.window_s - now)
+
+    async def fail(self, key: str) -> None:
+        if self._cluster is None:
+            self._local.fail(key, time.monotonic())
+        else:
+            await self._cluster.fail(f"{self.kind}:{key}", self.window_s, time.time())
+
+
 class Hub:
-    def __init__(self, store: Store, settings: HubSettings) -> None:
+    """With `cluster`, the hub is one of several processes: presence, calls and timers are in
+    Redis (see cluster.py); without, they are here, in memory. Either way each request is
+    applied to its call by `_apply` and delivered by `_deliver`."""
+
+    def __init__(self, store: Store, settings: HubSettings, cluster: ClusterSettings | None = None) -> None:
         self.store = store
         self.settings = settings
+        #: The devices connected to this process.
         self.devices: dict[DeviceRef, Connection] = {}
+        #: Live calls (one process only; a cluster keeps them in Redis).
         self.calls: dict[str, ServerCall] = {}
         #: Calls that ended lately, so a request crossing the end learns why (`conflict`)
         #: instead of `not_found`, and a resident may still open the door. Oldest first.
         self.recent: dict[str, ServerCall] = {}
-        self._timers: dict[str, list[asyncio.TimerHandle]] = {}
-        self._grace: dict[DeviceRef, list[asyncio.TimerHandle]] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self.cluster = Cluster(cluster, self) if cluster is not None else None
         limits = settings.limits
-        self._auth_by_user = FailureWindow(limits.auth_failures_per_user, limits.auth_window_s)
-        self._auth_by_address = FailureWindow(limits.auth_failures_per_address, limits.auth_window_s)
-        self._actions: set[asyncio.Task[None]] = set()
+        self._auth_by_user = Throttle(limits.auth_failures_per_user, limits.auth_window_s, self.cluster, "user")
+        self._auth_by_address = Throttle(limits.auth_failures_per_address, limits.auth_window_s, self.cluster, "addr")
+        self._actions: set[asyncio.Task[Any]] = set()
         self._expiry: dict[Connection, asyncio.TimerHandle] = {}
+        #: Set once the process stops taking connections (SIGTERM in a cluster).
+        self.draining = False
         #: Writes that failed (the bell rang anyway); shown to the operator by /healthz.
         self.store_errors = 0
         self.last_store_error: str | None = None
@@ -125,12 +169,118 @@ class Hub:
         self.door_action = DoorAction(self)
 
     async def start(self) -> None:
-        """Read what a press must not wait for: who may be rung, and how to wake phones."""
+        """Join the cluster, if any; read what a press must not wait for: who may be rung,
+        and how to wake phones."""
+        if self.cluster is not None:
+            await self.cluster.start()
         await self.rules.reload()
         await self.push.reload()
 
     def connection(self, send_text: Callable[[str], Any], close: Callable[[int, str], Any], peer: str) -> Connection:
         return Connection(send_text, close, peer, self.settings.limits)
+
+    # -- where things are: here, or in Redis ------------------------------------------------
+
+    async def find_call(self, call_id: str) -> ServerCall | None:
+        """A live call, or one that ended lately."""
+        if self.cluster is not None:
+            return await self.cluster.get_call(call_id)
+        return self.calls.get(call_id) or self.recent.get(call_id)
+
+    async def calls_of(self, user_ids: list[str], live_only: bool = True) -> list[ServerCall]:
+        """The calls these users are parties of, oldest first."""
+        if self.cluster is not None:
+            calls = await self.cluster.calls_of(user_ids)
+        else:
+            users = set(user_ids)
+            pool = [*self.recent.values(), *self.calls.values()] if not live_only else list(self.calls.values())
+            calls = [c for c in pool if c.caller.user_id in users or users.intersection(c.callees)]
+        return [c for c in calls if not c.ended] if live_only else calls
+
+    async def live_count(self) -> int:
+        return await self.cluster.live_count() if self.cluster is not None else len(self.calls)
+
+    async def devices_of(self, user_ids: list[str] | tuple[str, ...]) -> list[DeviceRef]:
+        """Every connected device of these users, on any process."""
+        if self.cluster is not None:
+            return await self.cluster.devices_of(user_ids)
+        users = set(user_ids)
+        return [d for d in self.devices if d.user_id in users]
+
+    async def is_connected(self, device: DeviceRef) -> bool:
+        if device in self.devices:
+            return True
+        return self.cluster is not None and await self.cluster.where(device) is not None
+
+    async def ask(self, device: DeviceRef, kind: str, timeout_s: float, **body: Any) -> dict[str, Any]:
+        """A request to a device (the door, asked to open), wherever it is connected: its
+        reply, or TimeoutError, or ConnectionGone."""
+        conn = self.devices.get(device)
+        if conn is not None:
+            return await conn.request(kind, timeout_s, **body)
+        if self.cluster is None:
+            raise ConnectionGone()
+        try:
+            return await self.cluster.ask(device, kind, timeout_s, body)
+        except LookupError:
+            raise ConnectionGone() from None
+
+    async def _schedule(self, key: str, at: float) -> None:
+        """A timer by name: `ring:`/`max:` + call id, `grace:`/`media:` + device."""
+        if self.cluster is not None:
+            await self.cluster.schedule(key, at)
+            return
+        old = self._timers.pop(key, None)
+        if old is not None:
+            old.cancel()
+        self._timers[key] = asyncio.get_running_loop().call_later(max(0.0, at - time.time()), self._fire, key)
+
+    async def _cancel(self, *keys: str) -> None:
+        if self.cluster is not None:
+            await self.cluster.cancel(*keys)
+            return
+        for key in keys:
+            handle = self._timers.pop(key, None)
+            if handle is not None:
+                handle.cancel()
+
+    def _fire(self, key: str) -> None:
+        self._timers.pop(key, None)
+        self._spawn(self.timer_due(key))
+
+    async def timer_due(self, key: str) -> None:
+        kind, _, rest = key.partition(":")
+        now = time.time()
+        if kind == "ring":
+            await self._event(rest, lambda call: call.expire(now))
+        elif kind == "max":
+            await self._event(rest, lambda call: call.time_out(now))
+        elif kind in ("grace", "media"):
+            await self._grace_over(_timer_device(rest), answered=kind == "media")
+
+    async def _apply(self, call_id: str, event: Event) -> tuple[ServerCall, list[Send], bool] | None:
+        """Apply one event to a call: (the call after, what to send, whether it ended the
+        call), or None for no such call. `CallError` passes through, and changes nothing."""
+        if self.cluster is not None:
+            return await self.cluster.change(call_id, event, self.settings.max_duration_s + 60)
+        call = self.calls.get(call_id) or self.recent.get(call_id)
+        if call is None:
+            return None
+        was_live = not call.ended
+        sends = event(call)
+        return call, sends, was_live and call.ended
+
+    async def _event(self, call_id: str, event: Event) -> ServerCall | None:
+        """Apply and deliver, for events no request waits on (timers, losses)."""
+        try:
+            applied = await self._apply(call_id, event)
+        except CallError as exc:
+            log.info("%s: %s", call_id, exc.message)
+            return None
+        if applied is None:
+            return None
+        await self._deliver(*applied)
+        return applied[0]
 
     # -- connection life -------------------------------------------------------------------
 
@@ -158,7 +308,7 @@ class Hub:
                 return True
             handler = getattr(self, f"_on_{req.type}")
             result = handler(conn, req)
-            if inspect.isawaitable(result):  # a request that reads the store first
+            if inspect.isawaitable(result):
                 result = await result
             return result is not False
         except ProtocolError as exc:
@@ -171,7 +321,7 @@ class Hub:
             conn.send(m.error(req.id, ErrorCode.INTERNAL, "internal error"))
         return True
 
-    def disconnected(self, conn: Connection) -> None:
+    async def disconnected(self, conn: Connection) -> None:
         expiry = self._expiry.pop(conn, None)
         if expiry is not None:
             expiry.cancel()
@@ -179,8 +329,18 @@ class Hub:
         if device is None or self.devices.get(device) is not conn:
             return
         del self.devices[device]
-        self._maybe_offline(conn, device)
-        live = [c for c in self.calls.values() if c.involves(device)]
+        try:
+            if self.cluster is not None:
+                await self.cluster.leave(device)
+            await self._maybe_offline(conn, device)
+            await self.device_gone(device)
+        except Exception as exc:  # noqa: BLE001 - Redis away: /healthz says so; the device signs in again
+            log.warning("%s/%s left while Redis was away: %s", device.user_id, device.device_id, exc)
+
+    async def device_gone(self, device: DeviceRef) -> None:
+        """A device's connection is gone (closed here, or its process died): its calls wait a
+        while for it to come back, on any process, and claim them."""
+        live = [c for c in await self.calls_of([device.user_id]) if c.involves(device)]
         if not live:
             return
         # An answered call may have healthy media while the signaling link is down: it waits
@@ -189,31 +349,30 @@ class Hub:
         grace = self.settings.media_grace_s if answered else self.settings.grace_s
         log.info("%s/%s disconnected during a call; waiting %.0fs for it to return",
                  device.user_id, device.device_id, grace)
-        loop = asyncio.get_running_loop()
-        self._grace[device] = [loop.call_later(self.settings.grace_s, self._grace_over, device, False)]
+        now, key = time.time(), f"{device.user_id}\x1f{device.device_id}"
+        await self._schedule(f"grace:{key}", now + self.settings.grace_s)
         if answered:
-            self._grace[device].append(loop.call_later(grace, self._grace_over, device, True))
+            await self._schedule(f"media:{key}", now + grace)
 
-    def _grace_over(self, device: DeviceRef, answered: bool) -> None:
+    async def _grace_over(self, device: DeviceRef, answered: bool) -> None:
         """The device did not come back: its rings stop, and (after the longer wait) its
         answered calls end `connection_lost`."""
-        timers = self._grace.get(device)
-        if answered or (timers is not None and len(timers) == 1):
-            self._grace.pop(device, None)
+        if device in self.devices or (self.cluster is not None and await self.cluster.where(device)):
+            return  # it came back meanwhile
         now = time.time()
-        for call in list(self.calls.values()):
+        for call in await self.calls_of([device.user_id]):
             if call.involves(device) and (answered or call.accepted_by is None):
-                self._deliver(call, call.lose(device, now))
+                await self._event(call.call_id, lambda c: c.lose(device, now))
 
     # -- requests --------------------------------------------------------------------------
 
-    def sign_in_blocked_for(self, address: str) -> float:
+    async def sign_in_blocked_for(self, address: str) -> float:
         """Seconds before `address` may try a code again (invites, pairings): wrong codes and
         wrong tokens from one address share one budget."""
-        return self._auth_by_address.blocked_for(address, time.monotonic())
+        return await self._auth_by_address.blocked_for(address)
 
-    def sign_in_failed(self, address: str) -> None:
-        self._auth_by_address.fail(address, time.monotonic())
+    async def sign_in_failed(self, address: str) -> None:
+        await self._auth_by_address.fail(address)
 
     async def _authenticate(self, conn: Connection, req: Request[m.Authenticate]) -> None:
         """Sign a connection in, then resynchronise its device's calls.
@@ -222,18 +381,15 @@ class Hub:
         for one user id from anywhere used to lock that user out, so anyone who could reach
         the server could keep a door offline by guessing wrong on purpose."""
         user_id = req.body.user_id
-        # Read first, then change the hub's state without awaiting anything more: what follows
-        # sees one consistent picture of who is connected.
         user = await self.store.find_user(user_id)
         # The token is checked even for an unknown user, so both fail alike.
         token = await self.store.check_token(user_id, req.body.access_token)
-        clock = time.monotonic()
         if token is None or user is None:
-            wait = self._auth_by_address.blocked_for(conn.peer, clock)
-            self._auth_by_address.fail(conn.peer, clock)
-            if self._auth_by_user.blocked_for(user_id, clock) == 0:
-                self._auth_by_user.fail(user_id, clock)
-                if self._auth_by_user.blocked_for(user_id, clock) > 0:
+            wait = await self._auth_by_address.blocked_for(conn.peer)
+            await self._auth_by_address.fail(conn.peer)
+            if await self._auth_by_user.blocked_for(user_id) == 0:
+                await self._auth_by_user.fail(user_id)
+                if await self._auth_by_user.blocked_for(user_id) > 0:
                     log.warning("%d failed sign-ins as '%s' within %.0f s, the last from %s; its own devices "
                                 "still sign in", self.settings.limits.auth_failures_per_user, user_id,
                                 self.settings.limits.auth_window_s, conn.peer)
@@ -243,60 +399,64 @@ class Hub:
                                     req.id)
             raise ProtocolError(ErrorCode.UNAUTHENTICATED, "unknown user or bad access token", req.id)
         device = DeviceRef(user_id, req.body.device_id or "dev_" + secrets.token_hex(6))
-        previous = self.devices.get(device)
-        others = sum(1 for d in self.devices if d.user_id == user_id and d != device)
+        connected = await self.devices_of([user_id])
+        others = sum(1 for d in connected if d != device)
         if others >= self.settings.limits.connections_per_user:
             raise ProtocolError(ErrorCode.RATE_LIMITED,
                                 f"this user already has {others} devices signed in, the most allowed", req.id)
-        online = user["kind"] == "door" and not any(d.user_id == user_id for d in self.devices)
+        online = user["kind"] == "door" and not connected
+        previous = self.devices.get(device)
         if previous is not None and previous is not conn:
             del self.devices[device]
             previous.device = None
-            asyncio.get_running_loop().create_task(previous.close(m.CLOSE_REPLACED, "signed in again elsewhere"))
-        returned = self._grace.pop(device, None)
-        for timer in returned or ():
-            timer.cancel()
+            self._spawn(previous.close(m.CLOSE_REPLACED, "signed in again elsewhere"))
+        key = f"{user_id}\x1f{device.device_id}"
+        await self._cancel(f"grace:{key}", f"media:{key}")
         now = time.time()
         claims = req.body.calls
         if claims is not None:
-            self._drop_unclaimed(device, set(claims), now)
+            await self._drop_unclaimed(device, set(claims), now)
         conn.user = user
         conn.device = device
         conn.token_id, expires_at = token
         if user["kind"] == "door":
             conn.quick_replies = tuple(dict(r) for r in req.body.quick_replies or ())
         self.devices[device] = conn
+        if self.cluster is not None:
+            elsewhere = await self.cluster.join(device)
+            if elsewhere is not None:  # signed in again here: its old connection there goes
+                self.cluster.kick(device, elsewhere, m.CLOSE_REPLACED, "signed in again elsewhere")
         if expires_at is not None:
             self._expiry[conn] = asyncio.get_running_loop().call_later(
                 max(0.0, expires_at - now), self._end_session, conn, "the access token expired")
-        live = [call.summary_for(device) for call in self.calls.values() if call.holds(device)]
+        calls = await self.calls_of([user_id])
+        live = [call.summary_for(device) for call in calls if call.holds(device)]
         conn.send(m.ok(req.id, user=user, device_id=device.device_id,
                        ice_servers=self.settings.ice.for_user(user_id, now), heartbeat_s=self.settings.heartbeat_s,
                        calls=live))
-        for call in list(self.calls.values()):
+        for call in calls:
             if device in call.ringing:
                 # It rang on a connection that is gone, or by Web Push: ring it here.
                 conn.send(call.incoming_event(now))
             else:
-                self._deliver(call, call.reach(device, now))
+                await self._event(call.call_id, lambda c: c.reach(device, now))
         if online:
             self.events.door(EventType.DOOR_ONLINE, user_id, now)
 
-    def _maybe_offline(self, conn: Connection, device: DeviceRef) -> None:
+    async def _maybe_offline(self, conn: Connection, device: DeviceRef) -> None:
         """A door whose last connection went is offline (a door has one device, normally)."""
-        if conn.user is not None and conn.user["kind"] == "door" and \
-                not any(d.user_id == device.user_id for d in self.devices):
+        if conn.user is not None and conn.user["kind"] == "door" and not await self.devices_of([device.user_id]):
             self.events.door(EventType.DOOR_OFFLINE, device.user_id)
 
-    def _drop_unclaimed(self, device: DeviceRef, claims: set[str], now: float) -> None:
+    async def _drop_unclaimed(self, device: DeviceRef, claims: set[str], now: float) -> None:
         """A device that signs in says which calls it still holds: one it placed or answered
         and no longer knows (a restarted process with the same device id) is over. Left alone,
         the resident stayed in a call with nobody, and the next visitor was declined as busy."""
-        for call in list(self.calls.values()):
+        for call in await self.calls_of([device.user_id]):
             if call.call_id in claims or device not in (call.caller, call.accepted_by) or not call.holds(device):
                 continue
             log.info("%s/%s signed in without call %s: ending it", device.user_id, device.device_id, call.call_id)
-            self._deliver(call, call.lose(device, now))
+            await self._event(call.call_id, lambda c: c.lose(device, now))
 
     def _end_session(self, conn: Connection, why: str) -> None:
         """A revoked or expired token ends its sessions at once; its calls go as after a crash."""
@@ -306,14 +466,18 @@ class Hub:
         device, conn.device = conn.device, None
         if device is not None and self.devices.get(device) is conn:
             del self.devices[device]
-            self._maybe_offline(conn, device)
+            self._spawn(self._session_ended(conn, device))
         log.info("closing %s/%s: %s", device.user_id if device else "?", device.device_id if device else "?", why)
         self._spawn(conn.close(m.CLOSE_TOKEN_REVOKED, why))
-        if device is not None:
-            now = time.time()
-            for call in list(self.calls.values()):
-                if call.involves(device):
-                    self._deliver(call, call.lose(device, now))
+
+    async def _session_ended(self, conn: Connection, device: DeviceRef) -> None:
+        if self.cluster is not None:
+            await self.cluster.leave(device)
+        await self._maybe_offline(conn, device)
+        now = time.time()
+        for call in await self.calls_of([device.user_id]):
+            if call.involves(device):
+                await self._event(call.call_id, lambda c: c.lose(device, now))
 
     async def revoked(self, token_ids: set[str] | None = None) -> int:
         """End the sessions of these tokens, or of every token the store no longer accepts
@@ -373,6 +537,14 @@ class Hub:
             unavailable=unavailable, quick_replies=conn.quick_replies if dialed else ())
         return call, snapshot, unknown
 
+    async def _add(self, call: ServerCall) -> None:
+        if self.cluster is not None:
+            await self.cluster.add_call(call, RECENT_CALLS_S if call.ended else self.settings.max_duration_s + 60)
+        elif call.ended:
+            self._remember(call)
+        else:
+            self.calls[call.call_id] = call
+
     def _store(self, what: str, written: asyncio.Future[Any]) -> None:
         """A write that must not stop the call: the ring, the answer and the hang-up go on
         while it is committed, and a full disk or a read-only database is logged and counted."""
@@ -393,33 +565,30 @@ class Hub:
         call, snapshot, unknown = await self._new_call(
             conn, req, now, float(req.body.ring_timeout_s or self.settings.ring_timeout_s))
         call_id = call.call_id
-        self.calls[call_id] = call
-        conn.send(m.ok(req.id, call_id=call_id, **({"unknown": unknown} if unknown else {})))
         # A phone rings if it is connected or can be woken by Web Push; one that is both is
         # one device, rung both ways (its service worker shows no notification while the app
         # is on screen).
         rung = call.rung_callees
         subs = self.push.subscribed(rung, now)
-        devices = sorted({d for d in self.devices if d.user_id in rung} | {s.device for s in subs})
-        loop = asyncio.get_running_loop()
-        self._timers[call_id] = [
-            loop.call_later(call.ring_timeout_s, lambda: self._deliver(call, call.expire(time.time()))),
-            loop.call_later(self.settings.max_duration_s, lambda: self._deliver(call, call.time_out(time.time()))),
-        ]
+        devices = sorted(set(await self.devices_of(rung)) | {s.device for s in subs})
+        sends = call.ring(devices, now)
+        await self._add(call)
+        conn.send(m.ok(req.id, call_id=call_id, **({"unknown": unknown} if unknown else {})))
+        await self._schedule(f"ring:{call_id}", now + call.ring_timeout_s)
+        await self._schedule(f"max:{call_id}", now + self.settings.max_duration_s)
         log.info("%s dials %s: %s, %d device(s) ringing%s%s", call.caller.user_id, ",".join(call.callees), call_id,
                  len(devices), f"; not callers' users: {', '.join(unknown)}" if unknown else "",
                  f"; not rung now (do-not-disturb, quiet hours, away): {', '.join(call.unavailable)}"
                  if call.unavailable else "")
-        self._deliver(call, call.ring(devices, now))
+        await self._deliver(call, sends, False)
         self.push.ring(call, subs, now)
-        if not call.ended:
-            self._store("record the call", self.store.record_call(call, snapshot))
-            if call.caller_info["kind"] == "door":
-                self.events.call(EventType.RING, call, now, callees=list(call.callees), devices_ringing=len(devices))
-            if snapshot is not None:
-                self.events.call(EventType.PICTURE, call, now, picture=snapshot)
-            if not rung:  # nobody may be rung: the door hears so at once (its next group, or nobody)
-                self._deliver(call, call.abort(EndReason.UNAVAILABLE, now))
+        self._store("record the call", self.store.record_call(call, snapshot))
+        if call.caller_info["kind"] == "door":
+            self.events.call(EventType.RING, call, now, callees=list(call.callees), devices_ringing=len(devices))
+        if snapshot is not None:
+            self.events.call(EventType.PICTURE, call, now, picture=snapshot)
+        if not rung:  # nobody may be rung: the door hears so at once (its next group, or nobody)
+            await self._event(call_id, lambda c: c.abort(EndReason.UNAVAILABLE, time.time()))
 
     async def _on_missed(self, conn: Connection, req: Request[m.Missed]) -> None:
         """A door reports a press it made while it could not reach the server."""
@@ -428,7 +597,7 @@ class Hub:
             raise ProtocolError(ErrorCode.FORBIDDEN, "only a door station reports missed presses", req.id)
         pressed_at = datetime.fromisoformat(req.body.pressed_at).timestamp()
         call, snapshot, _ = await self._new_call(conn, req, pressed_at, 0.0)
-        devices = sorted(d for d in self.devices if d.user_id in call.rung_callees)
+        devices = sorted(await self.devices_of(call.rung_callees))
         sends = call.missed(devices, time.time())
         self._spawn(self._store_missed(conn, req, call, snapshot, sends))
 
@@ -442,11 +611,11 @@ class Hub:
             self._store_failed("record a missed press", exc)
             conn.send(m.error(req.id, ErrorCode.INTERNAL, "the press could not be stored; report it again later"))
             return
-        self._remember(call)
+        await self._add(call)
         conn.send(m.ok(req.id, call_id=call.call_id))
         assert conn.user is not None
         log.info("%s reports a press at %s while offline: %s", conn.user["user_id"], req.body.pressed_at, call.call_id)
-        self._deliver(call, sends)
+        await self._deliver(call, sends, False)
         self.push.missed(call, time.time())
         if snapshot is not None:
             self.events.call(EventType.PICTURE, call, call.created_at, picture=snapshot)
@@ -462,82 +631,96 @@ class Hub:
         """A door calls residents of its site; a resident calls doors of its site."""
         return caller["site_id"] == callee["site_id"] and caller["kind"] != callee["kind"]
 
-    def _call_for(self, conn: Connection,
-                  req: Request[m.Snapshot] | Request[m.Accept] | Request[m.Decline] | Request[m.End] | Request[m.Action]) -> ServerCall:
-        call = self._involving(conn.device, req.body.call_id)
+    async def _call_for(self, conn: Connection,
+                        req: Request[m.Snapshot] | Request[m.Accept] | Request[m.Decline] | Request[m.End]
+                        ) -> ServerCall:
+        call = await self._involving(conn.device, req.body.call_id)
         if call is None:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no live call '{req.body.call_id}'", req.id)
         return call
 
-    def _involving(self, device: DeviceRef | None, call_id: str) -> ServerCall | None:
+    async def _involving(self, device: DeviceRef | None, call_id: str) -> ServerCall | None:
         """A live or recent call this device is a party of; None for any other, alike."""
-        call = self.calls.get(call_id) or self.recent.get(call_id)
+        call = await self.find_call(call_id)
         return call if call is not None and device is not None and call.involves(device) else None
 
-    def _on_snapshot(self, conn: Connection, req: Request[m.Snapshot]) -> None:
-        call = self._call_for(conn, req)
-        picture = _decode_snapshot(req)
-        sends = call.add_snapshot(conn.device, f"/v1/direct_calls/{call.call_id}/snapshot", time.time())  # type: ignore[arg-type]
-        self._store("store the visitor's picture", self.store.set_snapshot(call.call_id, picture))
+    async def _request(self, conn: Connection, req: Request[Any], event: Event) -> ServerCall:
+        """A party's request on its call: applied, `ok`, then delivered."""
+        call = await self._call_for(conn, req)
+        applied = await self._apply(call.call_id, event)
+        if applied is None:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"no live call '{call.call_id}'", req.id)
         conn.send(m.ok(req.id))
-        self._deliver(call, sends)
-        self.events.call(EventType.PICTURE, call, time.time(), picture=picture)
+        await self._deliver(*applied)
+        return applied[0]
 
-    def _on_accept(self, conn: Connection, req: Request[m.Accept]) -> None:
-        assert conn.user is not None
-        call = self._call_for(conn, req)
+    async def _on_snapshot(self, conn: Connection, req: Request[m.Snapshot]) -> None:
+        picture = _decode_snapshot(req)
         now = time.time()
-        sends = call.accept(conn.device, req.body.answer, now)  # type: ignore[arg-type]
-        conn.send(m.ok(req.id))
-        self._deliver(call, sends)
+        assert conn.device is not None
+        device = conn.device
+        call = await self._request(conn, req, lambda c: c.add_snapshot(
+            device, f"/v1/direct_calls/{c.call_id}/snapshot", now))
+        self._store("store the visitor's picture", self.store.set_snapshot(call.call_id, picture))
+        self.events.call(EventType.PICTURE, call, now, picture=picture)
+
+    async def _on_accept(self, conn: Connection, req: Request[m.Accept]) -> None:
+        assert conn.user is not None and conn.device is not None
+        now, device, answer = time.time(), conn.device, req.body.answer
+        call = await self._request(conn, req, lambda c: c.accept(device, answer, now))
         self.push.answered(call, conn.user["display_name"], now)
         self._store("record the answer", self.store.accept_call(call))
         if call.caller_info["kind"] == "door":
-            self.events.call(EventType.ANSWERED, call, now, by=party(conn.device, conn.user["display_name"]))  # type: ignore[arg-type]
+            self.events.call(EventType.ANSWERED, call, now, by=party(device, conn.user["display_name"]))
         else:  # a resident looking outside: the door answered, the resident is who is in the call
             self.events.call(EventType.ANSWERED, call, now, by=party(call.caller, call.caller_info["display_name"]))
 
-    def _on_decline(self, conn: Connection, req: Request[m.Decline]) -> None:
-        call = self._call_for(conn, req)
-        sends = call.decline(conn.device, time.time())  # type: ignore[arg-type]
-        conn.send(m.ok(req.id))
-        self._deliver(call, sends)
+    async def _on_decline(self, conn: Connection, req: Request[m.Decline]) -> None:
+        assert conn.device is not None
+        device, now = conn.device, time.time()
+        await self._request(conn, req, lambda c: c.decline(device, now))
 
-    def decline_from(self, device: DeviceRef, call_id: str) -> None:
+    async def decline_from(self, device: DeviceRef, call_id: str) -> None:
         """A decline from a phone's notification, which has no WebSocket: the phone's service
         worker sends it over HTTP with the phone's token. Raises `CallError`."""
-        call = self._involving(device, call_id)
-        if call is None:
+        call = await self._involving(device, call_id)
+        now = time.time()
+        applied = await self._apply(call_id, lambda c: c.decline(device, now)) if call is not None else None
+        if applied is None:
             raise CallError(ErrorCode.NOT_FOUND, f"no live call '{call_id}' rings this device")
-        self._deliver(call, call.decline(device, time.time()))
+        await self._deliver(*applied)
 
-    def _on_end(self, conn: Connection, req: Request[m.End]) -> None:
-        call = self._call_for(conn, req)
-        sends = call.end(conn.device, time.time())  # type: ignore[arg-type]
-        conn.send(m.ok(req.id))
-        self._deliver(call, sends)
+    async def _on_end(self, conn: Connection, req: Request[m.End]) -> None:
+        assert conn.device is not None
+        device, now = conn.device, time.time()
+        await self._request(conn, req, lambda c: c.end(device, now))
 
     async def _on_action(self, conn: Connection, req: Request[m.Action]) -> None:
         await self.door_action.request(conn, req)
 
     # -- delivery --------------------------------------------------------------------------
 
-    def _deliver(self, call: ServerCall, sends: list[Send]) -> None:
+    async def _deliver(self, call: ServerCall, sends: list[Send], ended: bool) -> None:
         for send in sends:
             target = self.devices.get(send.to)
             if target is not None:
                 target.send(send.message)
-        if call.ended and call.call_id in self.calls:
-            del self.calls[call.call_id]
+        if self.cluster is not None:
+            await self.cluster.send(sends, lambda device: device in self.devices)
+        if ended:
+            await self._ended(call)
+
+    async def _ended(self, call: ServerCall) -> None:
+        """Once per call, by the process whose event ended it."""
+        if self.cluster is None and self.calls.pop(call.call_id, None) is not None:
             self._remember(call)
-            for timer in self._timers.pop(call.call_id, []):
-                timer.cancel()
-            self._store("record the call's end", self.store.finish_call(call))
-            log.info("%s ended: %s", call.call_id, call.end_reason)
-            ended_at = call.ended_at or time.time()
-            if call.accepted_by is None:
-                self.push.missed(call, ended_at)
-            self._tell_ended(call, ended_at)
+        await self._cancel(f"ring:{call.call_id}", f"max:{call.call_id}")
+        self._store("record the call's end", self.store.finish_call(call))
+        log.info("%s ended: %s", call.call_id, call.end_reason)
+        ended_at = call.ended_at or time.time()
+        if call.accepted_by is None:
+            self.push.missed(call, ended_at)
+        self._tell_ended(call, ended_at)
 
     def _tell_ended(self, call: ServerCall, ended_at: float) -> None:
         if not self.events.active:
@@ -557,13 +740,53 @@ class Hub:
                 break
             del self.recent[oldest.call_id]
 
+    # -- what another process of the cluster asks of this one ---------------------------------
+
+    def local_devices(self) -> list[DeviceRef]:
+        return list(self.devices)
+
+    def deliver_local(self, device: DeviceRef, message: dict[str, Any]) -> None:
+        conn = self.devices.get(device)
+        if conn is not None:
+            conn.send(message)
+
+    def kick_local(self, device: DeviceRef, code: int, reason: str) -> None:
+        """The device signed in again on another process: this connection of it goes, without
+        the grace a lost connection gets (the device is right there, elsewhere)."""
+        conn = self.devices.pop(device, None)
+        if conn is not None:
+            conn.device = None
+            self._spawn(conn.close(code, reason))
+
+    async def ask_local(self, device: DeviceRef, kind: str, timeout_s: float, body: dict[str, Any]) -> dict[str, Any]:
+        conn = self.devices.get(device)
+        if conn is None:
+            raise ConnectionGone()
+        return await conn.request(kind, timeout_s, **body)
+
+    # -- stopping --------------------------------------------------------------------------
+
     async def shutdown(self) -> None:
-        """Live calls cannot survive a restart: end them so their records are complete."""
+        """Alone, a server's live calls cannot survive its restart: they end, so their records
+        are complete. In a cluster they live on in Redis: the connections are closed with
+        1012 (service restart), and each device signs in again through the load balancer to
+        another process, within its grace, and claims its calls there."""
+        self.draining = True
         for task in list(self._actions):
             task.cancel()
-        now = time.time()
-        for call in list(self.calls.values()):
-            self._deliver(call, call.abort(m.EndReason.UNKNOWN, now))
+        if self.cluster is None:
+            now = time.time()
+            for call in list(self.calls.values()):
+                await self._event(call.call_id, lambda c: c.abort(m.EndReason.UNKNOWN, now))
+            for handle in self._timers.values():
+                handle.cancel()
+        code, reason = ((m.CLOSE_SERVICE_RESTART, "this server restarts: connect again") if self.cluster is not None
+                        else (1001, "server shutting down"))
         for conn in list(self.devices.values()):
-            await conn.close(1001, "server shutting down")
+            await conn.close(code, reason)
         await self.push.close()
+
+    async def close(self) -> None:
+        """After the connections' handlers have finished: leave the cluster."""
+        if self.cluster is not None:
+            await self.cluster.close()

@@ -495,10 +495,13 @@ class Store:
             "UPDATE calls SET accepted_by_user = ?, accepted_by_device = ?, accepted_at = ?, ended_at = ?, "
             "end_reason = ?, ended_by_user = ?, ended_by_device = ?, timeline = ? WHERE call_id = ?", values)])
 
-    async def close_interrupted_calls(self) -> int:
-        """Calls live when the server last stopped can no longer be reached: they end `unknown`."""
-        return await self.db.execute("UPDATE calls SET ended_at = ?, end_reason = 'unknown' WHERE ended_at IS NULL",
-                                     (time.time(),))
+    async def close_interrupted_calls(self, started_before: float | None = None) -> int:
+        """Calls live when the server last stopped can no longer be reached: they end `unknown`.
+        In a cluster, only those older than any call can live (`started_before`): their state
+        was lost with Redis."""
+        now = time.time()
+        return await self.db.execute("UPDATE calls SET ended_at = ?, end_reason = 'unknown' WHERE ended_at IS NULL "
+                                     "AND created_at < ?", (now, now if started_before is None else started_before))
 
     def _call_json(self, row: Any, timeline: bool) -> dict[str, Any]:
         result: dict[str, Any] = {

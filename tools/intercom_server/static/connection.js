@@ -111,6 +111,12 @@ export function connect(using) {
       hooks.signOut(REVOKED);
       return;
     }
+    if (event.code === CLOSE.SERVICE_RESTART) {
+      // The server process is restarting (a cluster's rolling restart): another one takes this
+      // phone at once, and its call goes on there. No banner: nothing is wrong.
+      reconnectTimer = setTimeout(() => connect(using), 100 + Math.random() * 400);
+      return;
+    }
     if (event.code === CLOSE.REPLACED) {
       banner("Intercom is open in another tab or window; this one has stopped. Reload to use it here.");
       return;

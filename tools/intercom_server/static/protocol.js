@@ -5,7 +5,7 @@ export const PROTOCOL_PATH = "/v1/ws";
 export const REQUEST_TYPES = Object.freeze(["accept", "action", "authenticate", "deauthenticate", "decline", "dial", "end", "missed", "ping", "snapshot"]);
 export const EVENT_TYPES = Object.freeze(["incoming", "ringing", "accepted", "snapshot", "ended", "missed"]);
 /** WebSocket close codes the server uses. */
-export const CLOSE = Object.freeze({ UNAUTHENTICATED: 4401, TOKEN_REVOKED: 4403, REPLACED: 4409 });
+export const CLOSE = Object.freeze({ UNAUTHENTICATED: 4401, TOKEN_REVOKED: 4403, REPLACED: 4409, SERVICE_RESTART: 1012 });
 /** @typedef {"bad_request"|"unauthenticated"|"forbidden"|"not_found"|"conflict"|"rate_limited"|"too_large"|"internal"} ErrorCode */
 export const ERROR_CODES = Object.freeze({ BAD_REQUEST: "bad_request", UNAUTHENTICATED: "unauthenticated", FORBIDDEN: "forbidden", NOT_FOUND: "not_found", CONFLICT: "conflict", RATE_LIMITED: "rate_limited", TOO_LARGE: "too_large", INTERNAL: "internal" });
 

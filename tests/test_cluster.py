@@ -1,0 +1,216 @@
+"""Three server processes as one, as docs/cluster.md sets them up: Debian's PostgreSQL and
+Redis, Debian's HAProxy in front (WebSocket, health checks), everything on loopback; the door
+daemon and the residents are real processes that connect through HAProxy."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from intercom_sim.cluster import Cluster
+
+from .conftest import ANSWER, OFFER, WsClient
+
+pytestmark = pytest.mark.timeout(180)
+
+RELAY = {"hardware": {"pins": {"relay": 22, "relay_pulse_s": 0.5, "backlight_led": 23}}}
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    group = Cluster(tmp_path / "cluster")
+    try:
+        await group.start()
+        yield group
+    finally:
+        await group.close()
+
+
+async def press(door: Any) -> None:
+    assert (await door.ctl("press"))["pressed"] is True
+    assert (await door.ctl("release"))["pressed"] is False
+
+
+async def connected(cluster: Cluster) -> list[int]:
+    """Devices connected to each process, as its /healthz says."""
+    return [(await cluster.health(i))[1]["connected_devices"] for i in range(cluster.size)]
+
+
+async def record(cluster: Cluster, index: int, call_id: str) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{cluster.url(index)}/v1/direct_calls/{call_id}",
+                            headers={"Api-Token": cluster.api_token}) as resp:
+            assert resp.status == 200
+            return dict(await resp.json())
+
+
+async def test_a_visitor_s_call_crosses_processes_with_video_the_door_opens_and_history_is_one(cluster):
+    site = cluster.site
+    alice = await site.start_resident("alice", "--once", "--open-door", "--hangup-after-frames", "45")
+    bob = await site.start_resident("bob", "--once", "--answer", "ignore")
+    door = await site.start_door("frontdoor", [{"residents": ["alice", "bob"], "timeout_s": 30}], settings=RELAY)
+    assert await connected(cluster) == [1, 1, 1], "HAProxy put the door and each resident on a process of its own"
+
+    await press(door)
+    await bob.wait_for_event("incoming")  # rung from another process
+    opened = await alice.wait_for_event("door_opened", timeout=30)  # asked across processes, audited
+    ended = await alice.wait_for_event("ended", timeout=30)
+    assert ended["reason"] == "completed" and ended["video_frames"] >= 45 and ended["distinct_frames"] >= 20
+    assert (await bob.wait_for_event("ended"))["reason"] == "other_device_accepted"
+    status = await door.wait_status(lambda s: s["state"] == "idle" and not s["pins"]["relay"]["energised"])
+    assert status["pins"]["relay"]["pulses"] == 1 and status["door_openings"][0]["call_id"] == opened["call_id"]
+
+    records = [await record(cluster, i, ended["call_id"]) for i in range(cluster.size)]
+    assert records[0]["end_reason"] == "completed" and records[0]["accepted_by"]["user_id"] == "alice"
+    assert records[1:] == records[:-1], "every process shows the same history"
+    code, audit = await site.api("GET", "/v1/sites/home/audit")
+    assert code == 200 and [(e["outcome"], e["call_id"]) for e in audit["events"]] == [("opened", opened["call_id"])]
+
+
+async def test_simultaneous_accepts_on_different_processes_give_exactly_one_ok(cluster):
+    site = cluster.site
+    tokens = {}
+    for user, kind in (("frontdoor", "door"), ("alice", "resident"), ("bob", "resident")):
+        tokens[user] = (await site.add_user(user, kind, user.title())).read_text().strip()
+    clients: dict[str, WsClient] = {}
+    async with aiohttp.ClientSession() as http:
+        # Straight to each process, so that the two phones are surely on different ones.
+        for index, user in enumerate(("frontdoor", "alice", "bob")):
+            client = WsClient(await http.ws_connect(cluster.url(index).replace("http", "ws") + "/v1/ws"))
+            reply = await client.request("authenticate", user_id=user, access_token=tokens[user], device_id="d")
+            assert reply["type"] == "ok", reply
+            clients[user] = client
+        door, alice, bob = clients["frontdoor"], clients["alice"], clients["bob"]
+        winners = []
+        for _ in range(25):
+            call_id = (await door.request("dial", callees=["alice", "bob"], offer=OFFER))["call_id"]
+            for phone in (alice, bob):
+                assert (await phone.next("incoming"))["call_id"] == call_id
+            replies = await asyncio.gather(alice.request("accept", call_id=call_id, answer=ANSWER),
+                                           bob.request("accept", call_id=call_id, answer=ANSWER))
+            kinds = sorted(r["type"] for r in replies)
+            assert kinds == ["error", "ok"], replies
+            loser = replies[0] if replies[0]["type"] == "error" else replies[1]
+            assert loser["code"] == "conflict"
+            winner, other = (alice, bob) if replies[0]["type"] == "ok" else (bob, alice)
+            winners.append(winner is alice)
+            accepted = await door.next("accepted")
+            assert accepted["call_id"] == call_id
+            assert (await other.next("ended"))["reason"] == "other_device_accepted"
+            assert (await door.request("end", call_id=call_id))["type"] == "ok"
+            assert (await winner.next("ended"))["reason"] == "completed"
+            assert (await door.next("ended"))["call_id"] == call_id
+        for client in clients.values():
+            await client.close()
+    record_ = await record(cluster, 2, call_id)
+    assert record_["end_reason"] == "completed"
+
+
+async def _live_call(cluster: Cluster) -> tuple[Any, Any, str]:
+    site = cluster.site
+    alice = await site.start_resident("alice", "--once", "--hangup-after-frames", "1000000")
+    door = await site.start_door("frontdoor", [{"residents": ["alice"], "timeout_s": 30}])
+    await press(door)
+    answered = await alice.wait_for_event("answered", timeout=30)
+    await alice.wait_for_event("first_frame", timeout=30)
+    await door.wait_status(lambda s: s["state"] == "connected")
+    return door, alice, answered["call_id"]
+
+
+async def _both_signed_in(cluster: Cluster, door: Any) -> None:
+    """The door and the resident are signed in (on whichever process), and the call is on."""
+    async def two() -> None:
+        while sum(await connected(cluster)) != 2:
+            await asyncio.sleep(0.05)
+    await asyncio.wait_for(two(), 30)
+    await door.wait_status(lambda s: s["server"]["connected"] and s["state"] == "connected", timeout=30)
+
+
+def _online(resident: Any) -> int:
+    return len([e for e in resident.events() if e["event"] == "online"])
+
+
+async def test_a_rolling_restart_of_every_process_never_stops_the_call(cluster):
+    door, alice, call_id = await _live_call(cluster)
+    door_sessions, alice_sessions = (await door.ctl("status"))["server"]["sign_ins"], _online(alice)
+    for index in range(cluster.size):
+        await cluster.restart(index)  # SIGTERM: it closes its connections with 1012; then it starts again
+        await _both_signed_in(cluster, door)
+    # Every process was restarted, so each device lost its process once at least, and came
+    # back through HAProxy to another, within its grace, still in the call.
+    assert (await door.ctl("status"))["server"]["sign_ins"] > door_sessions and _online(alice) > alice_sessions
+    assert (await door.ctl("hangup"))["hanging_up"] is True
+    ended = await alice.wait_for_event("ended", timeout=30)
+    assert ended["call_id"] == call_id and ended["reason"] == "completed"
+    assert ended["longest_gap_s"] < 2.0, "the media went on while the signaling moved"
+    records = [await record(cluster, i, call_id) for i in range(cluster.size)]
+    assert records[0]["end_reason"] == "completed" and records[1:] == records[:-1]
+    code, users = await cluster.site.api("GET", "/v1/sites/home/users")
+    assert code == 200 and [u["user_id"] for u in users["users"]] == ["alice", "frontdoor"]
+
+
+async def test_a_process_killed_mid_call_loses_no_call_and_nothing_stored(cluster):
+    """As docs/cluster.md says: the devices of a killed process sign in again through HAProxy
+    to another and claim their calls there; the media never went through the server."""
+    door, alice, call_id = await _live_call(cluster)
+    where = await connected(cluster)
+    victim = where.index(max(where))  # a process that a device of the call is on
+    sessions = (await door.ctl("status"))["server"]["sign_ins"] + _online(alice)
+    await cluster.kill(victim)
+
+    async def moved() -> None:
+        while sum(await survivors_connected(cluster, victim)) != 2:
+            await asyncio.sleep(0.05)
+    await asyncio.wait_for(moved(), 30)
+    await door.wait_status(lambda s: s["server"]["connected"] and s["state"] == "connected", timeout=30)
+    assert (await door.ctl("status"))["server"]["sign_ins"] + _online(alice) > sessions  # one moved
+    assert (await door.ctl("hangup"))["hanging_up"] is True
+    ended = await alice.wait_for_event("ended", timeout=30)
+    assert ended["call_id"] == call_id and ended["reason"] == "completed"
+    assert ended["longest_gap_s"] < 2.0, "the media went on while the signaling moved"
+    survivor = next(i for i in range(cluster.size) if i != victim)
+    assert (await record(cluster, survivor, call_id))["end_reason"] == "completed"
+
+
+async def survivors_connected(cluster: Cluster, victim: int) -> list[int]:
+    return [(await cluster.health(i))[1]["connected_devices"] for i in range(cluster.size) if i != victim]
+
+
+async def test_processes_that_lose_redis_say_so_and_heal_by_themselves(tmp_path):
+    """Redis away: /healthz answers 503, HAProxy sends nobody there, a new device is refused.
+    Redis back, even empty: each process joins again with the devices it kept, unrestarted."""
+    group = Cluster(tmp_path / "cluster", size=2)
+    try:
+        await group.start()
+        site = group.site
+        alice = await site.start_resident("alice", "--once", "--answer", "ignore")
+        assert group.redis is not None
+        group.redis.stop()
+
+        async def unready() -> None:
+            while [(await group.health(i))[0] for i in range(group.size)] != [503] * group.size:
+                await asyncio.sleep(0.05)
+            while [await group.haproxy_status(i) for i in range(group.size)] != ["DOWN"] * group.size:
+                await asyncio.sleep(0.05)
+        await asyncio.wait_for(unready(), 30)
+        status, health = await group.health(0)
+        assert health["cluster"]["redis"]["ok"] is False and health["cluster"]["redis"]["error"]
+        async with aiohttp.ClientSession() as http:
+            async with http.get(group.url(1) + "/healthz") as resp:  # what HAProxy asks, without the token
+                assert resp.status == 503 and await resp.json() == {"ok": False}
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await http.ws_connect(group.url(0).replace("http", "ws") + "/v1/ws")
+            assert refused.value.status == 503
+
+        group.redis.start_again()  # empty: the processes put back what they know
+        await group.wait_healthy(range(group.size))
+        door = await site.start_door("frontdoor", [{"residents": ["alice"], "timeout_s": 30}])
+        await press(door)
+        assert (await alice.wait_for_event("incoming", timeout=30))["caller"]["user_id"] == "frontdoor"
+    finally:
+        await group.close()
