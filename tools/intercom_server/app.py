@@ -11,7 +11,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,6 +137,18 @@ async def _load_hub(app: web.Application) -> AsyncIterator[None]:
     await app[HUB].close()
 
 
+@contextlib.asynccontextmanager
+async def _running(work: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
+    """A background loop for as long as the app runs (a cleanup context's body)."""
+    task = asyncio.get_running_loop().create_task(work, name=name)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 @dataclass
 class DatabaseHealth:
     """Whether the database answers, as the last check found: a load balancer reads it from
@@ -169,11 +181,8 @@ async def _watch_database(app: web.Application) -> AsyncIterator[None]:
                 health.ok, health.error = True, None
             await asyncio.sleep(every)
 
-    task = asyncio.get_running_loop().create_task(watch(), name="database-health")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    async with _running(watch(), "database-health"):
+        yield
 
 
 async def _close_lost_calls(app: web.Application) -> AsyncIterator[None]:
@@ -193,11 +202,8 @@ async def _close_lost_calls(app: web.Application) -> AsyncIterator[None]:
                 log.exception("closing lost calls")
             await asyncio.sleep(60)
 
-    task = asyncio.get_running_loop().create_task(sweep(), name="lost-calls")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    async with _running(sweep(), "lost-calls"):
+        yield
 
 
 async def _watch_revocations(app: web.Application) -> AsyncIterator[None]:
@@ -219,11 +225,8 @@ async def _watch_revocations(app: web.Application) -> AsyncIterator[None]:
             except Exception:  # a failed check is tried again, the server goes on
                 log.exception("checking for revoked tokens")
 
-    task = asyncio.get_running_loop().create_task(watch(), name="revocations")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    async with _running(watch(), "revocations"):
+        yield
 
 
 async def _sweep_messages(app: web.Application) -> AsyncIterator[None]:
@@ -238,11 +241,8 @@ async def _sweep_messages(app: web.Application) -> AsyncIterator[None]:
                 log.exception("sweeping visitor messages")
             await asyncio.sleep(box.settings.sweep_every_s)
 
-    task = asyncio.get_running_loop().create_task(sweep(), name="message-retention")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    async with _running(sweep(), "message-retention"):
+        yield
 
 
 async def _run_webhooks(app: web.Application) -> AsyncIterator[None]:
