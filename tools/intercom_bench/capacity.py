@@ -8,6 +8,7 @@ CLI), as a building's installer would import them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
@@ -61,7 +62,7 @@ async def _loadgen(site: Installation, *args: str) -> Process:
 
 
 async def run(root: Path, connections: int, pairs: int, seconds: float, steady_rate: float,
-              database: str | None = None) -> dict[str, Any]:
+              database: str | None = None, hold_s: float = 20.0) -> dict[str, Any]:
     """With `database` (a PostgreSQL URL) the server keeps its data there, not in SQLite; with
     `connections=0` only the call set-ups are measured."""
     async with installation(root, {"database": database} if database else None) as site:
@@ -77,19 +78,20 @@ async def run(root: Path, connections: int, pairs: int, seconds: float, steady_r
         idle = await _loadgen(site, "idle", "--connections", str(connections))
         ready = await idle.wait_for_event("ready", timeout=300)
         loaded = memory_kib(pid)["VmRSS"]
+        idle_cpu = await _idle_cpu([pid], hold_s)
         await idle.stop()
         per_client = (loaded - baseline) / connections
         setups = await _setups(site, [pid], pairs, seconds, steady_rate)
     return {
         "idle": {"connections": ready["connections"], "signed_in_in_s": ready["seconds"],
                  "server_rss_before_kib": baseline, "server_rss_after_kib": loaded,
-                 "per_connection_kib": round(per_client, 2)},
+                 "per_connection_kib": round(per_client, 2), "idle_cpu_percent": idle_cpu, "held_s": hold_s},
         "setups": setups,
     }
 
 
 async def run_cluster(root: Path, connections: int, pairs: int, seconds: float, steady_rate: float,
-                      size: int = 3) -> dict[str, Any]:
+                      size: int = 3, hold_s: float = 20.0) -> dict[str, Any]:
     """The same on `size` processes sharing PostgreSQL and Redis behind HAProxy, all on this
     machine's two cores: memory per idle connection over all the processes, then set-ups, most
     of whose door and phone are on different processes."""
@@ -105,6 +107,7 @@ async def run_cluster(root: Path, connections: int, pairs: int, seconds: float, 
         idle = await _loadgen(site, "idle", "--connections", str(connections))
         ready = await idle.wait_for_event("ready", timeout=300)
         loaded = sum(memory_kib(pid)["VmRSS"] for pid in pids)
+        idle_cpu = await _idle_cpu(pids, hold_s)
         await idle.stop()
         setups = await _setups(site, pids, pairs, seconds, steady_rate)
     finally:
@@ -113,9 +116,18 @@ async def run_cluster(root: Path, connections: int, pairs: int, seconds: float, 
         "processes": size,
         "idle": {"connections": ready["connections"], "signed_in_in_s": ready["seconds"],
                  "servers_rss_before_kib": baseline, "servers_rss_after_kib": loaded,
-                 "per_connection_kib": round((loaded - baseline) / connections, 2)},
+                 "per_connection_kib": round((loaded - baseline) / connections, 2), "idle_cpu_percent": idle_cpu,
+                 "held_s": hold_s},
         "setups": setups,
     }
+
+
+async def _idle_cpu(pids: list[int], hold_s: float) -> float:
+    """The servers' CPU, in % of a core, while the idle devices stay signed in: what their
+    heartbeats (a WebSocket ping each way every `heartbeat_s`) and the timers cost."""
+    before, started = sum(cpu_times(pid).total for pid in pids), time.monotonic()
+    await asyncio.sleep(hold_s)  # the span measured, not a wait for something to happen
+    return round(100 * (sum(cpu_times(pid).total for pid in pids) - before) / (time.monotonic() - started), 2)
 
 
 async def _setups(site: Installation, pids: list[int], pairs: int, seconds: float,

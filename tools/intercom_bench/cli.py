@@ -42,6 +42,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=5000)
     parser.add_argument("--pairs", type=int, default=100, help="door/phone pairs setting up calls, 8 a second each at most")
     parser.add_argument("--setup-seconds", type=float, default=30.0, help="for each of the two set-up phases")
+    parser.add_argument("--idle-seconds", type=float, default=20.0,
+                        help="how long the idle devices stay signed in while the servers' CPU is measured")
     parser.add_argument("--setup-rate", type=float, default=400.0,
                         help="calls a second offered in the steady phase (the peak phase offers pairs x 8)")
     parser.add_argument("--push-presses", type=int, default=20, help="presses that wake 100 subscribed devices")
@@ -52,6 +54,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         args.presses, args.calls, args.call_seconds, args.sizes = 3, 2, 2.0, "320x240"
         args.message_seconds = 3.0
         args.connections, args.pairs, args.setup_seconds, args.setup_rate = 50, 4, 1.0, 8.0
+        args.idle_seconds = 1.0
     args.sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     return args
 
@@ -85,7 +88,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if "server" in parts:
         step(f"server: {args.connections} idle devices, then 2 x {args.setup_seconds:g} s of call set-ups")
         results["capacity"] = await capacity.run(work / "server", args.connections, args.pairs, args.setup_seconds,
-                                                 args.setup_rate)
+                                                 args.setup_rate, hold_s=args.idle_seconds)
         step(f"server on PostgreSQL: 2 x {args.setup_seconds:g} s of call set-ups")
         database = Postgres(durable=True)  # fsync at each commit, as SQLite's synchronous=FULL
         try:
@@ -97,7 +100,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         step(f"server, {capacity.CLUSTER} processes on PostgreSQL and Redis behind HAProxy: {args.connections} idle "
              f"devices, then 2 x {args.setup_seconds:g} s of call set-ups")
         results["capacity_cluster"] = await capacity.run_cluster(work / "server-cluster", args.connections, args.pairs,
-                                                                 args.setup_seconds, args.setup_rate, capacity.CLUSTER)
+                                                                 args.setup_seconds, args.setup_rate, capacity.CLUSTER,
+                                                                 hold_s=args.idle_seconds)
     if "push" in parts:
         step(f"Web Push: {args.push_presses} presses to {push.RESIDENTS * push.DEVICES_EACH} devices, "
              f"{args.cold_starts} app starts from a notification")

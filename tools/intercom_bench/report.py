@@ -186,7 +186,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", "## Server", "",
                   f"- {idle['connections']} devices signed in and idle (in {idle['signed_in_in_s']} s): server RSS "
                   f"{idle['server_rss_before_kib'] / 1024:.1f} → {idle['server_rss_after_kib'] / 1024:.1f} MiB, "
-                  f"{idle['per_connection_kib']} KiB each."]
+                  f"{idle['per_connection_kib']} KiB each; while they stayed {idle.get('held_s')} s, server CPU "
+                  f"{idle.get('idle_cpu_percent')} % of a core (their heartbeats)."]
         engines = [("SQLite", capacity["setups"])]
         if results.get("capacity_postgresql"):
             engines.append(("PostgreSQL", results["capacity_postgresql"]["setups"]))
@@ -197,7 +198,8 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"- {idle['connections']} devices signed in and idle through HAProxy on {cluster['processes']} "
                          f"processes (in {idle['signed_in_in_s']} s): their RSS together "
                          f"{idle['servers_rss_before_kib'] / 1024:.1f} → {idle['servers_rss_after_kib'] / 1024:.1f} "
-                         f"MiB, {idle['per_connection_kib']} KiB each.")
+                         f"MiB, {idle['per_connection_kib']} KiB each; while they stayed {idle.get('held_s')} s, the "
+                         f"processes' CPU together {idle.get('idle_cpu_percent')} % of a core.")
         for engine, setups in engines:
             for phase, s in setups.items():
                 lines.append(f"- {engine}, {phase}: {s['calls']} calls set up and ended in {s['seconds']} s by "
