@@ -111,6 +111,27 @@ async def test_simultaneous_accepts_on_different_processes_give_exactly_one_ok(c
     assert record_["end_reason"] == "completed"
 
 
+async def test_a_visitor_s_message_left_on_one_process_plays_from_another(cluster):
+    site = cluster.site
+    tokens = {user: (await site.add_user(user, kind, user.title())).read_text().strip()
+              for user, kind in (("frontdoor", "door"), ("alice", "resident"))}
+    async with aiohttp.ClientSession() as http:
+        door = WsClient(await http.ws_connect(cluster.url(0).replace("http", "ws") + "/v1/ws"))
+        assert (await door.request("authenticate", user_id="frontdoor", access_token=tokens["frontdoor"],
+                                   device_id="door"))["type"] == "ok"
+        call_id = (await door.request("dial", callees=["alice"], offer=OFFER))["call_id"]
+        assert (await door.request("end", call_id=call_id))["type"] == "ok"  # nobody answered
+        video = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40
+        async with http.put(f"{cluster.url(0)}/v1/direct_calls/{call_id}/message", data=video,
+                            headers={"Authorization": f"Bearer {tokens['frontdoor']}"}) as resp:
+            assert resp.status == 201
+        async with http.get(f"{cluster.url(2)}/v1/direct_calls/{call_id}/message",
+                            headers={"Authorization": f"Bearer {tokens['alice']}"}) as resp:
+            assert resp.status == 200 and await resp.read() == video
+        await door.close()
+    assert (await record(cluster, 1, call_id))["has_message"] is True
+
+
 async def _live_call(cluster: Cluster) -> tuple[Any, Any, str]:
     site = cluster.site
     alice = await site.start_resident("alice", "--once", "--hangup-after-frames", "1000000")

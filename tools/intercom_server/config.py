@@ -177,6 +177,8 @@ SCHEMA = {
                                  help="the longest wait between attempts to reach the broker"),
     }, optional_section=True),
     "messages": Field(schema={
+        "directory": Field(str, help="where visitors' messages are kept; default: messages in data_dir. In a "
+                                     "cluster, one directory every process shares (docs/cluster.md)"),
         "max_mb": Field(float, default=20.0, check=in_range(0.1, 1000), help="the largest message a door may send"),
         "keep_days": Field(float, default=30.0, check=in_range(0.01, 3650), help="older messages are removed"),
         "max_total_mb": Field(float, default=2000.0, check=in_range(1, 10_000_000),
@@ -252,7 +254,7 @@ class ServerConfig:
                 time_zone=raw["time_zone"],
                 mqtt=_mqtt_settings(mqtt, raw["public_url"]) if mqtt else None,
                 webhooks=WebhookSettings(**raw["webhooks"]),
-                messages=MessageSettings(directory=Path(raw["data_dir"]) / "messages",
+                messages=MessageSettings(directory=Path(raw["messages"]["directory"] or Path(raw["data_dir"]) / "messages"),
                                          max_bytes=int(raw["messages"]["max_mb"] * 1024 * 1024),
                                          keep_days=raw["messages"]["keep_days"],
                                          max_total_mb=raw["messages"]["max_total_mb"])))

@@ -131,6 +131,7 @@ class Cluster:
                 "cluster": {"redis": self.redis.url, "name": f"s{index}"},
                 "push": {"vapid_private_key": vapid},
                 "trusted_proxies": ["127.0.0.1"],
+                "messages": {"directory": str(self.root / "messages")},  # shared, as on NFS
             }, self.settings)
             self.config_path(index).write_text(yaml.safe_dump(config))
         # The first process makes the schema; the others find it made.
