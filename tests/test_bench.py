@@ -13,7 +13,9 @@ import pytest
 from intercom_bench.figures import percentile, summary
 from intercom_bench.report import TARGETS, markdown
 
-pytestmark = pytest.mark.timeout(240)
+# A loaded two-core machine (CI beside stress-ng) takes about 300 s: PostgreSQL and a cluster of
+# three behind HAProxy start on top of the single-process parts.
+pytestmark = pytest.mark.timeout(560)
 
 
 def test_percentiles_are_nearest_rank():
@@ -28,7 +30,7 @@ async def test_quick_bench_runs_every_part_and_writes_results(tmp_path):
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "intercom_bench.cli", "--quick", "--out", "bench", cwd=tmp_path,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 220)
+    out, err = await asyncio.wait_for(proc.communicate(), 540)
     assert proc.returncode == 0, err.decode()[-3000:]
     results = json.loads((tmp_path / "bench" / "results.json").read_text())
     table = (tmp_path / "bench" / "results.md").read_text()
