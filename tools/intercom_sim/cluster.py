@@ -11,6 +11,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,9 @@ class Cluster:
         self.database: str | None = None
         self.redis: Redis | None = None
         self.haproxy: subprocess.Popen[bytes] | None = None
+        # HAProxy's stats socket: a Unix socket's path is short (97 bytes), a test's root is not.
+        self._stats_dir = Path(tempfile.mkdtemp(prefix="intercom-haproxy-"))
+        self._stats = self._stats_dir / "stats.sock"
 
     def config_path(self, index: int) -> Path:
         return self.root / f"server-{index}.yaml"
@@ -139,8 +143,7 @@ class Cluster:
         await asyncio.gather(*(self.start_server(i) for i in range(1, self.size)))
         shutil.copy(self.config_path(0), self.root / "server.yaml")  # the installer's shell commands
         lines = "\n".join(f"    server s{i} 127.0.0.1:{port} check" for i, port in enumerate(self.ports))
-        (self.root / "haproxy.cfg").write_text(HAPROXY.format(port=self.port, servers=lines,
-                                                               stats=self.root / "haproxy.sock"))
+        (self.root / "haproxy.cfg").write_text(HAPROXY.format(port=self.port, servers=lines, stats=self._stats))
         haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
         assert Path(haproxy).exists(), "haproxy not found: `make test` installs Debian's haproxy package"
         self.haproxy = subprocess.Popen([haproxy, "-db", "-f", str(self.root / "haproxy.cfg")],
@@ -177,7 +180,7 @@ class Cluster:
     async def haproxy_status(self, index: int) -> str:
         """What HAProxy makes of a process now: UP, DOWN, ... (its stats socket says)."""
         try:
-            reader, writer = await asyncio.open_unix_connection(str(self.root / "haproxy.sock"))
+            reader, writer = await asyncio.open_unix_connection(str(self._stats))
         except OSError:
             return "starting"
         writer.write(b"show stat\n")
@@ -216,3 +219,4 @@ class Cluster:
             self.redis.stop()
         if self.postgres is not None:
             self.postgres.stop()
+        shutil.rmtree(self._stats_dir, ignore_errors=True)
