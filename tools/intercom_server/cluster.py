@@ -90,12 +90,14 @@ class Unreachable(Exception):
     """Redis does not answer."""
 
 
-def _ref(text: str) -> DeviceRef:
-    user, _, device = text.partition("\x1f")
+def device_of(key: str) -> DeviceRef:
+    """The device a `device_key` names."""
+    user, _, device = key.partition("\x1f")
     return DeviceRef(user, device)
 
 
-def _key(device: DeviceRef) -> str:
+def device_key(device: DeviceRef) -> str:
+    """A device as one string (ids cannot hold the separator): in Redis sets, messages and timers."""
     return f"{device.user_id}\x1f{device.device_id}"
 
 
@@ -196,7 +198,7 @@ class Cluster:
                 continue
             if not await self._redis.set(f"{p}reaping:{other}", self.name, nx=True, ex=60):
                 continue
-            devices = [_ref(str(d)) for d in await self._redis.smembers(f"{p}devices:{other}")]
+            devices = [device_of(str(d)) for d in await self._redis.smembers(f"{p}devices:{other}")]
             log.warning("process '%s' stopped answering: %d device(s) it had are gone", other, len(devices))
             for device in devices:
                 await self._leave(keys=[f"{p}presence:{device.user_id}"], args=[device.device_id, other])
@@ -213,14 +215,14 @@ class Cluster:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hget(f"{p}presence:{device.user_id}", device.device_id)
             pipe.hset(f"{p}presence:{device.user_id}", device.device_id, self.name)
-            pipe.sadd(f"{p}devices:{self.name}", _key(device))
+            pipe.sadd(f"{p}devices:{self.name}", device_key(device))
             before, _, _ = await pipe.execute()
         return before if before and before != self.name else None
 
     async def leave(self, device: DeviceRef) -> None:
         p = self._p
         await self._leave(keys=[f"{p}presence:{device.user_id}"], args=[device.device_id, self.name])
-        await self._redis.srem(f"{p}devices:{self.name}", _key(device))
+        await self._redis.srem(f"{p}devices:{self.name}", device_key(device))
 
     async def devices_of(self, user_ids: Iterable[str]) -> list[DeviceRef]:
         users = list(dict.fromkeys(user_ids))
@@ -249,10 +251,10 @@ class Cluster:
             places = await pipe.execute()
         for send, place in zip(remote, places, strict=True):
             if place and place != self.name:
-                self._publish(place, {"op": "send", "to": _key(send.to), "message": send.message})
+                self._publish(place, {"op": "send", "to": device_key(send.to), "message": send.message})
 
     def kick(self, device: DeviceRef, process: str, code: int, reason: str) -> None:
-        self._publish(process, {"op": "kick", "to": _key(device), "code": code, "reason": reason})
+        self._publish(process, {"op": "kick", "to": device_key(device), "code": code, "reason": reason})
 
     async def ask(self, device: DeviceRef, kind: str, timeout_s: float, body: dict[str, Any]) -> dict[str, Any]:
         """A request to a device on another process (the door, asked to open); its reply, or
@@ -263,7 +265,7 @@ class Cluster:
         rid = secrets.token_hex(8)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._asks[rid] = future
-        self._publish(place, {"op": "ask", "to": _key(device), "rid": rid, "from": self.name, "kind": kind,
+        self._publish(place, {"op": "ask", "to": device_key(device), "rid": rid, "from": self.name, "kind": kind,
                               "timeout_s": timeout_s, "body": body})
         try:
             return await asyncio.wait_for(future, timeout_s + 1.0)
@@ -309,9 +311,9 @@ class Cluster:
     def _received(self, data: dict[str, Any]) -> None:
         op = data.get("op")
         if op == "send":
-            self.events.deliver_local(_ref(data["to"]), data["message"])
+            self.events.deliver_local(device_of(data["to"]), data["message"])
         elif op == "kick":
-            self.events.kick_local(_ref(data["to"]), int(data["code"]), str(data["reason"]))
+            self.events.kick_local(device_of(data["to"]), int(data["code"]), str(data["reason"]))
         elif op == "ask":
             self._spawn(self._answer(data))
         elif op == "answer":
@@ -321,7 +323,7 @@ class Cluster:
 
     async def _answer(self, data: dict[str, Any]) -> None:
         try:
-            reply = await self.events.ask_local(_ref(data["to"]), data["kind"], float(data["timeout_s"]), data["body"])
+            reply = await self.events.ask_local(device_of(data["to"]), data["kind"], float(data["timeout_s"]), data["body"])
         except TimeoutError:
             return  # the asker's own deadline says so
         except Exception as exc:  # noqa: BLE001 - the device left meanwhile

@@ -26,7 +26,7 @@ from intercom_protocol.calls import CallError, DeviceRef, Send, ServerCall
 from intercom_protocol.messages import EndReason, ErrorCode, ProtocolError, Request
 
 from .availability import RuleBook
-from .cluster import Cluster, ClusterSettings
+from .cluster import Cluster, ClusterSettings, device_key, device_of
 from .connection import Connection, ConnectionGone
 from .database import DatabaseError
 from .door_action import DoorAction
@@ -101,11 +101,6 @@ def _id_of(text: str) -> str | None:
 
 #: A change of a call: applied to the call, it returns what to send.
 Event = Callable[[ServerCall], list[Send]]
-
-
-def _timer_device(rest: str) -> DeviceRef:
-    user, _, device = rest.partition("\x1f")
-    return DeviceRef(user, device)
 
 
 class Throttle:
@@ -215,11 +210,8 @@ class Hub:
     async def ask(self, device: DeviceRef, kind: str, timeout_s: float, **body: Any) -> dict[str, Any]:
         """A request to a device (the door, asked to open), wherever it is connected: its
         reply, or TimeoutError, or ConnectionGone."""
-        conn = self.devices.get(device)
-        if conn is not None:
-            return await conn.request(kind, timeout_s, **body)
-        if self.cluster is None:
-            raise ConnectionGone()
+        if device in self.devices or self.cluster is None:
+            return await self.ask_local(device, kind, timeout_s, body)
         try:
             return await self.cluster.ask(device, kind, timeout_s, body)
         except LookupError:
@@ -256,7 +248,7 @@ class Hub:
         elif kind == "max":
             await self._event(rest, lambda call: call.time_out(now))
         elif kind in ("grace", "media"):
-            await self._grace_over(_timer_device(rest), answered=kind == "media")
+            await self._grace_over(device_of(rest), answered=kind == "media")
 
     async def _apply(self, call_id: str, event: Event) -> tuple[ServerCall, list[Send], bool] | None:
         """Apply one event to a call: (the call after, what to send, whether it ended the
@@ -349,7 +341,7 @@ class Hub:
         grace = self.settings.media_grace_s if answered else self.settings.grace_s
         log.info("%s/%s disconnected during a call; waiting %.0fs for it to return",
                  device.user_id, device.device_id, grace)
-        now, key = time.time(), f"{device.user_id}\x1f{device.device_id}"
+        now, key = time.time(), device_key(device)
         await self._schedule(f"grace:{key}", now + self.settings.grace_s)
         if answered:
             await self._schedule(f"media:{key}", now + grace)
@@ -357,7 +349,7 @@ class Hub:
     async def _grace_over(self, device: DeviceRef, answered: bool) -> None:
         """The device did not come back: its rings stop, and (after the longer wait) its
         answered calls end `connection_lost`."""
-        if device in self.devices or (self.cluster is not None and await self.cluster.where(device)):
+        if await self.is_connected(device):
             return  # it came back meanwhile
         now = time.time()
         for call in await self.calls_of([device.user_id]):
@@ -410,7 +402,7 @@ class Hub:
             del self.devices[device]
             previous.device = None
             self._spawn(previous.close(m.CLOSE_REPLACED, "signed in again elsewhere"))
-        key = f"{user_id}\x1f{device.device_id}"
+        key = device_key(device)
         await self._cancel(f"grace:{key}", f"media:{key}")
         now = time.time()
         claims = req.body.calls

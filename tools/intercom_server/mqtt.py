@@ -433,9 +433,7 @@ class MqttBridge:
                                  f"try again in {wait:.0f} s")
             return
         self._opens.fail(door_id, clock)
-        task = asyncio.get_running_loop().create_task(self._open(door_id, topics))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._later(self._open(door_id, topics))
 
     async def _open(self, door_id: str, topics: DoorTopics) -> None:
         opening = await self.hub.door_action.for_integration(self.settings.integration, door_id)

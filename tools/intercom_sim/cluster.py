@@ -9,7 +9,6 @@ import asyncio
 import base64
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -20,13 +19,7 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from .harness import SERVER, Installation, Process, merge
-from .postgres import Postgres
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from .postgres import Postgres, free_port
 
 
 class Redis:

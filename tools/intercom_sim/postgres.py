@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -33,7 +33,7 @@ class Postgres:
         with SQLite's; else no fsync, for tests, whose data outlives nothing."""
         self.root = Path(tempfile.mkdtemp(prefix="intercom-pg-"))
         self.data = self.root / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self._as: list[str] = []
         if os.geteuid() == 0:
             self._as = ["runuser", "-u", "postgres", "--"]
