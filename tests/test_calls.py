@@ -4,6 +4,7 @@ import pytest
 
 from intercom_protocol.calls import (
     LINK_GRACE_S,
+    MEDIA_SILENCE_S,
     CallError,
     CallState,
     ClientCall,
@@ -197,8 +198,8 @@ def test_client_call_follows_the_legal_path_for_caller_and_callee():
     caller = ClientCall(role="caller")
     caller.dialed("c1")
     caller.ringing()
-    caller.accepted({"user_id": "alice"})
-    caller.media_connected()
+    caller.accepted(1.0, {"user_id": "alice"})
+    assert caller.media_state("connected", 1.1) is None and caller.state is CallState.CONNECTED
     caller.ended("completed")
     assert caller.state is CallState.ENDED and caller.end_reason == "completed" and not caller.live
     caller.ended("unknown")  # a second `ended` changes nothing
@@ -211,9 +212,7 @@ def test_client_call_follows_the_legal_path_for_caller_and_callee():
 
 
 @pytest.mark.parametrize("steps", [
-    ["media_connected"],            # dialing -> connected
     ["accepted"],                   # dialing -> connecting
-    ["ringing", "media_connected"],  # ringing -> connected
     ["ringing", "ringing"],
 ])
 def test_client_call_refuses_illegal_steps(steps):
@@ -222,7 +221,14 @@ def test_client_call_refuses_illegal_steps(steps):
     for step in first:
         getattr(call, step)()
     with pytest.raises(InvalidTransition):
-        getattr(call, last)()
+        getattr(call, last)(*([0.0] if last == "accepted" else []))
+
+
+def test_media_connecting_before_an_answer_changes_nothing():
+    call = ClientCall(role="caller")
+    call.ringing()
+    assert call.media_state("connected", 1.0) is None and call.state is CallState.RINGING
+    assert call.media_state("closed", 1.0) is None and call.live  # a ring's peer connection has nothing to lose
 
 
 # -- a party's own clocks: the fault cases, against a given clock -----------------------------
@@ -247,11 +253,45 @@ def test_a_ring_whose_link_is_gone_gives_up_but_an_answered_call_waits_for_its_m
     answered = ClientCall.dial(now=0.0, ring_timeout_s=60)
     answered.dialed("c2")
     answered.ringing()
-    answered.accepted()
-    answered.media_connected()
+    answered.accepted(1.0)
+    answered.media_state("connected", 1.5)
     answered.link_lost(10.0)
-    assert answered.deadline() is None and answered.expire(1e9) is None and answered.live
+    answered.media_heard(10.0)
+    # Only the media's own silence clock runs: the lost link does not end it.
+    assert answered.deadline() == 10.0 + MEDIA_SILENCE_S and answered.expire(19.9) is None and answered.live
     assert answered.claims() == ["c2"]
+
+
+@pytest.mark.parametrize("role", ["caller", "callee"])
+def test_an_answered_call_whose_media_falls_silent_ends_whatever_its_peer_connection_says(role):
+    """A party that died or lost its network: the peer connection may stay `connected` (aiortc
+    waits ~30 s for ICE consent, then closes instead of failing); the silence decides."""
+    call = ClientCall.dial(0.0, 30) if role == "caller" else ClientCall.incoming("c1", {"user_id": "door"}, 0.0, 30)
+    if role == "caller":
+        call.dialed("c1")
+        call.ringing()
+    call.accepted(2.0)
+    assert call.deadline() == 2.0 + MEDIA_SILENCE_S  # a peer that never connects is as silent
+    call.media_state("connected", 2.5)
+    for t in (4.0, 6.0, 8.0):  # the I/O layer reports packets every couple of seconds
+        call.media_heard(t)
+    assert call.expire(2.0 + MEDIA_SILENCE_S) is None and call.live  # heard since: not over
+    assert call.deadline() == 8.0 + MEDIA_SILENCE_S
+    assert call.expire(8.0 + MEDIA_SILENCE_S - 0.01) is None
+    assert call.expire(8.0 + MEDIA_SILENCE_S) == "connection_lost"
+    assert not call.live and not call.unanswered and call.deadline() is None
+    call.media_heard(30.0)  # a late report changes nothing
+    assert call.end_reason == "connection_lost"
+
+
+@pytest.mark.parametrize("state", ["failed", "closed"])
+def test_an_answered_call_ends_when_its_peer_connection_fails_or_closes_by_itself(state):
+    call = ClientCall.incoming("c1", {"user_id": "door"}, 0.0, 30)
+    call.accepted(1.0)
+    call.media_state("connected", 1.2)
+    assert call.media_state("disconnected", 3.0) is None and call.live  # may come back
+    assert call.media_state(state, 4.0) == "connection_lost" and not call.live
+    assert call.media_state(state, 5.0) is None  # once
 
 
 def test_signing_in_again_keeps_a_listed_call_and_ends_a_forgotten_one():
@@ -261,7 +301,7 @@ def test_signing_in_again_keeps_a_listed_call_and_ends_a_forgotten_one():
     assert kept.signed_in({"c1", "other"}) is None and kept.live
     assert kept.link_lost_at is None and kept.deadline() == 65.0  # the link clock stopped
     forgotten = ClientCall.incoming("c2", {"user_id": "door"}, now=0.0, expires_in_s=30)
-    forgotten.accepted()
+    forgotten.accepted(1.0)
     assert forgotten.signed_in(set()) == "connection_lost" and not forgotten.live
     assert not forgotten.unanswered  # a callee's end plays nothing at a door
 

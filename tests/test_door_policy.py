@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from intercom_protocol.calls import LINK_GRACE_S, RING_MARGIN_S, ArmClock, CallState
+from intercom_protocol.calls import LINK_GRACE_S, MEDIA_SILENCE_S, RING_MARGIN_S, ArmClock, CallState
 from intercom_protocol.door import (
     Answer,
     Decline,
@@ -88,10 +88,10 @@ def test_an_answer_starts_the_media_and_the_maximum_call_time() -> None:
     place = ringing(policy)
     policy.last_error = "an old error"
     effects = policy.event(ev({"type": "accepted", "call_id": "c1", "by": {"user_id": "alice"}, "answer": ANSWER}), T0 + 3)
-    assert effects == [StopTone("ringback"), UseAnswer(ANSWER), ArmClock(place.call, None),
+    assert effects == [StopTone("ringback"), UseAnswer(ANSWER), ArmClock(place.call, T0 + 3 + MEDIA_SILENCE_S),
                        StartCallTimers(place.call, 105.0, 120.0)]
     assert policy.last_error is None and place.call.state is CallState.CONNECTING
-    assert policy.media("connected") == [] and policy.state == "connected"
+    assert policy.media("connected", T0 + 3.1) == [] and policy.state == "connected"
     assert policy.call_timer(place.call, "warning") == [Tone("warning")]
     assert policy.call_timer(place.call, "limit") == [TellEnded("c1", untold=place.call)]
     effects = policy.event(ev({"type": "ended", "call_id": "c1", "reason": "completed"}), T0 + 120)
@@ -247,12 +247,12 @@ def test_a_resident_looks_outside_and_the_door_answers_with_a_tone() -> None:
     effects = policy.incoming(ring("c5"))
     call = policy.call
     assert call is not None and effects == [Answer(call, OFFER)]
-    effects = policy.answered(call)
+    effects = policy.answered(call, T0)
     assert effects[0] == Tone("announce") and kinds(effects) == ["Tone", "ArmClock", "StartCallTimers"]
     assert policy.calls_answered == 1 and policy.state == "connected"
     quiet = door(announce=False)
     quiet.incoming(ring("c6"))
-    assert quiet.call is not None and tones(quiet.answered(quiet.call)) == []
+    assert quiet.call is not None and tones(quiet.answered(quiet.call, T0)) == []
 
 
 def test_the_door_declines_when_busy_or_for_callers_off_its_list() -> None:
@@ -276,7 +276,7 @@ def test_a_press_while_a_resident_looks_outside_ends_the_view_and_rings_everyone
     policy = door()
     policy.incoming(ring("c5"))
     assert policy.call is not None
-    policy.answered(policy.call)
+    policy.answered(policy.call, T0)
     effects = policy.press(T0, WALL)
     assert kinds(effects) == ["TellEnded", "Teardown", "Tone", "ArmClock", "PlaceCall"]
     assert effects[0] == TellEnded("c5") and tones(effects) == ["chime"]
@@ -366,10 +366,45 @@ def test_an_answered_call_survives_the_link_and_ends_when_its_media_fails() -> N
     policy = door()
     place = ringing(policy)
     policy.event(ev({"type": "accepted", "call_id": "c1", "by": {"user_id": "alice"}, "answer": ANSWER}), T0 + 1)
-    policy.media("connected")
-    assert policy.link_lost(T0 + 2) == [ArmClock(place.call, None)]  # no clock runs for a connected call
-    assert policy.media("failed") == [Teardown()]  # offline: the server cannot be told
+    policy.media("connected", T0 + 1.1)
+    # Only the media's silence clock runs for a connected call: the lost link does not end it.
+    assert policy.link_lost(T0 + 2) == [ArmClock(place.call, T0 + 1.1 + MEDIA_SILENCE_S)]
+    assert policy.media("failed", T0 + 3) == [Teardown()]  # offline: the server cannot be told
     assert place.call.end_reason == "connection_lost"
+
+
+@pytest.mark.parametrize("connected", [True, False])
+def test_a_dead_call_never_holds_the_bell(connected: bool) -> None:
+    """The resident hung up or died while the door's link to the server was down, and aiortc
+    says nothing for ~30 s, then `closed`: the door's own silence clock ends the call, and
+    the next press rings (or is kept while the server is unreachable)."""
+    policy = door()
+    place = ringing(policy)
+    policy.event(ev({"type": "accepted", "call_id": "c1", "by": {"user_id": "alice"}, "answer": ANSWER}), T0 + 1)
+    policy.media("connected", T0 + 1.2)
+    policy.media_heard(place.call, T0 + 4)
+    if not connected:
+        policy.link_lost(T0 + 5)
+    assert policy.press(T0 + 6, WALL) == [] and policy.last_ignored == "the door is already in a call (connected)"
+    assert policy.clock(place.call, T0 + 1.2 + MEDIA_SILENCE_S) == [ArmClock(place.call, T0 + 4 + MEDIA_SILENCE_S)]
+    effects = policy.clock(place.call, T0 + 4 + MEDIA_SILENCE_S)
+    told = [TellEnded("c1", wait=False)] if connected else []
+    assert effects == [*told, Teardown()]  # no "nobody answered" tone: somebody did
+    assert policy.state == "idle" and policy.last_call is not None
+    assert policy.last_call["end_reason"] == "connection_lost"
+    effects = policy.press(T0 + 20, WALL + 20)
+    assert kinds(effects) == (["Tone", "ArmClock", "PlaceCall"] if connected else ["Tone", "KeepPress"])
+
+
+def test_a_peer_connection_that_closes_by_itself_ends_the_call() -> None:
+    policy = door()
+    policy.incoming(ring("c5"))
+    assert policy.call is not None
+    call = policy.call
+    policy.answered(call, T0)
+    policy.media("connected", T0 + 0.1)
+    assert policy.media("closed", T0 + 31) == [TellEnded("c5", wait=False), Teardown()]
+    assert policy.state == "idle" and call.end_reason == "connection_lost"
 
 
 def test_the_door_opens_only_for_its_live_or_last_call_with_a_relay() -> None:

@@ -144,6 +144,43 @@ async def test_door_crashes_and_systemd_restarts_it_at_once(site):
     await ring_reaches(door, alice)
 
 
+async def test_a_dead_call_never_holds_the_bell(site):
+    """The server crashes during a call, then the resident's phone dies: nobody can tell the
+    door. aiortc keeps its peer connection `connected` for ~30 s and then closes it rather than
+    failing; the door's own silence clock ends the call, so the next visitor is not ignored:
+    kept while the server is away, reported when it is back, and the press after rings."""
+    alice, door, answered = await call_in_progress(site)
+    await site.stop_server(crash=True)
+    await door.wait_status(lambda s: not s["server"]["connected"], timeout=30)
+    await site.stop(alice, crash=True)
+    idle = await door.wait_status(lambda s: s["state"] == "idle", timeout=40)
+    assert idle["last_call"]["call_id"] == answered["call_id"]
+    assert idle["last_call"]["end_reason"] == "connection_lost"
+    assert idle["camera"]["viewers"] == 0 and idle["server"]["connected"] is False
+    # A visitor now: the door cannot ring anyone, so it keeps the press instead of ignoring it.
+    await door.ring()
+    kept = await door.wait_status(lambda s: s["missed_presses"] == 1, timeout=20)
+    assert kept["ignored_presses"] == 0
+    await site.restart_server()
+    reported = await door.wait_status(lambda s: s["server"]["connected"] and s["missed_reported"] == 1, timeout=40)
+    assert reported["missed_presses"] == 0
+    status, history = await site.api("GET", "/v1/direct_calls?user_id=alice")
+    assert status == 200, history
+    assert [c["end_reason"] for c in history["calls"]][:2] == ["dial_failed", "unknown"]
+    phone = await site.start_resident("alice", "--answer", "ignore", device_id="phone", create=False)
+    await ring_reaches(door, phone)
+
+
+async def test_a_resident_ends_a_call_whose_door_died_while_the_server_was_away(site):
+    """The command-line resident's side of the same rule: the server is gone, then the door
+    loses power; the resident's call ends by its own silence clock, not at the call limit."""
+    alice, door, answered = await call_in_progress(site)
+    await site.stop_server(crash=True)
+    await door.process.kill()
+    ended = await alice.wait_for_event("ended", call_id=answered["call_id"], timeout=40)
+    assert ended["reason"] == "connection_lost" and ended["video_frames"] > 0
+
+
 async def test_server_frozen_during_a_press(site):
     alice = await site.start_resident("alice", "--answer", "ignore", device_id="phone")
     door = await site.start_door("frontdoor", GROUPS)

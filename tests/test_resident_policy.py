@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from intercom_protocol.calls import ArmClock, CallState
+from intercom_protocol.calls import MEDIA_SILENCE_S, ArmClock, CallState
 from intercom_protocol.messages import Incoming
 from intercom_protocol.resident import (
     AnswerRing,
@@ -45,10 +45,30 @@ def test_a_ring_is_shown_with_its_picture_and_answered_by_choice() -> None:
     assert call is not None and call.state is CallState.RINGING
     assert effects == [ArmClock(call, T0 + 30), Rings(call, ring(snapshot_url="/v1/calls/c1/snapshot")),
                        FetchPicture("c1", "/v1/calls/c1/snapshot"), AnswerRing(call, OFFER, 1.5)]
-    effects = policy.answered(call)
-    assert kinds(effects) == ["ArmClock", "Answered", "HangUpAfter"] and effects[0] == ArmClock(call, None)
+    effects = policy.answered(call, T0 + 2)
+    assert kinds(effects) == ["ArmClock", "Answered", "HangUpAfter"]
+    assert effects[0] == ArmClock(call, T0 + 2 + MEDIA_SILENCE_S)  # the media's silence clock
     assert effects[2] == HangUpAfter(call, 20)
-    assert policy.media("connected") and call.state is CallState.CONNECTED
+    assert policy.media("connected", T0 + 2.1) and call.state is CallState.CONNECTED
+
+
+def test_a_resident_ends_a_call_whose_door_went_silent_and_tells_the_server() -> None:
+    policy = ResidentPolicy(ResidentRules(answer="auto", hangup_after_frames=None))
+    policy.incoming(ring(), T0)
+    call = policy.call
+    assert call is not None
+    policy.answered(call, T0 + 1)
+    policy.media("connected", T0 + 1.1)
+    policy.media_heard(call, T0 + 3)
+    assert policy.clock(call, T0 + 1.1 + MEDIA_SILENCE_S) == [ArmClock(call, T0 + 3 + MEDIA_SILENCE_S)]
+    assert policy.clock(call, T0 + 3 + MEDIA_SILENCE_S) == [HangUp(call), Ended(call, "connection_lost")]
+    assert not call.live
+    # and a peer connection that closes by itself (aiortc, after ICE consent expires)
+    policy.incoming(ring("c2"), T0 + 20)
+    again = policy.call
+    assert again is not None and again.call_id == "c2"
+    policy.answered(again, T0 + 21)
+    assert policy.media("closed", T0 + 50) == [HangUp(again), Ended(again, "connection_lost")]
 
 
 def test_declining_or_letting_it_ring_is_the_residents_choice() -> None:
@@ -108,7 +128,7 @@ def test_frames_open_the_door_and_hang_up_when_asked() -> None:
     policy.incoming(ring(), T0)
     call = policy.call
     assert call is not None
-    policy.answered(call)
+    policy.answered(call, T0)
     assert policy.video_frame(call, 1) == [OpenDoor(call)]
     assert policy.video_frame(call, 2) == []
     assert policy.video_frame(call, 3) == [HangUp(call)]

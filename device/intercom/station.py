@@ -37,7 +37,7 @@ from .media.audio import AlsaCaptureTrack, Speaker, ToneTrack
 from .media.camera import EncodedCamera, make_camera
 from .media.clips import ClipError, Clips
 from .media.echo import EchoCanceller
-from .media.peer import rtc_configuration
+from .media.peer import rtc_configuration, watch_received
 from .media.recorder import record
 from .media.standby import StandbyPeer
 from .media.video import EncodedVideo
@@ -78,6 +78,8 @@ class Station:
         self.standby = StandbyPeer(lambda ice: self._new_peer(ice, with_tracks=False), lambda: self.client.ice_servers)
         self.reloads = 0
         self._call_timers: list[asyncio.TimerHandle] = []
+        #: Reports whether the answered call's media still arrives (`watch_received`).
+        self._media_watch: asyncio.Task[None] | None = None
         #: The live call's own clock (`ClientCall.deadline`): at most one armed at a time.
         self._clock: asyncio.TimerHandle | None = None
         #: The visitor's picture for the call being placed, taken at the press.
@@ -197,7 +199,7 @@ class Station:
         handlers: dict[str, Callable[[Any], Awaitable[None]]] = {
             "press": self._on_press, "event": self._on_event, "media": self._on_media, "clock": self._on_clock,
             "hangup": self._on_hangup, "timer": self._on_timer, "report_missed": self._report_missed,
-            "resync": self._on_resync, "reply_played": self._on_reply_played}
+            "resync": self._on_resync, "reply_played": self._on_reply_played, "heard": self._on_heard}
         while True:
             kind, data = await self._inbox.get()
             if kind == "stop":
@@ -227,7 +229,10 @@ class Station:
     async def _on_media(self, data: tuple[RTCPeerConnection, str]) -> None:
         pc, state = data
         if pc is self.pc:
-            await self._run(self.policy.media(state))
+            await self._run(self.policy.media(state, time.monotonic()))
+
+    async def _on_heard(self, call: ClientCall) -> None:
+        self.policy.media_heard(call, time.monotonic())
 
     async def _on_clock(self, call: ClientCall) -> None:
         await self._run(self.policy.clock(call, time.monotonic()))
@@ -280,6 +285,9 @@ class Station:
                     self.loop.call_later(warning_in_s, lambda: self._inbox.put_nowait(("timer", ("warning", call)))),
                     self.loop.call_later(limit_in_s, lambda: self._inbox.put_nowait(("timer", ("limit", call)))),
                 ]
+                if self.pc is not None:  # the answered call's media is watched for silence
+                    self._media_watch = self.loop.create_task(
+                        watch_received(self.pc, lambda: self._inbox.put_nowait(("heard", call))), name="media-watch")
             case policy.PlaceCall():
                 await self._place_call(effect)
             case policy.SendPicture(call):
@@ -428,7 +436,7 @@ class Station:
         except Exception as exc:  # noqa: BLE001 - e.g. an offer without H.264: the call ends, the door goes on
             await self._run(self.policy.answer_failed(call, str(exc)))
             return
-        await self._run(self.policy.answered(call))
+        await self._run(self.policy.answered(call, time.monotonic()))
 
     # -- ending --------------------------------------------------------------------------------
 
@@ -460,6 +468,9 @@ class Station:
         for timer in self._call_timers:
             timer.cancel()
         self._call_timers = []
+        if self._media_watch is not None:
+            self._media_watch.cancel()
+            self._media_watch = None
         if self._clock is not None:
             self._clock.cancel()
             self._clock = None

@@ -11,7 +11,9 @@ connected -> ended, with illegal steps refused loudly rather than silently ignor
 the party's own clocks, fed with time like `ServerCall`, so that no call waits for ever on a
 server that crashed, froze or forgot: a ring has a deadline of its own, a ring whose signaling
 link is gone gives up, and a sign-in that does not list the call ends it. An answered call
-survives a signaling outage: its media decides.
+survives a signaling outage: its media decides, and a call whose media is gone ends here
+whatever the peer connection reports (`failed`, `closed` by itself, or nothing while no
+packet arrives for `MEDIA_SILENCE_S`), so a dead call never holds a party.
 """
 
 from __future__ import annotations
@@ -361,6 +363,15 @@ RING_MARGIN_S = 5.0
 #: How long a ring outlives the loss of its signaling link: nobody can answer through a
 #: server that is gone, and the link usually comes back within a few seconds if it comes.
 LINK_GRACE_S = 15.0
+#: How long an answered call may receive nothing at all (no RTP, no RTCP, no DTLS) before it
+#: is over. Every party sends RTCP at least every few seconds on every stream it receives, so
+#: a live call is never this quiet, even from a phone that sends no sound; a party that died
+#: or lost its network is, and its peer connection may say nothing for ~30 s (ICE consent)
+#: or ever (aiortc closes itself instead of failing).
+MEDIA_SILENCE_S = 10.0
+#: The peer connection's states that mean its media is gone for good. aiortc reports
+#: `closed` when the other side's DTLS closes or ICE consent expires; browsers `failed`.
+MEDIA_GONE = frozenset({"failed", "closed"})
 
 
 @dataclass(frozen=True)
@@ -395,6 +406,10 @@ class ClientCall:
     link_lost_at: float | None = None
     #: Whether the call ended before anyone answered it (the visitor hears "nobody answered").
     unanswered: bool = False
+    #: When the answered call's media was last heard from (see `media_heard`); None before.
+    media_heard_at: float | None = None
+    #: How long the answered call's media may be silent before the call is over.
+    media_silence_s: float = MEDIA_SILENCE_S
 
     @classmethod
     def dial(cls, now: float, ring_timeout_s: float) -> ClientCall:
@@ -410,8 +425,14 @@ class ClientCall:
     def ringing_state(self) -> bool:
         return self.state in (CallState.DIALING, CallState.RINGING)
 
+    @property
+    def answered(self) -> bool:
+        return self.state in (CallState.CONNECTING, CallState.CONNECTED)
+
     def deadline(self) -> float | None:
-        """When `expire` must next be called; None while no clock runs (an answered call)."""
+        """When `expire` must next be called; None while no clock runs."""
+        if self.answered:
+            return None if self.media_heard_at is None else self.media_heard_at + self.media_silence_s
         if not self.ringing_state:
             return None
         times = [t for t in (self.ring_until,
@@ -420,7 +441,12 @@ class ClientCall:
 
     def expire(self, now: float) -> EndReason | None:
         """The call's own clocks at `now`: a ring past its deadline ends `no_answer`, a ring
-        whose link has been gone too long ends `connection_lost`."""
+        whose link has been gone too long ends `connection_lost`, and so does an answered call
+        whose media has been silent for `media_silence_s`."""
+        if self.answered:
+            if self.media_heard_at is not None and now >= self.media_heard_at + self.media_silence_s:
+                return self._end_by_clock(EndReason.CONNECTION_LOST)
+            return None
         if not self.ringing_state:
             return None
         if self.ring_until is not None and now >= self.ring_until:
@@ -463,14 +489,31 @@ class ClientCall:
     def ringing(self) -> None:
         self._step(CallState.RINGING)
 
-    def accepted(self, by: dict[str, Any] | None = None) -> None:
-        """Caller: the answer arrived. Callee: our accept was taken."""
+    def accepted(self, now: float, by: dict[str, Any] | None = None) -> None:
+        """Caller: the answer arrived. Callee: our accept was taken. The media's clock starts:
+        a peer that never connects is as silent as one that died."""
         if by is not None:
             self.peer = by
         self._step(CallState.CONNECTING)
+        self.media_heard_at = now
 
-    def media_connected(self) -> None:
-        self._step(CallState.CONNECTED)
+    def media_heard(self, now: float) -> None:
+        """Something arrived on the answered call's media since the last report. The I/O layer
+        reports it every second or two (not every packet); the clock, when it fires, is armed
+        again at the new deadline."""
+        if self.answered:
+            self.media_heard_at = now
+
+    def media_state(self, state: str, now: float) -> EndReason | None:
+        """The peer connection's state changed: `connected` completes the call's set-up; a
+        state in `MEDIA_GONE` ends an answered call (`connection_lost`). A ring's peer
+        connection has nothing to lose yet."""
+        if state == "connected" and self.state is CallState.CONNECTING:
+            self._step(CallState.CONNECTED)
+            self.media_heard_at = now
+        elif state in MEDIA_GONE and self.answered:
+            return self._end_by_clock(EndReason.CONNECTION_LOST)
+        return None
 
     def ended(self, reason: str) -> None:
         if self.state is CallState.ENDED:

@@ -350,9 +350,9 @@ class DoorPolicy:
         call = self.call = ClientCall.incoming(ring.call_id, ring.caller)
         return [Answer(call, ring.offer)]
 
-    def answered(self, call: ClientCall) -> list[Effect]:
+    def answered(self, call: ClientCall, now: float) -> list[Effect]:
         """The server took the door's `accept`."""
-        call.accepted()  # the peer stays the resident who called
+        call.accepted(now)  # the peer stays the resident who called
         self.calls_answered += 1
         log.info("%s is looking outside (call %s)", (call.peer or {}).get("user_id"), call.call_id)
         return [*([Tone("announce")] if self.rules.announce else []), *self._start_call_clock(call)]
@@ -376,7 +376,7 @@ class DoorPolicy:
             log.info("ringing on %d device(s)", event.devices)
             return [Tone("ringback", loop=True)]
         if isinstance(event, Accepted):
-            call.accepted(event.by)
+            call.accepted(now, event.by)
             self.last_error = None  # a call got through: an older error no longer describes the door
             log.info("answered by %s", event.by.get("user_id"))
             return [StopTone("ringback"), UseAnswer(event.answer), *self._start_call_clock(call)]
@@ -388,26 +388,43 @@ class DoorPolicy:
             return effects + self._unanswered(event.reason, now) if call.unanswered else effects
         return []
 
-    def media(self, state: str) -> list[Effect]:
+    def media(self, state: str, now: float) -> list[Effect]:
         """The live call's peer connection changed state."""
         call = self.call
-        if call is None:
+        if call is None or not call.live:
             return []
-        if state == "connected" and call.state is CallState.CONNECTING:
-            call.media_connected()
-            log.info("media connected")
-        elif state == "failed" and call.live:
-            log.warning("media connection failed: ending the call")
-            return [*self._tell_ended(call), *self._teardown(EndReason.CONNECTION_LOST)]
-        return []
+        connecting = call.state is CallState.CONNECTING
+        if call.media_state(state, now) is None:
+            if connecting and call.state is CallState.CONNECTED:
+                log.info("media connected")
+            return []
+        log.warning("the call's media is gone (peer connection %s): ending the call", state)
+        return self._media_lost(call)
+
+    def media_heard(self, call: ClientCall, now: float) -> None:
+        """Packets arrived on the answered call's media lately (the I/O layer looks every
+        second or two): its silence clock starts again."""
+        if call is self.call:
+            call.media_heard(now)
+
+    def _media_lost(self, call: ClientCall) -> list[Effect]:
+        """The answered call is over here (`call` has ended it): the server is told if it can
+        be, and the door is ready to ring again whether it could or not."""
+        return [*([TellEnded(call.call_id, wait=False)] if call.call_id and self.connected else []),
+                *self._teardown(EndReason.CONNECTION_LOST)]
 
     def clock(self, call: ClientCall, now: float) -> list[Effect]:
         """The call's own clock fired (see `ArmClock`)."""
         if call is not self.call:
             return []
+        answered = call.answered
         reason = call.expire(now)
         if reason is None:
             return [ArmClock.of(call)]
+        if answered:
+            log.warning("call %s: nothing received from %s for %.0fs: the call is over", call.call_id,
+                        (call.peer or {}).get("user_id"), call.media_silence_s)
+            return self._media_lost(call)
         if reason == EndReason.NO_ANSWER:
             log.warning("call %s: no answer and no word from the server by the door's own deadline: giving up",
                         call.call_id)

@@ -161,11 +161,11 @@ class ResidentPolicy:
             effects.append(AnswerRing(call, ring.offer, self.rules.answer_delay_s))
         return effects
 
-    def answered(self, call: ClientCall) -> list[Effect]:
+    def answered(self, call: ClientCall, now: float) -> list[Effect]:
         """The server took our `accept`."""
         if not call.live:
             return []
-        call.accepted()
+        call.accepted(now)
         effects: list[Effect] = [ArmClock.of(call), Answered(call, None)]
         if self.rules.hangup_after_s is not None:
             effects.append(HangUpAfter(call, self.rules.hangup_after_s))
@@ -212,18 +212,26 @@ class ResidentPolicy:
         if isinstance(event, m.Accepted) and call.live:
             if call.state is CallState.DIALING:
                 call.ringing()  # its `ringing` was read with the dial's reply: it did happen
-            call.accepted(event.by)
+            call.accepted(now, event.by)
             return [UseAnswer(call, event.answer), ArmClock.of(call), Answered(call, event.by)]
         if isinstance(event, m.Ended):
             return self._finish(call, event.reason)
         return []
 
-    def media(self, state: str) -> list[Effect]:
+    def media(self, state: str, now: float) -> list[Effect]:
         call = self.call
-        if call is not None and state == "connected" and call.state is CallState.CONNECTING:
-            call.media_connected()
-            return [MediaConnected(call)]
-        return []
+        if call is None or not call.live:
+            return []
+        connecting = call.state is CallState.CONNECTING
+        reason = call.media_state(state, now)
+        if reason is not None:
+            return self._media_lost(call, str(reason))
+        return [MediaConnected(call)] if connecting and call.state is CallState.CONNECTED else []
+
+    def media_heard(self, call: ClientCall, now: float) -> None:
+        """Packets arrived on the answered call's media lately: its silence clock starts again."""
+        if call is self.call:
+            call.media_heard(now)
 
     def video_frame(self, call: ClientCall | None, count: int) -> list[Effect]:
         """The `count`th video frame of this call was decoded."""
@@ -242,10 +250,11 @@ class ResidentPolicy:
     def clock(self, call: ClientCall, now: float) -> list[Effect]:
         if call is not self.call:
             return []
+        answered = call.answered
         reason = call.expire(now)
         if reason is None:
             return [ArmClock.of(call)]
-        return [Ended(call, str(reason))]
+        return self._media_lost(call, str(reason)) if answered else [Ended(call, str(reason))]
 
     # -- the link ----------------------------------------------------------------------------------------
 
@@ -270,6 +279,12 @@ class ResidentPolicy:
         return effects
 
     # -- inside ----------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _media_lost(call: ClientCall, reason: str) -> list[Effect]:
+        """An answered call whose media is gone (`call` has ended it): over here at once, and
+        the server told, if it can be, so the other side is not left waiting for it."""
+        return [HangUp(call), Ended(call, reason)] if call.call_id else [Ended(call, reason)]
 
     def _finish(self, call: ClientCall, reason: str) -> list[Effect]:
         """Marked over at once, so that a ring read right after the `ended` (a door ending a

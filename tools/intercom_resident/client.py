@@ -23,7 +23,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from intercom.media.audio import ToneTrack, level_dbfs, packed_s16
-from intercom.media.peer import rtc_configuration
+from intercom.media.peer import rtc_configuration, watch_received
 from intercom.media.stamps import monotonic_us, read_stamp
 from intercom.media.video import encode_image
 from intercom.media.voice import send_audio_levels
@@ -133,6 +133,8 @@ class Resident:
         self._closing: asyncio.Task[None] | None = None
         #: The live call's own clock (`ClientCall.deadline`).
         self._clock: asyncio.TimerHandle | None = None
+        #: Reports whether the answered call's media still arrives (`watch_received`).
+        self._media_watch: asyncio.Task[None] | None = None
 
     @property
     def call(self) -> ClientCall | None:
@@ -168,7 +170,7 @@ class Resident:
 
     def _media_state(self, pc: RTCPeerConnection) -> None:
         if pc is self.pc:
-            self._run(self.calls.media(pc.connectionState))
+            self._run(self.calls.media(pc.connectionState, time.monotonic()))
 
     # -- carrying out what the policy decided ----------------------------------------------------
 
@@ -195,6 +197,10 @@ class Resident:
                 self._spawn(self._use_answer(answer))
             case rules.Answered(call, by):
                 self.report("answered", {"call_id": call.call_id, **({"by": by} if by is not None else {})})
+                if self.pc is not None:  # the answered call's media is watched for silence
+                    pc = self.pc
+                    self._media_watch = asyncio.get_running_loop().create_task(
+                        watch_received(pc, lambda: self.calls.media_heard(call, time.monotonic())))
             case rules.HangUpAfter(call, delay_s):
                 self._spawn(self._hang_up_later(call, delay_s))
             case rules.HangUp(call):
@@ -294,7 +300,7 @@ class Resident:
             self.report("accept_failed", {"call_id": call.call_id, "error": str(exc)})
             await self._close_media()
             return
-        self._run(self.calls.answered(call))
+        self._run(self.calls.answered(call, time.monotonic()))
 
     def _track(self, track: MediaStreamTrack) -> None:
         self._spawn(self._receive(track))
@@ -344,6 +350,9 @@ class Resident:
         if self._clock is not None:
             self._clock.cancel()
             self._clock = None
+        if self._media_watch is not None:
+            self._media_watch.cancel()
+            self._media_watch = None
         pc, self.pc = self.pc, None
         self._spawn(self._report_end(call, reason, pc, self.reception))
 
@@ -364,6 +373,9 @@ class Resident:
     async def _close_media(self) -> None:
         """Close the peer connection, or wait for the close another task began: one cut short
         leaves aiortc's decoder threads running, and the process could not exit."""
+        if self._media_watch is not None:
+            self._media_watch.cancel()
+            self._media_watch = None
         pc, self.pc = self.pc, None
         if pc is not None:
             self._closing = asyncio.get_running_loop().create_task(pc.close())

@@ -13,7 +13,13 @@ import { ice, request } from "./connection.js";
 /** @typedef {import("./connection.js").ProtocolFailure} ProtocolFailure */
 /** @typedef {{call_id: string, caller: {user_id: string, display_name: string, kind: string}, offer: RTCSessionDescriptionInit, pictured?: boolean}} Ring */
 /** @typedef {{stream?: MediaStream, track?: MediaStreamTrack, error?: string}} Microphone */
-/** @typedef {{call_id: string | null, pc: RTCPeerConnection, role: "caller" | "callee", peerName: string, mic: Microphone, stream: MediaStream}} Call */
+/** @typedef {{call_id: string | null, pc: RTCPeerConnection, role: "caller" | "callee", peerName: string, mic: Microphone, stream: MediaStream, watch?: number}} Call */
+
+/** How long a call's media may bring nothing at all (no RTP, no RTCP) before the call is over:
+ * the rule of every party (MEDIA_SILENCE_S in intercom_protocol.calls). A door that lost power
+ * or its network sends nothing, and the browser would say "failed" only after ~30 s. */
+const MEDIA_SILENCE_MS = 10000;
+const MEDIA_CHECK_MS = 2000;
 
 /** What the resident reads for each end reason. @type {Record<string, string>} */
 export const REASONS = {
@@ -303,10 +309,11 @@ function newCall(role, peerName, mic) {
     if (call && call.pc === pc && words[pc.connectionState]) $("call-state").textContent = words[pc.connectionState];
     // The media's own clock (ICE consent): a call whose media is dead ends here too, even
     // when the server cannot be told (it is told if it can).
-    if (call && call.pc === pc && pc.connectionState === "failed") {
+    if (call && call.pc === pc && (pc.connectionState === "failed" || pc.connectionState === "closed")) {
       toast("The connection to the door was lost.");
       hangUp();
     }
+    if (call && call.pc === pc && pc.connectionState === "connected" && call.watch === undefined) watchMedia(call);
   };
   $("call-title").textContent = peerName;
   $("call-state").textContent = "Connecting…";
@@ -320,6 +327,28 @@ function newCall(role, peerName, mic) {
   button("open-door").disabled = false;
   $("call-screen").hidden = false;
   return active;
+}
+
+/** Ends the call when nothing has arrived on its media for MEDIA_SILENCE_MS, whatever the
+ * peer connection says. @param {Call} active */
+function watchMedia(active) {
+  let received = -1;
+  let heardAt = Date.now();
+  active.watch = window.setInterval(async () => {
+    const report = await active.pc.getStats().catch(() => null);
+    if (!report || !isCurrent(active)) return;
+    let total = 0;
+    report.forEach((stats) => {
+      if (stats.type === "transport") total += (stats.bytesReceived || 0);
+    });
+    if (total > received) {
+      received = total;
+      heardAt = Date.now();
+    } else if (Date.now() - heardAt >= MEDIA_SILENCE_MS) {
+      toast("The connection to the door was lost.");
+      hangUp();
+    }
+  }, MEDIA_CHECK_MS);
 }
 
 /** No trickle (protocol v1): every candidate goes in the one offer or answer.
@@ -403,8 +432,9 @@ export async function hangUp() {
 
 function closeCall() {
   if (!call) return;
-  const { pc, mic, stream } = call;
+  const { pc, mic, stream, watch } = call;
   call = null;
+  if (watch !== undefined) window.clearInterval(watch);
   pc.close();
   if (mic.track) mic.track.stop();
   for (const track of stream.getTracks()) track.stop();
