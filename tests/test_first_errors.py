@@ -93,3 +93,14 @@ def test_the_demo_with_its_port_taken_says_how_to_choose_another():
         assert run("-m", "intercom_sim.demo", "--port", str(port))[:2] == (1, [
             f"demo: port {port} is in use (another demo or server?): stop it, or choose another port with "
             f"make demo DEMO_ARGS='--port {port + 1}'"])
+
+
+def test_a_key_that_is_a_list_or_a_mapping_is_one_line_with_its_line(tmp_path):
+    """`? [a, b]` is valid YAML, but no Python dict can hold it: one line, not a TypeError."""
+    bad = tmp_path / "x.yaml"
+    bad.write_text("# a comment\n? [a, b]\n: 1\n")
+    line = f"{bad}: (file) (line 2): not valid YAML: a key must be a plain word or number, not a list or a mapping"
+    assert run("-m", "intercom_server.cli", "--config", str(bad), "serve")[:2] == (2, [line])
+    assert run("-m", "intercom.cli", "check-config", str(bad))[:2] == (2, [line])
+    bad.write_text("server:\n  url: ws://x/v1/ws\n  {url: x}: 1\n")
+    assert run("-m", "intercom.cli", "check-config", str(bad))[:2] == (2, [line.replace("line 2", "line 3")])

@@ -35,6 +35,12 @@ class _LineLoader(yaml.SafeLoader):
         result.line = node.start_mark.line + 1
         result.lines = {}
         for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                # `? [a, b]` or `? {a: 1}`: Python cannot even hold such a key in a dict, and no
+                # configuration has one: a plain error with its line, not a TypeError.
+                raise yaml.MarkedYAMLError("while reading a mapping", node.start_mark,
+                                           "a key must be a plain word or number, not a list or a mapping",
+                                           key_node.start_mark)
             key = self.construct_object(key_node, deep=True)
             if key in result:
                 raise yaml.MarkedYAMLError(
