@@ -267,6 +267,7 @@ def selftest_config(tmp_path: Path, **hardware) -> Path:
                      **hardware},
         "calls": {"ring_groups": [{"residents": ["alice"]}]},
         "control": {"socket": str(tmp_path / "control.sock")},
+        "state_dir": str(tmp_path / "state"),
     }
     path = tmp_path / "intercom.yaml"
     path.write_text(yaml.safe_dump(config))

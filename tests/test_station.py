@@ -36,6 +36,7 @@ calls:
     - residents: [alice]
 control:
   socket: control.sock
+state_dir: state
 """
 
 

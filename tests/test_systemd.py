@@ -67,6 +67,7 @@ async def test_the_daemon_notifies_ready_pings_the_watchdog_reloads_and_stops(tm
                      "speaker": {"device": "null"}},
         "calls": {"ring_groups": [{"residents": ["alice"]}]},
         "control": {"socket": str(tmp_path / "control.sock")},
+        "state_dir": str(tmp_path / "state"),
     }
     path = tmp_path / "intercom.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import math
 import os
 import time
@@ -105,6 +106,33 @@ async def test_a_message_left_while_the_server_was_unreachable_arrives_with_its_
     assert record["end_reason"] == "dial_failed" and record["has_message"] is True
     code, mp4, _ = await _get(site, f"/v1/direct_calls/{record['call_id']}/message")
     assert code == 200 and slices_sha256(mp4) == sent["messages"]["last"]["video_sha256"]
+
+
+async def test_a_press_and_its_message_kept_offline_survive_a_power_cut_of_the_door(site, tmp_path):
+    """Server stopped, a visitor presses and leaves a message, the door loses power and comes
+    back, then the server: the residents see the press and play the message."""
+    spool = tmp_path / "spool"
+    door = await site.start_door("frontdoor", [{"residents": ["alice"]}], settings={
+        "calls": {"visitor_messages": {"enabled": True, "max_s": 3, "spool_dir": str(spool)}}})
+    token = (await site.add_user("alice", "resident", "Alice")).read_text().strip()
+    await site.stop_server()
+    await door.wait_status(lambda s: not s["server"]["connected"])
+    await door.ring()
+    recorded = await door.wait_status(lambda s: s["messages"]["recorded"] == 1 and s["state"] == "idle", timeout=30)
+    await door.process.kill()  # a power cut: nothing is tidied up
+    await site.restart_door(door)
+    back = await door.wait_status(lambda s: s["missed_presses"] == 1)
+    assert back["server"]["connected"] is False and back["messages"]["waiting"] == 1
+
+    await site.restart_server()
+    sent = await door.wait_status(lambda s: s["messages"]["sent"] == 1, timeout=40)
+    assert sent["missed_reported"] == 1 and sent["missed_presses"] == 0 and sent["messages"]["waiting"] == 0
+    assert list((tmp_path / "frontdoor-state" / "presses").iterdir()) == []  # the server has it: gone from the board
+    code, body, _ = await _get(site, "/v1/direct_calls?user_id=alice", token=token)
+    [record] = json.loads(body)["calls"]
+    assert code == 200 and record["end_reason"] == "dial_failed" and record["has_message"] is True
+    code, mp4, _ = await _get(site, f"/v1/direct_calls/{record['call_id']}/message", token=token)
+    assert code == 200 and slices_sha256(mp4) == recorded["messages"]["last"]["video_sha256"]
 
 
 async def test_only_the_call_s_residents_hear_a_message_and_one_can_delete_it(server, tmp_path):

@@ -17,6 +17,8 @@ from intercom_protocol.messages import MAX_QUICK_REPLIES, MAX_REPLY_LABEL, QUICK
 from intercom_protocol.yamlconfig import ConfigError, Field, Problem, in_range, load_file, nonempty, one_of
 
 DEFAULT_SOCKET = "/run/intercom/control.sock"
+#: systemd's StateDirectory=intercom: kept presses (and, by default, visitors' messages) live here.
+DEFAULT_STATE_DIR = "/var/lib/intercom"
 
 PIN_BACKENDS = ("lgpio", "rpigpio", "pigpio", "native", "mock")
 
@@ -157,6 +159,8 @@ SCHEMA: dict[str, Field] = {
     "control": Field(schema={
         "socket": Field(str, default=DEFAULT_SOCKET, check=nonempty),
     }),
+    "state_dir": Field(str, default=DEFAULT_STATE_DIR, check=nonempty,
+                       help="what the door keeps for the server across restarts: presses made while it was away"),
 }
 
 
@@ -190,6 +194,7 @@ class DoorConfig:
     ca_file: str | None = None
     quick_replies: tuple[QuickReply, ...] = ()
     messages: MessageSettings | None = None
+    state_dir: Path = Path(DEFAULT_STATE_DIR)
 
     @property
     def rules(self) -> DoorRules:
@@ -285,4 +290,4 @@ def _build(raw: dict[str, Any], path: Path) -> DoorConfig:
         auto_answer=None if callers == SITE_RESIDENTS else tuple(callers),
         announce=calls["auto_answer"]["announce"], max_call_s=calls["max_call_s"],
         warning_before_s=calls["warning_before_s"], tone_volume=hw["speaker"]["tone_volume"], ca_file=ca_file,
-        quick_replies=tuple(replies), messages=messages)
+        quick_replies=tuple(replies), messages=messages, state_dir=(path.parent / raw["state_dir"]).resolve())

@@ -33,6 +33,7 @@ from intercom_protocol.requests import RequestFailed
 
 from .config import DoorConfig
 from .directory import site_users, unknown_residents
+from .kept_presses import KeptPresses
 from .media.audio import AlsaCaptureTrack, Speaker, ToneTrack
 from .media.camera import EncodedCamera, make_camera
 from .media.clips import ClipError, Clips
@@ -56,6 +57,9 @@ class Station:
         self.config = config
         self.loop = asyncio.get_running_loop()
         self.policy = DoorPolicy(config.rules)
+        #: The presses the server did not hear, on disk: a restart or a power cut loses none.
+        self.kept = KeptPresses(config.state_dir / "presses")
+        self.policy.missed.extend(self.kept.load())
         self.client = SignalingClient(config.server_url, config.user_id, config.access_token, config.device_id,
                                       on_event=self._server_event, on_request=self._server_request,
                                       on_connection=self._connection_changed, claims=self.policy.claims,
@@ -140,7 +144,8 @@ class Station:
         apply from the next event; a new token or server URL from the next connection (at
         once when no call is live). Hardware changes need a restart: they are named."""
         old = self.config
-        needs_restart = [name for name in ("pins", "camera", "microphone", "speaker_device", "control_socket")
+        needs_restart = [name for name in ("pins", "camera", "microphone", "speaker_device", "control_socket",
+                                           "state_dir")
                          if getattr(old, name) != getattr(config, name)]
         self.config = config
         self.policy.rules = config.rules
@@ -263,6 +268,7 @@ class Station:
                 go_on = self.policy.missed_result("reported", call_id)
                 if self.outbox is not None:
                     self.outbox.name_message(policy.offline_message(pressed_at), call_id)
+            self.kept.save(self.policy.missed)
             if not go_on:
                 return
 
@@ -298,6 +304,7 @@ class Station:
                 picture, self._picture = self._picture, None
                 jpeg = await (self._picture_within(picture, 1.0) if picture else self.camera.snapshot_jpeg())
                 self.policy.keep_press(pressed_at, jpeg)
+                self.kept.save(self.policy.missed)
             case policy.Answer(call, offer):
                 await self._answer(call, offer)
             case policy.UseAnswer(answer):
@@ -637,6 +644,7 @@ class Station:
                                                          "recorded": door.messages_recorded,
                                                          "last": self.last_message, **self.outbox.status()},
             "missed_presses": len(door.missed),
+            "kept_presses": {"directory": str(self.kept.directory), "last_error": self.kept.last_error},
             "missed_reported": door.missed_reported,
             "unknown_residents": self.unknown_residents,
             "door_openings": door.door_openings[-5:],

@@ -284,6 +284,7 @@ class Installation:
             },
             "calls": {"ring_groups": ring_groups},
             "control": {"socket": str(self.root / f"{user_id}.sock")},
+            "state_dir": str(self.root / f"{user_id}-state"),
         }
 
     async def start_door(self, user_id: str, ring_groups: list[dict[str, Any]], name: str = "Front door",
