@@ -7,14 +7,17 @@ import asyncio
 import errno
 import json
 import logging
+import logging.handlers
 import signal
 import ssl
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
 from aiohttp import web
 
+from intercom.sdnotify import Notifier
 from intercom_protocol.yamlconfig import ConfigError
 
 from .app import create_app, invite_url, pairing_url
@@ -55,7 +58,29 @@ async def _open_store(config: ServerConfig) -> Store:
         raise StartupError(str(exc)) from None
 
 
-async def _serve(config: ServerConfig) -> None:
+class StartupLog(logging.handlers.MemoryHandler):
+    """What the server logs while it starts, held back: if it cannot start, its one-line
+    reason is all the installer reads; once it listens, the held lines follow in order."""
+
+    def __init__(self, target: logging.Handler) -> None:
+        super().__init__(capacity=10_000, flushLevel=logging.CRITICAL + 1, target=target, flushOnClose=False)
+
+    def shouldFlush(self, record: logging.LogRecord) -> bool:
+        return False
+
+    def flush(self) -> None:
+        """Only `let_out` lets them out (logging flushes every handler at exit)."""
+
+    def let_out(self) -> None:
+        root = logging.getLogger()
+        root.removeHandler(self)
+        if self.target is not None:
+            root.addHandler(self.target)
+        super().flush()
+
+
+async def _serve(config: ServerConfig, started: Callable[[], None] = lambda: None) -> None:
+    """Serve until SIGTERM; `started` is called once the server listens."""
     store = await _open_store(config)
     try:
         # Alone, a call live at the last stop was lost with it; in a cluster, the other
@@ -101,6 +126,7 @@ async def _serve(config: ServerConfig) -> None:
                                f"it, or choose another port with listen.port in the YAML or serve --port N") from None
         raise StartupError(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
     port = runner.addresses[0][1]
+    started()
     log.info("Platform API token from %s", source)
     _remember_address(config, port)
     # Tests and the demo read this line to learn the port when --port 0 was given.
@@ -112,7 +138,12 @@ async def _serve(config: ServerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    systemd = Notifier()
+    systemd.ready(f"listening on {config.host}:{port}")
+    watchdog = loop.create_task(systemd.watchdog(), name="watchdog")
     await stop.wait()
+    systemd.stopping()
+    watchdog.cancel()
     log.info("shutting down")
     await runner.cleanup()
     await store.close()
@@ -289,7 +320,17 @@ def main(argv: list[str] | None = None) -> int:
                                f"there and edit it, or give the right --config")
         config = _config(args)
         if args.command == "serve":
-            asyncio.run(_serve(config))
+            root = logging.getLogger()
+            held = StartupLog(root.handlers[0])
+            root.removeHandler(held.target)  # type: ignore[arg-type]
+            root.addHandler(held)
+            try:
+                asyncio.run(_serve(config, started=held.let_out))
+            except (StartupError, StoreError):
+                raise  # its one line is all the installer needs
+            except BaseException:
+                held.let_out()  # a crash: everything that led to it
+                raise
             return 0
         if args.command == "api-token":
             config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
