@@ -60,12 +60,14 @@ def test_a_missing_hardware_library_says_which_package_to_install(tmp_path):
 def test_a_missing_yaml_is_named_with_what_to_copy(tmp_path):
     missing = tmp_path / "nowhere.yaml"
     assert run("-m", "intercom_server.cli", "--config", str(missing), "serve")[:2] == (1, [
-        f"intercom-server: there is no config file at {missing}: copy config/server.example.yaml there and edit "
-        f"it, or give the right --config"])
-    door = (f"intercom: there is no config file at {missing}: copy config/intercom.example.yaml there and edit it, "
-            f"or give --config PATH")
+        f"intercom-server: there is no config file at {missing}: `intercom-server --config {missing} init` writes "
+        f"the annotated example there to edit, or give the right --config"])
+    door = (f"intercom: there is no config file at {missing}: `intercom init --config {missing}` writes the "
+            f"annotated example there to edit, or give --config PATH")
     assert run("-m", "intercom.cli", "run", "--config", str(missing))[:2] == (1, [door])
-    assert run("-m", "intercom.cli", "run", env={"INTERCOM_CONFIG": str(missing)})[:2] == (1, [door])
+    # With $INTERCOM_CONFIG naming it, plain `intercom init` writes there.
+    assert run("-m", "intercom.cli", "run", env={"INTERCOM_CONFIG": str(missing)})[:2] == (1, [
+        door.replace(f"intercom init --config {missing}", "intercom init")])
     assert run("-m", "intercom.cli", "check-config", str(missing))[:2] == (1, [door])
 
 
@@ -104,3 +106,33 @@ def test_a_key_that_is_a_list_or_a_mapping_is_one_line_with_its_line(tmp_path):
     assert run("-m", "intercom.cli", "check-config", str(bad))[:2] == (2, [line])
     bad.write_text("server:\n  url: ws://x/v1/ws\n  {url: x}: 1\n")
     assert run("-m", "intercom.cli", "check-config", str(bad))[:2] == (2, [line.replace("line 2", "line 3")])
+
+
+def test_init_writes_the_annotated_examples_and_never_overwrites(tmp_path):
+    """An installer who used pip has no checkout: the examples come with the package."""
+    door, server = tmp_path / "etc" / "intercom.yaml", tmp_path / "etc" / "server.yaml"
+    code, errors, out = run("-m", "intercom.cli", "init", env={"INTERCOM_CONFIG": str(door)})
+    assert (code, errors) == (0, []) and out.splitlines()[0].startswith(f"Wrote {door}, the annotated example")
+    assert door.read_text() == (ROOT / "config/intercom.example.yaml").read_text()
+    assert oct(door.stat().st_mode & 0o777) == "0o644"
+    code, errors, out = run("-m", "intercom_server.cli", "--config", str(server), "init")
+    assert (code, errors) == (0, []) and out.startswith(f"Wrote {server}, the annotated example")
+    assert server.read_text() == (ROOT / "config/server.example.yaml").read_text()
+
+    door.write_text("# the installer's own edits\n")
+    assert run("-m", "intercom.cli", "init", "--config", str(door))[:2] == (1, [
+        f"intercom: {door} exists already; nothing was written (edit it, or move it away first)"])
+    assert run("-m", "intercom_server.cli", "init", "--config", str(door))[:2] == (1, [
+        f"intercom-server: {door} exists already; nothing was written (edit it, or move it away first)"])
+    assert door.read_text() == "# the installer's own edits\n"
+    (tmp_path / "file").write_text("")
+    assert run("-m", "intercom.cli", "init", "--config", str(tmp_path / "file" / "x.yaml"))[:2] == (1, [
+        f"intercom: cannot write {tmp_path / 'file' / 'x.yaml'}: Not a directory"])
+
+
+def test_pair_without_a_yaml_says_to_run_init_first(tmp_path):
+    missing = tmp_path / "intercom.yaml"
+    assert run("-m", "intercom.cli", "pair", "http://127.0.0.1:1/#pair=abcdefghijklmnopqrst",
+               env={"INTERCOM_CONFIG": str(missing)})[:2] == (1, [
+        f"intercom: there is no config file at {missing}: `intercom init` writes the annotated example there to "
+        f"edit, or give --config PATH"])

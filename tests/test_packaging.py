@@ -66,3 +66,17 @@ def test_the_install_extras_match() -> None:
     assert not server & set(DOOR_ONLY.values())
     assert not door & {name for name in SERVER_ONLY.values() if name}
     assert set(DOOR_ONLY.values()) <= door and {"qrcode", "http-ece", "py-vapid"} <= server
+
+
+def test_the_wheel_carries_the_annotated_examples_for_init(tmp_path: Path) -> None:
+    """`intercom init` and `intercom-server init` write them: a pip user has no config/ directory."""
+    import zipfile
+
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp_path),
+                            str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    [wheel] = tmp_path.glob("intercom-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        assert archive.read("intercom/examples/intercom.example.yaml") == (ROOT / "config/intercom.example.yaml").read_bytes()
+        assert archive.read("intercom_server/examples/server.example.yaml") == \
+            (ROOT / "config/server.example.yaml").read_bytes()

@@ -119,8 +119,8 @@ async def test_intercom_pair_checks_what_it_can_before_spending_the_code(server,
          "intercom: 'http://127.0.0.1:1/#invite=abc' is not a pairing link; it looks like "
          "http://SERVER:8080/#pair=CODE (from `intercom-server door pair DOOR` on the server)"),
         (["pair", url, "--config", str(tmp_path / "missing.yaml")],
-         f"intercom: there is no config file at {tmp_path / 'missing.yaml'}: copy config/intercom.example.yaml "
-         f"there first (or give --config PATH)"),
+         f"intercom: there is no config file at {tmp_path / 'missing.yaml'}: `intercom init --config "
+         f"{tmp_path / 'missing.yaml'}` writes the annotated example there to edit, or give --config PATH"),
     ]
     for args, line in cases:
         code, out, err = await intercom(*args)

@@ -90,6 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="intercom", description=__doc__, parents=[common, with_config])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="run the door station", parents=[common, with_config])
+    sub.add_parser("init", help="write the annotated example YAML to --config (default "
+                                f"$INTERCOM_CONFIG, else {DEFAULT_CONFIG}); never overwrites", parents=[common, with_config])
     p = sub.add_parser("check-config", help="check a config file; prints every problem with its line",
                        parents=[common])
     p.add_argument("file", nargs="?", help=f"default: --config, else $INTERCOM_CONFIG, else {DEFAULT_CONFIG}")
@@ -118,7 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "ctl":
             return _ctl(_socket_path(args), args.action)
+        if args.command == "init":
+            return _init(Path(config_path))
         if args.command == "pair":
+            if not Path(config_path).exists():
+                raise _no_config(config_path)
             return eventloop.run(_pair(Path(config_path), args.link))
         if args.command == "check-config":
             return _check_config(args.file or config_path)
@@ -143,10 +149,35 @@ class _Refused(Exception):
     """One line for the installer instead of a traceback."""
 
 
+def _init_command(path: str | Path) -> str:
+    return "intercom init" if str(path) == default_config() else f"intercom init --config {path}"
+
+
+def _no_config(path: str | Path) -> _Refused:
+    return _Refused(f"there is no config file at {path}: `{_init_command(path)}` writes the annotated example "
+                    f"there to edit, or give --config PATH")
+
+
+def _init(path: Path) -> int:
+    """The annotated example, where the installer's commands will look for it."""
+    from intercom_protocol.yamlconfig import write_example
+
+    try:
+        write_example("intercom", "intercom.example.yaml", path)
+    except FileExistsError:
+        raise _Refused(f"{path} exists already; nothing was written (edit it, or move it away first)") from None
+    except OSError as exc:
+        raise _Refused(f"cannot write {path}: {exc.strerror}") from None
+    print(f"Wrote {path}, the annotated example: edit hardware: to your wiring and calls.ring_groups to your "
+          f"residents,")
+    print(f"then pair with the server: intercom pair LINK{'' if str(path) == default_config() else f' --config {path}'} "
+          f"(LINK from `intercom-server door add` on the server)")
+    return 0
+
+
 def _load(path: str) -> DoorConfig:
     if not Path(path).exists():
-        raise _Refused(f"there is no config file at {path}: copy config/intercom.example.yaml there and edit it, "
-                       f"or give --config PATH")
+        raise _no_config(path)
     return door_config.load(path)
 
 

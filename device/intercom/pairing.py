@@ -73,8 +73,8 @@ def plan(config_path: Path) -> Plan:
     try:
         text = config_path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise PairingError(f"there is no config file at {config_path}: copy config/intercom.example.yaml there "
-                           f"first (or give --config PATH)") from None
+        raise PairingError(f"there is no config file at {config_path}: `intercom init --config {config_path}` "
+                           f"writes the annotated example there first") from None
     except OSError as exc:
         raise PairingError(f"cannot read {config_path}: {exc.strerror}") from None
     server = _server_node(text, config_path)

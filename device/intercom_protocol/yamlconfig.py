@@ -8,8 +8,11 @@ key and list item; `validate` walks a small declarative schema over the loaded d
 from __future__ import annotations
 
 import difflib
+import errno
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -239,3 +242,19 @@ def in_range(low: float, high: float) -> Callable[[Any], None]:
 def nonempty(value: Any) -> None:
     if not value:
         raise ValueError("must not be empty")
+
+
+def write_example(package: str, name: str, path: Path) -> None:
+    """Write the annotated example YAML a package ships (`<package>/examples/<name>`) to `path`,
+    for `intercom init` and `intercom-server init`: an installer who used pip has no checkout
+    to copy it from. Never overwrites: raises FileExistsError for a file already there, and
+    OSError when it cannot be written."""
+    text = (resources.files(package) / "examples" / name).read_text(encoding="utf-8")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # a file where a directory must be: not "the YAML exists"
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path.parent)) from None
+    # O_EXCL: an existing file (an installer's edited YAML) is never replaced, not even by a race.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)

@@ -28,6 +28,9 @@ from .store import Store, StoreError, StoreUnavailable
 
 log = logging.getLogger("intercom.server")
 
+#: Where `init` writes the server's YAML unless given --config (the unit reads it there).
+DEFAULT_CONFIG = "/etc/intercom/server.yaml"
+
 
 def _config(args: argparse.Namespace) -> ServerConfig:
     config = ServerConfig.from_file(args.config) if args.config else ServerConfig()
@@ -149,6 +152,21 @@ async def _serve(config: ServerConfig, started: Callable[[], None] = lambda: Non
     await store.close()
 
 
+def _init(path: Path) -> int:
+    """The annotated example, for an installer who used pip and has no checkout to copy from."""
+    from intercom_protocol.yamlconfig import write_example
+
+    try:
+        write_example("intercom_server", "server.example.yaml", path)
+    except FileExistsError:
+        raise StartupError(f"{path} exists already; nothing was written (edit it, or move it away first)") from None
+    except OSError as exc:
+        raise StartupError(f"cannot write {path}: {exc.strerror}") from None
+    print(f"Wrote {path}, the annotated example: edit listen:, public_url: and tls: for your network,")
+    print(f"then add a site and its residents: intercom-server --config {path} site add home --name \"Our house\"")
+    return 0
+
+
 def _remember_address(config: ServerConfig, port: int) -> None:
     """`invite` and `door pair` run as other processes; they read here where the server
     really listens (the port given with --port, a LAN address for 0.0.0.0)."""
@@ -218,6 +236,7 @@ def _parser() -> argparse.ArgumentParser:
                                      "else where the server listens")
         p.add_argument("--json", action="store_true", help="print JSON only, no QR code")
 
+    command("init", f"write the annotated example YAML to --config (default {DEFAULT_CONFIG}); never overwrites")
     serve = command("serve", "run the signaling server")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
@@ -315,9 +334,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
+        if args.command == "init":
+            return _init(Path(args.config or DEFAULT_CONFIG))
         if args.config and not Path(args.config).exists():
-            raise StartupError(f"there is no config file at {args.config}: copy config/server.example.yaml "
-                               f"there and edit it, or give the right --config")
+            raise StartupError(f"there is no config file at {args.config}: `intercom-server --config {args.config} "
+                               f"init` writes the annotated example there to edit, or give the right --config")
         config = _config(args)
         if args.command == "serve":
             root = logging.getLogger()
