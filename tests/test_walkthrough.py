@@ -3,9 +3,13 @@
 The commands come from the README's code blocks, so the README, the example configs and the
 programs cannot drift apart. What this machine cannot do as an installer would, the test does
 openly, and only that:
-- the installation lives under a temporary root: /etc/intercom, /var/lib/intercom-server and
-  /run/intercom in commands and example files are moved under it (INTERCOM_CONFIG points the
-  door's commands at the moved YAML, as it would for an installation kept elsewhere);
+- the installation lives under a temporary root: /etc/intercom, /etc/systemd/system,
+  /var/lib/intercom-server and /run/intercom in commands and example files are moved under it
+  (INTERCOM_CONFIG points the door's commands at the moved YAML, as it would for an
+  installation kept elsewhere);
+- there is no systemd running here: `useradd` and `systemctl daemon-reload` are left out, and
+  `systemctl enable --now intercom-server` runs the ExecStart line of the unit the walkthrough
+  copied, from this checkout's venv instead of /opt/intercom/venv, as this user;
 - "edit it" is done as an installer would: the server listens on any free port (port 0; the
   links must then carry the port it really got), and the door's `hardware:` gets the simulated
   backends, since this machine has no GPIO, Pi camera or sound card;
@@ -31,7 +35,9 @@ import pytest
 from intercom_sim.harness import RESIDENT, Door, Process
 
 ROOT = Path(__file__).resolve().parent.parent
-PLACES = ("/etc/intercom", "/var/lib/intercom-server", "/var/lib/intercom", "/run/intercom")
+PLACES = ("/etc/intercom", "/etc/systemd/system", "/var/lib/intercom-server", "/var/lib/intercom", "/run/intercom")
+#: Where the units expect the programs.
+INSTALLED = "/opt/intercom/venv/bin/"
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -49,7 +55,8 @@ class Walkthrough:
         self.root = tmp_path / "r"  # short: the control socket's path has a length limit
         self.cwd = tmp_path / "checkout"
         self.cwd.mkdir()
-        (self.cwd / "config").symlink_to(ROOT / "config")  # the example files, as in a checkout
+        (self.cwd / "systemd").symlink_to(ROOT / "systemd")  # the units, as in a checkout
+        Path(self.moved("/etc/systemd/system")).mkdir(parents=True)  # there on any machine with systemd
         self.logs = tmp_path / "logs"
         bin_dir = str(Path(sys.executable).parent)
         self.env = {"PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",
@@ -76,6 +83,15 @@ class Walkthrough:
         process = await Process.start(name, argv, self.logs, env={**self.env})
         self.background.append(process)
         return process
+
+    def exec_start(self, unit: str) -> list[str]:
+        """What systemd would run for the unit the walkthrough installed: its ExecStart line."""
+        installed = Path(self.moved(f"/etc/systemd/system/{unit}.service"))
+        assert installed.read_text() == (ROOT / "systemd" / installed.name).read_text()
+        [line] = [line for line in installed.read_text().splitlines() if line.startswith("ExecStart=")]
+        argv = shlex.split(line.split("=", 1)[1])
+        assert argv[0].startswith(INSTALLED), argv
+        return [str(Path(sys.executable).parent / argv[0][len(INSTALLED):]), *map(self.moved, argv[1:])]
 
     def edit_server_yaml(self, path: Path) -> None:
         text = self.moved(path.read_text())
@@ -115,7 +131,8 @@ async def sign_in_alice(site: Walkthrough, invite: str) -> Process:
 
 async def test_the_readme_walkthrough_pairs_a_door_that_rings_alice(tmp_path: Path) -> None:
     commands = walkthrough()
-    assert [c[:2] for c in commands if c[0] == "intercom"][:1] == [["intercom", "pair"]], commands
+    assert [c[:2] for c in commands if c[0] == "intercom"][:2] == [["intercom", "init"], ["intercom", "pair"]], commands
+    assert ["systemctl", "enable", "--now", "intercom-server"] in commands, commands
     site = Walkthrough(tmp_path)
     phone: Process | None = None
     door: Door | None = None
@@ -124,8 +141,10 @@ async def test_the_readme_walkthrough_pairs_a_door_that_rings_alice(tmp_path: Pa
             argv = [site.moved(arg) for arg in argv]
             if argv[0] == "intercom" and argv[1] == "pair":
                 argv = [*argv[:2], site.links["pair"], *argv[3:]]
-            if argv[0] == "intercom-server" and argv[-1] == "serve":
-                server = await site.start("server", argv)
+            if argv[0] == "useradd" or argv[:2] == ["systemctl", "daemon-reload"]:
+                continue  # no systemd here, and the test's user runs the server
+            if argv[:3] == ["systemctl", "enable", "--now"]:
+                server = await site.start("server", site.exec_start(argv[3]))
                 line = await server.wait_for_line(lambda line: line.startswith("intercom-server listening on "), 60)
                 site.links["server"] = line.rsplit(" ", 1)[1]
                 continue
@@ -144,10 +163,10 @@ async def test_the_readme_walkthrough_pairs_a_door_that_rings_alice(tmp_path: Pa
                 continue
             output, notes = await site.run(argv)
             words = argv[argv.index("--config") + 2:] if "--config" in argv else argv[1:]  # the subcommand on
-            if argv[0] == "cp" and argv[-1].endswith("server.yaml"):
-                site.edit_server_yaml(Path(argv[-1]))
-            elif argv[0] == "cp" and argv[-1].endswith("intercom.yaml"):
-                site.edit_door_yaml(Path(argv[-1]))
+            if argv[0] == "intercom-server" and words[0] == "init":
+                site.edit_server_yaml(Path(argv[argv.index("--config") + 1]))
+            elif argv[:2] == ["intercom", "init"]:
+                site.edit_door_yaml(Path(site.env["INTERCOM_CONFIG"]))
             elif argv[0] == "intercom-server" and words[0] == "invite":
                 site.links["invite"] = re.search(r"\S+/#invite=\S+", output).group(0)  # type: ignore[union-attr]
                 # No public_url: the link says so, and carries the port the server really got.
