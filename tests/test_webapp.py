@@ -426,3 +426,20 @@ async def test_signing_out_forgets_the_phone_and_revokes_its_access(site, browse
     # The spent invite cannot sign anyone in again.
     await alice.page.goto(invite)
     await alice.page.locator("#signin-error").filter(has_text="already used").wait_for(timeout=5000)
+
+
+async def test_a_door_pairing_link_opened_on_a_phone_says_where_it_belongs_and_stays_unspent(site, browser):
+    pairing = await site.server_cli("door", "add", "frontdoor", "--site", site.site_id, "--name", "Front door",
+                                    "--json", "--url", site.http_url)
+    someone = await phone(browser, site, "someone")
+    await someone.page.goto(pairing["url"])
+    await someone.page.locator("#pairing-screen").wait_for(state="visible", timeout=5000)
+    assert await someone.page.locator("#pairing-command").text_content() == f"intercom pair '{pairing['url']}'"
+    assert await someone.page.locator("#signin-screen").is_hidden()
+    await someone.shot("pairing-link")
+    assert someone.problems == [] and someone.foreign_requests() == []
+    # The page redeemed nothing: the door can still pair with it.
+    code = pairing["url"].split("#pair=")[1]
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{site.http_url}/v1/pairings/redeem", json={"code": code}) as response:
+            assert response.status == 201, await response.text()

@@ -151,8 +151,19 @@ window.addEventListener("hashchange", () => {
     signInWith(code);
   }
 });
+/** A door's pairing link opened here: say where it belongs instead of showing the app.
+ * It is not spent: only `intercom pair` on the door redeems it. */
+function pairingFromAddress() {
+  if (!/^#pair=[A-Za-z0-9_-]{16,200}$/.test(location.hash)) return false;
+  for (const screen of document.querySelectorAll(".screen")) /** @type {HTMLElement} */ (screen).hidden = true;
+  $("pairing-command").textContent = `intercom pair '${location.href}'`;
+  $("pairing-screen").hidden = false;
+  return true;
+}
+
 calls.answerFromAddress();
 const firstCode = inviteFromAddress();
-if (firstCode) signInWith(firstCode);
+if (pairingFromAddress()) { /* nothing else on this page */ }
+else if (firstCode) signInWith(firstCode);
 else if (app.session) start();
 else showSignIn(null);
