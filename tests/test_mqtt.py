@@ -39,7 +39,8 @@ async def ha(broker) -> AsyncIterator[HomeAssistant]:
 
 async def _mqtt_site(tmp_path, broker: Mosquitto, **mqtt: Any) -> Installation:
     site = Installation(tmp_path)
-    await site.start_server(settings={"mqtt": {**broker.server_settings, **mqtt}})
+    # A door that went is reported offline after 1 s (10 s by default; test_webhooks.py checks the flapping).
+    await site.start_server(settings={"mqtt": {**broker.server_settings, **mqtt}, "door_offline_after_s": 1})
     return site
 
 

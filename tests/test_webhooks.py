@@ -112,7 +112,7 @@ async def _call(server, door, phone, end: bool = True) -> str:
     return call_id
 
 
-@pytest.mark.parametrize("settings", [HubSettings(grace_s=0.5, webhooks=FAST)])
+@pytest.mark.parametrize("settings", [HubSettings(grace_s=0.5, webhooks=FAST, door_offline_after_s=0.1)])
 async def test_a_site_s_events_arrive_signed_and_in_order(server, receivers):
     receiver = await receivers()
     alice = await server.user("alice")
@@ -155,6 +155,33 @@ async def test_a_site_s_events_arrive_signed_and_in_order(server, receivers):
         Webhook("whsec_" + "A" * 43 + "=").verify(body, headers)
 
 
+@pytest.mark.parametrize("settings", [HubSettings(grace_s=0.5, webhooks=FAST, door_offline_after_s=3)])
+async def test_a_door_whose_link_flaps_is_not_reported_and_one_that_stays_away_is_once(server, receivers):
+    """A door that drops its connection and is back within door_offline_after_s (a flaky
+    Wi-Fi, a server restart) is still online to Home Assistant and the webhooks: no
+    door_offline/door_online pair. One that stays away is reported once, with when it went."""
+    receiver = await receivers()
+    await server.user("alice")
+    token = await server.user("door", "door")
+    hook = await _register(server, receiver.url, ["door_online", "door_offline", "ring"])
+    door = await server.signed_in("door", token, device_id="door")
+    await receiver.wait_requests(1)
+    for _ in range(3):  # the link flaps
+        await door.close()
+        door = await server.signed_in("door", token, device_id="door")
+    # A ring after the flaps: events reach a webhook in order, so a reported flap comes before it.
+    await door.request("dial", callees=["alice"], video=True, offer=OFFER)
+    await door.close()
+    await receiver.wait_requests(3)
+    online, ring, offline = receiver.delivered(hook["secret"])[:3]
+    assert [online["type"], ring["type"], offline["type"]] == ["door_online", "ring", "door_offline"]
+    assert offline["timestamp"] >= ring["timestamp"]  # the last time it went, not a flap
+    door = await server.signed_in("door", token, device_id="door")
+    await receiver.wait_requests(4)  # back after it was reported offline: online at once
+    assert [e["type"] for e in receiver.delivered(hook["secret"])] == ["door_online", "ring", "door_offline",
+                                                                      "door_online"]
+
+
 @pytest.mark.parametrize("settings", [HubSettings(grace_s=0.5, webhooks=FAST)])
 async def test_a_declined_ring_is_sent_as_missed_only_to_who_asked(server, receivers):
     missed_only, rings_only = await receivers(), await receivers()
@@ -190,7 +217,7 @@ async def test_a_failed_attempt_is_retried_with_the_same_id_until_it_is_taken(se
     assert health["webhooks"]["delivered"] == 1 and health["webhooks"]["retried"] == 2
 
 
-@pytest.mark.parametrize("settings", [HubSettings(grace_s=0.5, webhooks=WebhookSettings(
+@pytest.mark.parametrize("settings", [HubSettings(grace_s=0.5, door_offline_after_s=0.1, webhooks=WebhookSettings(
     retry_for_s=0.2, first_retry_s=0.05, disable_after=2))])
 async def test_a_receiver_that_always_fails_is_switched_off_reported_and_can_be_switched_on(server, receivers):
     failing = await receivers(statuses=[503] * 1000)

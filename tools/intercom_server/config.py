@@ -117,6 +117,9 @@ SCHEMA = {
     "api_token": Field(str, help="the Platform API's master token; or set INTERCOM_SERVER_API_TOKEN"),
     "heartbeat_s": Field(float, default=10.0, check=in_range(1, 300),
                          help="WebSocket pings: a dead link is found within 1.5 times this"),
+    "door_offline_after_s": Field(float, default=10.0, check=in_range(0, 600),
+                                  help="how long a door must stay disconnected before Home Assistant and webhooks "
+                                       "report it offline; a link back sooner is not reported at all"),
     "trusted_proxies": Field(list, default=[], items=Field(str, check=_network),
                              help="reverse proxies whose X-Forwarded-For names the client, e.g. 127.0.0.1"),
     "allowed_origins": Field(list, default=[], items=Field(str, check=lambda v: _public_url(v)),
@@ -243,6 +246,7 @@ class ServerConfig:
                 ring_timeout_s=calls["ring_timeout_s"], max_duration_s=calls["max_duration_s"],
                 grace_s=calls["grace_s"], media_grace_s=calls["media_grace_s"], open_door_window_s=calls["open_door_window_s"],
                 door_reply_timeout_s=calls["door_reply_timeout_s"], heartbeat_s=raw["heartbeat_s"],
+                door_offline_after_s=raw["door_offline_after_s"],
                 ice=IceSettings(static=[dict(s) for s in raw["ice_servers"]],
                                 turn=TurnSettings(**turn) if turn else None),
                 limits=LimitSettings(**raw["limits"]),

@@ -30,6 +30,7 @@ from .cluster import Cluster, ClusterSettings, device_key, device_of
 from .connection import Connection, ConnectionGone
 from .database import DatabaseError
 from .door_action import DoorAction
+from .door_presence import DoorPresence
 from .events import EventBus, EventType, party
 from .ice import IceSettings
 from .limits import FailureWindow, LimitSettings
@@ -56,6 +57,9 @@ class HubSettings:
     media_grace_s: float = 60.0
     auth_timeout_s: float = 10.0
     heartbeat_s: float = 10.0
+    #: How long a door must stay disconnected before Home Assistant and webhooks hear it is
+    #: offline; a door back sooner is not reported at all (`door_presence.py`).
+    door_offline_after_s: float = 10.0
     #: A resident may still open the door this long after the call ended (walking to the gate).
     open_door_window_s: float = 30.0
     #: How long the server waits for the door to answer its `action` request.
@@ -159,6 +163,8 @@ class Hub:
         self.push = Pusher(store, settings.push)
         #: Told what happens at the doors: the MQTT bridge and the webhooks listen.
         self.events = EventBus(store.find_user)
+        self.door_presence = DoorPresence(settings.door_offline_after_s, self._door_gone,
+                                          lambda type, door_id, at: self.events.door(type, door_id, at), self._spawn)
         #: Do-not-disturb, quiet hours and away, in memory: a press reads no disk.
         self.rules = RuleBook(store, settings.time_zone)
         self.door_action = DoorAction(self)
@@ -433,12 +439,15 @@ class Hub:
             else:
                 await self._event(call.call_id, lambda c: c.reach(device, now))
         if online:
-            self.events.door(EventType.DOOR_ONLINE, user_id, now)
+            self.door_presence.online(user_id, now)
 
     async def _maybe_offline(self, conn: Connection, device: DeviceRef) -> None:
         """A door whose last connection went is offline (a door has one device, normally)."""
-        if conn.user is not None and conn.user["kind"] == "door" and not await self.devices_of([device.user_id]):
-            self.events.door(EventType.DOOR_OFFLINE, device.user_id)
+        if conn.user is not None and conn.user["kind"] == "door" and await self._door_gone(device.user_id):
+            self.door_presence.offline(device.user_id)
+
+    async def _door_gone(self, door_id: str) -> bool:
+        return not await self.devices_of([door_id])
 
     async def _drop_unclaimed(self, device: DeviceRef, claims: set[str], now: float) -> None:
         """A device that signs in says which calls it still holds: one it placed or answered
@@ -780,5 +789,6 @@ class Hub:
 
     async def close(self) -> None:
         """After the connections' handlers have finished: leave the cluster."""
+        self.door_presence.close()
         if self.cluster is not None:
             await self.cluster.close()

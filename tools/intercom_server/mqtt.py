@@ -259,7 +259,7 @@ class MqttBridge:
         for topic, document in ha.discovery(s.discovery_prefix, s.base_topic, door_id, self._doors[door_id],
                                             opening, s.server_url):
             self._put(topic, json.dumps(document) if document is not None else b"", True)
-        online = any(d.user_id == door_id for d in self.hub.devices)
+        online = any(d.user_id == door_id for d in self.hub.devices) or self.hub.door_presence.settling(door_id)
         self._put(topics.availability, ha.ONLINE if online else ha.OFFLINE, True)
         self._put(topics.call_state, self._call_state(door_id), True)
         if door_id in self._answered_by:
