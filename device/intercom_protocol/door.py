@@ -207,6 +207,9 @@ class DoorPolicy:
     recording: bool = False
     messages_recorded: int = 0
     _pressed_at: float = 0.0
+    #: A press ignored during the door's own call (now, wall): if that call turns out to be
+    #: dead (its media gone), the visitor was not talking to anyone, so the press rings then.
+    _held_press: tuple[float, float] | None = None
 
     # -- what the installer sees ---------------------------------------------------------------
 
@@ -231,6 +234,8 @@ class DoorPolicy:
     def press(self, now: float, wall: float) -> list[Effect]:
         call = self.call
         if call is not None and call.live and call.role == "caller":
+            if call.answered:
+                self._held_press = (now, wall)
             return self._ignore(f"the door is already in a call ({call.state})")
         if self.recording:
             return self._ignore("the door is recording the visitor's message")
@@ -399,7 +404,7 @@ class DoorPolicy:
                 log.info("media connected")
             return []
         log.warning("the call's media is gone (peer connection %s): ending the call", state)
-        return self._media_lost(call)
+        return self._media_lost(call, now)
 
     def media_heard(self, call: ClientCall, now: float) -> None:
         """Packets arrived on the answered call's media lately (the I/O layer looks every
@@ -407,11 +412,17 @@ class DoorPolicy:
         if call is self.call:
             call.media_heard(now)
 
-    def _media_lost(self, call: ClientCall) -> list[Effect]:
+    def _media_lost(self, call: ClientCall, now: float) -> list[Effect]:
         """The answered call is over here (`call` has ended it): the server is told if it can
-        be, and the door is ready to ring again whether it could or not."""
-        return [*([TellEnded(call.call_id, wait=False)] if call.call_id and self.connected else []),
-                *self._teardown(EndReason.CONNECTION_LOST)]
+        be, and the door is ready to ring again whether it could or not. A press it ignored
+        meanwhile was a visitor nobody heard: it rings now (or is kept while offline)."""
+        held, self._held_press = self._held_press, None
+        effects: list[Effect] = [*([TellEnded(call.call_id, wait=False)] if call.call_id and self.connected else []),
+                                 *self._teardown(EndReason.CONNECTION_LOST)]
+        if held is not None:
+            log.info("the press ignored during that call rings now")
+            effects += self.press(now, held[1])
+        return effects
 
     def clock(self, call: ClientCall, now: float) -> list[Effect]:
         """The call's own clock fired (see `ArmClock`)."""
@@ -424,7 +435,7 @@ class DoorPolicy:
         if answered:
             log.warning("call %s: nothing received from %s for %.0fs: the call is over", call.call_id,
                         (call.peer or {}).get("user_id"), call.media_silence_s)
-            return self._media_lost(call)
+            return self._media_lost(call, now)
         if reason == EndReason.NO_ANSWER:
             log.warning("call %s: no answer and no word from the server by the door's own deadline: giving up",
                         call.call_id)
@@ -575,6 +586,7 @@ class DoorPolicy:
         return []
 
     def _teardown(self, reason: str) -> list[Effect]:
+        self._held_press = None  # a press during a call that ended as calls do was heard by someone
         call = self.call
         if call is not None and call.live:
             call.ended(str(reason))
