@@ -160,14 +160,12 @@ def _no_config(path: str | Path) -> _Refused:
 
 def _init(path: Path) -> int:
     """The annotated example, where the installer's commands will look for it."""
-    from intercom_protocol.yamlconfig import write_example
+    from intercom_protocol.yamlconfig import NotWritten, write_example
 
     try:
         write_example("intercom", "intercom.example.yaml", path)
-    except FileExistsError:
-        raise _Refused(f"{path} exists already; nothing was written (edit it, or move it away first)") from None
-    except OSError as exc:
-        raise _Refused(f"cannot write {path}: {exc.strerror}") from None
+    except NotWritten as exc:
+        raise _Refused(str(exc)) from None
     print(f"Wrote {path}, the annotated example: edit hardware: to your wiring and calls.ring_groups to your "
           f"residents,")
     print(f"then pair with the server: intercom pair LINK{'' if str(path) == default_config() else f' --config {path}'} "

@@ -244,17 +244,25 @@ def nonempty(value: Any) -> None:
         raise ValueError("must not be empty")
 
 
+class NotWritten(Exception):
+    """`write_example` did not write: one line for the installer."""
+
+
 def write_example(package: str, name: str, path: Path) -> None:
     """Write the annotated example YAML a package ships (`<package>/examples/<name>`) to `path`,
     for `intercom init` and `intercom-server init`: an installer who used pip has no checkout
-    to copy it from. Never overwrites: raises FileExistsError for a file already there, and
-    OSError when it cannot be written."""
+    to copy it from. Never overwrites; raises NotWritten with what to do otherwise."""
     text = (resources.files(package) / "examples" / name).read_text(encoding="utf-8")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:  # a file where a directory must be: not "the YAML exists"
-        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path.parent)) from None
-    # O_EXCL: an existing file (an installer's edited YAML) is never replaced, not even by a race.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:  # a file where a directory must be: not "the YAML exists"
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path.parent)) from None
+        # O_EXCL: an existing file (an installer's edited YAML) is never replaced, not even by a race.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        raise NotWritten(f"{path} exists already; nothing was written (edit it, or move it away first)") from None
+    except OSError as exc:
+        raise NotWritten(f"cannot write {path}: {exc.strerror}") from None
     with os.fdopen(fd, "w", encoding="utf-8") as out:
         out.write(text)

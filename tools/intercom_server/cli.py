@@ -154,14 +154,12 @@ async def _serve(config: ServerConfig, started: Callable[[], None] = lambda: Non
 
 def _init(path: Path) -> int:
     """The annotated example, for an installer who used pip and has no checkout to copy from."""
-    from intercom_protocol.yamlconfig import write_example
+    from intercom_protocol.yamlconfig import NotWritten, write_example
 
     try:
         write_example("intercom_server", "server.example.yaml", path)
-    except FileExistsError:
-        raise StartupError(f"{path} exists already; nothing was written (edit it, or move it away first)") from None
-    except OSError as exc:
-        raise StartupError(f"cannot write {path}: {exc.strerror}") from None
+    except NotWritten as exc:
+        raise StartupError(str(exc)) from None
     print(f"Wrote {path}, the annotated example: edit listen:, public_url: and tls: for your network,")
     print(f"then add a site and its residents: intercom-server --config {path} site add home --name \"Our house\"")
     return 0
