@@ -408,8 +408,6 @@ class ClientCall:
     unanswered: bool = False
     #: When the answered call's media was last heard from (see `media_heard`); None before.
     media_heard_at: float | None = None
-    #: How long the answered call's media may be silent before the call is over.
-    media_silence_s: float = MEDIA_SILENCE_S
 
     @classmethod
     def dial(cls, now: float, ring_timeout_s: float) -> ClientCall:
@@ -432,7 +430,7 @@ class ClientCall:
     def deadline(self) -> float | None:
         """When `expire` must next be called; None while no clock runs."""
         if self.answered:
-            return None if self.media_heard_at is None else self.media_heard_at + self.media_silence_s
+            return None if self.media_heard_at is None else self.media_heard_at + MEDIA_SILENCE_S
         if not self.ringing_state:
             return None
         times = [t for t in (self.ring_until,
@@ -442,9 +440,9 @@ class ClientCall:
     def expire(self, now: float) -> EndReason | None:
         """The call's own clocks at `now`: a ring past its deadline ends `no_answer`, a ring
         whose link has been gone too long ends `connection_lost`, and so does an answered call
-        whose media has been silent for `media_silence_s`."""
+        whose media has been silent for `MEDIA_SILENCE_S`."""
         if self.answered:
-            if self.media_heard_at is not None and now >= self.media_heard_at + self.media_silence_s:
+            if self.media_heard_at is not None and now >= self.media_heard_at + MEDIA_SILENCE_S:
                 return self._end_by_clock(EndReason.CONNECTION_LOST)
             return None
         if not self.ringing_state:

@@ -23,7 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .calls import LINK_GRACE_S, ArmClock, CallState, ClientCall, iso
+from .calls import LINK_GRACE_S, MEDIA_SILENCE_S, ArmClock, CallState, ClientCall, iso
 from .messages import Accepted, Ended, EndReason, ErrorCode, Event, Incoming, ProtocolError, Ringing
 
 log = logging.getLogger("intercom.station")
@@ -207,9 +207,9 @@ class DoorPolicy:
     recording: bool = False
     messages_recorded: int = 0
     _pressed_at: float = 0.0
-    #: A press ignored during the door's own call (now, wall): if that call turns out to be
-    #: dead (its media gone), the visitor was not talking to anyone, so the press rings then.
-    _held_press: tuple[float, float] | None = None
+    #: When a press ignored during the door's answered call came (wall clock): if that call
+    #: turns out to be dead (its media gone), nobody heard the visitor, so the press rings then.
+    _held_press: float | None = None
 
     # -- what the installer sees ---------------------------------------------------------------
 
@@ -235,7 +235,7 @@ class DoorPolicy:
         call = self.call
         if call is not None and call.live and call.role == "caller":
             if call.answered:
-                self._held_press = (now, wall)
+                self._held_press = wall
             return self._ignore(f"the door is already in a call ({call.state})")
         if self.recording:
             return self._ignore("the door is recording the visitor's message")
@@ -421,7 +421,7 @@ class DoorPolicy:
                                  *self._teardown(EndReason.CONNECTION_LOST)]
         if held is not None:
             log.info("the press ignored during that call rings now")
-            effects += self.press(now, held[1])
+            effects += self.press(now, held)
         return effects
 
     def clock(self, call: ClientCall, now: float) -> list[Effect]:
@@ -434,7 +434,7 @@ class DoorPolicy:
             return [ArmClock.of(call)]
         if answered:
             log.warning("call %s: nothing received from %s for %.0fs: the call is over", call.call_id,
-                        (call.peer or {}).get("user_id"), call.media_silence_s)
+                        (call.peer or {}).get("user_id"), MEDIA_SILENCE_S)
             return self._media_lost(call, now)
         if reason == EndReason.NO_ANSWER:
             log.warning("call %s: no answer and no word from the server by the door's own deadline: giving up",
