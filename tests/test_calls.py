@@ -4,6 +4,7 @@ import pytest
 
 from intercom_protocol.calls import (
     LINK_GRACE_S,
+    MEDIA_GONE_GRACE_S,
     MEDIA_SILENCE_S,
     CallError,
     CallState,
@@ -286,10 +287,31 @@ def test_an_answered_call_whose_media_falls_silent_ends_whatever_its_peer_connec
 
 @pytest.mark.parametrize("state", ["failed", "closed"])
 def test_an_answered_call_ends_when_its_peer_connection_fails_or_closes_by_itself(state):
+    """With the signaling link up, the server's word comes first: the other side's hang-up
+    closes the media before the server's `ended` arrives, and that call was `completed`."""
     call = ClientCall.incoming("c1", {"user_id": "door"}, 0.0, 30)
     call.accepted(1.0)
     call.media_state("connected", 1.2)
     assert call.media_state("disconnected", 3.0) is None and call.live  # may come back
+    assert call.media_state(state, 4.0) is None and call.live
+    assert call.deadline() == 4.0 + MEDIA_GONE_GRACE_S
+    call.media_heard(5.0)  # the last packets read before it closed change nothing
+    assert call.deadline() == 4.0 + MEDIA_GONE_GRACE_S
+    call.ended("completed")  # the server's `ended` came in time
+    assert call.end_reason == "completed"
+    silent = ClientCall.incoming("c2", {"user_id": "door"}, 0.0, 30)
+    silent.accepted(1.0)
+    silent.media_state(state, 4.0)
+    assert silent.expire(4.0 + MEDIA_GONE_GRACE_S - 0.01) is None
+    assert silent.expire(4.0 + MEDIA_GONE_GRACE_S) == "connection_lost" and not silent.live
+
+
+@pytest.mark.parametrize("state", ["failed", "closed"])
+def test_with_the_signaling_link_down_a_gone_peer_connection_ends_the_call_at_once(state):
+    call = ClientCall.incoming("c1", {"user_id": "door"}, 0.0, 30)
+    call.accepted(1.0)
+    call.media_state("connected", 1.2)
+    call.link_lost(2.0)
     assert call.media_state(state, 4.0) == "connection_lost" and not call.live
     assert call.media_state(state, 5.0) is None  # once
 

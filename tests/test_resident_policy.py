@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from intercom_protocol.calls import MEDIA_SILENCE_S, ArmClock, CallState
+from intercom_protocol.calls import MEDIA_GONE_GRACE_S, MEDIA_SILENCE_S, ArmClock, CallState
 from intercom_protocol.messages import Incoming
 from intercom_protocol.resident import (
     AnswerRing,
@@ -68,7 +68,15 @@ def test_a_resident_ends_a_call_whose_door_went_silent_and_tells_the_server() ->
     again = policy.call
     assert again is not None and again.call_id == "c2"
     policy.answered(again, T0 + 21)
-    assert policy.media("closed", T0 + 50) == [HangUp(again), Ended(again, "connection_lost")]
+    assert policy.media("closed", T0 + 25) == [ArmClock(again, T0 + 25 + MEDIA_GONE_GRACE_S)]  # the server's word first
+    assert policy.clock(again, T0 + 25 + MEDIA_GONE_GRACE_S) == [HangUp(again), Ended(again, "connection_lost")]
+    # but with the server unreachable nobody will explain: at once
+    policy.incoming(ring("c3"), T0 + 60)
+    third = policy.call
+    assert third is not None and third.call_id == "c3"
+    policy.answered(third, T0 + 61)
+    policy.link_lost(T0 + 62)
+    assert policy.media("failed", T0 + 63) == [HangUp(third), Ended(third, "connection_lost")]
 
 
 def test_declining_or_letting_it_ring_is_the_residents_choice() -> None:

@@ -372,6 +372,11 @@ MEDIA_SILENCE_S = 10.0
 #: The peer connection's states that mean its media is gone for good. aiortc reports
 #: `closed` when the other side's DTLS closes or ICE consent expires; browsers `failed`.
 MEDIA_GONE = frozenset({"failed", "closed"})
+#: How long a call whose peer connection is gone waits for the server's `ended` while the
+#: signaling link is up: the other side's hang-up closes the media (DTLS) before the server's
+#: word arrives, and that call ended `completed`, not `connection_lost`. With the link down
+#: nobody will say a word: the call ends at once.
+MEDIA_GONE_GRACE_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -408,6 +413,8 @@ class ClientCall:
     unanswered: bool = False
     #: When the answered call's media was last heard from (see `media_heard`); None before.
     media_heard_at: float | None = None
+    #: When its peer connection failed or closed, while the server may still explain why.
+    media_gone_at: float | None = None
 
     @classmethod
     def dial(cls, now: float, ring_timeout_s: float) -> ClientCall:
@@ -430,7 +437,10 @@ class ClientCall:
     def deadline(self) -> float | None:
         """When `expire` must next be called; None while no clock runs."""
         if self.answered:
-            return None if self.media_heard_at is None else self.media_heard_at + MEDIA_SILENCE_S
+            times = [t for t in (None if self.media_heard_at is None else self.media_heard_at + MEDIA_SILENCE_S,
+                                 None if self.media_gone_at is None else self.media_gone_at + MEDIA_GONE_GRACE_S)
+                     if t is not None]
+            return min(times) if times else None
         if not self.ringing_state:
             return None
         times = [t for t in (self.ring_until,
@@ -442,9 +452,8 @@ class ClientCall:
         whose link has been gone too long ends `connection_lost`, and so does an answered call
         whose media has been silent for `MEDIA_SILENCE_S`."""
         if self.answered:
-            if self.media_heard_at is not None and now >= self.media_heard_at + MEDIA_SILENCE_S:
-                return self._end_by_clock(EndReason.CONNECTION_LOST)
-            return None
+            deadline = self.deadline()
+            return self._end_by_clock(EndReason.CONNECTION_LOST) if deadline is not None and now >= deadline else None
         if not self.ringing_state:
             return None
         if self.ring_until is not None and now >= self.ring_until:
@@ -504,13 +513,17 @@ class ClientCall:
 
     def media_state(self, state: str, now: float) -> EndReason | None:
         """The peer connection's state changed: `connected` completes the call's set-up; a
-        state in `MEDIA_GONE` ends an answered call (`connection_lost`). A ring's peer
-        connection has nothing to lose yet."""
+        state in `MEDIA_GONE` ends an answered call (`connection_lost`): at once while the
+        signaling link is down, else `MEDIA_GONE_GRACE_S` later if the server's `ended` has
+        not come first (see `deadline`). A ring's peer connection has nothing to lose yet."""
         if state == "connected" and self.state is CallState.CONNECTING:
             self._step(CallState.CONNECTED)
             self.media_heard_at = now
         elif state in MEDIA_GONE and self.answered:
-            return self._end_by_clock(EndReason.CONNECTION_LOST)
+            if self.link_lost_at is not None:
+                return self._end_by_clock(EndReason.CONNECTION_LOST)
+            if self.media_gone_at is None:
+                self.media_gone_at = now
         return None
 
     def ended(self, reason: str) -> None:

@@ -23,7 +23,16 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .calls import LINK_GRACE_S, MEDIA_SILENCE_S, ArmClock, CallState, ClientCall, iso
+from .calls import (
+    LINK_GRACE_S,
+    MEDIA_GONE,
+    MEDIA_GONE_GRACE_S,
+    MEDIA_SILENCE_S,
+    ArmClock,
+    CallState,
+    ClientCall,
+    iso,
+)
 from .messages import Accepted, Ended, EndReason, ErrorCode, Event, Incoming, ProtocolError, Ringing
 
 log = logging.getLogger("intercom.station")
@@ -399,12 +408,17 @@ class DoorPolicy:
         if call is None or not call.live:
             return []
         connecting = call.state is CallState.CONNECTING
-        if call.media_state(state, now) is None:
-            if connecting and call.state is CallState.CONNECTED:
-                log.info("media connected")
-            return []
-        log.warning("the call's media is gone (peer connection %s): ending the call", state)
-        return self._media_lost(call, now)
+        if call.media_state(state, now) is not None:
+            log.warning("the call's media is gone (peer connection %s) and the server is unreachable: ending the call",
+                        state)
+            return self._media_lost(call, now)
+        if connecting and call.state is CallState.CONNECTED:
+            log.info("media connected")
+        if state in MEDIA_GONE and call.answered:
+            log.info("the call's media is gone (peer connection %s): waiting %.0fs for the server's word", state,
+                     MEDIA_GONE_GRACE_S)
+            return [ArmClock.of(call)]
+        return []
 
     def media_heard(self, call: ClientCall, now: float) -> None:
         """Packets arrived on the answered call's media lately (the I/O layer looks every
@@ -433,8 +447,9 @@ class DoorPolicy:
         if reason is None:
             return [ArmClock.of(call)]
         if answered:
-            log.warning("call %s: nothing received from %s for %.0fs: the call is over", call.call_id,
-                        (call.peer or {}).get("user_id"), MEDIA_SILENCE_S)
+            log.warning("call %s: %s: the call is over", call.call_id,
+                        "its media is gone and the server said nothing" if call.media_gone_at is not None else
+                        f"nothing received from {(call.peer or {}).get('user_id')} for {MEDIA_SILENCE_S:.0f}s")
             return self._media_lost(call, now)
         if reason == EndReason.NO_ANSWER:
             log.warning("call %s: no answer and no word from the server by the door's own deadline: giving up",

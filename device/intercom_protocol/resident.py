@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from . import messages as m
-from .calls import ArmClock, CallState, ClientCall
+from .calls import MEDIA_GONE, ArmClock, CallState, ClientCall
 
 #: The server's default ring timeout: a door answers a look outside at once, or declines.
 LOOK_OUTSIDE_RING_S = 30.0
@@ -226,7 +226,9 @@ class ResidentPolicy:
         reason = call.media_state(state, now)
         if reason is not None:
             return self._media_lost(call, str(reason))
-        return [MediaConnected(call)] if connecting and call.state is CallState.CONNECTED else []
+        if connecting and call.state is CallState.CONNECTED:
+            return [MediaConnected(call)]
+        return [ArmClock.of(call)] if state in MEDIA_GONE and call.answered else []  # the server's word first
 
     def media_heard(self, call: ClientCall, now: float) -> None:
         """Packets arrived on the answered call's media lately: its silence clock starts again."""
