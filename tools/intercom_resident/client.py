@@ -350,9 +350,7 @@ class Resident:
         if self._clock is not None:
             self._clock.cancel()
             self._clock = None
-        if self._media_watch is not None:
-            self._media_watch.cancel()
-            self._media_watch = None
+        self._stop_media_watch()
         pc, self.pc = self.pc, None
         self._spawn(self._report_end(call, reason, pc, self.reception))
 
@@ -370,12 +368,15 @@ class Resident:
         if self.policy.once:
             self.done.set()
 
-    async def _close_media(self) -> None:
-        """Close the peer connection, or wait for the close another task began: one cut short
-        leaves aiortc's decoder threads running, and the process could not exit."""
+    def _stop_media_watch(self) -> None:
         if self._media_watch is not None:
             self._media_watch.cancel()
             self._media_watch = None
+
+    async def _close_media(self) -> None:
+        """Close the peer connection, or wait for the close another task began: one cut short
+        leaves aiortc's decoder threads running, and the process could not exit."""
+        self._stop_media_watch()
         pc, self.pc = self.pc, None
         if pc is not None:
             self._closing = asyncio.get_running_loop().create_task(pc.close())
