@@ -15,8 +15,9 @@ SYSTEM_PACKAGES := libasound2-dev gcc pkg-config
 # mosquitto: the Home Assistant tests start a real broker with passwords and an ACL.
 # postgresql: the store's tests run on PostgreSQL as well as SQLite, on a cluster the tests make.
 # redis-server and haproxy: the cluster tests run three servers on Redis behind HAProxy.
+# kamailio and sip-tester (sipp): the SIP gateway is tested against a real registrar and scripted phones.
 TEST_SYSTEM_PACKAGES := coturn systemd chromium fonts-dejavu-core iproute2 nftables mosquitto postgresql \
-	redis-server haproxy
+	redis-server haproxy kamailio sip-tester
 # node and npm run TypeScript's checker (pinned in tools/webapp-check) on the web app's JavaScript:
 # Debian's nodejs and npm unless a node with its own npm (NodeSource's) is there already.
 NODE_PACKAGES := nodejs npm

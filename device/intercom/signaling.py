@@ -80,6 +80,8 @@ class SignalingClient:
         self._timeout = request_timeout_s
         #: A door's quick replies ({id, label}), told to the server at each sign-in.
         self.quick_replies = quick_replies
+        #: A bridge's state ({kind, registration, detail}), told to the server at each sign-in.
+        self.bridge_status: dict[str, str] | None = None
         #: The calls this client still holds, told to the server at every sign-in so that it
         #: ends the ones this process no longer knows (see docs/protocol.md, authenticate).
         self._claims = claims
@@ -140,6 +142,8 @@ class SignalingClient:
                     body["calls"] = self._claims()
                 if self.quick_replies:
                     body["quick_replies"] = self.quick_replies
+                if self.bridge_status:
+                    body["bridge"] = self.bridge_status
                 info = await self.request("authenticate", _before_auth=True, **body)
                 self.session_info = info
                 self.device_id = info["device_id"]

@@ -159,6 +159,21 @@ def check_quick_replies(value: Any, kind: str = "") -> None:
         raise ValueError("must not name one id twice")
 
 
+#: What a bridge (the SIP gateway) may say of itself in `authenticate` and `status`.
+BRIDGE_STATES = frozenset({"registering", "registered", "failed", "unregistered"})
+
+
+def _check_bridge(value: Any, kind: str) -> None:
+    if not isinstance(value, dict) or set(value) - {"kind", "registration", "detail"}:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "bridge must be {kind, registration, detail}")
+    if not isinstance(value.get("kind"), str) or not 0 < len(value["kind"]) <= 32:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "bridge.kind must be a short string, such as 'sip'")
+    if value.get("registration") not in BRIDGE_STATES:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"bridge.registration must be one of {', '.join(sorted(BRIDGE_STATES))}")
+    if not isinstance(value.get("detail", ""), str) or len(value.get("detail", "")) > 300:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "bridge.detail must be a string of at most 300 characters")
+
+
 def _nonempty_str(value: Any, kind: str) -> None:
     if not isinstance(value, str) or not value or len(value) > 256:
         raise ValueError("must be a non-empty string of at most 256 characters")
@@ -186,6 +201,8 @@ class Authenticate:
     calls: list[str] | None = _field(_call_ids, optional=True)
     #: A door's quick replies, offered to the residents its visitor's ring reaches.
     quick_replies: list[dict[str, str]] | None = _field(check_quick_replies, optional=True)
+    #: A bridge's state (the SIP gateway's registration), shown to the operator in /healthz.
+    bridge: dict[str, str] | None = _field(_check_bridge, optional=True)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -234,6 +251,12 @@ class Action:
     reply: str | None = _field(_nonempty_str, optional=True)
 
 
+@dataclass(frozen=True, kw_only=True)
+class Status:
+    """A bridge's state changed (the SIP gateway lost or regained its registration)."""
+    bridge: dict[str, str] = _field(_check_bridge)
+
+
 @dataclass(frozen=True)
 class Ping:
     pass
@@ -247,7 +270,7 @@ class Deauthenticate:
 #: Every client request, by type: the one table of protocol v1's requests.
 REQUEST_BODIES: dict[str, type[Any]] = {
     "authenticate": Authenticate, "dial": Dial, "accept": Accept, "snapshot": Snapshot, "decline": Decline,
-    "end": End, "missed": Missed, "action": Action, "ping": Ping, "deauthenticate": Deauthenticate,
+    "end": End, "missed": Missed, "action": Action, "status": Status, "ping": Ping, "deauthenticate": Deauthenticate,
 }
 REQUEST_TYPES = frozenset(REQUEST_BODIES)
 

@@ -911,6 +911,7 @@ async def _health(request: web.Request) -> web.Response:
                               **({"cluster": {"process": cluster.name, "redis": {"ok": cluster.ok, "error": cluster.error},
                                               "draining": hub.draining}} if cluster is not None else {}),
                               "connected_devices": len(hub.devices), "live_calls": live_calls,
+                              "bridges": hub.bridges(),
                               "store_errors": hub.store_errors, "last_store_error": hub.last_store_error,
                               "push": {"subscriptions": hub.push.count(), "sent": push.sent, "failed": push.failed,
                                        "retried": push.retried, "pruned": push.pruned, "expired": push.expired,

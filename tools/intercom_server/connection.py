@@ -32,7 +32,7 @@ class Connection:
     and a parked writer task cost about 4.5 KiB a connection; see bench/results.md)."""
 
     __slots__ = ("_send_text", "_close", "peer", "user", "device", "token_id", "bucket", "_requests", "_max_queue",
-                 "closed", "_closer", "outbox", "_writer", "quick_replies", "__weakref__")
+                 "closed", "_closer", "outbox", "_writer", "quick_replies", "bridge", "__weakref__")
 
     def __init__(self, send_text: Callable[[str], Any], close: Callable[[int, str], Any], peer: str,
                  limits: LimitSettings) -> None:
@@ -54,6 +54,8 @@ class Connection:
         self._writer: asyncio.Task[None] | None = None
         #: A door's quick replies ({id, label}), as it signed in with them.
         self.quick_replies: tuple[dict[str, str], ...] = ()
+        #: A bridge's own state ({kind, registration, detail}), as it last said (`status`).
+        self.bridge: dict[str, str] | None = None
 
     def send(self, message: dict[str, Any]) -> None:
         if self.closed or self._closer is not None:

@@ -419,6 +419,7 @@ class Hub:
         conn.token_id, expires_at = token
         if user["kind"] == "door":
             conn.quick_replies = tuple(dict(r) for r in req.body.quick_replies or ())
+        conn.bridge = dict(req.body.bridge) if req.body.bridge else None
         self.devices[device] = conn
         if self.cluster is not None:
             elsewhere = await self.cluster.join(device)
@@ -499,6 +500,15 @@ class Hub:
 
     def _on_authenticate(self, conn: Connection, req: Request[m.Authenticate]) -> None:
         raise ProtocolError(ErrorCode.CONFLICT, "this connection is already authenticated", req.id)
+
+    def _on_status(self, conn: Connection, req: Request[m.Status]) -> None:
+        conn.bridge = dict(req.body.bridge)
+        conn.send(m.ok(req.id))
+
+    def bridges(self) -> list[dict[str, str]]:
+        """The bridges connected to this process and what they last said of themselves."""
+        return [{"user_id": d.user_id, "device_id": d.device_id, **c.bridge}
+                for d, c in self.devices.items() if c.bridge is not None]
 
     def _on_ping(self, conn: Connection, req: Request[m.Ping]) -> None:
         conn.send(m.ok(req.id))

@@ -1,0 +1,195 @@
+"""The gateway's SIP stack: baresip through `baresip-python` (libre and baresip in one wheel,
+with an asyncio API and raw PCM per call). The only module that imports it: the rest of the
+gateway sees `engine.Engine` and `engine.Leg`.
+
+One stack per process (the library's rule), one account in it. The stack re-registers by
+itself; a registration that failed is tried again every `retry_s`, so a FritzBox that
+rebooted finds the gateway back without anyone restarting it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import Callable
+from typing import Any
+
+import baresip
+
+from .engine import AccountSettings, Leg, LegEnd, Registration
+
+log = logging.getLogger("intercom.sip.engine")
+
+#: The stack's names of the codecs the YAML offers, with their rates (a bare name means 8 kHz).
+CODECS = {"g722": "g722/16000/1", "opus": "opus/48000/2", "pcmu": "pcmu", "pcma": "pcma"}
+_STATUS = re.compile(r"^\s*([1-6][0-9][0-9])\b")
+#: How long a REGISTER may go unanswered before the registrar counts as unreachable.
+REGISTER_TIMEOUT_S = 5.0
+
+
+def status_of(text: str | None) -> int | None:
+    match = _STATUS.match(text or "")
+    return int(match.group(1)) if match else None
+
+
+class BaresipLeg:
+    """One baresip call behind the `Leg` interface."""
+
+    def __init__(self, call: Any, peer: str) -> None:
+        self._call = call
+        self.peer = peer
+        self._ringing: list[Callable[[], None]] = []
+        self._answered: list[Callable[[], None]] = []
+        self._ended: list[Callable[[LegEnd], None]] = []
+        self._digits: list[Callable[[str], None]] = []
+        self.ended: LegEnd | None = None
+        call.on(self._event)
+        call.on_dtmf(lambda d: [cb(d.digit) for cb in list(self._digits)])
+
+    def on_ringing(self, callback: Callable[[], None]) -> None:
+        self._ringing.append(callback)
+
+    def on_answered(self, callback: Callable[[], None]) -> None:
+        self._answered.append(callback)
+
+    def on_ended(self, callback: Callable[[LegEnd], None]) -> None:
+        self._ended.append(callback)
+
+    def on_digit(self, callback: Callable[[str], None]) -> None:
+        self._digits.append(callback)
+
+    def _event(self, event: baresip.StackEvent) -> None:
+        kind = event.event
+        if kind in (baresip.Event.CALL_RINGING, baresip.Event.CALL_PROGRESS):
+            for ringing in list(self._ringing):
+                ringing()
+        elif kind is baresip.Event.CALL_ESTABLISHED:
+            for answered in list(self._answered):
+                answered()
+        elif kind is baresip.Event.CALL_CLOSED and self.ended is None:
+            end = self.ended = LegEnd(status_of(event.text), event.text or "")
+            for ended in list(self._ended):
+                ended(end)
+
+    async def answer(self) -> None:
+        with contextlib.suppress(baresip.StaleHandleError):
+            await self._call.answer()
+
+    async def reject(self, status: int) -> None:
+        # The library answers 486 to a reject; a refusal of a stranger is a hang-up (603 by
+        # the stack) before the call was answered.
+        with contextlib.suppress(baresip.StaleHandleError):
+            await (self._call.reject() if status == 486 else self._call.hangup())
+
+    async def hang_up(self) -> None:
+        with contextlib.suppress(baresip.StaleHandleError):
+            await self._call.hangup()
+
+    @property
+    def sample_rate(self) -> int:
+        try:
+            return int(self._call.audio.info().tx_sample_rate)
+        except baresip.AudioNotActive:
+            return 0
+
+    @property
+    def codec(self) -> str:
+        rate = self.sample_rate
+        return {16000: "G.722", 8000: "G.711", 48000: "Opus"}.get(rate, f"{rate} Hz") if rate else ""
+
+    def read(self, max_bytes: int) -> bytes:
+        try:
+            return bytes(self._call.audio.read(max_bytes))
+        except (baresip.AudioNotActive, baresip.AudioRestarted):
+            return b""
+
+    def write(self, pcm: bytes) -> int:
+        try:
+            return int(self._call.audio.write(pcm))
+        except (baresip.AudioNotActive, baresip.AudioRestarted):
+            return 0
+
+
+class BaresipEngine:
+    def __init__(self, account: AccountSettings, retry_s: float = 30.0) -> None:
+        self.settings = account
+        self.retry_s = retry_s
+        self._runtime: Any = None
+        self._ua: Any = None
+        self._on_registration: Callable[[Registration], None] = lambda r: None
+        self._retry: asyncio.Task[None] | None = None
+        self.registration = Registration("unregistered")
+
+    def target_uri(self, target: str) -> str:
+        if target.startswith(("sip:", "sips:")):
+            return target
+        return f"sip:{target}@{self.settings.domain}"
+
+    async def start(self, on_registration: Callable[[Registration], None], on_incoming: Callable[[Leg], None]) -> None:
+        s = self.settings
+        extra = f"sip_listen {s.listen}\n" if s.listen else ""
+        self._runtime = baresip.Runtime()
+        await self._runtime.start(baresip.Config(net_interface=s.interface, max_concurrent_calls=None,
+                                                 extra_config_text=extra))
+        params = {"optional": ("mediaenc=srtp",), "mandatory": ("mediaenc=srtp-mand",)}.get(s.srtp, ())
+        account = baresip.Account(user=s.user, domain=s.domain, password=s.password, registrar=s.registrar,
+                                  transport=s.transport, reg_interval=s.reg_interval_s,
+                                  audio_codecs=tuple(CODECS[c] for c in s.codecs), dtmf_mode=s.dtmf,
+                                  extra_params=params)
+        self._ua = await baresip.UserAgent.create(self._runtime, account)
+        self._on_registration = on_registration
+        self._ua.on(self._ua_event)
+        self._ua.on_incoming(lambda call: on_incoming(BaresipLeg(call, call.peer or "")))
+        if s.reg_interval_s:
+            self._retry = asyncio.get_running_loop().create_task(self._keep_registered())
+
+    def _set(self, registration: Registration) -> None:
+        if registration != self.registration:
+            self.registration = registration
+            self._on_registration(registration)
+
+    def _ua_event(self, event: baresip.StackEvent) -> None:
+        if event.event is baresip.Event.REGISTER_OK:
+            self._set(Registration("registered", status=200))
+        elif event.event is baresip.Event.REGISTER_FAIL:
+            self._set(self._failure(event.text or ""))
+
+    def _failure(self, text: str) -> Registration:
+        status = status_of(text)
+        where = self.settings.registrar or self.settings.domain
+        if status in (401, 403, 407):
+            return Registration("failed", f"{where} refused the gateway's user or password ({text.strip()})", status)
+        if status is not None:
+            return Registration("failed", f"{where} answered {text.strip()}", status)
+        return Registration("failed", f"{where} did not answer ({text.strip() or 'no reply'})")
+
+    async def _keep_registered(self) -> None:
+        while True:
+            if self.registration.state != "registered":
+                if self.registration.state == "unregistered":
+                    self._set(Registration("registering"))
+                try:
+                    await self._ua.register(timeout=REGISTER_TIMEOUT_S)
+                except baresip.RegistrationError as exc:
+                    self._set(self._failure(str(exc.reason or exc).removeprefix("registration failed: ")
+                                            if exc.status is None else f"{exc.status} {exc.reason or ''}"))
+                else:
+                    self._set(Registration("registered", status=200))
+            await asyncio.sleep(self.retry_s if self.registration.state != "registered" else 1.0)
+
+    async def dial(self, uri: str) -> Leg:
+        call = await self._ua.dial(uri)
+        return BaresipLeg(call, uri)
+
+    async def close(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retry
+        if self._ua is not None:
+            with contextlib.suppress(baresip.BaresipError):
+                await self._ua.unregister(timeout=2.0)
+        if self._runtime is not None:
+            await self._runtime.close()
