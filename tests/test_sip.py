@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import numpy as np
 import pytest
 
@@ -20,7 +21,7 @@ PHONE_TONE = 1700.0
 
 @pytest.fixture
 async def sip(tmp_path: Path) -> AsyncIterator[SipSite]:
-    site = SipSite(tmp_path, phones=["dect1", "dect2", "mobile", "stranger"])
+    site = SipSite(tmp_path, phones=["dect1", "dect2", "0301234567", "stranger"])
     await site.start()
     try:
         yield site
@@ -78,3 +79,178 @@ async def _wait_record(sip: SipSite, call_id: str, reason: str, timeout: float =
                 return status, record
             await asyncio.sleep(0.1)  # the record is written after the bell rang: poll the API
     return await asyncio.wait_for(poll(), timeout)
+
+
+RELAY = {"pins": {"relay": 22, "relay_pulse_s": 0.2}}
+
+
+async def test_busy_and_decline_from_every_phone_decline_the_call(sip):
+    for user in ("alice", "bob"):
+        await sip.house.add_user(user, "resident", user.title())
+    dect1, dect2 = await sip.phone("dect1"), await sip.phone("dect2")
+    await sip.start_gateway([{"name": "dect1", "resident": "alice", "dial": "dect1"},
+                             {"name": "dect2", "resident": "bob", "dial": "dect2"}])
+    door = await _door(sip, ["alice", "bob"])
+    await door.ring()
+    await dect1.wait("incoming")
+    await dect2.wait("incoming")
+    await dect1.do("busy")  # 486
+    await dect2.do("decline")  # 603
+    status = await door.wait_status(lambda s: s["last_call"] is not None and s["state"] == "idle")
+    assert status["last_call"]["end_reason"] == "declined", status["last_call"]
+
+
+async def test_the_app_answering_first_cancels_the_sip_phone(sip):
+    await sip.house.add_user("alice", "resident", "Alice")
+    dect1 = await sip.phone("dect1")
+    # The resident takes a moment to pick up in the app: meanwhile the phone rings too.
+    app = await sip.house.start_resident("alice", "--answer", "auto", "--answer-delay", "3", create=False,
+                                         device_id="app")
+    gateway = await sip.start_gateway([{"name": "dect1", "resident": "alice", "dial": "dect1"}])
+    door = await _door(sip, ["alice"])
+    await door.ring()
+    await dect1.wait("incoming")
+    await app.wait_for_event("answered")
+    await dect1.wait("state", state="DISCONNECTED", code=487)  # CANCEL: it stops ringing
+    await gateway.wait_for_event("ended", device_id="sip-dect1", reason="other_device_accepted")
+    status = await door.wait_status(lambda s: s["call"] is not None and s["call"]["state"] == "connected")
+    assert status["call"]["peer"]["device_id"] == "app"
+
+
+async def test_the_open_code_opens_the_door_and_the_door_log_names_the_phone(sip):
+    await sip.house.add_user("alice", "resident", "Alice")
+    dect1 = await sip.phone("dect1")
+    gateway = await sip.start_gateway([{"name": "dect1", "resident": "alice", "dial": "dect1"}],
+                                      extra={"open_code": "*1"})
+    door = await _door(sip, ["alice"], hardware=RELAY)
+    await door.ring()
+    await dect1.wait("incoming")
+    await dect1.do("answer")
+    await gateway.wait_for_event("phone_answered", device_id="sip-dect1")
+    await door.wait_status(lambda s: s["call"] is not None and s["call"]["state"] == "connected")
+    # RFC 4733 events first, then SIP INFO (as a FritzFon or a desk phone may send them).
+    await dect1.do("dtmf", digits="*1")
+    first = await gateway.wait_for_event("door_opened", device_id="sip-dect1")
+    await door.wait_status(lambda s: s["pins"]["relay"]["pulses"] == 1 and not s["pins"]["relay"]["energised"])
+    for digit in "*1":
+        await dect1.do("dtmf", digits=digit, method="info")
+        await gateway.wait_for_event("digit", device_id="sip-dect1", digit=digit,
+                                     after=len(gateway.lines) - 1)
+    await gateway.wait_for_event("door_opened", device_id="sip-dect1", after=gateway.lines.index(
+        next(line for line in gateway.lines if '"door_opened"' in line)) + 1)
+    status = await door.wait_status(lambda s: s["pins"]["relay"]["pulses"] == 2)
+    assert status["pins"]["relay"]["pulses"] == 2
+    code, body = await sip.house.api("GET", "/v1/sites/home/audit")
+    opened = [e for e in body["events"] if e["outcome"] == "opened"]
+    assert len(opened) == 2 and all(e["by"] == {"user_id": "alice", "device_id": "sip-dect1"} for e in opened)
+    assert all(e["call_id"] == first["call_id"] for e in opened)
+    await dect1.do("hangup")
+    heard, rate = await dect1.heard()
+    assert band_share(heard, rate, 1400.0) > 0.05, "the phone did not hear that the door opened"
+
+
+async def test_a_phone_number_wins_only_once_its_key_is_pressed(sip):
+    """A voicemail that takes the call never presses 1: the visitor is not left talking to it."""
+    await sip.house.add_user("alice", "resident", "Alice")
+    mobile = await sip.phone("0301234567")
+    gateway = await sip.start_gateway([{"name": "mobile", "resident": "alice", "dial": "0301234567"}])
+    door = await sip.house.start_door("door", [{"residents": ["alice"], "timeout_s": 4}])
+    await door.ring()
+    await mobile.wait("incoming")
+    await mobile.do("answer")  # the voicemail picks up...
+    await gateway.wait_for_event("phone_answered", device_id="sip-mobile")
+    status = await door.wait_status(lambda s: s["last_call"] is not None and s["state"] == "idle", timeout=30)
+    assert status["last_call"]["end_reason"] == "no_answer"  # ...and never won the call
+    heard, rate = await mobile.heard()
+    assert all(band_share(heard, rate, f) > 0.03 for f in (660.0, 880.0, 1100.0)), "no 'press 1' prompt"
+    # The next time, the person presses 1 and talks to the visitor.
+    seen = len(mobile.events)
+    await door.ring()
+    await mobile.wait("incoming", after=seen)
+    await mobile.do("answer")
+    await gateway.wait_for_event("phone_answered", device_id="sip-mobile", after=len(gateway.lines) - 1)
+    await mobile.do("dtmf", digits="1")
+    status = await door.wait_status(lambda s: s["call"] is not None and s["call"]["state"] == "connected")
+    assert status["call"]["peer"] == {"user_id": "alice", "device_id": "sip-mobile"}
+
+
+async def test_an_allowed_caller_looks_outside_and_a_stranger_is_refused(sip):
+    await sip.house.add_user("alice", "resident", "Alice")
+    dect1, stranger = await sip.phone("dect1"), await sip.phone("stranger")
+    gateway = await sip.start_gateway([{"name": "dect1", "resident": "alice", "dial": "dect1", "callers": ["dect1"]}],
+                                      extra={"door": "door"})
+    await gateway.wait_for_event("registration", state="registered")
+    door = await _door(sip, ["alice"])
+    await stranger.do("call", uri=f"sip:gw@{sip.kamailio.domain}")
+    # Refused before it reaches the server (baresip-python refuses with 486, its only status).
+    await stranger.wait("state", state="DISCONNECTED", code=486)
+    await gateway.wait_for_event("refused")
+    assert door.process.proc.returncode is None and (await door.ctl("status"))["calls_answered"] == 0
+    await dect1.do("call", uri=f"sip:gw@{sip.kamailio.domain}")
+    await dect1.wait("state", state="CONFIRMED")
+    status = await door.wait_status(lambda s: s["call"] is not None and s["call"]["state"] == "connected")
+    assert status["call"]["peer"]["user_id"] == "alice"
+    await gateway.wait_for_event("answered", device_id="sip-dect1")
+    await asyncio.sleep(2)  # a moment of looking (listening) outside
+    await dect1.do("hangup")
+    heard, rate = await dect1.heard()
+    assert all(band_share(heard, rate, f) > 0.1 for f in DOOR_TONES), "the phone did not hear the street"
+    await door.wait_status(lambda s: s["state"] == "idle")
+
+
+async def test_the_registrar_going_away_and_back_is_survived(sip):
+    await sip.house.add_user("alice", "resident", "Alice")
+    dect1 = await sip.phone("dect1")
+    gateway = await sip.start_gateway([{"name": "dect1", "resident": "alice", "dial": "dect1"}],
+                                      sip={"register_every_s": 2})
+    await gateway.wait_for_event("registration", state="registered")
+    await _bridge_state(sip, "registered")
+    sip.kamailio.stop()
+    failed = await gateway.wait_for_event("registration", state="failed", timeout=30)
+    assert "did not answer" in failed["detail"]
+    await _bridge_state(sip, "failed")
+    sip.kamailio.start()  # it forgot every registration: the phones sign in again, so does the gateway
+    await dect1.do("register")
+    await dect1.wait("registered", after=len(dect1.events))
+    await gateway.wait_for_event("registration", state="registered", after=len(gateway.lines) - 1, timeout=30)
+    await _bridge_state(sip, "registered")
+    door = await _door(sip, ["alice"])
+    await door.ring()
+    await dect1.wait("incoming")
+    await dect1.do("answer")
+    await door.wait_status(lambda s: s["call"] is not None and s["call"]["state"] == "connected")
+
+
+async def _bridge_state(sip: SipSite, state: str) -> None:
+    """What the server's /healthz says of the gateway, as a monitor polls it."""
+    bridges: list = []
+
+    async def poll() -> None:
+        nonlocal bridges
+        while True:
+            async with aiohttp.ClientSession() as http, http.get(
+                    sip.house.http_url + "/healthz", headers={"Api-Token": sip.house.api_token}) as resp:
+                bridges = (await resp.json())["bridges"]
+            if bridges and all(b["registration"] == state for b in bridges):
+                assert bridges[0]["kind"] == "sip" and bridges[0]["device_id"] == "sip-dect1"
+                return
+            await asyncio.sleep(0.1)  # /healthz is read by a monitor: poll it as one does
+    try:
+        await asyncio.wait_for(poll(), 20)
+    except TimeoutError:
+        raise AssertionError(f"/healthz never said {state}: {bridges}") from None
+
+
+async def test_the_gateway_killed_mid_ring_leaves_the_apps_ringing(sip):
+    await sip.house.add_user("alice", "resident", "Alice")
+    dect1 = await sip.phone("dect1")
+    app = await sip.house.start_resident("alice", "--answer", "auto", "--answer-delay", "3", create=False,
+                                         device_id="app")
+    gateway = await sip.start_gateway([{"name": "dect1", "resident": "alice", "dial": "dect1"}])
+    door = await _door(sip, ["alice"])
+    await door.ring()
+    await dect1.wait("incoming")
+    await sip.house.stop(gateway, crash=True)
+    await app.wait_for_event("answered")
+    status = await door.wait_status(lambda s: s["call"] is not None and s["call"]["state"] == "connected")
+    assert status["call"]["peer"]["device_id"] == "app"

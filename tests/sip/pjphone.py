@@ -96,6 +96,8 @@ class Phone:
         if do == "call":
             self.call = Call(self, self.account)
             self.call.makeCall(c["uri"], prm)
+        elif do == "register":
+            self.account.setRegistration(True)
         elif self.call is None:
             emit("error", message=f"no call to {do}")
         elif do in ("answer", "busy", "decline", "ringing"):

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -78,10 +79,9 @@ class BaresipLeg:
             await self._call.answer()
 
     async def reject(self, status: int) -> None:
-        # The library answers 486 to a reject; a refusal of a stranger is a hang-up (603 by
-        # the stack) before the call was answered.
+        # baresip-python 0.5 refuses with 486 whatever the reason: no other status can be chosen.
         with contextlib.suppress(baresip.StaleHandleError):
-            await (self._call.reject() if status == 486 else self._call.hangup())
+            await self._call.reject()
 
     async def hang_up(self) -> None:
         with contextlib.suppress(baresip.StaleHandleError):
@@ -121,6 +121,7 @@ class BaresipEngine:
         self._on_registration: Callable[[Registration], None] = lambda r: None
         self._retry: asyncio.Task[None] | None = None
         self.registration = Registration("unregistered")
+        self._last_ok = 0.0
 
     def target_uri(self, target: str) -> str:
         if target.startswith(("sip:", "sips:")):
@@ -152,6 +153,7 @@ class BaresipEngine:
 
     def _ua_event(self, event: baresip.StackEvent) -> None:
         if event.event is baresip.Event.REGISTER_OK:
+            self._last_ok = time.monotonic()
             self._set(Registration("registered", status=200))
         elif event.event is baresip.Event.REGISTER_FAIL:
             self._set(self._failure(event.text or ""))
@@ -166,7 +168,15 @@ class BaresipEngine:
         return Registration("failed", f"{where} did not answer ({text.strip() or 'no reply'})")
 
     async def _keep_registered(self) -> None:
+        """Registered, or trying again every `retry_s`. A registrar that stopped answering is
+        noticed on the gateway's own clock: the stack's refresh would wait out SIP's 32 s
+        transaction timer before it says anything."""
         while True:
+            overdue = time.monotonic() - self._last_ok > self.settings.reg_interval_s + REGISTER_TIMEOUT_S
+            if self.registration.state == "registered" and overdue:
+                where = self.settings.registrar or self.settings.domain
+                self._set(Registration("failed", f"{where} did not answer a refresh for "
+                                                 f"{self.settings.reg_interval_s + REGISTER_TIMEOUT_S:g} s"))
             if self.registration.state != "registered":
                 if self.registration.state == "unregistered":
                     self._set(Registration("registering"))
@@ -176,6 +186,7 @@ class BaresipEngine:
                     self._set(self._failure(str(exc.reason or exc).removeprefix("registration failed: ")
                                             if exc.status is None else f"{exc.status} {exc.reason or ''}"))
                 else:
+                    self._last_ok = time.monotonic()
                     self._set(Registration("registered", status=200))
             await asyncio.sleep(self.retry_s if self.registration.state != "registered" else 1.0)
 

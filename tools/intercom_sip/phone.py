@@ -300,6 +300,9 @@ class Phone:
         self.sound = PhoneSound(leg)
         pc = self._new_peer()
         pc.addTransceiver(PhoneTrack(leg), direction="sendrecv")
+        # The door answers with the m-lines it was offered and its camera needs one: offered
+        # inactive, so no video is sent to a phone that cannot show it.
+        pc.addTransceiver("video", direction="inactive")
         await pc.setLocalDescription(await pc.createOffer())
         try:
             reply = await self.client.request("dial", callees=[door], video=False,
