@@ -49,7 +49,7 @@ $(WEBCHECK)/node_modules/.installed: $(WEBCHECK)/package-lock.json $(VENV)/.inst
 	cd $(WEBCHECK) && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
-# What visitors and residents feel, and what it costs the board: about seven minutes on two
+# What visitors and residents feel, and what it costs the board: about ten minutes on two
 # cores; writes bench/results.json and bench/results.md. BENCH_ARGS=--quick for a dry run.
 # It needs what the tests need (Chromium and Playwright): the app's start from a notification is
 # measured in a real browser.

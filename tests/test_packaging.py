@@ -80,3 +80,4 @@ def test_the_wheel_carries_the_annotated_examples_for_init(tmp_path: Path) -> No
         assert archive.read("intercom/examples/intercom.example.yaml") == (ROOT / "config/intercom.example.yaml").read_bytes()
         assert archive.read("intercom_server/examples/server.example.yaml") == \
             (ROOT / "config/server.example.yaml").read_bytes()
+        assert archive.read("intercom_sip/examples/sip.example.yaml") == (ROOT / "config/sip.example.yaml").read_bytes()

@@ -12,7 +12,7 @@ import aiohttp
 import numpy as np
 import pytest
 
-from .sip.site import SipSite, band_share
+from intercom_sim.sipsite import SipSite, band_share
 
 #: The door's microphone ("tone" backend) sends 660 and 550 Hz; each test phone sends its own.
 DOOR_TONES = (660.0, 550.0)

@@ -17,6 +17,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "intercom.service"
 SERVER_UNIT = ROOT / "systemd" / "intercom-server.service"
+SIP_UNIT = ROOT / "systemd" / "intercom-sip.service"
 INSTALLED = "/opt/intercom/venv/bin/"
 
 
@@ -37,7 +38,7 @@ def local_unit(tmp_path: Path, shipped: Path = UNIT) -> Path:
     return unit
 
 
-@pytest.mark.parametrize("shipped", [UNIT, SERVER_UNIT], ids=["door", "server"])
+@pytest.mark.parametrize("shipped", [UNIT, SERVER_UNIT, SIP_UNIT], ids=["door", "server", "sip"])
 def test_the_unit_passes_systemd_analyze_verify(tmp_path, shipped):
     result = subprocess.run(["systemd-analyze", "verify", str(local_unit(tmp_path, shipped))], capture_output=True,
                             text=True)
@@ -69,7 +70,16 @@ def test_the_server_unit_is_notify_with_a_watchdog_its_own_user_and_no_devices()
     assert "\ndata_dir: /var/lib/intercom-server\n" in (ROOT / "config/server.example.yaml").read_text()
 
 
-@pytest.mark.parametrize("shipped", [UNIT, SERVER_UNIT], ids=["door", "server"])
+def test_the_sip_unit_is_notify_with_a_watchdog_its_own_user_and_no_devices():
+    unit = directives(SIP_UNIT.read_text())
+    assert unit["Type"] == ["notify"] and int(unit["WatchdogSec"][0]) > 0 and unit["Restart"] == ["on-failure"]
+    assert unit["User"] == ["intercom-sip"]
+    assert unit["ExecStart"] == ["/opt/intercom/venv/bin/intercom-sip --config /etc/intercom/sip.yaml run"]
+    assert unit["PrivateDevices"] == ["yes"] and unit["DevicePolicy"] == ["closed"] and "DeviceAllow" not in unit
+    assert unit["CapabilityBoundingSet"] == [""] and unit["ProtectSystem"] == ["strict"]
+
+
+@pytest.mark.parametrize("shipped", [UNIT, SERVER_UNIT, SIP_UNIT], ids=["door", "server", "sip"])
 def test_systemds_own_security_review(tmp_path, shipped):
     result = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(local_unit(tmp_path, shipped))],
                             capture_output=True, text=True)

@@ -21,11 +21,11 @@ from typing import Any
 
 from intercom_sim.postgres import Postgres
 
-from . import capacity, media, press, profile, push
+from . import capacity, media, press, profile, push, sip
 from .figures import machine
 from .report import markdown, notes
 
-PARTS = ("press", "answer", "cost", "message", "server", "push")
+PARTS = ("press", "answer", "cost", "message", "server", "push", "sip")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -47,6 +47,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--setup-rate", type=float, default=400.0,
                         help="calls a second offered in the steady phase (the peak phase offers pairs x 8)")
     parser.add_argument("--push-presses", type=int, default=20, help="presses that wake 100 subscribed devices")
+    parser.add_argument("--sip-calls", type=int, default=10, help="answered SIP calls per codec (G.722, G.711)")
+    parser.add_argument("--sip-call-seconds", type=float, default=10.0)
     parser.add_argument("--cold-starts", type=int, default=10, help="app starts from a notification, in Chromium")
     args = parser.parse_args(argv)
     if args.quick:
@@ -55,6 +57,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         args.message_seconds = 3.0
         args.connections, args.pairs, args.setup_seconds, args.setup_rate = 50, 4, 1.0, 8.0
         args.idle_seconds = 1.0
+        args.sip_calls, args.sip_call_seconds = 1, 2.0
     args.sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     return args
 
@@ -106,6 +109,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         step(f"Web Push: {args.push_presses} presses to {push.RESIDENTS * push.DEVICES_EACH} devices, "
              f"{args.cold_starts} app starts from a notification")
         results["push"] = await push.run(work / "push", args.push_presses, args.cold_starts)
+    if "sip" in parts:
+        step(f"SIP gateway: {args.sip_calls} calls of {args.sip_call_seconds:g} s per codec, kamailio and PJSIP phones")
+        results["sip"] = await sip.run(work / "sip", args.sip_calls, args.sip_call_seconds)
     results["notes"] = notes(results)
     results["duration_s"] = round(time.monotonic() - started, 1)
     results["finished_at"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")

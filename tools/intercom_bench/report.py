@@ -145,6 +145,13 @@ def markdown(results: dict[str, Any]) -> str:
         cold = pushed.get("cold_start") or {}
         lines.append("| app cold start from the notification's Answer to the first video frame (Chromium) | "
                      + " | ".join(_ms(cold.get("to_first_frame_ms"))) + " |")
+    sip = results.get("sip")
+    if sip:
+        lines.append("| press to the INVITE leaving the SIP gateway (each of 2 phones) | "
+                     + " | ".join(_ms(sip["press_to_invite_sent_ms"])) + " |")
+        for codec, label in (("g722", "G.722"), ("pcmu", "G.711")):
+            lines.append(f"| SIP answer to the phone hearing the door, {label} | "
+                         + " | ".join(_ms(sip["answer_to_phone_hears_door_ms"][codec])) + " |")
     for key, engine in (("capacity", ""), ("capacity_postgresql", ", PostgreSQL"),
                         ("capacity_cluster", f", {(results.get('capacity_cluster') or {}).get('processes')} "
                                              "processes behind HAProxy")):
@@ -206,6 +213,15 @@ def markdown(results: dict[str, Any]) -> str:
                              f"{s['pairs']} door/phone pairs: {s['per_s']} a second (at most {s['offered_per_s']:g} "
                              f"offered), {s['error_count']} errors; server CPU {s['server_cpu_percent']} % of a core, "
                              f"load generator {s['loadgen_cpu_percent']} % (on the same two cores).")
+    if sip:
+        cpu = sip["gateway_cpu_percent_per_call"]
+        lines += ["", f"## The SIP gateway: one call of {sip['call_seconds']:g} s", "",
+                  "| codec to the phone | gateway CPU % of a core (p50, max) | calls |", "|---|---|---|"]
+        for codec, label in (("g722", "G.722"), ("pcmu", "G.711 (PCMU)")):
+            lines.append(f"| {label} | {cpu[codec]['p50']}, {cpu[codec]['max']} | {cpu[codec]['n']} |")
+        lines += ["", "The door's Opus decoded and encoded again as the phone's codec, and back, with the "
+                  "gateway's aiortc peer connection (DTLS-SRTP) and the phone's RTP; kamailio and the PJSIP "
+                  "phones run on the same two cores."]
     notes = results.get("notes") or []
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]

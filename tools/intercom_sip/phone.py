@@ -256,6 +256,8 @@ class Phone:
         if not call.live or self.calls.call is not call:
             await leg.hang_up()  # the ring ended while the INVITE was being sent
             return
+        self.report("invite_sent", {"device_id": self.settings.device_id, "call_id": call.call_id,
+                                    "at": time.monotonic()})
         self._take_leg(leg)
 
     def _new_peer(self) -> RTCPeerConnection:

@@ -2,7 +2,7 @@
 its own process and driven by JSON lines: it registers, rings, answers, is busy or declines,
 sends DTMF (RFC 4733 or SIP INFO), calls, plays a tone and records what it hears.
 
-    python -m tests.sip.pjphone --registrar 127.0.0.1:5060 --user alice --password pw --tone 400
+    python -m intercom_sim.pjphone --registrar 127.0.0.1:5060 --user alice --password pw --tone 400
 
 Commands on stdin: {"do": "answer"|"busy"|"decline"|"hangup"|"dtmf"|"call"|"quit", ...}.
 Events on stdout: {"event": "registered"|"incoming"|"state"|"media"|"dtmf"|"recorded", ...}.
@@ -17,6 +17,7 @@ import json
 import os
 import select
 import sys
+import time
 
 import pjsua2 as pj
 
@@ -68,6 +69,8 @@ class Phone:
         self.account = Account(self)
         self.account.create(acfg)
         self.call: Call | None = None
+        self.audio: pj.AudioMedia | None = None
+        self.heard = False
         self.tone: pj.ToneGenerator | None = None
         self.recorder: pj.AudioMediaRecorder | None = None
         self.recordings = 0
@@ -75,7 +78,8 @@ class Phone:
     def loop(self) -> None:
         buffered = b""
         while True:
-            self.ep.libHandleEvents(10)
+            self.ep.libHandleEvents(5)
+            self.listen()
             ready, _, _ = select.select([sys.stdin], [], [], 0)
             if not ready:
                 continue
@@ -93,6 +97,8 @@ class Phone:
     def command(self, c: dict[str, str]) -> None:
         do = c["do"]
         prm = pj.CallOpParam(True)
+        if do == "answer":
+            emit("answering", at=time.monotonic())
         if do == "call":
             self.call = Call(self, self.account)
             self.call.makeCall(c["uri"], prm)
@@ -111,13 +117,26 @@ class Phone:
             p.method = pj.PJSUA_DTMF_METHOD_SIP_INFO if c.get("method") == "info" else pj.PJSUA_DTMF_METHOD_RFC2833
             self.call.sendDtmf(p)
 
+    def listen(self) -> None:
+        """`hearing` once the far end's sound first arrives (its level, on PJSIP's 0-255 scale),
+        stamped with the machine's monotonic clock, which every process on it shares."""
+        audio = self.audio
+        if audio is None or self.heard:
+            return
+        # PJSIP names levels from the bridge's side: what the call sends into it is "tx".
+        level = audio.getTxLevel()
+        if level >= 8:
+            self.heard = True
+            emit("hearing", level=level, at=time.monotonic())
+
     def media_up(self, call: Call) -> None:
         info = call.getInfo()
         for i, media in enumerate(info.media):
             if media.type != pj.PJMEDIA_TYPE_AUDIO or media.status != pj.PJSUA_CALL_MEDIA_ACTIVE:
                 continue
             audio = call.getAudioMedia(i)
-            if self.tone is None:
+            self.audio, self.heard = audio, False
+            if self.tone is None and self.args.tone:
                 self.tone = pj.ToneGenerator()
                 self.tone.createToneGenerator(16000, 1)
                 tone = pj.ToneDesc()
@@ -128,20 +147,22 @@ class Phone:
                 tones = pj.ToneDescVector()
                 tones.append(tone)
                 self.tone.play(tones, True)
-            self.tone.startTransmit(audio)
+            if self.tone is not None:
+                self.tone.startTransmit(audio)
             if self.recorder is None:
                 self.recordings += 1
                 path = f"{self.args.record}.{self.recordings}.wav"
                 self.recorder = pj.AudioMediaRecorder()
                 self.recorder.createRecorder(path)
-                self.recorder.path = path  # type: ignore[attr-defined]
+                self.recorder.path = path
                 audio.startTransmit(self.recorder)
             stream = call.getStreamInfo(i)
             emit("media", codec=stream.codecName, clock_rate=stream.codecClockRate)
 
     def ended(self) -> None:
+        self.audio = None
         if self.recorder is not None:
-            path = self.recorder.path  # type: ignore[attr-defined]
+            path = self.recorder.path
             del self.recorder
             self.recorder = None
             emit("recorded", path=path)

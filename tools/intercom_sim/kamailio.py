@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from intercom_sim.postgres import free_port
+from .postgres import free_port
 
 MODULES = ("tm", "sl", "rr", "pv", "maxfwd", "usrloc", "registrar", "textops", "siputils", "xlog", "sanity", "auth",
            "kex", "corex")

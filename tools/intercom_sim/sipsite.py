@@ -13,17 +13,16 @@ from typing import Any
 import numpy as np
 import yaml
 
-from intercom_sim.harness import Installation, Process, command
-from intercom_sim.postgres import free_port
-
+from .harness import Installation, Process, command
 from .kamailio import Kamailio
+from .postgres import free_port
 
 SIP_GATEWAY = command("intercom-sip", "intercom_sip.cli")
 GATEWAY_PASSWORD = "gw-secret-7"
 
 
 class PjPhone:
-    """One PJSIP phone process (tests/sip/pjphone.py): commands in, events out."""
+    """One PJSIP phone process (intercom_sim.pjphone): commands in, events out."""
 
     def __init__(self, name: str, proc: asyncio.subprocess.Process, record: Path) -> None:
         self.name = name
@@ -119,9 +118,9 @@ class SipSite:
         record = self.root / "recordings" / user
         record.parent.mkdir(parents=True, exist_ok=True)
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tests.sip.pjphone", "--registrar", self.kamailio.domain, "--user", user,
+            sys.executable, "-m", "intercom_sim.pjphone", "--registrar", self.kamailio.domain, "--user", user,
             "--password", self.passwords[user], "--tone", str(tone), "--codecs", codecs, "--srtp", srtp,
-            "--record", str(record), cwd=str(Path(__file__).parents[2]), stdin=asyncio.subprocess.PIPE,
+            "--record", str(record), stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, stderr=(self.root / f"pjphone-{user}.log").open("ab"))
         phone = PjPhone(user, proc, record)
         self.phones.append(phone)
