@@ -26,6 +26,7 @@ def test_every_request_type_parses_with_its_fields():
         "end": {"call_id": "c1"},
         "action": {"call_id": "c1", "name": "open_door"},
         "missed": {"callees": ["alice"], "pressed_at": iso(time.time() - 600), "snapshot": "AAAA"},
+        "status": {"bridge": {"kind": "sip", "registration": "failed", "detail": "fritz.box did not answer"}},
         "ping": {},
         "deauthenticate": {},
     }
@@ -33,6 +34,19 @@ def test_every_request_type_parses_with_its_fields():
     for kind, body in samples.items():
         req = parse({"type": kind, "id": "r1", **body})
         assert req == Request(kind, "r1", m.REQUEST_BODIES[kind](**body))
+
+
+@pytest.mark.parametrize("bridge", [
+    "sip", {"kind": "sip"}, {"kind": "sip", "registration": "maybe"}, {"kind": "", "registration": "registered"},
+    {"kind": "sip", "registration": "registered", "detail": "x" * 301},
+    {"kind": "sip", "registration": "registered", "extra": 1},
+])
+def test_a_malformed_bridge_state_is_a_bad_request(bridge):
+    for kind, body in (("status", {"bridge": bridge}),
+                       ("authenticate", {"user_id": "a", "access_token": "t", "bridge": bridge})):
+        with pytest.raises(ProtocolError) as exc:
+            parse({"type": kind, "id": "r1", **body})
+        assert exc.value.code is ErrorCode.BAD_REQUEST and "bridge" in exc.value.message
 
 
 def test_replies_to_server_requests_pass_through():

@@ -5,6 +5,8 @@ the whole installation (server, door, apps) as the processes an installer runs."
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import aiohttp
 import numpy as np
 import pytest
 
-from intercom_sim.sipsite import SipSite, band_share
+from intercom_sim.sipsite import SIP_GATEWAY, SipSite, band_share
 
 #: The door's microphone ("tone" backend) sends 660 and 550 Hz; each test phone sends its own.
 DOOR_TONES = (660.0, 550.0)
@@ -254,3 +256,91 @@ async def test_the_gateway_killed_mid_ring_leaves_the_apps_ringing(sip):
     await app.wait_for_event("answered")
     status = await door.wait_status(lambda s: s["call"] is not None and s["call"]["state"] == "connected")
     assert status["call"]["peer"]["device_id"] == "app"
+
+
+async def test_two_phones_answering_at_once_one_wins_and_the_other_is_hung_up(tmp_path):
+    """sipp's scripted phones answer the instant they are called (no 180): both legs are up
+    before the server has chosen. The server takes the first accept; the loser, already
+    answered, gets a BYE at once, and the winner when the call ends."""
+    site = SipSite(tmp_path, phones=[], scripted={"race1": "answer_at_once", "race2": "answer_at_once"})
+    await site.start()
+    try:
+        for user in ("alice", "bob"):
+            await site.house.add_user(user, "resident", user.title())
+        await site.start_gateway([{"name": "race1", "resident": "alice", "dial": "race1"},
+                                  {"name": "race2", "resident": "bob", "dial": "race2"}])
+        door = await site.house.start_door("door", [{"residents": ["alice", "bob"]}])
+        await door.ring()
+        status = await door.wait_status(lambda s: s["call"] is not None and s["call"]["state"] == "connected")
+        winner = status["call"]["peer"]["device_id"].removeprefix("sip-")
+        loser = site.sipps["race2" if winner == "race1" else "race1"]
+        assert await loser.exited() == 0  # its script ended with the BYE it was waiting for
+        assert site.sipps[winner].proc.returncode is None  # the winner talks on
+        await door.ctl("hangup")
+        assert await site.sipps[winner].exited() == 0
+        await door.wait_status(lambda s: s["state"] == "idle")
+    finally:
+        await site.close()
+
+
+async def test_a_phone_that_requires_srtp_talks_encrypted(sip):
+    await sip.house.add_user("alice", "resident", "Alice")
+    dect1 = await sip.phone("dect1", srtp="mandatory")
+    gateway = await sip.start_gateway([{"name": "dect1", "resident": "alice", "dial": "dect1"}])
+    door = await _door(sip, ["alice"])
+    await door.ring()
+    await dect1.wait("incoming")
+    await dect1.do("answer")
+    await gateway.wait_for_event("phone_answered", device_id="sip-dect1")
+    await asyncio.sleep(2)  # a moment of conversation
+    await dect1.do("hangup")
+    heard, rate = await dect1.heard()
+    assert all(band_share(heard, rate, f) > 0.1 for f in DOOR_TONES), "no sound through SRTP"
+
+
+async def test_a_wrong_password_is_one_line_in_the_status_and_nothing_rings_less(sip):
+    await sip.house.add_user("alice", "resident", "Alice")
+    app = await sip.house.start_resident("alice", "--answer", "ignore", create=False, device_id="app")
+    gateway = await sip.start_gateway([{"name": "dect1", "resident": "alice", "dial": "dect1"}],
+                                      sip={"password": "not-the-password"})
+    failed = await gateway.wait_for_event("registration", state="failed")
+    assert "refused the gateway's user or password" in failed["detail"] and "401" in failed["detail"]
+    status = subprocess.run([*SIP_GATEWAY, "--config", str(sip.gateway_config), "status"], capture_output=True,
+                            text=True, timeout=30)
+    assert status.returncode == 0, status.stderr
+    shown = json.loads(status.stdout)
+    assert shown["registration"]["state"] == "failed" and "401" in shown["registration"]["detail"]
+    assert shown["phones"][0]["device_id"] == "sip-dect1" and shown["phones"][0]["server"] == "connected"
+    await _bridge_state(sip, "failed")
+    door = await _door(sip, ["alice"])
+    await door.ring()
+    await app.wait_for_event("incoming")  # the app rings as ever
+
+
+async def test_a_ringing_handset_can_show_the_visitor_with_its_key_only(sip):
+    await sip.house.add_user("alice", "resident", "Alice")
+    dect1 = await sip.phone("dect1")
+    key = "k" * 24
+    gateway = await sip.start_gateway([{"name": "dect1", "resident": "alice", "dial": "dect1"}],
+                                      extra={"http": {"listen": "127.0.0.1:0", "snapshot_key": key}})
+    started = next(json.loads(line) for line in gateway.lines if '"started"' in line)
+    url = f"http://{started['http']}/snapshot.jpg"
+    door = await _door(sip, ["alice"])
+    await door.ring()
+    await dect1.wait("incoming")
+
+    async def poll() -> bytes:
+        async with aiohttp.ClientSession() as http:
+            while True:
+                async with http.get(url, params={"key": key}) as resp:
+                    if resp.status == 200:
+                        assert resp.content_type == "image/jpeg"
+                        return await resp.read()
+                    assert resp.status == 404  # no picture yet
+                await asyncio.sleep(0.2)  # a FritzFon polls every 1.5-2.5 s; this one is quicker
+    picture = await asyncio.wait_for(poll(), 20)
+    assert picture.startswith(b"\xff\xd8\xff")
+    async with aiohttp.ClientSession() as http:
+        for params in ({"key": "k" * 23 + "x"}, {}):
+            async with http.get(url, params=params) as resp:
+                assert resp.status == 403

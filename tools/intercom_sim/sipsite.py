@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,40 @@ class PjPhone:
         await asyncio.gather(self._reader, return_exceptions=True)
 
 
+class Sipp:
+    """Debian's sipp as a scripted phone for one call (`intercom_sim/sipp/*.xml`): it exits 0
+    when its script ran to the end, and fails on anything unexpected or after `timeout_s`."""
+
+    def __init__(self, root: Path, name: str, scenario: str, timeout_s: float = 60.0) -> None:
+        self.name = name
+        self.port = free_port()
+        self.scenario = Path(__file__).parent / "sipp" / f"{scenario}.xml"
+        self.root = root
+        self.timeout_s = timeout_s
+        self.proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        binary = shutil.which("sipp") or "/usr/bin/sipp"
+        assert Path(binary).exists(), "sipp not found: `make test` installs Debian's sip-tester package"
+        self.proc = await asyncio.create_subprocess_exec(
+            binary, "-sf", str(self.scenario), "-i", "127.0.0.1", "-p", str(self.port), "-m", "1", "-nostdin",
+            "-timeout", f"{self.timeout_s:g}s", "-timeout_error", "-trace_err", cwd=str(self.root),
+            stdout=asyncio.subprocess.DEVNULL, stderr=(self.root / f"sipp-{self.name}.log").open("ab"))
+
+    async def exited(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        return await asyncio.wait_for(self.proc.wait(), timeout)
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+
 def band_share(samples: np.ndarray, rate: int, freq: float, width: float = 25.0) -> float:
     """The share of the sound's energy within `width` Hz of `freq`: a tone is there or not,
     whatever the codec did to its level."""
@@ -99,11 +134,13 @@ def band_share(samples: np.ndarray, rate: int, freq: float, width: float = 25.0)
 class SipSite:
     """The installation plus the SIP world around it."""
 
-    def __init__(self, root: Path, phones: list[str], routes: dict[str, str] | None = None) -> None:
+    def __init__(self, root: Path, phones: list[str], scripted: dict[str, str] | None = None) -> None:
+        """`phones`: PJSIP phones' SIP users; `scripted`: sipp phones by user, with their script."""
         self.root = root
         self.house = Installation(root)
         self.passwords = {"gw": GATEWAY_PASSWORD, **{p: f"{p}-pw-3" for p in phones}}
-        self.kamailio = Kamailio(root / "kamailio", self.passwords, routes)
+        self.sipps = {user: Sipp(root, user, script) for user, script in (scripted or {}).items()}
+        self.kamailio = Kamailio(root / "kamailio", self.passwords, {u: p.address for u, p in self.sipps.items()})
         self.phones: list[PjPhone] = []
         self.gateway: Process | None = None
         self.gateway_config: Path | None = None
@@ -111,6 +148,8 @@ class SipSite:
 
     async def start(self, ring_timeout_s: float = 30.0) -> None:
         self.kamailio.start()
+        for sipp in self.sipps.values():
+            await sipp.start()
         await self.house.start_server(ring_timeout_s=ring_timeout_s)
 
     async def phone(self, user: str, tone: float = 1700.0, codecs: str = "", srtp: str = "off",
@@ -143,7 +182,7 @@ class SipSite:
                   "sip": {"user": "gw", "domain": self.kamailio.domain, "password": GATEWAY_PASSWORD,
                           "listen": f"127.0.0.1:{self.sip_port}", "interface": "127.0.0.1", "retry_s": 0.5,
                           **(sip or {})},
-                  "phones": phones, "http": {"listen": "127.0.0.1:0"}, **(extra or {})}
+                  "phones": phones, "http": {"listen": f"127.0.0.1:{free_port()}"}, **(extra or {})}
         self.gateway_config = self.root / "sip.yaml"
         self.gateway_config.write_text(yaml.safe_dump(config, sort_keys=False))
         return await self.launch_gateway()
@@ -160,5 +199,7 @@ class SipSite:
     async def close(self) -> None:
         for phone in self.phones:
             await phone.stop()
+        for sipp in self.sipps.values():
+            await sipp.stop()
         await self.house.close()
         self.kamailio.stop()

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import baresip
@@ -35,19 +36,33 @@ def status_of(text: str | None) -> int | None:
     return int(match.group(1)) if match else None
 
 
-class BaresipLeg:
-    """One baresip call behind the `Leg` interface."""
+#: A phone's answer to an offer it cannot take: with `srtp: optional` the gateway offers
+#: RTP/AVP with keys, and a phone that requires SRTP (RTP/SAVP) refuses it so, before it rings.
+NOT_ACCEPTABLE = 488
 
-    def __init__(self, call: Any, peer: str) -> None:
+Redial = Callable[[], Awaitable[Any]]
+
+
+class BaresipLeg:
+    """One baresip call behind the `Leg` interface. An outgoing call refused with 488 is dialled
+    once more with SRTP required (`redial`), behind the same leg: the phone had not rung yet."""
+
+    def __init__(self, call: Any, peer: str, redial: Redial | None = None) -> None:
         self._call = call
+        self._redial = redial
+        self._hung_up = False
         self.peer = peer
         self._ringing: list[Callable[[], None]] = []
         self._answered: list[Callable[[], None]] = []
         self._ended: list[Callable[[LegEnd], None]] = []
         self._digits: list[Callable[[str], None]] = []
         self.ended: LegEnd | None = None
-        call.on(self._event)
-        call.on_dtmf(lambda d: [cb(d.digit) for cb in list(self._digits)])
+        self._bind(call)
+
+    def _bind(self, call: Any) -> None:
+        self._call = call
+        call.on(lambda event: self._event(call, event))
+        call.on_dtmf(lambda d: [cb(d.digit) for cb in list(self._digits)] if call is self._call else None)
 
     def on_ringing(self, callback: Callable[[], None]) -> None:
         self._ringing.append(callback)
@@ -61,16 +76,37 @@ class BaresipLeg:
     def on_digit(self, callback: Callable[[str], None]) -> None:
         self._digits.append(callback)
 
-    def _event(self, event: baresip.StackEvent) -> None:
+    def _event(self, call: Any, event: baresip.StackEvent) -> None:
+        if call is not self._call:
+            return
         kind = event.event
+        if kind is baresip.Event.CALL_CLOSED and self._redial is not None and not self._hung_up \
+                and status_of(event.text) == NOT_ACCEPTABLE:
+            redial, self._redial = self._redial, None
+            asyncio.get_running_loop().create_task(self._again(redial, event.text or ""))
+            return
         if kind in (baresip.Event.CALL_RINGING, baresip.Event.CALL_PROGRESS):
             for ringing in list(self._ringing):
                 ringing()
         elif kind is baresip.Event.CALL_ESTABLISHED:
             for answered in list(self._answered):
                 answered()
-        elif kind is baresip.Event.CALL_CLOSED and self.ended is None:
-            end = self.ended = LegEnd(status_of(event.text), event.text or "")
+        elif kind is baresip.Event.CALL_CLOSED:
+            self._closed(LegEnd(status_of(event.text), event.text or ""))
+
+    async def _again(self, redial: Redial, text: str) -> None:
+        try:
+            call = await redial()
+        except baresip.BaresipError as exc:
+            self._closed(LegEnd(NOT_ACCEPTABLE, f"{text}; with SRTP required: {exc}"))
+            return
+        self._bind(call)
+        if self._hung_up:
+            await self.hang_up()
+
+    def _closed(self, end: LegEnd) -> None:
+        if self.ended is None:
+            self.ended = end
             for ended in list(self._ended):
                 ended(end)
 
@@ -84,6 +120,7 @@ class BaresipLeg:
             await self._call.reject()
 
     async def hang_up(self) -> None:
+        self._hung_up = True
         with contextlib.suppress(baresip.StaleHandleError):
             await self._call.hangup()
 
@@ -118,6 +155,7 @@ class BaresipEngine:
         self.retry_s = retry_s
         self._runtime: Any = None
         self._ua: Any = None
+        self._secure_ua: Any = None
         self._on_registration: Callable[[Registration], None] = lambda r: None
         self._retry: asyncio.Task[None] | None = None
         self.registration = Registration("unregistered")
@@ -140,6 +178,9 @@ class BaresipEngine:
                                   audio_codecs=tuple(CODECS[c] for c in s.codecs), dtmf_mode=s.dtmf,
                                   extra_params=params)
         self._ua = await baresip.UserAgent.create(self._runtime, account)
+        if s.srtp == "optional":  # for phones that require SRTP: never registers, only dials
+            secure = dataclasses.replace(account, reg_interval=0, extra_params=("mediaenc=srtp-mand",))
+            self._secure_ua = await baresip.UserAgent.create(self._runtime, secure)
         self._on_registration = on_registration
         self._ua.on(self._ua_event)
         self._ua.on_incoming(lambda call: on_incoming(BaresipLeg(call, call.peer or "")))
@@ -192,7 +233,8 @@ class BaresipEngine:
 
     async def dial(self, uri: str) -> Leg:
         call = await self._ua.dial(uri)
-        return BaresipLeg(call, uri)
+        secure = self._secure_ua
+        return BaresipLeg(call, uri, redial=(lambda: secure.dial(uri)) if secure is not None else None)
 
     async def close(self) -> None:
         if self._retry is not None:
