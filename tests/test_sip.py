@@ -102,16 +102,22 @@ async def test_busy_and_decline_from_every_phone_decline_the_call(sip):
     assert status["last_call"]["end_reason"] == "declined", status["last_call"]
 
 
-async def test_the_app_answering_first_cancels_the_sip_phone(sip):
+async def _ringing_a_phone_and_an_app(sip: SipSite):
+    """A press rings dect1 (through the gateway) and the app, which answers after 3 s: the
+    resident takes a moment to pick up. Returns (dect1, app, gateway, door) once dect1 rings."""
     await sip.house.add_user("alice", "resident", "Alice")
     dect1 = await sip.phone("dect1")
-    # The resident takes a moment to pick up in the app: meanwhile the phone rings too.
     app = await sip.house.start_resident("alice", "--answer", "auto", "--answer-delay", "3", create=False,
                                          device_id="app")
     gateway = await sip.start_gateway([{"name": "dect1", "resident": "alice", "dial": "dect1"}])
     door = await _door(sip, ["alice"])
     await door.ring()
     await dect1.wait("incoming")
+    return dect1, app, gateway, door
+
+
+async def test_the_app_answering_first_cancels_the_sip_phone(sip):
+    dect1, app, gateway, door = await _ringing_a_phone_and_an_app(sip)
     await app.wait_for_event("answered")
     await dect1.wait("state", state="DISCONNECTED", code=487)  # CANCEL: it stops ringing
     await gateway.wait_for_event("ended", device_id="sip-dect1", reason="other_device_accepted")
@@ -244,14 +250,7 @@ async def _bridge_state(sip: SipSite, state: str) -> None:
 
 
 async def test_the_gateway_killed_mid_ring_leaves_the_apps_ringing(sip):
-    await sip.house.add_user("alice", "resident", "Alice")
-    dect1 = await sip.phone("dect1")
-    app = await sip.house.start_resident("alice", "--answer", "auto", "--answer-delay", "3", create=False,
-                                         device_id="app")
-    gateway = await sip.start_gateway([{"name": "dect1", "resident": "alice", "dial": "dect1"}])
-    door = await _door(sip, ["alice"])
-    await door.ring()
-    await dect1.wait("incoming")
+    dect1, app, gateway, door = await _ringing_a_phone_and_an_app(sip)
     await sip.house.stop(gateway, crash=True)
     await app.wait_for_event("answered")
     status = await door.wait_status(lambda s: s["call"] is not None and s["call"]["state"] == "connected")
@@ -303,8 +302,9 @@ async def test_a_wrong_password_is_one_line_in_the_status_and_nothing_rings_less
     app = await sip.house.start_resident("alice", "--answer", "ignore", create=False, device_id="app")
     gateway = await sip.start_gateway([{"name": "dect1", "resident": "alice", "dial": "dect1"}],
                                       sip={"password": "not-the-password"})
-    failed = await gateway.wait_for_event("registration", state="failed")
-    assert "refused the gateway's user or password" in failed["detail"] and "401" in failed["detail"]
+    failed = json.loads(await gateway.wait_for_line(lambda line: '"failed"' in line and "401" in line))
+    assert "refused the gateway's user or password" in failed["detail"], failed
+    await gateway.wait_for_event("server", device_id="sip-dect1", connected=True)
     status = subprocess.run([*SIP_GATEWAY, "--config", str(sip.gateway_config), "status"], capture_output=True,
                             text=True, timeout=30)
     assert status.returncode == 0, status.stderr

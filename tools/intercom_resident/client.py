@@ -30,8 +30,9 @@ from intercom.media.voice import send_audio_levels
 from intercom.signaling import NotConnected, RequestFailed, SignalingClient
 from intercom_protocol import resident as rules
 from intercom_protocol.calls import ArmClock, ClientCall
-from intercom_protocol.messages import Incoming, parse_event
 from intercom_protocol.resident import ResidentPolicy, ResidentRules
+
+from .adapter import PolicyCarrier
 
 log = logging.getLogger("intercom.resident")
 
@@ -115,10 +116,11 @@ class Reception:
 Reporter = Callable[[str, dict[str, Any]], None]
 
 
-class Resident:
+class Resident(PolicyCarrier):
     """The resident policy's adapter: aiortc media, the server connection, timers, reports."""
 
     def __init__(self, client_args: dict[str, Any], policy: Policy, report: Reporter) -> None:
+        super().__init__()
         self.policy = policy
         self.calls = ResidentPolicy(policy.rules)
         self.report = report
@@ -129,10 +131,7 @@ class Resident:
         self.reception = Reception()
         self.done = asyncio.Event()
         self._accepted_at = 0.0
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._closing: asyncio.Task[None] | None = None
-        #: The live call's own clock (`ClientCall.deadline`).
-        self._clock: asyncio.TimerHandle | None = None
         #: Reports whether the answered call's media still arrives (`watch_received`).
         self._media_watch: asyncio.Task[None] | None = None
 
@@ -154,29 +153,9 @@ class Resident:
 
     def _connection(self, up: bool) -> None:
         self.report("online" if up else "offline", {"device_id": self.client.device_id})
-        now = time.monotonic()
-        self._run(self.calls.signed_in(self.client.live_calls, now) if up else self.calls.link_lost(now))
-
-    def _event(self, message: dict[str, Any]) -> None:
-        now = time.monotonic()
-        event = parse_event(message)
-        if isinstance(event, Incoming):
-            self._run(self.calls.incoming(event, now))
-        elif event is not None:
-            self._run(self.calls.event(event, now))
-
-    def _on_clock(self, call: ClientCall) -> None:
-        self._run(self.calls.clock(call, time.monotonic()))
-
-    def _media_state(self, pc: RTCPeerConnection) -> None:
-        if pc is self.pc:
-            self._run(self.calls.media(pc.connectionState, time.monotonic()))
+        super()._connection(up)
 
     # -- carrying out what the policy decided ----------------------------------------------------
-
-    def _run(self, effects: list[rules.Effect]) -> None:
-        for effect in effects:
-            self._carry_out(effect)
 
     def _carry_out(self, effect: rules.Effect) -> None:
         match effect:
@@ -214,19 +193,6 @@ class Resident:
             case rules.Missed(press):
                 self.report("missed", {"call_id": press.call_id, "caller": press.caller, "pressed_at": press.pressed_at,
                                        "snapshot_url": press.snapshot_url})
-
-    def _arm_clock(self, call: ClientCall, deadline: float | None) -> None:
-        if self._clock is not None:
-            self._clock.cancel()
-            self._clock = None
-        if deadline is not None:
-            self._clock = asyncio.get_running_loop().call_later(max(0.0, deadline - time.monotonic()),
-                                                                self._on_clock, call)
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def _new_peer(self) -> RTCPeerConnection:
         pc = self.pc = RTCPeerConnection(rtc_configuration(self.client.ice_servers))
@@ -347,9 +313,7 @@ class Resident:
 
     def _closed(self, call: ClientCall, reason: str) -> None:
         """A call that has just ended: its media goes, and the end is reported once."""
-        if self._clock is not None:
-            self._clock.cancel()
-            self._clock = None
+        self._disarm_clock()
         self._stop_media_watch()
         pc, self.pc = self.pc, None
         self._spawn(self._report_end(call, reason, pc, self.reception))

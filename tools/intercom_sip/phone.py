@@ -25,8 +25,8 @@ from intercom.media.peer import rtc_configuration, watch_received
 from intercom.signaling import NotConnected, RequestFailed, SignalingClient
 from intercom_protocol import resident as rules
 from intercom_protocol.calls import ArmClock, ClientCall
-from intercom_protocol.messages import Incoming, parse_event
 from intercom_protocol.resident import ResidentPolicy, ResidentRules
+from intercom_resident.adapter import PolicyCarrier
 
 from .audio import PhoneSound, PhoneTrack, door_open_prompt, door_to_phone, press_key_prompt, refused_prompt
 from .engine import BUSY, DECLINED, Engine, Leg, LegEnd, Registration
@@ -62,11 +62,12 @@ class GatewaySettings:
 Reporter = Callable[[str, dict[str, Any]], None]
 
 
-class Phone:
+class Phone(PolicyCarrier):
     """The policy's adapter for one phone: the server connection, the SIP leg, the media."""
 
     def __init__(self, settings: PhoneSettings, gateway: GatewaySettings, engine: Engine, report: Reporter,
                  snapshot: Callable[[bytes], None]) -> None:
+        super().__init__()
         self.settings = settings
         self.gateway = gateway
         self.engine = engine
@@ -82,9 +83,7 @@ class Phone:
         self.sound: PhoneSound | None = None
         self._offer: dict[str, Any] | None = None
         self._digits = ""
-        self._clock: asyncio.TimerHandle | None = None
         self._media_watch: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._runner: asyncio.Task[None] | None = None
 
     @property
@@ -114,22 +113,9 @@ class Phone:
             self._runner.cancel()
             await asyncio.gather(self._runner, return_exceptions=True)
 
-    # -- inputs from the server --------------------------------------------------------------------
-
     def _connection(self, up: bool) -> None:
-        now = time.monotonic()
-        self._run(self.calls.signed_in(self.client.live_calls, now) if up else self.calls.link_lost(now))
-
-    def _event(self, message: dict[str, Any]) -> None:
-        now = time.monotonic()
-        event = parse_event(message)
-        if isinstance(event, Incoming):
-            self._run(self.calls.incoming(event, now))
-        elif event is not None:
-            self._run(self.calls.event(event, now))
-
-    def _on_clock(self, call: ClientCall) -> None:
-        self._run(self.calls.clock(call, time.monotonic()))
+        self.report("server", {"device_id": self.settings.device_id, "connected": up})
+        super()._connection(up)
 
     # -- inputs from the phone -------------------------------------------------------------------------
 
@@ -202,10 +188,6 @@ class Phone:
 
     # -- carrying out what the policy decided ----------------------------------------------------------
 
-    def _run(self, effects: list[rules.Effect]) -> None:
-        for effect in effects:
-            self._carry_out(effect)
-
     def _carry_out(self, effect: rules.Effect) -> None:
         match effect:
             case ArmClock(call, deadline):
@@ -230,19 +212,6 @@ class Phone:
             case _:
                 pass  # the resident's screen only: a missed press, media connected
 
-    def _arm_clock(self, call: ClientCall, deadline: float | None) -> None:
-        if self._clock is not None:
-            self._clock.cancel()
-            self._clock = None
-        if deadline is not None:
-            self._clock = asyncio.get_running_loop().call_later(max(0.0, deadline - time.monotonic()),
-                                                                self._on_clock, call)
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     async def _ring(self, call: ClientCall) -> None:
         """The door rings this phone: the INVITE leaves at once."""
         uri = self.engine.target_uri(self.settings.target)
@@ -266,10 +235,6 @@ class Phone:
               and self.sound is not None else None)
         pc.on("connectionstatechange", lambda: self._media_state(pc))
         return pc
-
-    def _media_state(self, pc: RTCPeerConnection) -> None:
-        if pc is self.pc:
-            self._run(self.calls.media(pc.connectionState, time.monotonic()))
 
     async def _accept(self, call: ClientCall) -> None:
         """The phone took the call: answer the door's offer with the phone's voice, no video."""
@@ -365,9 +330,7 @@ class Phone:
             log.info("%s: %s not taken: %s", self.settings.device_id, kind, exc)
 
     def _ended(self, call: ClientCall, reason: str) -> None:
-        if self._clock is not None:
-            self._clock.cancel()
-            self._clock = None
+        self._disarm_clock()
         self.report("ended", {"device_id": self.settings.device_id, "call_id": call.call_id, "reason": reason})
         self._spawn(self._drop_leg())
         self._spawn(self._close_media())
