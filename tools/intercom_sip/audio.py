@@ -9,16 +9,19 @@ Nothing is re-encoded but the audio itself; video never passes here.
 from __future__ import annotations
 
 import asyncio
-import fractions
 import math
 from collections import deque
+from typing import Any
 
 import av
 import numpy as np
-from aiortc import MediaStreamTrack
+from aiortc import MediaStreamTrack, RTCRtpCodecParameters
+from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError
 
 from intercom.media.pacing import Pacer
+from intercom.media.voice import FRAME_SAMPLES, VoiceTrack
+from intercom.media.voice import RATE as VOICE_RATE
 
 from .engine import Leg
 
@@ -63,6 +66,9 @@ class PhoneSound:
         self._loop_prompt = False
         self._resampler: av.AudioResampler | None = None
         self._task: asyncio.Task[None] | None = None
+        #: The door's Opus as the receiver's jitter buffer released it, decoded by the writer.
+        self._packets: deque[bytes] = deque(maxlen=10)
+        self._decoder: Any = None
 
     def start(self) -> None:
         if self._task is None:
@@ -71,8 +77,26 @@ class PhoneSound:
     def prompt(self, samples: np.ndarray | None, loop: bool = False) -> None:
         self._prompt, self._prompt_at, self._loop_prompt = samples, 0, loop
 
+    def door_packet(self, codec: RTCRtpCodecParameters, encoded: JitterFrame) -> None:
+        """An Opus packet of the door's (`aiortc_hooks.decode_audio_elsewhere`): decoded in mono
+        when the writer next wakes, not on aiortc's decoder thread in stereo and posted back."""
+        self._packets.append(encoded.data)
+
+    def _decode_packets(self) -> None:
+        if self._decoder is None and self._packets:
+            self._decoder = av.CodecContext.create("libopus", "r")
+            self._decoder.layout = "mono"
+            self._decoder.sample_rate = VOICE_RATE
+        while self._packets:
+            try:
+                frames = self._decoder.decode(av.Packet(self._packets.popleft()))
+            except av.FFmpegError:
+                continue  # one bad packet: the decoder keeps its state, as aiortc's does
+            for frame in frames:
+                self.door_frame(frame)
+
     def door_frame(self, frame: av.AudioFrame) -> None:
-        """A frame of the door's sound as aiortc decoded it (48 kHz)."""
+        """A frame of the door's sound, decoded (48 kHz)."""
         rate = self.leg.sample_rate
         if not rate:
             return
@@ -125,6 +149,7 @@ class PhoneSound:
             rate = self.leg.sample_rate
             if not rate:
                 continue
+            self._decode_packets()
             n = int(rate * FRAME_S)
             voice = self._take_voice(n)
             prompt = self._take_prompt(n)
@@ -149,34 +174,49 @@ async def door_to_phone(track: MediaStreamTrack, sound: PhoneSound) -> None:
         return
 
 
-class PhoneTrack(MediaStreamTrack):
-    """The phone's voice as an aiortc audio track, 20 ms a frame at the leg's rate (aiortc's
-    Opus encoder takes it to 48 kHz). Missing sound (a late packet) is silence, never a wait."""
-
-    kind = "audio"
+class PhoneTrack(VoiceTrack):
+    """The phone's voice to the door as mono Opus, encoded here on the loop as the door encodes
+    its own (`intercom.media.voice`): no hop through aiortc's encoder pool, no stereo. Every
+    20 ms it takes what the phone sent, at the leg's rate, brought to 48 kHz; missing sound (a
+    late packet) is silence, never a wait."""
 
     def __init__(self, leg: Leg) -> None:
         super().__init__()
         self.leg = leg
         self._pacer = Pacer(1 / FRAME_S)
         self._pending = b""
-        self._pts = 0
+        self._rate = 0
+        self._resampler: av.AudioResampler | None = None
+        self._out = np.zeros(0, np.int16)
 
-    async def recv(self) -> av.AudioFrame:
+    def _phone_samples(self) -> np.ndarray:
+        """20 ms of the phone's sound at 48 kHz."""
+        rate = self.leg.sample_rate
+        if rate and rate != self._rate:
+            self._rate, self._pending = rate, b""
+            self._resampler = av.AudioResampler(format="s16", layout="mono", rate=VOICE_RATE)
+        if self._resampler is not None:
+            need = int(rate * FRAME_S) * 2
+            self._pending += self.leg.read(65536)
+            if len(self._pending) > need * 10:  # the phone got ahead (a burst): keep the newest 200 ms
+                self._pending = self._pending[-need * 10:]
+            chunk, self._pending = self._pending[:need], self._pending[need:]
+            frame = av.AudioFrame.from_ndarray(np.frombuffer(chunk.ljust(need, b"\0"), np.int16).reshape(1, -1),
+                                               format="s16", layout="mono")
+            frame.sample_rate = rate
+            for out in self._resampler.resample(frame):
+                self._out = np.concatenate([self._out, out.to_ndarray().reshape(-1)])
+        if len(self._out) < FRAME_SAMPLES:
+            self._out = np.concatenate([self._out, np.zeros(FRAME_SAMPLES - len(self._out), np.int16)])
+        samples, self._out = self._out[:FRAME_SAMPLES], self._out[FRAME_SAMPLES:]
+        return samples
+
+    async def recv(self) -> av.Packet | av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        await self._pacer.next()
-        rate = self.leg.sample_rate or 16000
-        need = int(rate * FRAME_S) * 2
-        self._pending += self.leg.read(65536)
-        if len(self._pending) > need * 10:  # the phone got ahead (a burst): keep the newest 200 ms
-            self._pending = self._pending[-need * 10:]
-        chunk, self._pending = self._pending[:need], self._pending[need:]
-        chunk = chunk.ljust(need, b"\0")
-        frame = av.AudioFrame(format="s16", layout="mono", samples=need // 2)
-        frame.planes[0].update(chunk)
-        frame.sample_rate = rate
-        frame.pts = self._pts
-        frame.time_base = fractions.Fraction(1, rate)
-        self._pts += need // 2
-        return frame
+        while True:
+            await self._pacer.next()
+            encoded = self._encode(self._phone_samples())
+            if encoded is not None:
+                item, self.level_dbov = encoded
+                return item

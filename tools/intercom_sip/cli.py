@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from intercom import eventloop
 from intercom.sdnotify import Notifier
 from intercom_protocol.yamlconfig import ConfigError
 
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "status":
         return _status(config)
-    return asyncio.run(_run(config, args.events))
+    return eventloop.run(_run(config, args.events))  # uvloop where it is installed
 
 
 if __name__ == "__main__":

@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 
+from intercom.media.aiortc_hooks import decode_audio_elsewhere
 from intercom.media.peer import rtc_configuration, watch_received
+from intercom.media.voice import send_audio_levels
 from intercom.signaling import NotConnected, RequestFailed, SignalingClient
 from intercom_protocol import resident as rules
 from intercom_protocol.calls import ArmClock, ClientCall
@@ -231,10 +233,18 @@ class Phone(PolicyCarrier):
 
     def _new_peer(self) -> RTCPeerConnection:
         pc = self.pc = RTCPeerConnection(rtc_configuration(self.client.ice_servers))
-        pc.on("track", lambda track: self._spawn(door_to_phone(track, self.sound)) if track.kind == "audio"
-              and self.sound is not None else None)
+        pc.on("track", lambda track: self._door_sound(pc, track))
         pc.on("connectionstatechange", lambda: self._media_state(pc))
         return pc
+
+    def _door_sound(self, pc: RTCPeerConnection, track: MediaStreamTrack) -> None:
+        """The door's voice to the phone: its Opus packets straight to the phone's writer."""
+        sound = self.sound
+        if track.kind != "audio" or sound is None:
+            return
+        receiver = next(t.receiver for t in pc.getTransceivers() if t.receiver.track is track)
+        if not decode_audio_elsewhere(receiver, sound.door_packet):
+            self._spawn(door_to_phone(track, sound))
 
     async def _accept(self, call: ClientCall) -> None:
         """The phone took the call: answer the door's offer with the phone's voice, no video."""
@@ -248,6 +258,7 @@ class Phone(PolicyCarrier):
                 transceiver.direction = "inactive"  # a phone shows no video: the door sends none
             elif transceiver.kind == "audio":
                 transceiver.sender.replaceTrack(PhoneTrack(leg))
+                send_audio_levels(transceiver.sender)
                 transceiver.direction = "sendrecv"
         await pc.setLocalDescription(await pc.createAnswer())
         try:
@@ -266,7 +277,7 @@ class Phone(PolicyCarrier):
             return
         self.sound = PhoneSound(leg)
         pc = self._new_peer()
-        pc.addTransceiver(PhoneTrack(leg), direction="sendrecv")
+        send_audio_levels(pc.addTransceiver(PhoneTrack(leg), direction="sendrecv").sender)
         # The door answers with the m-lines it was offered and its camera needs one: offered
         # inactive, so no video is sent to a phone that cannot show it.
         pc.addTransceiver("video", direction="inactive")
