@@ -116,6 +116,10 @@ class Gateway:
         self.snapshot = (time.monotonic(), jpeg)
 
     async def _status(self, request: web.Request) -> web.Response:
+        """For `intercom-sip status` on this machine only: with `http.listen` opened to the LAN
+        for the handsets' picture, the residents and calls stay off it."""
+        if request.remote not in ("127.0.0.1", "::1"):
+            raise web.HTTPForbidden(text="status is for this machine only\n")
         return web.json_response(self.status(), dumps=lambda o: json.dumps(o, indent=2))
 
     async def _snapshot(self, request: web.Request) -> web.Response:
