@@ -139,6 +139,8 @@ class Phone(PolicyCarrier):
     def _leg_answered(self, leg: Leg) -> None:
         call = self.calls.call
         if leg is not self.leg or call is None or not call.live:
+            # Its 200 OK crossed our CANCEL (the ring was over): nobody is on the other end.
+            self._spawn(leg.hang_up())
             return
         self.report("phone_answered", {"device_id": self.settings.device_id, "call_id": call.call_id,
                                        "codec": leg.codec})
