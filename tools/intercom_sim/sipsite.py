@@ -190,7 +190,7 @@ class SipSite:
     async def launch_gateway(self) -> Process:
         assert self.gateway_config is not None
         self.gateway = await Process.start("sip-gateway", [*SIP_GATEWAY, "--config", str(self.gateway_config),
-                                                           "--log-level", "DEBUG", "run", "--events"],
+                                                           "--log-level", "INFO", "run", "--events"],
                                            self.house.logs)
         self.house.processes.append(self.gateway)
         await self.gateway.wait_for_event("started")

@@ -191,7 +191,7 @@ class PhoneTrack(VoiceTrack):
 
     def _phone_samples(self) -> np.ndarray:
         """20 ms of the phone's sound at 48 kHz."""
-        rate = self.leg.sample_rate
+        rate = self.leg.sample_rate or self._rate  # 0 once the leg has closed: keep the last
         if rate and rate != self._rate:
             self._rate, self._pending = rate, b""
             self._resampler = av.AudioResampler(format="s16", layout="mono", rate=VOICE_RATE)

@@ -57,6 +57,7 @@ class BaresipLeg:
         self._ended: list[Callable[[LegEnd], None]] = []
         self._digits: list[Callable[[str], None]] = []
         self.ended: LegEnd | None = None
+        self.established = False
         self._bind(call)
 
     def _bind(self, call: Any) -> None:
@@ -67,11 +68,18 @@ class BaresipLeg:
     def on_ringing(self, callback: Callable[[], None]) -> None:
         self._ringing.append(callback)
 
+    # A callback given after the fact (an answer or end replayed from before the leg was
+    # handed out) is called at once, on the loop's next turn.
+
     def on_answered(self, callback: Callable[[], None]) -> None:
         self._answered.append(callback)
+        if self.established:
+            asyncio.get_running_loop().call_soon(callback)
 
     def on_ended(self, callback: Callable[[LegEnd], None]) -> None:
         self._ended.append(callback)
+        if self.ended is not None:
+            asyncio.get_running_loop().call_soon(callback, self.ended)
 
     def on_digit(self, callback: Callable[[str], None]) -> None:
         self._digits.append(callback)
@@ -89,6 +97,7 @@ class BaresipLeg:
             for ringing in list(self._ringing):
                 ringing()
         elif kind is baresip.Event.CALL_ESTABLISHED:
+            self.established = True
             for answered in list(self._answered):
                 answered()
         elif kind is baresip.Event.CALL_CLOSED:
@@ -96,13 +105,19 @@ class BaresipLeg:
 
     async def _again(self, redial: Redial, text: str) -> None:
         try:
-            call = await redial()
+            call, early = await redial()
         except baresip.BaresipError as exc:
             self._closed(LegEnd(NOT_ACCEPTABLE, f"{text}; with SRTP required: {exc}"))
             return
         self._bind(call)
+        self.replay(call, early)
         if self._hung_up:
             await self.hang_up()
+
+    def replay(self, call: Any, early: list[baresip.StackEvent]) -> None:
+        """The call's events from before it was bound, in order."""
+        for event in early:
+            self._event(call, event)
 
     def _closed(self, end: LegEnd) -> None:
         if self.ended is None:
@@ -156,6 +171,9 @@ class BaresipEngine:
         self._runtime: Any = None
         self._ua: Any = None
         self._secure_ua: Any = None
+        #: Call events seen while a dial was on its way (see `_dial`).
+        self._early: list[baresip.StackEvent] = []
+        self._dialing = 0
         self._on_registration: Callable[[Registration], None] = lambda r: None
         self._retry: asyncio.Task[None] | None = None
         self.registration = Registration("unregistered")
@@ -172,6 +190,7 @@ class BaresipEngine:
         self._runtime = baresip.Runtime()
         await self._runtime.start(baresip.Config(net_interface=s.interface, max_concurrent_calls=None,
                                                  extra_config_text=extra))
+        self._runtime.subscribe(self._keep_early)
         params = {"optional": ("mediaenc=srtp",), "mandatory": ("mediaenc=srtp-mand",)}.get(s.srtp, ())
         account = baresip.Account(user=s.user, domain=s.domain, password=s.password, registrar=s.registrar,
                                   transport=s.transport, reg_interval=s.reg_interval_s,
@@ -232,9 +251,29 @@ class BaresipEngine:
             await asyncio.sleep(self.retry_s if self.registration.state != "registered" else 1.0)
 
     async def dial(self, uri: str) -> Leg:
-        call = await self._ua.dial(uri)
+        call, early = await self._dial(self._ua, uri)
         secure = self._secure_ua
-        return BaresipLeg(call, uri, redial=(lambda: secure.dial(uri)) if secure is not None else None)
+        leg = BaresipLeg(call, uri, redial=(lambda: self._dial(secure, uri)) if secure is not None else None)
+        leg.replay(call, early)
+        return leg
+
+    async def _dial(self, ua: Any, uri: str) -> tuple[Any, list[baresip.StackEvent]]:
+        """A new call, and the events the stack reported for it before the library had made
+        its object: a phone that refuses at once (488) can answer before `dial` returns, and
+        that event would reach no listener. No await between here and the leg's binding."""
+        self._dialing += 1
+        try:
+            call = await ua.dial(uri)
+        finally:
+            self._dialing -= 1
+        early = [e for e in self._early if e.call == call.handle]
+        if not self._dialing:
+            self._early.clear()
+        return call, early
+
+    def _keep_early(self, event: baresip.StackEvent) -> None:
+        if self._dialing and event.call:
+            self._early.append(event)
 
     async def close(self) -> None:
         if self._retry is not None:

@@ -25,11 +25,11 @@ DEFAULT_CONFIG = "/etc/intercom/sip.yaml"
 
 
 def _printer(as_json: bool) -> Any:
+    """What happens, in the log (the journal) and, with --events, as JSON lines on stdout."""
     def report(event: str, body: dict[str, Any]) -> None:
+        log.info("%s %s", event, " ".join(f"{k}={v}" for k, v in body.items()))
         if as_json:  # for tests and tools: one JSON object a line, flushed at once
             print(json.dumps({"event": event, **body}), flush=True)
-        else:
-            log.debug("%s %s", event, body)
     return report
 
 
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status", help="ask the running gateway: its registration, each phone, each call")
     sub.add_parser("init", help="write the annotated example YAML (never over an existing file)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     path = Path(args.config)
     if args.command == "init":
         from intercom_protocol.yamlconfig import NotWritten, write_example

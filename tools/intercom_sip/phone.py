@@ -117,6 +117,9 @@ class Phone(PolicyCarrier):
 
     def _connection(self, up: bool) -> None:
         self.report("server", {"device_id": self.settings.device_id, "connected": up})
+        if up and self.client.bridge_status:
+            # The sign-in carried the state as it was when it left; it may have changed since.
+            self._spawn(self._request("status", bridge=self.client.bridge_status))
         super()._connection(up)
 
     # -- inputs from the phone -------------------------------------------------------------------------

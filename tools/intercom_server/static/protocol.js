@@ -2,7 +2,7 @@
 // do not edit. The wire contract is docs/protocol.md.
 
 export const PROTOCOL_PATH = "/v1/ws";
-export const REQUEST_TYPES = Object.freeze(["accept", "action", "authenticate", "deauthenticate", "decline", "dial", "end", "missed", "ping", "snapshot"]);
+export const REQUEST_TYPES = Object.freeze(["accept", "action", "authenticate", "deauthenticate", "decline", "dial", "end", "missed", "ping", "snapshot", "status"]);
 export const EVENT_TYPES = Object.freeze(["incoming", "ringing", "accepted", "snapshot", "ended", "missed"]);
 /** WebSocket close codes the server uses. */
 export const CLOSE = Object.freeze({ UNAUTHENTICATED: 4401, TOKEN_REVOKED: 4403, REPLACED: 4409, SERVICE_RESTART: 1012 });
