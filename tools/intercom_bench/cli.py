@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import logging
 import shutil
@@ -109,7 +110,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         step(f"Web Push: {args.push_presses} presses to {push.RESIDENTS * push.DEVICES_EACH} devices, "
              f"{args.cold_starts} app starts from a notification")
         results["push"] = await push.run(work / "push", args.push_presses, args.cold_starts)
-    if "sip" in parts:
+    if "sip" in parts and importlib.util.find_spec("pjsua2") is None:
+        step("SIP gateway: skipped, its phones need pjsua2-python (wheels for x86_64 only)")
+    elif "sip" in parts:
         step(f"SIP gateway: {args.sip_calls} calls of {args.sip_call_seconds:g} s per codec, kamailio and PJSIP phones")
         results["sip"] = await sip.run(work / "sip", args.sip_calls, args.sip_call_seconds)
     results["notes"] = notes(results)
