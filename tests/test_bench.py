@@ -5,6 +5,7 @@ bench/results.md); what is asserted is that each part measured what it says it m
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import sys
 
@@ -41,13 +42,14 @@ async def test_quick_bench_runs_every_part_and_writes_results(tmp_path):
     # The phone rings before the picture arrives: the dial no longer waits for the camera.
     assert press["rang_before_picture"] == 3 and press["press_to_dial_sent_ms"]["n"] == 3
 
-    sip = results["sip"]
-    # Both phones rang at each press (one per codec), and each answer was heard and costed.
-    assert sip["press_to_invite_sent_ms"]["n"] == 4
-    for codec in ("g722", "pcmu"):
-        assert sip["answer_to_phone_hears_door_ms"][codec]["n"] == 1
-        assert 0 < sip["gateway_cpu_percent_per_call"][codec]["p50"] < 200
-    assert "press to the INVITE leaving the SIP gateway" in table
+    if importlib.util.find_spec("pjsua2") is not None:  # the SIP part's phones (x86_64 only)
+        sip = results["sip"]
+        # Both phones rang at each press (one per codec), and each answer was heard and costed.
+        assert sip["press_to_invite_sent_ms"]["n"] == 4
+        for codec in ("g722", "pcmu"):
+            assert sip["answer_to_phone_hears_door_ms"][codec]["n"] == 1
+            assert 0 < sip["gateway_cpu_percent_per_call"][codec]["p50"] < 200
+        assert "press to the INVITE leaving the SIP gateway" in table
 
     answer = results["answer_to_first_frame"]
     assert answer["passthrough"]["n"] == 2 and answer["vp8"]["n"] == 2
