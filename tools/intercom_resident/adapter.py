@@ -9,8 +9,9 @@ import asyncio
 import time
 from typing import Any
 
-from aiortc import RTCPeerConnection
+from aiortc import RTCPeerConnection, RTCSessionDescription
 
+from intercom.media.peer import watch_received
 from intercom.signaling import SignalingClient
 from intercom_protocol import resident as rules
 from intercom_protocol.calls import ClientCall
@@ -30,6 +31,8 @@ class PolicyCarrier:
         self._tasks: set[asyncio.Task[Any]] = set()
         #: The live call's own clock (`ClientCall.deadline`).
         self._clock: asyncio.TimerHandle | None = None
+        #: Reports whether the answered call's media still arrives (`watch_received`).
+        self._media_watch: asyncio.Task[None] | None = None
 
     def _carry_out(self, effect: rules.Effect) -> None:
         raise NotImplementedError
@@ -67,6 +70,23 @@ class PolicyCarrier:
         if self._clock is not None:
             self._clock.cancel()
             self._clock = None
+
+    def _watch_media(self, call: ClientCall) -> None:
+        """The answered call's media, watched for silence (the policy's `media_heard`)."""
+        if self.pc is not None:
+            pc = self.pc
+            self._media_watch = asyncio.get_running_loop().create_task(
+                watch_received(pc, lambda: self.calls.media_heard(call, time.monotonic())))
+
+    def _stop_media_watch(self) -> None:
+        if self._media_watch is not None:
+            self._media_watch.cancel()
+            self._media_watch = None
+
+    async def _use_answer(self, answer: dict[str, Any]) -> None:
+        """The door's answer to our offer (a look outside)."""
+        if self.pc is not None:
+            await self.pc.setRemoteDescription(RTCSessionDescription(**answer))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

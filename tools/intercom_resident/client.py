@@ -22,8 +22,9 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from intercom.directory import http_base
 from intercom.media.audio import ToneTrack, level_dbfs, packed_s16
-from intercom.media.peer import rtc_configuration, watch_received
+from intercom.media.peer import rtc_configuration
 from intercom.media.stamps import monotonic_us, read_stamp
 from intercom.media.video import encode_image
 from intercom.media.voice import send_audio_levels
@@ -132,8 +133,6 @@ class Resident(PolicyCarrier):
         self.done = asyncio.Event()
         self._accepted_at = 0.0
         self._closing: asyncio.Task[None] | None = None
-        #: Reports whether the answered call's media still arrives (`watch_received`).
-        self._media_watch: asyncio.Task[None] | None = None
 
     @property
     def call(self) -> ClientCall | None:
@@ -176,10 +175,7 @@ class Resident(PolicyCarrier):
                 self._spawn(self._use_answer(answer))
             case rules.Answered(call, by):
                 self.report("answered", {"call_id": call.call_id, **({"by": by} if by is not None else {})})
-                if self.pc is not None:  # the answered call's media is watched for silence
-                    pc = self.pc
-                    self._media_watch = asyncio.get_running_loop().create_task(
-                        watch_received(pc, lambda: self.calls.media_heard(call, time.monotonic())))
+                self._watch_media(call)
             case rules.HangUpAfter(call, delay_s):
                 self._spawn(self._hang_up_later(call, delay_s))
             case rules.HangUp(call):
@@ -220,14 +216,9 @@ class Resident(PolicyCarrier):
         self.report("dialed", {"call_id": reply["call_id"], "door": door})
         self._run(self.calls.dialed(call, reply["call_id"], time.monotonic()))
 
-    async def _use_answer(self, answer: dict[str, Any]) -> None:
-        if self.pc is not None:
-            await self.pc.setRemoteDescription(RTCSessionDescription(**answer))
-
     async def _fetch_snapshot(self, call_id: str, path: str) -> None:
         """What a ringing phone shows: the visitor's picture, fetched with our own token."""
-        base = self.client.url.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
-        base = base.split("/v1/ws", 1)[0]
+        base = http_base(self.client.url)
         headers = {"Authorization": f"Bearer {self._token}"}
         try:
             async with aiohttp.ClientSession() as http:
@@ -331,11 +322,6 @@ class Resident(PolicyCarrier):
         self.report("ended", {"call_id": call.call_id, "reason": reason, "picture": picture, **reception.as_json()})
         if self.policy.once:
             self.done.set()
-
-    def _stop_media_watch(self) -> None:
-        if self._media_watch is not None:
-            self._media_watch.cancel()
-            self._media_watch = None
 
     async def _close_media(self) -> None:
         """Close the peer connection, or wait for the close another task began: one cut short

@@ -21,8 +21,9 @@ from typing import Any
 import aiohttp
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 
+from intercom.directory import http_base
 from intercom.media.aiortc_hooks import decode_audio_elsewhere
-from intercom.media.peer import rtc_configuration, watch_received
+from intercom.media.peer import rtc_configuration
 from intercom.media.voice import send_audio_levels
 from intercom.signaling import NotConnected, RequestFailed, SignalingClient
 from intercom_protocol import resident as rules
@@ -85,7 +86,6 @@ class Phone(PolicyCarrier):
         self.sound: PhoneSound | None = None
         self._offer: dict[str, Any] | None = None
         self._digits = ""
-        self._media_watch: asyncio.Task[None] | None = None
         self._runner: asyncio.Task[None] | None = None
 
     @property
@@ -299,20 +299,13 @@ class Phone(PolicyCarrier):
             return
         self._run(self.calls.dialed(call, reply["call_id"], time.monotonic()))
 
-    async def _use_answer(self, answer: dict[str, Any]) -> None:
-        if self.pc is not None:
-            await self.pc.setRemoteDescription(RTCSessionDescription(**answer))
-
     def _answered(self, call: ClientCall) -> None:
         self.report("answered", {"device_id": self.settings.device_id, "call_id": call.call_id})
         if call.role == "caller" and self.leg is not None:
             self.sound = self.sound or PhoneSound(self.leg)
             self.sound.start()
             self._spawn(self.leg.answer())  # the door took the look outside: the phone is connected
-        if self.pc is not None:
-            pc = self.pc
-            self._media_watch = asyncio.get_running_loop().create_task(
-                watch_received(pc, lambda: self.calls.media_heard(call, time.monotonic())))
+        self._watch_media(call)
 
     async def _open_door(self, call: ClientCall) -> None:
         """The open code: the server's audited door action, as this phone's device."""
@@ -329,10 +322,9 @@ class Phone(PolicyCarrier):
 
     async def _fetch_snapshot(self, path: str) -> None:
         """The visitor's picture, for handsets that show a JPEG URL while ringing."""
-        base = self.client.url.replace("ws://", "http://", 1).replace("wss://", "https://", 1).split("/v1/ws", 1)[0]
         try:
             async with aiohttp.ClientSession() as http, http.get(
-                    base + path, headers={"Authorization": f"Bearer {self.settings.access_token}"},
+                    http_base(self.client.url) + path, headers={"Authorization": f"Bearer {self.settings.access_token}"},
                     timeout=aiohttp.ClientTimeout(total=10), ssl=self.client.ssl_context) as resp:
                 if resp.status == 200:
                     self._snapshot(await resp.read())
@@ -361,9 +353,7 @@ class Phone(PolicyCarrier):
             await (leg.reject(BUSY) if refuse else leg.hang_up())
 
     async def _close_media(self) -> None:
-        if self._media_watch is not None:
-            self._media_watch.cancel()
-            self._media_watch = None
+        self._stop_media_watch()
         pc, self.pc = self.pc, None
         if pc is not None:
             await pc.close()
