@@ -80,8 +80,9 @@ class SignalingClient:
         self._timeout = request_timeout_s
         #: A door's quick replies ({id, label}), told to the server at each sign-in.
         self.quick_replies = quick_replies
-        #: A bridge's state ({kind, registration, detail}), told to the server at each sign-in.
+        #: A bridge's state ({kind, registration, detail}): see `set_bridge_status`.
         self.bridge_status: dict[str, str] | None = None
+        self._telling: set[asyncio.Task[None]] = set()
         #: The calls this client still holds, told to the server at every sign-in so that it
         #: ends the ones this process no longer knows (see docs/protocol.md, authenticate).
         self._claims = claims
@@ -154,6 +155,8 @@ class SignalingClient:
                 self.last_error = None
                 self.sign_ins += 1
                 self.connected.set()
+                if self.bridge_status != body.get("bridge"):
+                    self._tell_bridge_status()  # it changed while the sign-in was on its way
                 log.info("signed in to %s as %s/%s", self.url, self.user_id, self.device_id)
                 if self._on_connection:
                     self._on_connection(True)
@@ -169,6 +172,24 @@ class SignalingClient:
                         fut.set_exception(NotConnected("connection to the server was lost"))
                 if was_connected and self._on_connection:
                     self._on_connection(False)
+
+    def set_bridge_status(self, status: dict[str, str]) -> None:
+        """A bridge's state (the SIP gateway's registration): told to the server now when signed
+        in, and with every sign-in (`authenticate.bridge`), so the server always has the last."""
+        self.bridge_status = status
+        if self.connected.is_set():
+            self._tell_bridge_status()
+
+    def _tell_bridge_status(self) -> None:
+        async def tell() -> None:
+            try:
+                await self.request("status", bridge=self.bridge_status)
+            except (RequestFailed, NotConnected, TimeoutError) as exc:
+                log.info("the bridge's status was not taken: %s (it goes with the next sign-in)", exc)
+
+        task = asyncio.get_running_loop().create_task(tell())
+        self._telling.add(task)
+        task.add_done_callback(self._telling.discard)
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         async for msg in ws:

@@ -101,8 +101,8 @@ class Phone(PolicyCarrier):
 
     def registration(self, registration: Registration) -> None:
         """The gateway's SIP registration, as this phone's device tells the server (/healthz)."""
-        self.client.bridge_status = {"kind": "sip", "registration": registration.state, "detail": registration.detail}
-        self._spawn(self._request("status", bridge=self.client.bridge_status))
+        self.client.set_bridge_status({"kind": "sip", "registration": registration.state,
+                                       "detail": registration.detail})
 
     def start(self) -> None:
         self._runner = asyncio.get_running_loop().create_task(self.client.run())
@@ -117,9 +117,6 @@ class Phone(PolicyCarrier):
 
     def _connection(self, up: bool) -> None:
         self.report("server", {"device_id": self.settings.device_id, "connected": up})
-        if up and self.client.bridge_status:
-            # The sign-in carried the state as it was when it left; it may have changed since.
-            self._spawn(self._request("status", bridge=self.client.bridge_status))
         super()._connection(up)
 
     # -- inputs from the phone -------------------------------------------------------------------------
