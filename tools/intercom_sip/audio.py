@@ -1,7 +1,7 @@
-"""Sound between the door's WebRTC call and a SIP phone: the door's Opus, decoded by aiortc,
-becomes the phone's PCM (G.722 at 16 kHz, G.711 at 8 kHz, as the phone negotiated; the stack
-encodes it), and the phone's PCM becomes a track aiortc sends the door as Opus. The gateway's
-own prompts (press 1, the door is open) are mixed into what the phone hears.
+"""Sound between the door's WebRTC call and a SIP phone: the door's Opus, decoded in mono by
+the phone's writer, becomes the phone's PCM (G.722 at 16 kHz, G.711 at 8 kHz, as the phone
+negotiated; the stack encodes it), and the phone's PCM becomes mono Opus for the door. The
+gateway's own prompts (press 1, the door is open) are mixed into what the phone hears.
 
 Nothing is re-encoded but the audio itself; video never passes here.
 """

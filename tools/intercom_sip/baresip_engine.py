@@ -52,7 +52,6 @@ class BaresipLeg:
         self._redial = redial
         self._hung_up = False
         self.peer = peer
-        self._ringing: list[Callable[[], None]] = []
         self._answered: list[Callable[[], None]] = []
         self._ended: list[Callable[[LegEnd], None]] = []
         self._digits: list[Callable[[str], None]] = []
@@ -64,9 +63,6 @@ class BaresipLeg:
         self._call = call
         call.on(lambda event: self._event(call, event))
         call.on_dtmf(lambda d: [cb(d.digit) for cb in list(self._digits)] if call is self._call else None)
-
-    def on_ringing(self, callback: Callable[[], None]) -> None:
-        self._ringing.append(callback)
 
     # A callback given after the fact (an answer or end replayed from before the leg was
     # handed out) is called at once, on the loop's next turn.
@@ -93,10 +89,7 @@ class BaresipLeg:
             redial, self._redial = self._redial, None
             asyncio.get_running_loop().create_task(self._again(redial, event.text or ""))
             return
-        if kind in (baresip.Event.CALL_RINGING, baresip.Event.CALL_PROGRESS):
-            for ringing in list(self._ringing):
-                ringing()
-        elif kind is baresip.Event.CALL_ESTABLISHED:
+        if kind is baresip.Event.CALL_ESTABLISHED:
             self.established = True
             for answered in list(self._answered):
                 answered()
@@ -213,14 +206,21 @@ class BaresipEngine:
 
     def _ua_event(self, event: baresip.StackEvent) -> None:
         if event.event is baresip.Event.REGISTER_OK:
-            self._last_ok = time.monotonic()
-            self._set(Registration("registered", status=200))
+            self._registered()
         elif event.event is baresip.Event.REGISTER_FAIL:
             self._set(self._failure(event.text or ""))
 
+    def _registered(self) -> None:
+        self._last_ok = time.monotonic()
+        self._set(Registration("registered", status=200))
+
+    @property
+    def _registrar(self) -> str:
+        return self.settings.registrar or self.settings.domain
+
     def _failure(self, text: str) -> Registration:
         status = status_of(text)
-        where = self.settings.registrar or self.settings.domain
+        where = self._registrar
         if status in (401, 403, 407):
             return Registration("failed", f"{where} refused the gateway's user or password ({text.strip()})", status)
         if status is not None:
@@ -234,8 +234,7 @@ class BaresipEngine:
         while True:
             overdue = time.monotonic() - self._last_ok > self.settings.reg_interval_s + REGISTER_TIMEOUT_S
             if self.registration.state == "registered" and overdue:
-                where = self.settings.registrar or self.settings.domain
-                self._set(Registration("failed", f"{where} did not answer a refresh for "
+                self._set(Registration("failed", f"{self._registrar} did not answer a refresh for "
                                                  f"{self.settings.reg_interval_s + REGISTER_TIMEOUT_S:g} s"))
             if self.registration.state != "registered":
                 if self.registration.state == "unregistered":
@@ -246,8 +245,7 @@ class BaresipEngine:
                     self._set(self._failure(str(exc.reason or exc).removeprefix("registration failed: ")
                                             if exc.status is None else f"{exc.status} {exc.reason or ''}"))
                 else:
-                    self._last_ok = time.monotonic()
-                    self._set(Registration("registered", status=200))
+                    self._registered()
             await asyncio.sleep(self.retry_s if self.registration.state != "registered" else 1.0)
 
     async def dial(self, uri: str) -> Leg:

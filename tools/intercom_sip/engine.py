@@ -13,12 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-#: SIP statuses a phone's refusal arrives with that count as the resident declining.
+#: SIP statuses of a refusal: a phone's busy or decline counts as the resident declining; the
+#: gateway itself refuses a caller it does not know (403) or a call it cannot take now (486).
 BUSY = 486
 DECLINED = 603
-#: What the gateway itself answers: a caller it does not know, a call it cannot take now.
 FORBIDDEN = 403
-BUSY_HERE = 486
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,6 @@ class Leg(Protocol):
 
     peer: str  # the far end's URI (the caller's identity for an incoming call)
 
-    def on_ringing(self, callback: Callable[[], None]) -> None: ...
     def on_answered(self, callback: Callable[[], None]) -> None: ...
     def on_ended(self, callback: Callable[[LegEnd], None]) -> None: ...
     def on_digit(self, callback: Callable[[str], None]) -> None: ...

@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from .config import SipConfig
-from .engine import BUSY_HERE, FORBIDDEN, Engine, Leg, Registration
+from .engine import BUSY, FORBIDDEN, Engine, Leg, Registration
 from .phone import Phone
 
 log = logging.getLogger("intercom.sip")
@@ -106,7 +106,7 @@ class Gateway:
             return
         if not phone.look_outside(leg):
             self.report("busy", {"from": leg.peer, "device_id": phone.settings.device_id})
-            asyncio.get_running_loop().create_task(leg.reject(BUSY_HERE))
+            asyncio.get_running_loop().create_task(leg.reject(BUSY))
             return
         self.report("looking_outside", {"from": leg.peer, "device_id": phone.settings.device_id})
 
