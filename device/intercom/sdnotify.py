@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import socket
 import time
 
@@ -54,3 +55,21 @@ class Notifier:
         while True:
             self.notify("WATCHDOG=1")
             await asyncio.sleep(self.watchdog_s / 2)
+
+
+async def ready_until_stopped(status: str) -> None:
+    """For a service with nothing to reload (the server, the SIP gateway): tell systemd it is
+    ready, ping the watchdog from this loop, and return at SIGTERM or SIGINT, having told
+    systemd it is stopping. The caller then closes what it runs."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    systemd = Notifier()
+    systemd.ready(status)
+    watchdog = loop.create_task(systemd.watchdog(), name="watchdog")
+    try:
+        await stop.wait()
+    finally:
+        systemd.stopping()
+        watchdog.cancel()

@@ -8,7 +8,6 @@ import errno
 import json
 import logging
 import logging.handlers
-import signal
 import ssl
 import sys
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from typing import Any, cast
 
 from aiohttp import web
 
-from intercom.sdnotify import Notifier
+from intercom.sdnotify import ready_until_stopped
 from intercom_protocol.yamlconfig import ConfigError
 
 from .app import create_app, invite_url, pairing_url
@@ -137,16 +136,7 @@ async def _serve(config: ServerConfig, started: Callable[[], None] = lambda: Non
     if not tls and config.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving plain http on %s: phones will keep the microphone off (browsers allow it only "
                     "on https); set tls: in the config or use a reverse proxy with TLS", config.host)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    systemd = Notifier()
-    systemd.ready(f"listening on {config.host}:{port}")
-    watchdog = loop.create_task(systemd.watchdog(), name="watchdog")
-    await stop.wait()
-    systemd.stopping()
-    watchdog.cancel()
+    await ready_until_stopped(f"listening on {config.host}:{port}")
     log.info("shutting down")
     await runner.cleanup()
     await store.close()

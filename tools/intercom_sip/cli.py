@@ -4,17 +4,15 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
-import signal
 import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 from intercom import eventloop
-from intercom.sdnotify import Notifier
+from intercom.sdnotify import ready_until_stopped
 from intercom_protocol.yamlconfig import ConfigError
 
 from .config import SipConfig
@@ -45,16 +43,7 @@ async def _run(config: SipConfig, events: bool) -> int:
         print(f"intercom-sip: cannot listen on {config.http_listen[0]}:{config.http_listen[1]}: {exc.strerror}",
               file=sys.stderr)
         return 1
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    systemd = Notifier()
-    systemd.ready(f"{len(config.phones)} phone(s)")
-    watchdog = loop.create_task(systemd.watchdog())
-    await stop.wait()
-    systemd.stopping()
-    watchdog.cancel()
+    await ready_until_stopped(f"{len(config.phones)} phone(s)")
     await gateway.close()
     return 0
 
