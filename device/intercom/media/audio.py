@@ -198,6 +198,13 @@ class AlsaCaptureTrack(VoiceTrack):
         super().stop()
 
 
+def _take(pending: queue.Queue[np.ndarray]) -> np.ndarray | None:
+    try:
+        return pending.get_nowait()
+    except queue.Empty:
+        return None
+
+
 def _drain(pending: queue.Queue[Any]) -> None:
     """Empty a queue the writer thread also takes from (it may take the last item first)."""
     while True:
@@ -211,6 +218,7 @@ def _drain(pending: queue.Queue[Any]) -> None:
 class PlaybackStats:
     frames: int = 0
     voice_frames: int = 0
+    talk_frames: int = 0
     dropped: int = 0
     level_dbfs: float = float("-inf")
     peak_dbfs: float = float("-inf")
@@ -234,6 +242,8 @@ class Speaker:
         self.tone_volume = tone_volume
         self._tones: dict[tuple[str, float], np.ndarray] = {}
         self._voice: queue.Queue[np.ndarray] = queue.Queue(maxsize=max_queue)
+        #: Someone talking through an NVR's backchannel (`talk`), from GStreamer's threads.
+        self._talk: queue.Queue[np.ndarray] = queue.Queue(maxsize=max_queue)
         #: Encoded audio from the call's receiver, decoded by the writer thread (`receive`).
         self._received: queue.Queue[tuple[int, RTCRtpCodecParameters, JitterFrame]] = queue.Queue(maxsize=50)
         #: Which call is playing: anything delivered for an earlier one is dropped.
@@ -344,6 +354,16 @@ class Speaker:
         if not decode_audio_elsewhere(receiver, deliver):
             self.play(track)
 
+    def talk(self, samples: np.ndarray) -> None:
+        """From any thread: one 20 ms frame of a voice from outside a call (an NVR's backchannel,
+        see `nvr.talk`), mixed in like the resident's and heard by the echo canceller."""
+        try:
+            self._talk.put_nowait(samples)
+        except queue.Full:
+            self.stats.dropped += 1
+        else:
+            self.stats.talk_frames += 1
+
     async def _pump(self, track: MediaStreamTrack) -> None:
         mixdown = Mixdown()
         try:
@@ -380,17 +400,13 @@ class Speaker:
         try:
             while self._running:
                 self._decode_received()
-                try:
-                    voice = self._voice.get_nowait()
-                except queue.Empty:
-                    voice = None
-                tone = self._next_tone()
-                if voice is None:
-                    mix = silence if tone is None else tone
-                elif tone is None:
-                    mix = voice
+                parts = [p for p in (_take(self._voice), _take(self._talk), self._next_tone()) if p is not None]
+                if not parts:
+                    mix = silence
+                elif len(parts) == 1:
+                    mix = parts[0]
                 else:
-                    mix = np.clip(voice.astype(np.int32) + tone, -32768, 32767).astype(np.int16)
+                    mix = np.clip(np.sum(parts, axis=0, dtype=np.int32), -32768, 32767).astype(np.int16)
                 pcm.write(mix.tobytes())
                 if self._echo is not None:
                     self._echo.far_end(mix)

@@ -20,7 +20,7 @@ import fractions
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Protocol, cast
 
 import av
 from aiortc import MediaStreamTrack, RTCRtpSender, RTCRtpTransceiver
@@ -59,6 +59,12 @@ class AccessUnit:
     timestamp_us: int
 
 
+class Viewer(Protocol):
+    """Whatever takes the camera's access units as they come: a call's track, an RTSP stream."""
+
+    def _offer(self, unit: AccessUnit) -> None: ...
+
+
 @dataclass
 class VideoStats:
     frames: int = 0
@@ -76,7 +82,7 @@ class EncodedVideo:
 
     def __init__(self, request_keyframe: Callable[[], None]) -> None:
         self._request_keyframe = request_keyframe
-        self._tracks: set[H264Track] = set()
+        self._viewers: set[Viewer] = set()
         self._key_pending = False
         self._next_key: list[asyncio.Future[AccessUnit]] = []
         self.last_keyframe: AccessUnit | None = None
@@ -95,8 +101,8 @@ class EncodedVideo:
             for fut in waiters:
                 if not fut.done():
                     fut.set_result(unit)
-        for track in list(self._tracks):
-            track._offer(unit)
+        for viewer in list(self._viewers):
+            viewer._offer(unit)
 
     def keyframe_requested(self) -> None:
         """A viewer needs a complete picture: a new call, a lost packet (PLI), a resync."""
@@ -111,15 +117,22 @@ class EncodedVideo:
 
     @property
     def viewers(self) -> int:
-        return len(self._tracks)
+        return len(self._viewers)
 
     def track(self) -> H264Track:
         track = H264Track(self)
-        self._tracks.add(track)
+        self.subscribe(track)
         return track
 
+    def subscribe(self, viewer: Viewer) -> None:
+        """Give `viewer` every access unit from now on (it waits for a keyframe itself)."""
+        self._viewers.add(viewer)
+
+    def unsubscribe(self, viewer: Viewer) -> None:
+        self._viewers.discard(viewer)
+
     def _remove(self, track: H264Track) -> None:
-        self._tracks.discard(track)
+        self.unsubscribe(track)
 
     async def next_keyframe(self, timeout_s: float) -> AccessUnit | None:
         """Ask for a keyframe and wait for it; the last one seen if none comes in time."""
