@@ -7,6 +7,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # libasound2-dev: pyalsaaudio builds against ALSA's headers. gcc and pkg-config build it.
 SYSTEM_PACKAGES := libasound2-dev gcc pkg-config
+# The door's RTSP server: GStreamer's (through PyGObject, which builds against the first two).
+SYSTEM_PACKAGES += libgirepository1.0-dev libcairo2-dev gir1.2-gst-rtsp-server-1.0 \
+	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
 # coturn: the TURN tests start a real turnserver on loopback.
 # systemd: the unit file is checked with systemd-analyze verify and security.
 # chromium: the web app is tested in a real browser (Debian's, driven by playwright).
@@ -16,8 +19,9 @@ SYSTEM_PACKAGES := libasound2-dev gcc pkg-config
 # postgresql: the store's tests run on PostgreSQL as well as SQLite, on a cluster the tests make.
 # redis-server and haproxy: the cluster tests run three servers on Redis behind HAProxy.
 # kamailio and sip-tester (sipp): the SIP gateway is tested against a real registrar and scripted phones.
+# ffmpeg: the door's RTSP stream is pulled by ffmpeg and ffprobe, as NVRs do.
 TEST_SYSTEM_PACKAGES := coturn systemd chromium fonts-dejavu-core iproute2 nftables mosquitto postgresql \
-	redis-server haproxy kamailio sip-tester
+	redis-server haproxy kamailio sip-tester ffmpeg
 # node and npm run TypeScript's checker (pinned in tools/webapp-check) on the web app's JavaScript:
 # Debian's nodejs and npm unless a node with its own npm (NodeSource's) is there already.
 NODE_PACKAGES := nodejs npm

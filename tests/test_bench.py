@@ -51,6 +51,12 @@ async def test_quick_bench_runs_every_part_and_writes_results(tmp_path):
             assert 0 < sip["gateway_cpu_percent_per_call"][codec]["p50"] < 200
         assert "press to the INVITE leaving the SIP gateway" in table
 
+    if importlib.util.find_spec("gi") is not None:  # GStreamer's RTSP server
+        served = results["rtsp"]
+        assert served["first_keyframe_ms"]["n"] == 3 and served["first_keyframe_ms"]["p50"] > 0
+        assert all(0 < served["door_percent_beside_a_call"][n] < 200 for n in ("0", "1", "3"))
+        assert "RTSP viewers beside a call" in table
+
     answer = results["answer_to_first_frame"]
     assert answer["passthrough"]["n"] == 2 and answer["vp8"]["n"] == 2
 

@@ -15,14 +15,14 @@ import pytest
 
 pytest.importorskip("gi")
 
-from intercom.media.recorder import slice_nal_units  # noqa: E402
-from intercom.media.testpattern import TestPatternCamera  # noqa: E402
-from intercom.media.video import AccessUnit  # noqa: E402
-from intercom.nvr.rtsp import RtspServer  # noqa: E402
-from intercom.nvr.settings import NvrSettings  # noqa: E402
-from intercom.nvr.talk import TalkGate  # noqa: E402
-from intercom_sim.rtspclient import RtspClient, RtspError  # noqa: E402
-from intercom_sim.sipsite import band_share  # noqa: E402
+from intercom.media.recorder import slice_nal_units
+from intercom.media.testpattern import TestPatternCamera
+from intercom.media.video import AccessUnit
+from intercom.nvr.rtsp import RtspServer
+from intercom.nvr.settings import NvrSettings
+from intercom.nvr.talk import TalkGate
+from intercom_sim.rtspclient import RtspClient, RtspError
+from intercom_sim.sipsite import band_share
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
 

@@ -16,6 +16,8 @@ from intercom_protocol.door import DoorRules, QuickReply, RingGroup
 from intercom_protocol.messages import MAX_QUICK_REPLIES, MAX_REPLY_LABEL, QUICK_REPLY_ID
 from intercom_protocol.yamlconfig import ConfigError, Field, Problem, in_range, load_file, nonempty, one_of
 
+from .nvr import settings as nvr
+
 DEFAULT_SOCKET = "/run/intercom/control.sock"
 #: systemd's StateDirectory=intercom: kept presses (and, by default, visitors' messages) live here.
 DEFAULT_STATE_DIR = "/var/lib/intercom"
@@ -159,6 +161,7 @@ SCHEMA: dict[str, Field] = {
     "control": Field(schema={
         "socket": Field(str, default=DEFAULT_SOCKET, check=nonempty),
     }),
+    "rtsp": nvr.SCHEMA,
     "state_dir": Field(str, default=DEFAULT_STATE_DIR, check=nonempty,
                        help="what the door keeps for the server across restarts: presses made while it was away"),
 }
@@ -195,6 +198,8 @@ class DoorConfig:
     quick_replies: tuple[QuickReply, ...] = ()
     messages: MessageSettings | None = None
     state_dir: Path = Path(DEFAULT_STATE_DIR)
+    #: RTSP, ONVIF and snapshots for NVRs (`rtsp:`); None when the section is absent.
+    rtsp: nvr.NvrSettings | None = None
 
     @property
     def rules(self) -> DoorRules:
@@ -279,6 +284,8 @@ def _build(raw: dict[str, Any], path: Path) -> DoorConfig:
             greeting = str(greeting_path)
         messages = MessageSettings(vm["max_s"], greeting, (path.parent / vm["spool_dir"]).resolve(),
                                    int(vm["spool_max_mb"] * 1024 * 1024))
+    rtsp, rtsp_problems = nvr.build(raw["rtsp"], path.parent, hw["camera"], hw["microphone"])
+    problems += rtsp_problems
     if problems:
         raise ConfigError(str(path), problems)
     callers = calls["auto_answer"]["callers"]
@@ -290,4 +297,5 @@ def _build(raw: dict[str, Any], path: Path) -> DoorConfig:
         auto_answer=None if callers == SITE_RESIDENTS else tuple(callers),
         announce=calls["auto_answer"]["announce"], max_call_s=calls["max_call_s"],
         warning_before_s=calls["warning_before_s"], tone_volume=hw["speaker"]["tone_volume"], ca_file=ca_file,
-        quick_replies=tuple(replies), messages=messages, state_dir=(path.parent / raw["state_dir"]).resolve())
+        quick_replies=tuple(replies), messages=messages, state_dir=(path.parent / raw["state_dir"]).resolve(),
+        rtsp=rtsp)

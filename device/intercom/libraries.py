@@ -51,7 +51,27 @@ def missing(config: DoorConfig) -> list[Missing]:
         found.append(Missing("hardware.speaker.device", config.speaker_device, "alsaaudio (pyalsaaudio)",
                              f"sudo apt install python3-alsaaudio {_VENV}, or pip install 'intercom[door]' "
                              f"(which builds it with libasound2-dev)"))
+    if config.rtsp is not None:
+        gst = _gst_rtsp_server()
+        if gst is not None:
+            found.append(Missing("rtsp", "configured", gst, "sudo apt install gir1.2-gst-rtsp-server-1.0 "
+                                 "gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad, and "
+                                 "pip install 'intercom[rtsp]' (or python3-gi with --system-site-packages)"))
     return found
+
+
+def _gst_rtsp_server() -> str | None:
+    """What of GStreamer's RTSP server is missing, or None. Asked only when `rtsp:` is set."""
+    if not _installed("gi"):
+        return "gi (PyGObject)"
+    import gi
+
+    try:
+        for name in ("Gst", "GstRtsp", "GstRtspServer"):
+            gi.require_version(name, "1.0")
+    except ValueError:
+        return f"GStreamer's RTSP server ({name})"
+    return None
 
 
 def _installed(module: str) -> bool:

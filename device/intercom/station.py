@@ -20,7 +20,7 @@ import base64
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import av
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
@@ -46,6 +46,9 @@ from .media.voice import send_audio_levels
 from .outbox import Outbox
 from .pins import Pins
 from .signaling import NotConnected, SignalingClient
+
+if TYPE_CHECKING:
+    from .nvr.outputs import NvrOutputs
 
 log = logging.getLogger("intercom.station")
 
@@ -98,6 +101,15 @@ class Station:
         self._inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._signaling: asyncio.Task[None] | None = None
         self._worker: asyncio.Task[None] | None = None
+        #: RTSP, ONVIF and snapshots for NVRs, when `rtsp:` is configured (GStreamer loads only then).
+        self.nvr: NvrOutputs | None = None
+        if config.rtsp is not None:
+            from .nvr.outputs import NvrOutputs
+
+            assert isinstance(self.camera.video, EncodedVideo)  # rtsp: requires passthrough (config)
+            self.nvr = NvrOutputs(config.rtsp, config.user_id, config.camera, self.camera.video,
+                                  self.camera.snapshot_jpeg, self._answered, self.speaker.talk,
+                                  lambda: self._microphone(raw=True))
         self.pins.show("offline")
 
     @property
@@ -113,6 +125,8 @@ class Station:
     async def start(self) -> None:
         self.camera.start()
         self.speaker.start()
+        if self.nvr is not None:
+            await self.nvr.start()
         self.standby.prepare()
         self._signaling = self.loop.create_task(self.client.run(), name="signaling")
         self._worker = self.loop.create_task(self._work(), name="station")
@@ -133,6 +147,8 @@ class Station:
         await self.client.close()
         self._signaling.cancel()
         await asyncio.gather(self._signaling, return_exceptions=True)
+        if self.nvr is not None:
+            await self.nvr.stop()
         self.camera.close()
         self.speaker.close()
         if self.outbox is not None:
@@ -145,7 +161,7 @@ class Station:
         once when no call is live). Hardware changes need a restart: they are named."""
         old = self.config
         needs_restart = [name for name in ("pins", "camera", "microphone", "speaker_device", "control_socket",
-                                           "state_dir")
+                                           "state_dir", "rtsp")
                          if getattr(old, name) != getattr(config, name)]
         self.config = config
         self.policy.rules = config.rules
@@ -628,7 +644,7 @@ class Station:
                        "viewers": self.camera.video.viewers, "frames": video.frames, "keyframes": video.keyframes,
                        "keyframe_requests": video.keyframe_requests},
             "speaker": {"device": self.config.speaker_device, "frames": stats.frames,
-                        "voice_frames": stats.voice_frames, "dropped": stats.dropped,
+                        "voice_frames": stats.voice_frames, "talk_frames": stats.talk_frames, "dropped": stats.dropped,
                         "tone": self.speaker.playing_tone, "tones_played": stats.tones[-10:],
                         "peak_dbfs": None if stats.peak_dbfs == float("-inf") else round(stats.peak_dbfs, 1)},
             "echo_cancellation": self.echo is not None,
@@ -648,5 +664,12 @@ class Station:
             "missed_reported": door.missed_reported,
             "unknown_residents": self.unknown_residents,
             "door_openings": door.door_openings[-5:],
+            "rtsp": None if self.nvr is None else self.nvr.status(),
             "last_error": self.last_error,
         }
+
+    def _answered(self) -> bool:
+        """Whether a resident's call is answered now; read from GStreamer's threads (one
+        attribute, then the call's own state), for the talk rule."""
+        call = self.policy.call
+        return call is not None and call.answered

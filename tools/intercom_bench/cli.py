@@ -22,11 +22,11 @@ from typing import Any
 
 from intercom_sim.postgres import Postgres
 
-from . import capacity, media, press, profile, push, sip
+from . import capacity, media, press, profile, push, rtsp, sip
 from .figures import machine
 from .report import markdown, notes
 
-PARTS = ("press", "answer", "cost", "message", "server", "push", "sip")
+PARTS = ("press", "answer", "cost", "message", "server", "push", "sip", "rtsp")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -50,6 +50,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--push-presses", type=int, default=20, help="presses that wake 100 subscribed devices")
     parser.add_argument("--sip-calls", type=int, default=10, help="answered SIP calls per codec (G.722, G.711)")
     parser.add_argument("--sip-call-seconds", type=float, default=10.0)
+    parser.add_argument("--rtsp-connects", type=int, default=30, help="RTSP connections timed to their first keyframe")
+    parser.add_argument("--rtsp-seconds", type=float, default=10.0, help="each span the RTSP viewers' cost is measured")
     parser.add_argument("--cold-starts", type=int, default=10, help="app starts from a notification, in Chromium")
     args = parser.parse_args(argv)
     if args.quick:
@@ -59,6 +61,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         args.connections, args.pairs, args.setup_seconds, args.setup_rate = 50, 4, 1.0, 8.0
         args.idle_seconds = 1.0
         args.sip_calls, args.sip_call_seconds = 1, 2.0
+        args.rtsp_connects, args.rtsp_seconds = 3, 2.0
     args.sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     return args
 
@@ -115,6 +118,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     elif "sip" in parts:
         step(f"SIP gateway: {args.sip_calls} calls of {args.sip_call_seconds:g} s per codec, kamailio and PJSIP phones")
         results["sip"] = await sip.run(work / "sip", args.sip_calls, args.sip_call_seconds)
+    if "rtsp" in parts and importlib.util.find_spec("gi") is None:
+        step("RTSP: skipped, GStreamer's RTSP server needs PyGObject (intercom[rtsp])")
+    elif "rtsp" in parts:
+        step(f"RTSP: {args.rtsp_connects} connections to the first keyframe, then 0, 1 and 3 viewers beside a call "
+             f"for {args.rtsp_seconds:g} s each")
+        results["rtsp"] = await rtsp.run(work / "rtsp", args.rtsp_connects, args.rtsp_seconds)
     results["notes"] = notes(results)
     results["duration_s"] = round(time.monotonic() - started, 1)
     results["finished_at"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -152,6 +152,10 @@ def markdown(results: dict[str, Any]) -> str:
         for codec, label in (("g722", "G.722"), ("pcmu", "G.711")):
             lines.append(f"| SIP answer to the phone hearing the door, {label} | "
                          + " | ".join(_ms(sip["answer_to_phone_hears_door_ms"][codec])) + " |")
+    served = results.get("rtsp")
+    if served:
+        lines.append("| RTSP connect (go2rtc's order) to the first keyframe's first packet | "
+                     + " | ".join(_ms(served["first_keyframe_ms"])) + " |")
     for key, engine in (("capacity", ""), ("capacity_postgresql", ", PostgreSQL"),
                         ("capacity_cluster", f", {(results.get('capacity_cluster') or {}).get('processes')} "
                                              "processes behind HAProxy")):
@@ -222,6 +226,14 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", "The door's Opus decoded and encoded again as the phone's codec, and back, with the "
                   "gateway's aiortc peer connection (DTLS-SRTP) and the phone's RTP; kamailio and the PJSIP "
                   "phones run on the same two cores."]
+    if served:
+        door = served["door_percent_beside_a_call"]
+        lines += ["", f"## RTSP viewers beside a call: {served['camera']}", "",
+                  "| RTSP viewers | door CPU % of a core, without the camera's own encoding |", "|---|---|"]
+        for n in ("0", "1", "3"):
+            lines.append(f"| {n} | {door[n]} |")
+        lines += ["", f"Memory: {served['rss_kib_per_viewer']} KiB of the door's RSS per viewer (3 viewers against "
+                  "none). The call's WebRTC video runs throughout; viewers read over interleaved TCP."]
     notes = results.get("notes") or []
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]

@@ -31,9 +31,8 @@ import gi
 gi.require_version("Gst", "1.0")
 gi.require_version("GstRtsp", "1.0")
 gi.require_version("GstRtspServer", "1.0")
-from gi.repository import GLib, Gst, GstRtsp, GstRtspServer  # noqa: E402
-
 import numpy as np  # noqa: E402
+from gi.repository import GLib, Gst, GstRtsp, GstRtspServer  # noqa: E402
 
 from ..media.audio import FRAME_SAMPLES, RATE, packed_s16  # noqa: E402
 from ..media.threads import name_thread  # noqa: E402
@@ -131,6 +130,9 @@ class RtspServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._streams: dict[int, _Stream] = {}
         self._keys = itertools.count()
+        #: Connections that have played and not closed: the viewers.
+        self._playing: set[int] = set()
+        self._clients: dict[int, Any] = {}
         self._backchannels: dict[int, _Backchannel] = {}
         self._mic_task: asyncio.Task[None] | None = None
         self._context: Any = None
@@ -218,6 +220,21 @@ class RtspServer:
     def _client_connected(self, server: Any, client: Any) -> None:
         client.connect("describe-request", self._described)
         client.connect("play-request", self._play)
+        client.connect("closed", self._closed)
+
+    def _closed(self, client: Any) -> None:
+        """A connection closed: its sessions go with it. RTSP lets a session outlive its
+        connection (for UDP), which GStreamer honours for 60 s; an NVR that reconnects makes a
+        new one anyway, and the door should not feed a stream nobody watches meanwhile."""
+        self._playing.discard(hash(client))
+        self._clients.pop(hash(client), None)
+        pool = self._server.get_session_pool()
+
+        def drop(client: Any, session: Any, *data: Any) -> Any:
+            pool.remove(session)
+            return GstRtspServer.RTSPFilterResult.REMOVE
+
+        client.session_filter(drop, None)
 
     def _described(self, client: Any, ctx: Any) -> None:
         """The account is known here (GStreamer authenticates a DESCRIBE, not every PLAY)."""
@@ -227,6 +244,8 @@ class RtspServer:
 
     def _play(self, client: Any, ctx: Any) -> None:
         """A client starts playing: it needs a complete picture now, not at the next IDR."""
+        self._clients[hash(client)] = client  # held: later signals then give the same object
+        self._playing.add(hash(client))
         self._to_loop(self._video.keyframe_requested)
         backchannel = self._backchannels.get(hash(ctx.media)) if ctx.media is not None else None
         if backchannel is not None and not backchannel.opened:
@@ -273,8 +292,8 @@ class RtspServer:
 
     @property
     def viewers(self) -> int:
-        """Clients with a session (SETUP until TEARDOWN or their connection closes)."""
-        return self._server.get_session_pool().get_n_sessions() if self._server is not None else 0
+        """Connections that are playing (from PLAY until they close)."""
+        return len(self._playing)
 
     def status(self) -> dict[str, Any]:
         return {"port": self.settings.port, "viewers": self.viewers, "streams": len(self._streams),

@@ -94,7 +94,8 @@ def read_accounts(path: Path, key: str) -> tuple[dict[str, str], list[Problem]]:
     return accounts, problems
 
 
-def build(raw: dict[str, Any] | None, base: Path, camera: dict[str, Any]) -> tuple[NvrSettings | None, list[Problem]]:
+def build(raw: dict[str, Any] | None, base: Path, camera: dict[str, Any],
+          microphone: dict[str, Any]) -> tuple[NvrSettings | None, list[Problem]]:
     """The settings, or the problems that keep them from being used."""
     if raw is None:
         return None, []
@@ -106,6 +107,10 @@ def build(raw: dict[str, Any] | None, base: Path, camera: dict[str, Any]) -> tup
     if camera["encoding"] != "passthrough":
         problems.append(Problem("rtsp", None, "serves the camera's own H.264: needs hardware.camera.encoding "
                                               "passthrough"))
+    if raw["audio"] != "off" and microphone["backend"] == "alsa" and microphone["device"].startswith(("hw:", "plughw:")):
+        problems.append(Problem("rtsp.audio", None, f"the microphone {microphone['device']} can be opened once, so "
+                                                    f"calls would lose it: use a device several readers can share "
+                                                    f"(dsnoop; default on Raspberry Pi OS), or audio: off"))
     if raw["port"] == raw["onvif_port"]:
         problems.append(Problem("rtsp.onvif_port", None, "must differ from rtsp.port"))
     if problems:

@@ -1,0 +1,204 @@
+"""The door daemon as a camera for NVRs, end to end: its YAML, RTSP beside a call, two-way
+talk onto its speaker, and Home Assistant's own ONVIF library walking its services."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import shutil
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("gi")
+
+from intercom_sim.harness import INTERCOM, Installation
+from intercom_sim.rtspclient import RtspClient
+from intercom_sim.sipsite import band_share
+
+pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
+
+ACCOUNTS = "frigate:watch-the-door\nhass:talk-to-the-door\n"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _accounts(root: Path, text: str = ACCOUNTS, mode: int = 0o600) -> Path:
+    path = root / "rtsp-accounts"
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+def _rtsp(root: Path, **extra: Any) -> dict[str, Any]:
+    return {"rtsp": {"port": _free_port(), "onvif_port": _free_port(), "listen": "127.0.0.1",
+                     "accounts_file": str(_accounts(root)), "talk": ["hass"], **extra}}
+
+
+async def _run(*argv: str, timeout: float = 60) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    return proc.returncode or 0, out.decode(errors="replace")
+
+
+def _frames(url: str, count: int, transport: str = "tcp") -> list[str]:
+    return ["ffmpeg", "-hide_banner", "-loglevel", "error", "-rtsp_transport", transport, "-i", url,
+            "-frames:v", str(count), "-f", "null", "-"]
+
+
+async def test_two_rtsp_viewers_and_a_webrtc_call_all_decode_frames_at_once(site):
+    settings = _rtsp(site.root)
+    port = settings["rtsp"]["port"]
+    alice = await site.start_resident("alice", "--once", "--hangup-after-frames", "90")
+    door = await site.start_door("frontdoor", [{"residents": ["alice"], "timeout_s": 30}], settings=settings)
+    await door.ring()
+    await alice.wait_for_event("answered")
+    await door.wait_status(lambda s: s["state"] == "connected")
+    (a, log_a), (b, log_b) = await asyncio.gather(
+        _run(*_frames(f"rtsp://frigate:watch-the-door@127.0.0.1:{port}/door", 60)),
+        _run(*_frames(f"rtsp://hass:talk-to-the-door@127.0.0.1:{port}/door", 60, "udp")))
+    assert (a, b) == (0, 0), log_a + log_b
+    ended = await alice.wait_for_event("ended", timeout=60)
+    assert ended["reason"] == "completed" and ended["video_frames"] >= 90 and ended["distinct_frames"] >= 30
+    status = await door.wait_status(lambda s: s["rtsp"]["viewers"] == 0 and s["camera"]["viewers"] == 0)
+    assert status["rtsp"]["streams_made"] >= 1
+
+
+def _tone(freq: float, seconds: float, rate: int = 8000) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.4 * 32767 * np.sin(2 * math.pi * freq * t)).astype(np.int16)
+
+
+async def test_a_dashboard_talks_through_the_backchannel_onto_the_doors_speaker(site):
+    speaker = site.root / "speaker.raw"
+    settings = _rtsp(site.root)
+    settings["hardware"] = {"speaker": {"device": f"file:FILE={speaker},FORMAT=raw"}}
+    door = await site.start_door("frontdoor", [{"residents": ["alice"], "timeout_s": 30}], settings=settings)
+    client = RtspClient(f"rtsp://hass:talk-to-the-door@127.0.0.1:{settings['rtsp']['port']}/talk")
+    await client.connect()
+    try:
+        await door.wait_status(lambda s: s["rtsp"]["talk"]["talking"] == ["hass"])
+        await client.talk(_tone(1000, 2.0))
+        await door.wait_status(lambda s: s["speaker"]["talk_frames"] >= 90)
+    finally:
+        await client.close()
+    status = await door.wait_status(lambda s: s["rtsp"]["talk"]["last"] is not None and s["rtsp"]["viewers"] == 0)
+    assert status["rtsp"]["talk"]["last"]["account"] == "hass" and status["rtsp"]["talk"]["last"]["played_s"] >= 1.8
+    heard = np.fromfile(speaker, np.int16)
+    assert band_share(heard[-48000 * 3:], 48000, 1000) > 0.5  # the door played the dashboard's 1 kHz
+    assert "talk session opened by hass" in door.process.log_tail()
+
+
+async def test_home_assistants_onvif_library_finds_the_stream_and_the_snapshot(site):
+    onvif = pytest.importorskip("onvif")
+    settings = _rtsp(site.root)
+    port = settings["rtsp"]["onvif_port"]
+    await site.start_door("frontdoor", [{"residents": ["alice"], "timeout_s": 30}], settings=settings)
+
+    camera = onvif.ONVIFCamera("127.0.0.1", port, "hass", "talk-to-the-door")
+    await camera.update_xaddrs()  # GetSystemDateAndTime (time offset), then GetServices
+    try:
+        device = await camera.create_devicemgmt_service()
+        capabilities = await device.GetCapabilities({"Category": "All"})
+        assert capabilities.Media.XAddr.endswith("/onvif/media_service")
+        info = await device.GetDeviceInformation()
+        assert info.Manufacturer == "Intercom" and info.SerialNumber == "frontdoor"
+        interfaces = await device.GetNetworkInterfaces()
+        assert interfaces[0].Info.HwAddress
+        media = await camera.create_media_service()
+        assert (await media.GetServiceCapabilities()).SnapshotUri is True
+        profiles = await media.GetProfiles()
+        encoder = profiles[0].VideoEncoderConfiguration
+        assert (encoder.Encoding, encoder.Resolution.Width, encoder.Resolution.Height) == ("H264", 640, 480)
+        request = media.create_type("GetStreamUri")
+        request.ProfileToken = profiles[0].token
+        request.StreamSetup = {"Stream": "RTP-Unicast", "Transport": {"Protocol": "RTSP"}}
+        uri = (await media.GetStreamUri(request)).Uri
+        assert uri == f"rtsp://127.0.0.1:{settings['rtsp']['port']}/door"
+        jpeg = await camera.get_snapshot(profiles[0].token)  # Digest first, as Home Assistant does
+        assert jpeg is not None and jpeg.startswith(b"\xff\xd8")
+    finally:
+        await camera.close()
+    import aiohttp
+
+    snapshot = f"http://127.0.0.1:{port}/snapshot.jpg"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(snapshot, auth=aiohttp.BasicAuth("frigate", "watch-the-door")) as basic:
+            assert basic.status == 200 and (await basic.read()).startswith(b"\xff\xd8")  # a FritzBox's way
+        async with http.get(snapshot, auth=aiohttp.BasicAuth("frigate", "wrong-password")) as wrong:
+            assert wrong.status == 401
+            assert [h.split()[0] for h in wrong.headers.getall("WWW-Authenticate")] == ["Digest", "Basic"]
+    with_password = uri.replace("rtsp://", "rtsp://hass:talk-to-the-door@")
+    code, log = await _run("ffprobe", "-hide_banner", "-rtsp_transport", "tcp", with_password)
+    assert code == 0 and "h264" in log, log
+
+    from zeep.exceptions import Fault
+
+    stranger = onvif.ONVIFCamera("127.0.0.1", port, "hass", "not-the-password")
+    with pytest.raises(Fault, match="not authorized"):
+        await stranger.update_xaddrs()  # GetServices is refused, then GetCapabilities
+    await stranger.close()
+
+
+async def test_a_door_without_rtsp_never_imports_gstreamer(site, tmp_path):
+    poisoned = tmp_path / "poisoned"
+    (poisoned / "gi").mkdir(parents=True)
+    (poisoned / "gi" / "__init__.py").write_text("raise ImportError('the door imported GStreamer without rtsp:')\n")
+    door = await site.start_door("frontdoor", [{"residents": ["alice"], "timeout_s": 30}],
+                                 env={"PYTHONPATH": f"{poisoned}:{':'.join(sys.path)}"})
+    status = await door.ctl("status")
+    assert status["rtsp"] is None and status["server"]["connected"]
+
+
+async def test_rtsp_mistakes_are_one_line_each(tmp_path):
+    house = Installation(tmp_path)
+    token = tmp_path / "token"
+    token.write_text("ict_x\n")
+    token.chmod(0o600)
+    base = house.door_config("frontdoor", token, [{"residents": ["alice"]}])
+    base["server"]["url"] = "ws://127.0.0.1:9/v1/ws"
+
+    async def check(rtsp: dict[str, Any]) -> str:
+        import yaml
+
+        path = tmp_path / "door.yaml"
+        path.write_text(yaml.safe_dump({**base, "rtsp": rtsp}))
+        code, out = await _run(*INTERCOM, "check-config", str(path))
+        assert code != 0 and len(out.strip().splitlines()) == 1, out
+        return out
+
+    missing = await check({"accounts_file": str(tmp_path / "nothing-here")})
+    assert "rtsp.accounts_file" in missing and "cannot read" in missing
+    readable = _accounts(tmp_path, mode=0o644)
+    out = await check({"accounts_file": str(readable)})
+    assert "can be read by other users" in out and f"chmod 600 {readable}" in out
+    _accounts(tmp_path)
+    out = await check({"accounts_file": str(readable), "talk": ["nobody"]})
+    assert "rtsp.talk" in out and "nobody is not an account" in out
+    _accounts(tmp_path, "frigate:short\n")
+    assert "shorter than 8" in await check({"accounts_file": str(readable)})
+
+
+async def test_a_taken_rtsp_port_stops_the_door_with_one_line(site):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = _rtsp(site.root)
+        settings["rtsp"]["port"] = taken.getsockname()[1]
+        token = await site.add_user("frontdoor", "door", "Front door")
+        import yaml
+
+        config = {**site.door_config("frontdoor", token, [{"residents": ["alice"]}]), **settings}
+        path = site.root / "door.yaml"
+        path.write_text(yaml.safe_dump(config))
+        code, out = await _run(*INTERCOM, "run", "--config", str(path))
+    assert code == 1
+    assert f"rtsp.port {settings['rtsp']['port']} on 127.0.0.1 is taken" in out
