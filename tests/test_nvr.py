@@ -202,3 +202,29 @@ async def test_a_taken_rtsp_port_stops_the_door_with_one_line(site):
         code, out = await _run(*INTERCOM, "run", "--config", str(path))
     assert code == 1
     assert f"rtsp.port {settings['rtsp']['port']} on 127.0.0.1 is taken" in out
+
+
+async def test_selftest_names_a_taken_rtsp_port(tmp_path):
+    import json
+
+    import yaml
+
+    house = Installation(tmp_path)
+    token = tmp_path / "token"
+    token.write_text("ict_x\n")
+    token.chmod(0o600)
+    config = house.door_config("frontdoor", token, [{"residents": ["alice"]}])
+    config["server"]["url"] = "ws://127.0.0.1:9/v1/ws"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config.update(_rtsp(tmp_path))
+        config["rtsp"]["onvif_port"] = taken.getsockname()[1]
+        path = tmp_path / "door.yaml"
+        path.write_text(yaml.safe_dump(config))
+        code, out = await _run(*INTERCOM, "selftest", "--no-relay", "--config", str(path))
+    report = json.loads(out[out.index("{"):])
+    assert code == 1 and report["rtsp"]["ok"] is False
+    assert report["rtsp"]["error"] == (f"RuntimeError: rtsp.onvif_port {config['rtsp']['onvif_port']} on 127.0.0.1 "
+                                       "is taken by another program (Address already in use)")
+    assert report["camera"]["ok"] is True  # the rest was still tested

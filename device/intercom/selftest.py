@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import socket
 import time
 from typing import Any
 
@@ -30,7 +31,7 @@ async def run(config: DoorConfig, click_relay: bool = True, listen_s: float = 1.
               pin_factory: Any = None) -> dict[str, Any]:
     report: dict[str, Any] = {}
     steps = [("leds", _leds), ("relay", _relay), ("speaker", _speaker), ("microphone", _microphone),
-             ("camera", _camera), ("ring_groups", _ring_groups)]
+             ("camera", _camera), ("ring_groups", _ring_groups), ("rtsp", _rtsp)]
     pins = Pins(config.pins, lambda: None, asyncio.get_running_loop(), factory=pin_factory)
     try:
         for name, step in steps:
@@ -58,6 +59,25 @@ async def _ring_groups(config: DoorConfig, pins: Pins, _: float) -> dict[str, An
     if unknown:
         raise RuntimeError(f"the ring groups name {', '.join(unknown)}, not residents of this site on the server")
     return {"checked": True, "residents": sorted({r for g in config.ring_groups for r in g.residents})}
+
+
+async def _rtsp(config: DoorConfig, pins: Pins, _: float) -> dict[str, Any]:
+    """The ports NVRs will connect to are free (the daemon is stopped, so nobody else should
+    hold them), and the accounts were read (the YAML's check did that)."""
+    nvr = config.rtsp
+    if nvr is None:
+        return {"rtsp": "not configured"}
+    for key, port in (("rtsp.port", nvr.port), ("rtsp.onvif_port", nvr.onvif_port)):
+        if not port:
+            continue
+        with socket.socket(socket.AF_INET6 if ":" in nvr.listen else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((nvr.listen, port))
+            except OSError as exc:
+                raise RuntimeError(f"{key} {port} on {nvr.listen} is taken by another program ({exc.strerror})") from None
+    return {"port": nvr.port, "onvif_port": nvr.onvif_port or None, "accounts": len(nvr.accounts),
+            "talk": sorted(nvr.talk), "audio": nvr.audio}
 
 
 async def _leds(config: DoorConfig, pins: Pins, _: float) -> dict[str, Any]:
