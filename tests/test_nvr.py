@@ -158,13 +158,18 @@ async def test_a_door_without_rtsp_never_imports_gstreamer(site, tmp_path):
     assert status["rtsp"] is None and status["server"]["connected"]
 
 
-async def test_rtsp_mistakes_are_one_line_each(tmp_path):
-    house = Installation(tmp_path)
-    token = tmp_path / "token"
+def _offline_door(root: Path) -> dict[str, Any]:
+    """A door's YAML for the installer's commands that need no server."""
+    token = root / "token"
     token.write_text("ict_x\n")
     token.chmod(0o600)
-    base = house.door_config("frontdoor", token, [{"residents": ["alice"]}])
-    base["server"]["url"] = "ws://127.0.0.1:9/v1/ws"
+    config = Installation(root).door_config("frontdoor", token, [{"residents": ["alice"]}])
+    config["server"]["url"] = "ws://127.0.0.1:9/v1/ws"
+    return config
+
+
+async def test_rtsp_mistakes_are_one_line_each(tmp_path):
+    base = _offline_door(tmp_path)
 
     async def check(rtsp: dict[str, Any]) -> str:
         import yaml
@@ -209,12 +214,7 @@ async def test_selftest_names_a_taken_rtsp_port(tmp_path):
 
     import yaml
 
-    house = Installation(tmp_path)
-    token = tmp_path / "token"
-    token.write_text("ict_x\n")
-    token.chmod(0o600)
-    config = house.door_config("frontdoor", token, [{"residents": ["alice"]}])
-    config["server"]["url"] = "ws://127.0.0.1:9/v1/ws"
+    config = _offline_door(tmp_path)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
