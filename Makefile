@@ -19,9 +19,9 @@ SYSTEM_PACKAGES += libgirepository1.0-dev libcairo2-dev gir1.2-gst-rtsp-server-1
 # postgresql: the store's tests run on PostgreSQL as well as SQLite, on a cluster the tests make.
 # redis-server and haproxy: the cluster tests run three servers on Redis behind HAProxy.
 # kamailio and sip-tester (sipp): the SIP gateway is tested against a real registrar and scripted phones.
-# ffmpeg: the door's RTSP stream is pulled by ffmpeg and ffprobe, as NVRs do.
+# ffmpeg and curl: the door's RTSP stream is pulled by ffmpeg and ffprobe, its snapshot by curl, as NVRs do.
 TEST_SYSTEM_PACKAGES := coturn systemd chromium fonts-dejavu-core iproute2 nftables mosquitto postgresql \
-	redis-server haproxy kamailio sip-tester ffmpeg
+	redis-server haproxy kamailio sip-tester ffmpeg curl
 # node and npm run TypeScript's checker (pinned in tools/webapp-check) on the web app's JavaScript:
 # Debian's nodejs and npm unless a node with its own npm (NodeSource's) is there already.
 NODE_PACKAGES := nodejs npm

@@ -113,6 +113,7 @@ async def test_home_assistants_onvif_library_finds_the_stream_and_the_snapshot(s
         assert info.Manufacturer == "Intercom" and info.SerialNumber == "frontdoor"
         interfaces = await device.GetNetworkInterfaces()
         assert interfaces[0].Info.HwAddress
+        assert (await device.GetServiceCapabilities()).Security.UsernameToken is True
         media = await camera.create_media_service()
         assert (await media.GetServiceCapabilities()).SnapshotUri is True
         profiles = await media.GetProfiles()
@@ -127,15 +128,16 @@ async def test_home_assistants_onvif_library_finds_the_stream_and_the_snapshot(s
         assert jpeg is not None and jpeg.startswith(b"\xff\xd8")
     finally:
         await camera.close()
-    import aiohttp
-
     snapshot = f"http://127.0.0.1:{port}/snapshot.jpg"
-    async with aiohttp.ClientSession() as http:
-        async with http.get(snapshot, auth=aiohttp.BasicAuth("frigate", "watch-the-door")) as basic:
-            assert basic.status == 200 and (await basic.read()).startswith(b"\xff\xd8")  # a FritzBox's way
-        async with http.get(snapshot, auth=aiohttp.BasicAuth("frigate", "wrong-password")) as wrong:
-            assert wrong.status == 401
-            assert [h.split()[0] for h in wrong.headers.getall("WWW-Authenticate")] == ["Digest", "Basic"]
+    for scheme in ("--basic", "--digest"):  # a FritzBox's way, and curl's Digest beside aiohttp's
+        picture = site.root / f"snapshot{scheme}.jpg"
+        code, out = await _run("curl", "-s", scheme, "-u", "frigate:watch-the-door", "-o", str(picture),
+                               "-w", "%{http_code}", snapshot)
+        assert out == "200" and picture.read_bytes().startswith(b"\xff\xd8")
+    code, out = await _run("curl", "-s", "-D", "-", "-o", "/dev/null", "-u", "frigate:wrong-password", snapshot)
+    assert out.startswith("HTTP/1.1 401")
+    assert [line.split()[1] for line in out.splitlines() if line.lower().startswith("www-authenticate")] == \
+        ["Digest", "Basic"]
     with_password = uri.replace("rtsp://", "rtsp://hass:talk-to-the-door@")
     code, log = await _run("ffprobe", "-hide_banner", "-rtsp_transport", "tcp", with_password)
     assert code == 0 and "h264" in log, log

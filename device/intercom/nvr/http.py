@@ -52,7 +52,8 @@ class NvrHttp:
 
     async def _soap(self, request: web.Request) -> web.Response:
         body = await request.read()
-        status, reply = self._onvif.handle(body, request.host)
+        service = "media" if request.path.endswith("/media_service") else "device"
+        status, reply = self._onvif.handle(body, request.host, service)
         return web.Response(status=status, body=reply, content_type="application/soap+xml", charset="utf-8")
 
     async def _snapshot_jpg(self, request: web.Request) -> web.Response:

@@ -130,15 +130,15 @@ class Onvif:
         self.requests = 0
         self.refused = 0
 
-    def handle(self, body: bytes, host: str) -> tuple[int, bytes]:
-        """One SOAP request to either service at `host` (the Host the client used, so the
-        addresses given back reach the door the way the client does)."""
+    def handle(self, body: bytes, host: str, service: str = "device") -> tuple[int, bytes]:
+        """One SOAP request to `service` ("device" or "media") at `host` (the Host the client
+        used, so the addresses given back reach the door the way the client does)."""
         self.requests += 1
         try:
             operation, header = _parse(body)
             if operation not in PRE_AUTH:
                 self.tokens.check(header)
-            answer = getattr(self, f"_{operation}", None)
+            answer = getattr(self, f"_{service}_{operation}", None) or getattr(self, f"_{operation}", None)
             if answer is None:
                 raise Fault(400, "Receiver", "ActionNotSupported", f"{operation} is not supported by this door")
             return 200, _ENVELOPE.format(body=answer(host)).encode()
@@ -185,10 +185,18 @@ class Onvif:
                 f'<tt:Info><tt:Name>eth0</tt:Name><tt:HwAddress>{escape(self.camera.mac)}</tt:HwAddress></tt:Info>'
                 '</tds:NetworkInterfaces></tds:GetNetworkInterfacesResponse>')
 
-    def _GetServiceCapabilities(self, host: str) -> str:
-        # Both services name this operation alike; the media service's answer says what
-        # Home Assistant asks it for (a snapshot URI), and a device-service client reads the
-        # attributes it knows and ignores the rest.
+    def _device_GetServiceCapabilities(self, host: str) -> str:
+        return ('<tds:GetServiceCapabilitiesResponse><tds:Capabilities>'
+                '<tds:Network IPFilter="false" ZeroConfiguration="false" IPVersion6="false" DynDNS="false"/>'
+                '<tds:Security TLS1.0="false" TLS1.1="false" TLS1.2="false" OnboardKeyGeneration="false" '
+                'AccessPolicyConfig="false" DefaultAccessPolicy="false" Dot1X="false" RemoteUserHandling="false" '
+                'X.509Token="false" SAMLToken="false" KerberosToken="false" UsernameToken="true" HttpDigest="false" '
+                'RELToken="false"/><tds:System DiscoveryResolve="false" DiscoveryBye="false" RemoteDiscovery="false" '
+                'SystemBackup="false" SystemLogging="false" FirmwareUpgrade="false"/>'
+                '</tds:Capabilities></tds:GetServiceCapabilitiesResponse>')
+
+    def _media_GetServiceCapabilities(self, host: str) -> str:
+        # What Home Assistant asks the media service for: whether there is a snapshot URI.
         return ('<trt:GetServiceCapabilitiesResponse><trt:Capabilities SnapshotUri="true" Rotation="false" '
                 'VideoSourceMode="false" OSD="false"><trt:ProfileCapabilities MaximumNumberOfProfiles="1"/>'
                 '<trt:StreamingCapabilities RTPMulticast="false" RTP_TCP="true" RTP_RTSP_TCP="true"/>'
