@@ -5,6 +5,7 @@ test-pattern camera (libx264, the same pass-through path as the Pi's encoder).""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import shutil
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ import pytest
 
 pytest.importorskip("gi")
 
+from intercom.media.audio import ToneTrack
 from intercom.media.recorder import slice_nal_units
 from intercom.media.testpattern import TestPatternCamera
 from intercom.media.video import AccessUnit
@@ -57,21 +59,43 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-async def door() -> AsyncIterator[Door]:
-    settings = NvrSettings(_free_port(), 0, "127.0.0.1", Path("/dev/null"), ACCOUNTS, "off", frozenset({"hass"}))
+@contextlib.asynccontextmanager
+async def _door(audio: str = "off") -> AsyncIterator[Door]:
+    settings = NvrSettings(_free_port(), 0, "127.0.0.1", Path("/dev/null"), ACCOUNTS, audio, frozenset({"hass"}))
     camera = TestPatternCamera(320, 240, 15, 400_000, 30)
     camera.start()
     played: list[np.ndarray] = []
     in_call = [False]
     talk = TalkGate(settings.may_talk, lambda: in_call[0], played.append)
-    server = RtspServer(settings, camera.video, talk)
+    server = RtspServer(settings, camera.video, talk, lambda: ToneTrack(raw=True))  # the simulated microphone
     server.start()
     try:
         yield Door(server, camera, played, in_call)
     finally:
         await server.stop()
         camera.close()
+
+
+@pytest.fixture
+async def door() -> AsyncIterator[Door]:
+    async with _door() as made:
+        yield made
+
+
+async def test_the_microphone_reaches_viewers_only_when_the_installer_allows_it(tmp_path):
+    async with _door() as door:
+        code, log = await _run("ffprobe", "-hide_banner", "-rtsp_transport", "tcp", door.url())
+    assert code == 0 and "Video: h264" in log and "Audio" not in log  # off by default: video only
+    for audio, codec in (("opus", "opus"), ("pcmu", "pcm_mulaw")):
+        async with _door(audio) as talking:
+            heard = tmp_path / f"{audio}.raw"
+            code, log = await _run("ffmpeg", "-hide_banner", "-rtsp_transport", "tcp", "-timeout", "20000000",
+                                   "-i", talking.url(), "-vn",
+                                   "-t", "3", "-f", "s16le", "-ac", "1", "-ar", "8000", "-y", str(heard))
+            assert code == 0 and f"Audio: {codec}" in log, log
+            samples = np.fromfile(heard, np.int16)
+            # The simulated microphone's two notes, 660 and 550 Hz, half a second each.
+            assert band_share(samples, 8000, 660) + band_share(samples, 8000, 550) > 0.8
 
 
 async def _run(*argv: str, timeout: float = 60) -> tuple[int, str]:

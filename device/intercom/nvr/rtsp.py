@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 from gi.repository import GLib, Gst, GstRtsp, GstRtspServer  # noqa: E402
 
 from ..media.audio import FRAME_SAMPLES, RATE, packed_s16  # noqa: E402
+from ..media.pacing import Pacer  # noqa: E402
 from ..media.threads import name_thread  # noqa: E402
 from ..media.video import AccessUnit, EncodedVideo  # noqa: E402
 from .settings import NvrSettings  # noqa: E402
@@ -81,7 +82,9 @@ class _Stream:
         self.video_src.emit("push-buffer", Gst.Buffer.new_wrapped(unit.data))
 
     def push_audio(self, samples: bytes) -> None:
-        if self.audio_src is not None:
+        """The microphone's 20 ms, once the stream is playing: before that, appsrc has no clock
+        to stamp them with, and samples stamped anyhow made ffmpeg wait for time to catch up."""
+        if self.audio_src is not None and self.audio_src.get_clock() is not None:
             self.audio_src.emit("push-buffer", Gst.Buffer.new_wrapped(samples))
 
 
@@ -278,17 +281,30 @@ class RtspServer:
             self._mic_task = None
 
     async def _listen(self) -> None:
-        """The microphone to every stream that carries audio, while one does."""
+        """The microphone to every stream that carries audio, while one does. A microphone
+        that cannot be opened gives silence, with one error in the log: a stream whose audio
+        never starts would never start its video either."""
         assert self._microphone is not None
-        track = self._microphone()
+        try:
+            track = self._microphone()
+        except Exception as exc:  # noqa: BLE001 - ALSA's errors are many; the video must go on
+            log.error("rtsp.audio: cannot open the microphone (%s); viewers get silence", exc)
+            await self._silence()
+            return
         try:
             while True:
-                frame = await track.recv()
-                samples = packed_s16(frame)
+                samples = packed_s16(await track.recv())
                 for stream in list(self._streams.values()):
                     stream.push_audio(samples)
         finally:
             track.stop()
+
+    async def _silence(self) -> None:
+        pacer, silence = Pacer(RATE / FRAME_SAMPLES), bytes(FRAME_SAMPLES * 2)
+        while True:
+            await pacer.next()
+            for stream in list(self._streams.values()):
+                stream.push_audio(silence)
 
     @property
     def viewers(self) -> int:
