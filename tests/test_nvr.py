@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import shutil
 import socket
 import sys
@@ -168,6 +169,24 @@ def _offline_door(root: Path) -> dict[str, Any]:
     config = Installation(root).door_config("frontdoor", token, [{"residents": ["alice"]}])
     config["server"]["url"] = "ws://127.0.0.1:9/v1/ws"
     return config
+
+
+async def test_rtsp_without_gstreamer_installed_is_one_line_naming_the_packages(tmp_path):
+    import yaml
+
+    poisoned = tmp_path / "poisoned"
+    (poisoned / "gi").mkdir(parents=True)
+    (poisoned / "gi" / "__init__.py").write_text("raise ImportError('no PyGObject here')\n")
+    config = {**_offline_door(tmp_path), **_rtsp(tmp_path)}
+    path = tmp_path / "door.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = await asyncio.create_subprocess_exec(*INTERCOM, "check-config", str(path), stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.STDOUT,
+                                                env={**os.environ, "PYTHONPATH": f"{poisoned}:{':'.join(sys.path)}"})
+    out = (await proc.communicate())[0].decode()
+    assert proc.returncode == 1 and len(out.strip().splitlines()) == 1, out
+    assert "rtsp is configured, but the gi (PyGObject) library is not installed" in out
+    assert "gir1.2-gst-rtsp-server-1.0" in out
 
 
 async def test_rtsp_mistakes_are_one_line_each(tmp_path):

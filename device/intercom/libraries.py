@@ -64,11 +64,13 @@ def _gst_rtsp_server() -> str | None:
     """What of GStreamer's RTSP server is missing, or None. Asked only when `rtsp:` is set."""
     if not _installed("gi"):
         return "gi (PyGObject)"
-    import gi
-
     try:
+        import gi
+
         for name in ("Gst", "GstRtsp", "GstRtspServer"):
             gi.require_version(name, "1.0")
+    except ImportError:
+        return "gi (PyGObject)"
     except ValueError:
         return f"GStreamer's RTSP server ({name})"
     return None
