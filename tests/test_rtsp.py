@@ -66,7 +66,7 @@ async def _door(audio: str = "off") -> AsyncIterator[Door]:
     camera.start()
     played: list[np.ndarray] = []
     in_call = [False]
-    talk = TalkGate(settings.may_talk, lambda: in_call[0], played.append)
+    talk = TalkGate(lambda: in_call[0], played.append)
     server = RtspServer(settings, camera.video, talk, lambda: ToneTrack(raw=True))  # the simulated microphone
     server.start()
     try:

@@ -39,7 +39,7 @@ class NvrOutputs:
                  snapshot: Callable[[], Awaitable[bytes | None]], in_call: Callable[[], bool],
                  play: Callable[[np.ndarray], None], microphone: Callable[[], Any] | None) -> None:
         self.settings = settings
-        self.talk = TalkGate(lambda name: self.settings.may_talk(name), in_call, play)
+        self.talk = TalkGate(in_call, play)
         self.rtsp = RtspServer(settings, video, self.talk, microphone if settings.audio != "off" else None)
         described = Camera(serial=door_id, firmware=_version(), width=camera["width"], height=camera["height"],
                            fps=camera["fps"], bitrate=camera["bitrate"], gop=camera["iperiod"],

@@ -38,11 +38,9 @@ class TalkSession:
 
 
 class TalkGate:
-    def __init__(self, may_talk: Callable[[str], bool], in_call: Callable[[], bool],
-                 play: Callable[[np.ndarray], None]) -> None:
+    def __init__(self, in_call: Callable[[], bool], play: Callable[[np.ndarray], None]) -> None:
         """`in_call` is read from GStreamer's threads: it must only read state (the door's
         call is one attribute, read atomically)."""
-        self._may_talk = may_talk
         self._in_call = in_call
         self._play = play
         self._lock = threading.Lock()
