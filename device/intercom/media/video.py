@@ -131,9 +131,6 @@ class EncodedVideo:
     def unsubscribe(self, viewer: Viewer) -> None:
         self._viewers.discard(viewer)
 
-    def _remove(self, track: H264Track) -> None:
-        self.unsubscribe(track)
-
     async def next_keyframe(self, timeout_s: float) -> AccessUnit | None:
         """Ask for a keyframe and wait for it; the last one seen if none comes in time."""
         fut: asyncio.Future[AccessUnit] = asyncio.get_running_loop().create_future()
@@ -204,7 +201,7 @@ class H264Track(MediaStreamTrack):
         return packet
 
     def stop(self) -> None:
-        self._source._remove(self)
+        self._source.unsubscribe(self)
         super().stop()
 
 

@@ -133,8 +133,8 @@ class RtspServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._streams: dict[int, _Stream] = {}
         self._keys = itertools.count()
-        #: Connections that have played and not closed: the viewers.
-        self._playing: set[int] = set()
+        #: Connections that have played and not closed (the viewers), held so that later
+        #: signals about one give the same Python object, and so the same key.
         self._clients: dict[int, Any] = {}
         self._backchannels: dict[int, _Backchannel] = {}
         self._mic_task: asyncio.Task[None] | None = None
@@ -142,6 +142,7 @@ class RtspServer:
         self._main: Any = None
         self._thread: threading.Thread | None = None
         self._server: Any = None
+        self._source_id = 0
         self.streams_made = 0
 
     def start(self) -> None:
@@ -158,7 +159,8 @@ class RtspServer:
         mounts.add_factory("/door", self._factory(talk=False))
         mounts.add_factory(TALK_PATH, self._factory(talk=True))
         server.connect("client-connected", self._client_connected)
-        if not server.attach(self._context):
+        self._source_id = server.attach(self._context)
+        if not self._source_id:
             raise OSError(f"rtsp.port {self.settings.port} on {self.settings.listen} is taken by another program "
                           f"(or not allowed): choose another port")
         self._server = server
@@ -229,7 +231,6 @@ class RtspServer:
         """A connection closed: its sessions go with it. RTSP lets a session outlive its
         connection (for UDP), which GStreamer honours for 60 s; an NVR that reconnects makes a
         new one anyway, and the door should not feed a stream nobody watches meanwhile."""
-        self._playing.discard(hash(client))
         self._clients.pop(hash(client), None)
         pool = self._server.get_session_pool()
 
@@ -247,8 +248,7 @@ class RtspServer:
 
     def _play(self, client: Any, ctx: Any) -> None:
         """A client starts playing: it needs a complete picture now, not at the next IDR."""
-        self._clients[hash(client)] = client  # held: later signals then give the same object
-        self._playing.add(hash(client))
+        self._clients[hash(client)] = client
         self._to_loop(self._video.keyframe_requested)
         backchannel = self._backchannels.get(hash(ctx.media)) if ctx.media is not None else None
         if backchannel is not None and not backchannel.opened:
@@ -309,13 +309,16 @@ class RtspServer:
     @property
     def viewers(self) -> int:
         """Connections that are playing (from PLAY until they close)."""
-        return len(self._playing)
+        return len(self._clients)
 
     def status(self) -> dict[str, Any]:
         return {"port": self.settings.port, "viewers": self.viewers, "streams": len(self._streams),
                 "streams_made": self.streams_made, "audio": self.settings.audio, "talk": self._talk.status()}
 
     async def stop(self) -> None:
+        """Stop serving and let go of everything `start` took: the listening source, the
+        sessions, the GLib thread. GStreamer's objects hold our callbacks, and through them the
+        camera, so a stopped server left attached would keep the camera's encoder alive."""
         if self._mic_task is not None:
             self._mic_task.cancel()
             await asyncio.gather(self._mic_task, return_exceptions=True)
@@ -325,7 +328,14 @@ class RtspServer:
         if self._server is not None:
             pool = self._server.get_session_pool()
             pool.filter(lambda pool, session, *data: GstRtspServer.RTSPFilterResult.REMOVE, None)
+            self._server.client_filter(lambda server, client, *data: GstRtspServer.RTSPFilterResult.REMOVE, None)
+            source = self._context.find_source_by_id(self._source_id)
+            if source is not None:
+                source.destroy()
         if self._main is not None:
             self._main.quit()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 2)
+        self._clients.clear()
+        self._backchannels.clear()
+        self._server = None
