@@ -29,7 +29,7 @@ def _request(operation: str, password: str = "talk-to-the-door", nonce: bytes = 
 
 
 def _onvif(now: float = NOW) -> Onvif:
-    return Onvif(CAMERA, UsernameTokens(lambda: ACCOUNTS, clock=lambda: now), clock=lambda: now)
+    return Onvif(CAMERA, UsernameTokens(ACCOUNTS, clock=lambda: now), clock=lambda: now)
 
 
 def test_a_good_token_is_answered_once_and_its_replay_is_refused():
@@ -90,7 +90,7 @@ def _digest_header(auth: HttpAuth, password: str = "talk-to-the-door", uri: str 
 
 def test_http_digest_accepts_the_right_answer_and_refuses_stale_forged_or_misdirected_ones():
     now = [NOW]
-    auth = HttpAuth(lambda: ACCOUNTS, clock=lambda: now[0])
+    auth = HttpAuth(ACCOUNTS, clock=lambda: now[0])
     good = _digest_header(auth)
     assert auth.check("GET", "/snapshot.jpg", good) == "hass"
     assert auth.check("GET", "/snapshot.jpg", _digest_header(auth, password="guess-guess")) is None

@@ -16,7 +16,7 @@ import hmac
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 REALM = "intercom"
 NONCE_LIFETIME_S = 300
@@ -28,7 +28,7 @@ def _md5(text: str) -> str:
 
 
 class HttpAuth:
-    def __init__(self, accounts: Callable[[], dict[str, str]], clock: Callable[[], float] = time.time,
+    def __init__(self, accounts: Mapping[str, str], clock: Callable[[], float] = time.time,
                  secret: bytes | None = None) -> None:
         self._accounts = accounts
         self._clock = clock
@@ -66,12 +66,12 @@ class HttpAuth:
             user, _, given = base64.b64decode(encoded, validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
             return None
-        password = self._accounts().get(user)
+        password = self._accounts.get(user)
         ok = hmac.compare_digest(given.encode(), (password or given + "x").encode())
         return user if ok and password is not None else None
 
     def _digest(self, method: str, path: str, p: dict[str, str]) -> str | None:
-        password = self._accounts().get(p.get("username", ""))
+        password = self._accounts.get(p.get("username", ""))
         if password is None or p.get("realm") != REALM or p.get("uri") != path or not self._fresh(p.get("nonce", "")):
             return None
         ha1 = _md5(f"{p['username']}:{REALM}:{password}")

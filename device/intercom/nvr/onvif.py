@@ -23,7 +23,7 @@ import hmac
 import time
 import xml.etree.ElementTree as ET
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
@@ -77,7 +77,7 @@ def _not_authorized(why: str) -> Fault:
 class UsernameTokens:
     """WS-Security UsernameToken checks: the digest, the clock window, and no nonce twice."""
 
-    def __init__(self, accounts: Callable[[], dict[str, str]], clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, accounts: Mapping[str, str], clock: Callable[[], float] = time.time) -> None:
         self._accounts = accounts
         self._clock = clock
         self._nonces: OrderedDict[bytes, float] = OrderedDict()
@@ -90,7 +90,7 @@ class UsernameTokens:
         user = token.findtext(f"{{{WSSE}}}Username") or ""
         password_node = token.find(f"{{{WSSE}}}Password")
         given = (password_node.text or "") if password_node is not None else ""
-        password = self._accounts().get(user)
+        password = self._accounts.get(user)
         if password is None:
             hmac.compare_digest(given, given)  # the same work as for a known account
             raise _not_authorized("unknown user or wrong password")

@@ -44,9 +44,8 @@ class NvrOutputs:
         described = Camera(serial=door_id, firmware=_version(), width=camera["width"], height=camera["height"],
                            fps=camera["fps"], bitrate=camera["bitrate"], gop=camera["iperiod"],
                            rtsp_port=settings.port, mac=_mac())
-        accounts = lambda: self.settings.accounts  # noqa: E731 - read at each request: a reload takes effect
-        self.onvif = Onvif(described, UsernameTokens(accounts))
-        self.http = NvrHttp(settings.listen, settings.onvif_port, self.onvif, HttpAuth(accounts), snapshot) \
+        self.onvif = Onvif(described, UsernameTokens(settings.accounts))
+        self.http = NvrHttp(settings.listen, settings.onvif_port, self.onvif, HttpAuth(settings.accounts), snapshot) \
             if settings.onvif_port else None
 
     async def start(self) -> None:
