@@ -4,7 +4,6 @@ talk onto its speaker, and Home Assistant's own ONVIF library walking its servic
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import shutil
 import socket
@@ -18,18 +17,15 @@ import pytest
 pytest.importorskip("gi")
 
 from intercom_sim.harness import INTERCOM, Installation
+from intercom_sim.postgres import free_port
 from intercom_sim.rtspclient import RtspClient
 from intercom_sim.sipsite import band_share
+
+from .test_rtsp import run_tool, tone
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
 
 ACCOUNTS = "frigate:watch-the-door\nhass:talk-to-the-door\n"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _accounts(root: Path, text: str = ACCOUNTS, mode: int = 0o600) -> Path:
@@ -40,14 +36,8 @@ def _accounts(root: Path, text: str = ACCOUNTS, mode: int = 0o600) -> Path:
 
 
 def _rtsp(root: Path, **extra: Any) -> dict[str, Any]:
-    return {"rtsp": {"port": _free_port(), "onvif_port": _free_port(), "listen": "127.0.0.1",
+    return {"rtsp": {"port": free_port(), "onvif_port": free_port(), "listen": "127.0.0.1",
                      "accounts_file": str(_accounts(root)), "talk": ["hass"], **extra}}
-
-
-async def _run(*argv: str, timeout: float = 60) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    return proc.returncode or 0, out.decode(errors="replace")
 
 
 def _frames(url: str, count: int, transport: str = "tcp") -> list[str]:
@@ -64,18 +54,13 @@ async def test_two_rtsp_viewers_and_a_webrtc_call_all_decode_frames_at_once(site
     await alice.wait_for_event("answered")
     await door.wait_status(lambda s: s["state"] == "connected")
     (a, log_a), (b, log_b) = await asyncio.gather(
-        _run(*_frames(f"rtsp://frigate:watch-the-door@127.0.0.1:{port}/door", 60)),
-        _run(*_frames(f"rtsp://hass:talk-to-the-door@127.0.0.1:{port}/door", 60, "udp")))
+        run_tool(*_frames(f"rtsp://frigate:watch-the-door@127.0.0.1:{port}/door", 60)),
+        run_tool(*_frames(f"rtsp://hass:talk-to-the-door@127.0.0.1:{port}/door", 60, "udp")))
     assert (a, b) == (0, 0), log_a + log_b
     ended = await alice.wait_for_event("ended", timeout=60)
     assert ended["reason"] == "completed" and ended["video_frames"] >= 90 and ended["distinct_frames"] >= 30
     status = await door.wait_status(lambda s: s["rtsp"]["viewers"] == 0 and s["camera"]["viewers"] == 0)
     assert status["rtsp"]["streams_made"] >= 1
-
-
-def _tone(freq: float, seconds: float, rate: int = 8000) -> np.ndarray:
-    t = np.arange(int(seconds * rate)) / rate
-    return (0.4 * 32767 * np.sin(2 * math.pi * freq * t)).astype(np.int16)
 
 
 async def test_a_dashboard_talks_through_the_backchannel_onto_the_doors_speaker(site):
@@ -87,7 +72,7 @@ async def test_a_dashboard_talks_through_the_backchannel_onto_the_doors_speaker(
     await client.connect()
     try:
         await door.wait_status(lambda s: s["rtsp"]["talk"]["talking"] == ["hass"])
-        await client.talk(_tone(1000, 2.0))
+        await client.talk(tone(1000, 2.0))
         await door.wait_status(lambda s: s["speaker"]["talk_frames"] >= 90)
     finally:
         await client.close()
@@ -132,15 +117,15 @@ async def test_home_assistants_onvif_library_finds_the_stream_and_the_snapshot(s
     snapshot = f"http://127.0.0.1:{port}/snapshot.jpg"
     for scheme in ("--basic", "--digest"):  # a FritzBox's way, and curl's Digest beside aiohttp's
         picture = site.root / f"snapshot{scheme}.jpg"
-        code, out = await _run("curl", "-s", scheme, "-u", "frigate:watch-the-door", "-o", str(picture),
+        code, out = await run_tool("curl", "-s", scheme, "-u", "frigate:watch-the-door", "-o", str(picture),
                                "-w", "%{http_code}", snapshot)
         assert out == "200" and picture.read_bytes().startswith(b"\xff\xd8")
-    code, out = await _run("curl", "-s", "-D", "-", "-o", "/dev/null", "-u", "frigate:wrong-password", snapshot)
+    code, out = await run_tool("curl", "-s", "-D", "-", "-o", "/dev/null", "-u", "frigate:wrong-password", snapshot)
     assert out.startswith("HTTP/1.1 401")
     assert [line.split()[1] for line in out.splitlines() if line.lower().startswith("www-authenticate")] == \
         ["Digest", "Basic"]
     with_password = uri.replace("rtsp://", "rtsp://hass:talk-to-the-door@")
-    code, log = await _run("ffprobe", "-hide_banner", "-rtsp_transport", "tcp", with_password)
+    code, log = await run_tool("ffprobe", "-hide_banner", "-rtsp_transport", "tcp", with_password)
     assert code == 0 and "h264" in log, log
 
     from zeep.exceptions import Fault
@@ -197,7 +182,7 @@ async def test_rtsp_mistakes_are_one_line_each(tmp_path):
 
         path = tmp_path / "door.yaml"
         path.write_text(yaml.safe_dump({**base, "rtsp": rtsp}))
-        code, out = await _run(*INTERCOM, "check-config", str(path))
+        code, out = await run_tool(*INTERCOM, "check-config", str(path))
         assert code != 0 and len(out.strip().splitlines()) == 1, out
         return out
 
@@ -225,7 +210,7 @@ async def test_a_taken_rtsp_port_stops_the_door_with_one_line(site):
         config = {**site.door_config("frontdoor", token, [{"residents": ["alice"]}]), **settings}
         path = site.root / "door.yaml"
         path.write_text(yaml.safe_dump(config))
-        code, out = await _run(*INTERCOM, "run", "--config", str(path))
+        code, out = await run_tool(*INTERCOM, "run", "--config", str(path))
     assert code == 1
     assert f"rtsp.port {settings['rtsp']['port']} on 127.0.0.1 is taken" in out
 
@@ -243,7 +228,7 @@ async def test_selftest_names_a_taken_rtsp_port(tmp_path):
         config["rtsp"]["onvif_port"] = taken.getsockname()[1]
         path = tmp_path / "door.yaml"
         path.write_text(yaml.safe_dump(config))
-        code, out = await _run(*INTERCOM, "selftest", "--no-relay", "--config", str(path))
+        code, out = await run_tool(*INTERCOM, "selftest", "--no-relay", "--config", str(path))
     report = json.loads(out[out.index("{"):])
     assert code == 1 and report["rtsp"]["ok"] is False
     assert report["rtsp"]["error"] == (f"RuntimeError: rtsp.onvif_port {config['rtsp']['onvif_port']} on 127.0.0.1 "

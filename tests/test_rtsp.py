@@ -23,8 +23,11 @@ from intercom.media.video import AccessUnit
 from intercom.nvr.rtsp import RtspServer
 from intercom.nvr.settings import NvrSettings
 from intercom.nvr.talk import TalkGate
+from intercom_sim.postgres import free_port
 from intercom_sim.rtspclient import RtspClient, RtspError
 from intercom_sim.sipsite import band_share
+
+from .test_standby import until
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
 
@@ -51,17 +54,9 @@ class Door:
         return f"rtsp://{account}:{password or ACCOUNTS[account]}@127.0.0.1:{self.port}{path}"
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.asynccontextmanager
 async def _door(audio: str = "off") -> AsyncIterator[Door]:
-    settings = NvrSettings(_free_port(), 0, "127.0.0.1", Path("/dev/null"), ACCOUNTS, audio, frozenset({"hass"}))
+    settings = NvrSettings(free_port(), 0, "127.0.0.1", Path("/dev/null"), ACCOUNTS, audio, frozenset({"hass"}))
     camera = TestPatternCamera(320, 240, 15, 400_000, 30)
     camera.start()
     played: list[np.ndarray] = []
@@ -84,12 +79,12 @@ async def door() -> AsyncIterator[Door]:
 
 async def test_the_microphone_reaches_viewers_only_when_the_installer_allows_it(tmp_path):
     async with _door() as door:
-        code, log = await _run("ffprobe", "-hide_banner", "-rtsp_transport", "tcp", door.url())
+        code, log = await run_tool("ffprobe", "-hide_banner", "-rtsp_transport", "tcp", door.url())
     assert code == 0 and "Video: h264" in log and "Audio" not in log  # off by default: video only
     for audio, codec in (("opus", "opus"), ("pcmu", "pcm_mulaw")):
         async with _door(audio) as talking:
             heard = tmp_path / f"{audio}.raw"
-            code, log = await _run("ffmpeg", "-hide_banner", "-rtsp_transport", "tcp", "-timeout", "20000000",
+            code, log = await run_tool("ffmpeg", "-hide_banner", "-rtsp_transport", "tcp", "-timeout", "20000000",
                                    "-i", talking.url(), "-vn",
                                    "-t", "3", "-f", "s16le", "-ac", "1", "-ar", "8000", "-y", str(heard))
             assert code == 0 and f"Audio: {codec}" in log, log
@@ -98,7 +93,7 @@ async def test_the_microphone_reaches_viewers_only_when_the_installer_allows_it(
             assert band_share(samples, 8000, 660) + band_share(samples, 8000, 550) > 0.8
 
 
-async def _run(*argv: str, timeout: float = 60) -> tuple[int, str]:
+async def run_tool(*argv: str, timeout: float = 60) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.STDOUT)
     out, _ = await asyncio.wait_for(proc.communicate(), timeout)
@@ -106,16 +101,9 @@ async def _run(*argv: str, timeout: float = 60) -> tuple[int, str]:
 
 
 async def _pull(url: str, out: Path, frames: int, transport: str = "tcp") -> tuple[int, str]:
-    return await _run("ffmpeg", "-hide_banner", "-loglevel", "error", "-rtsp_transport", transport,
+    return await run_tool("ffmpeg", "-hide_banner", "-loglevel", "error", "-rtsp_transport", transport,
                       "-analyzeduration", "0", "-i", url, "-frames:v", str(frames), "-c", "copy", "-f", "h264",
                       "-y", str(out))
-
-
-async def _wait(predicate, timeout: float = 10.0) -> None:
-    async def poll() -> None:
-        while not predicate():
-            await asyncio.sleep(0.02)
-    await asyncio.wait_for(poll(), timeout)
 
 
 async def test_ffmpeg_receives_the_cameras_own_h264_byte_for_byte_and_a_wrong_password_gets_401(door, tmp_path):
@@ -131,26 +119,26 @@ async def test_ffmpeg_receives_the_cameras_own_h264_byte_for_byte_and_a_wrong_pa
     assert received[0][0] & 0x1F == 5
     assert received == sent[start:start + len(received)]  # ...and gets the camera's slices unchanged
 
-    code, log = await _run("ffprobe", "-hide_banner", "-rtsp_transport", "tcp", door.url(password="wrong-password"))
+    code, log = await run_tool("ffprobe", "-hide_banner", "-rtsp_transport", "tcp", door.url(password="wrong-password"))
     assert code != 0 and "401" in log
-    code, log = await _run("ffprobe", "-hide_banner", "-rtsp_transport", "tcp",
+    code, log = await run_tool("ffprobe", "-hide_banner", "-rtsp_transport", "tcp",
                            f"rtsp://127.0.0.1:{door.port}/door")
     assert code != 0 and "401" in log
-    await _wait(lambda: door.server.viewers == 0)
+    await until(lambda: door.server.viewers == 0)
 
 
 async def test_two_clients_over_udp_and_tcp_decode_frames_at_once_and_viewers_return_to_zero(door, tmp_path):
     seen: list[int] = []
     counting = asyncio.get_running_loop().create_task(_count_viewers(door.server, seen))
     (a, log_a), (b, log_b) = await asyncio.gather(
-        _run("ffmpeg", "-hide_banner", "-loglevel", "error", "-rtsp_transport", "tcp", "-i", door.url(),
+        run_tool("ffmpeg", "-hide_banner", "-loglevel", "error", "-rtsp_transport", "tcp", "-i", door.url(),
              "-frames:v", "30", "-f", "null", "-"),
-        _run("ffmpeg", "-hide_banner", "-loglevel", "error", "-rtsp_transport", "udp", "-i", door.url("hass"),
+        run_tool("ffmpeg", "-hide_banner", "-loglevel", "error", "-rtsp_transport", "udp", "-i", door.url("hass"),
              "-frames:v", "30", "-f", "null", "-"))
     counting.cancel()
     assert (a, b) == (0, 0), log_a + log_b
     assert max(seen) == 2
-    await _wait(lambda: door.server.viewers == 0)
+    await until(lambda: door.server.viewers == 0)
 
 
 async def _count_viewers(server: RtspServer, seen: list[int]) -> None:
@@ -159,7 +147,7 @@ async def _count_viewers(server: RtspServer, seen: list[int]) -> None:
         await asyncio.sleep(0.05)
 
 
-def _tone(freq: float, seconds: float, rate: int = 8000) -> np.ndarray:
+def tone(freq: float, seconds: float, rate: int = 8000) -> np.ndarray:
     t = np.arange(int(seconds * rate)) / rate
     return (0.4 * 32767 * np.sin(2 * math.pi * freq * t)).astype(np.int16)
 
@@ -170,15 +158,15 @@ async def test_a_talking_client_in_go2rtcs_order_is_heard_at_the_door(door):
     try:
         assert client.talk_channel is not None
         assert "a=sendonly" in client.sdp and "PCMU" in client.sdp
-        await client.talk(_tone(1000, 2.0))
-        await _wait(lambda: len(door.played) >= 80)
+        await client.talk(tone(1000, 2.0))
+        await until(lambda: len(door.played) >= 80)
         assert client.received.first_keyframe_s is not None  # it was watching, too
         assert door.server.status()["talk"]["talking"] == ["hass"]
     finally:
         await client.close()
     heard = np.concatenate(door.played)
     assert band_share(heard, 48000, 1000) > 0.8
-    await _wait(lambda: door.server.status()["talk"]["last"] is not None)
+    await until(lambda: door.server.status()["talk"]["last"] is not None)
     assert door.server.status()["talk"]["last"]["account"] == "hass"
 
 
@@ -187,10 +175,10 @@ async def test_talk_is_muted_while_a_residents_call_is_on(door):
     client = RtspClient(door.url("hass", "/talk"))
     await client.connect()
     try:
-        await client.talk(_tone(1000, 1.0))
+        await client.talk(tone(1000, 1.0))
     finally:
         await client.close()
-    await _wait(lambda: door.server.status()["talk"]["last"] is not None)
+    await until(lambda: door.server.status()["talk"]["last"] is not None)
     last = door.server.status()["talk"]["last"]
     assert door.played == [] and last["muted_s"] > 0.5 and last["played_s"] == 0
 
@@ -212,6 +200,6 @@ async def test_who_may_not_talk_gets_no_backchannel(door):
     await plain.connect()
     try:
         assert plain.talk_channel is None and "sendonly" not in plain.sdp
-        await _wait(lambda: plain.received.first_keyframe_s is not None)
+        await until(lambda: plain.received.first_keyframe_s is not None)
     finally:
         await plain.close()

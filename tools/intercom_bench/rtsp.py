@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from intercom_sim.postgres import free_port
 from intercom_sim.rtspclient import RtspClient
 
 from .figures import cpu_times, memory_kib, summary
@@ -29,7 +30,7 @@ async def run(root: Path, connects: int, seconds: float, width: int = 1280, heig
         accounts.write_text(f"{ACCOUNT}:{PASSWORD}\n")
         accounts.chmod(0o600)
         settings = camera(width, height, fps)
-        settings["rtsp"] = {"port": _port(), "onvif_port": 0, "listen": "127.0.0.1",
+        settings["rtsp"] = {"port": free_port(), "onvif_port": 0, "listen": "127.0.0.1",
                             "accounts_file": str(accounts)}
         resident = await site.start_resident("alice", "--hangup-after", f"{4 * seconds + 30:g}",
                                              "--hangup-after-frames", "0")
@@ -50,14 +51,6 @@ async def run(root: Path, connects: int, seconds: float, width: int = 1280, heig
             "first_keyframe_ms": summary(first),
             "door_percent_beside_a_call": {str(n): c["door_percent"] for n, c in cost.items()},
             "rss_kib_per_viewer": round(per_viewer), "seconds": seconds}
-
-
-def _port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _first_keyframes(url: str, connects: int) -> list[float]:
