@@ -69,14 +69,22 @@ _BACKCHANNEL = ('( capsfilter name=depay_backchannel '
 class _Stream:
     """One GStreamer stream (media): its sources, fed from the event loop."""
 
-    def __init__(self, video: Any, audio: Any) -> None:
+    def __init__(self, video: Any, audio: Any, request_keyframe: Callable[[], None]) -> None:
         self.video_src = video
         self.audio_src = audio
+        self._request_keyframe = request_keyframe
         self._waiting_for_key = True
 
     def _offer(self, unit: AccessUnit) -> None:
-        """An access unit from the camera, on the loop (`EncodedVideo.subscribe`)."""
+        """An access unit from the camera, on the loop (`EncodedVideo.subscribe`), once the
+        stream plays. Before that appsrc has no clock to stamp it with; a keyframe stamped
+        anyhow (which a busy machine made likely: preparing took longer than the keyframe)
+        left clients waiting for time to catch up. So the stream starts at the first
+        keyframe after it plays, asked for then."""
+        if self.video_src.get_clock() is None:
+            return
         if self._waiting_for_key and not unit.keyframe:
+            self._request_keyframe()  # merged with any request on its way (EncodedVideo)
             return
         self._waiting_for_key = False
         self.video_src.emit("push-buffer", Gst.Buffer.new_wrapped(unit.data))
@@ -206,7 +214,7 @@ class RtspServer:
     def _configure(self, factory: Any, media: Any) -> None:
         """A stream is made (at a DESCRIBE): register its sources with the loop."""
         element = media.get_element()
-        stream = _Stream(element.get_by_name("video"), element.get_by_name("audio"))
+        stream = _Stream(element.get_by_name("video"), element.get_by_name("audio"), self._video.keyframe_requested)
         key = next(self._keys)
         sink = element.get_by_name("backchannel")
         if sink is not None:
