@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from aiortc import RTCPeerConnection
 
-from intercom.media.camera import make_camera
+from intercom.media.cameras import make_camera
 from intercom.media.peer import rtc_configuration
 from intercom.media.picamera import Picamera2Camera
 from intercom.media.stamps import monotonic_us, read_stamp

@@ -19,7 +19,7 @@ import av
 from .config import DoorConfig
 from .directory import site_users, unknown_residents
 from .media.audio import FRAME_SAMPLES, RATE, Speaker, frames_of, level_dbfs, open_pcm
-from .media.camera import make_camera
+from .media.cameras import make_camera
 from .media.pacing import RealTime
 from .pins import Pins
 from .signaling import tls_context

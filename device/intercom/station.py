@@ -35,7 +35,8 @@ from .config import DoorConfig
 from .directory import site_users, unknown_residents
 from .kept_presses import KeptPresses
 from .media.audio import AlsaCaptureTrack, Speaker, ToneTrack
-from .media.camera import EncodedCamera, make_camera
+from .media.camera import EncodedCamera
+from .media.cameras import make_camera
 from .media.clips import ClipError, Clips
 from .media.echo import EchoCanceller
 from .media.peer import rtc_configuration, watch_received

@@ -1,4 +1,4 @@
-"""The door's camera: one interface, three backends chosen in the YAML.
+"""The door's camera: one interface, three backends chosen in the YAML (`cameras.py` picks one).
 
 Every backend produces H.264 access units (SPS/PPS inline, baseline profile) on a thread of
 its own, the hardware edge, and hands them to the event loop with `call_soon_threadsafe`:
@@ -85,23 +85,3 @@ class EncodedCamera:
 
     def close(self) -> None:
         pass
-
-
-def make_camera(config: dict[str, Any]) -> EncodedCamera:
-    """The backend the installer chose (`hardware.camera` in the YAML); each is imported only
-    when chosen."""
-    size = (config["width"], config["height"], config["fps"], config["bitrate"], config["iperiod"])
-    backend = config["backend"]
-    if backend == "picamera2":
-        from .picamera import Picamera2Camera
-
-        return Picamera2Camera(*size)
-    encoding = config.get("encoding", "passthrough")
-    if backend == "v4l2":
-        from .v4l2 import V4l2Camera
-
-        return V4l2Camera(config["device"], *size, container_format=config["format"],
-                          input_format=config["input_format"], encoding=encoding)
-    from .testpattern import TestPatternCamera
-
-    return TestPatternCamera(*size, encoding=encoding)
