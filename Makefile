@@ -27,7 +27,7 @@ TEST_SYSTEM_PACKAGES := coturn systemd chromium fonts-dejavu-core iproute2 nftab
 NODE_PACKAGES := nodejs npm
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo demo-auto test check bench system-packages clean
+.PHONY: demo demo-auto test test-fast check bench system-packages clean
 
 demo: $(VENV)/.installed
 	$(BIN)/python -m intercom_sim.demo $(DEMO_ARGS)
@@ -39,13 +39,23 @@ demo-auto: $(VENV)/.installed
 test: check
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The fast tier, for a developer between two edits: everything but the tests marked `slow`
+# (a browser, a cluster, whole installations as processes, injected faults, the benchmarks).
+# `make test` still runs everything, and is what CI runs.
+test-fast: check
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
 # The quality gate, first in `make test` and so in CI: the linter, the type checker (strict on
-# the shared protocol, clean everywhere else; settings in pyproject.toml), and TypeScript's
+# the shared protocol, clean everywhere else; settings in pyproject.toml), the architecture
+# (import-linter's contracts in pyproject.toml: no import circle, the server's layers; and
+# tools/shape.py: the server's sizes and no reaching into another module's private names), and TypeScript's
 # checker, strict, on the web app's JavaScript and its service worker (nothing is built).
 WEBCHECK := tools/webapp-check
 check: $(VENV)/.installed-test $(WEBCHECK)/node_modules/.installed
 	$(BIN)/ruff check device tools tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/python tools/shape.py
 	$(WEBCHECK)/node_modules/.bin/tsc -p $(WEBCHECK)/tsconfig.json
 	$(WEBCHECK)/node_modules/.bin/tsc -p $(WEBCHECK)/tsconfig.worker.json
 

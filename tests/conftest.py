@@ -7,6 +7,7 @@ import dataclasses
 import datetime
 import ipaddress
 import json
+import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -22,8 +23,11 @@ from cryptography.x509.oid import NameOID
 from intercom_protocol.messages import REPLY_TYPES, Event, Incoming, parse_event
 from intercom_protocol.requests import RequestTracker
 from intercom_server.app import HUB, create_app
-from intercom_server.hub import Hub, HubSettings
+from intercom_server.cluster import ClusterSettings
+from intercom_server.hub import Hub
+from intercom_server.settings import HubSettings
 from intercom_server.store import Store
+from intercom_sim.cluster import Redis
 from intercom_sim.harness import Installation
 from intercom_sim.postgres import Postgres
 
@@ -131,10 +135,10 @@ class ServerUnderTest:
     async def user(self, user_id: str, kind: str = "resident", site: str = "home") -> str:
         """Create a user (and its site) and return a fresh access token."""
         if site not in self._sites:
-            await self.store.add_site(site, site.title())
+            await self.store.users.add_site(site, site.title())
             self._sites.add(site)
-        await self.store.add_user(user_id, kind, site, user_id.title())
-        return (await self.store.issue_token(user_id))["access_token"]
+        await self.store.users.add_user(user_id, kind, site, user_id.title())
+        return (await self.store.tokens.issue_token(user_id))["access_token"]
 
     async def connect(self) -> WsClient:
         ws = await self.http.ws_connect(self.ws_url)
@@ -195,16 +199,50 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
     return tmp_path / "intercom.db"
 
 
+#: The server's state backends: `@pytest.mark.backends(*BACKENDS)` on a module or a test runs
+#: each of its tests that uses `server` once on each (one process in memory; one process of a
+#: cluster, in Redis).
+BACKENDS = ["memory", "redis"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("backends")
+    if marker is not None and "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", marker.args, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
+    """One Redis for the session, started only if a test asks for it; each server keeps its
+    keys under a prefix of its own."""
+    redis = Redis(tmp_path_factory.mktemp("redis"))
+    asyncio.run(redis.ready())
+    try:
+        yield redis
+    finally:
+        redis.stop()
+
+
 @pytest.fixture
-async def server(request: pytest.FixtureRequest, tmp_path: Path,
-                 settings: HubSettings) -> AsyncIterator[ServerUnderTest]:
+def backend(request: pytest.FixtureRequest) -> ClusterSettings | None:
+    """None for the memory backend, else the Redis one's settings."""
+    if getattr(request, "param", "memory") == "memory":
+        return None
+    redis = cast(Redis, request.getfixturevalue("redis_server"))
+    name = secrets.token_hex(4)
+    return ClusterSettings(redis.url, name=f"test-{name}", prefix=f"test-{name}:", timer_poll_s=0.01)
+
+
+@pytest.fixture
+async def server(request: pytest.FixtureRequest, tmp_path: Path, settings: HubSettings,
+                 backend: ClusterSettings | None) -> AsyncIterator[ServerUnderTest]:
     engine = getattr(request, "param", "sqlite")
     target: str | Path = tmp_path / "intercom.db"
     if engine == "postgresql":
         target = cast(Postgres, request.getfixturevalue("postgres")).new_database()
         settings.messages = dataclasses.replace(settings.messages, directory=tmp_path / "messages")
     store = await Store.open(target)
-    app = create_app(store, settings, API_TOKEN)
+    app = create_app(store, settings, API_TOKEN, cluster=backend)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -16,8 +16,8 @@ from aiohttp import web
 from intercom.signaling import SignalingClient
 from intercom_protocol.messages import CLOSE_TOKEN_REVOKED
 from intercom_server.app import create_app
-from intercom_server.hub import HubSettings
 from intercom_server.limits import LimitSettings
+from intercom_server.settings import HubSettings
 from intercom_server.store import Store
 
 from .conftest import API_TOKEN, OFFER, WsClient, self_signed_certificate
@@ -30,7 +30,7 @@ async def _closed_with(client, code: int, timeout: float = 5.0) -> None:
 
 async def test_revoking_a_token_ends_its_live_session_and_call_at_once(server):
     await server.user("door", kind="door")
-    token = await server.store.issue_token("door")
+    token = await server.store.tokens.issue_token("door")
     alice_token = await server.user("alice")
     door = await server.signed_in("door", token["access_token"], "door")
     phone = await server.signed_in("alice", alice_token, "phone")
@@ -53,17 +53,17 @@ async def test_signing_out_ends_the_phones_other_live_session(server):
 
 async def test_a_token_revoked_from_a_shell_ends_its_session(server):
     await server.user("alice")
-    token = await server.store.issue_token("alice")
+    token = await server.store.tokens.issue_token("alice")
     phone = await server.signed_in("alice", token["access_token"], "phone")
     shell = await Store.open(server.database)  # `intercom-server token revoke`: another process, another connection
-    await shell.revoke_token("alice", token["token_id"])
+    await shell.tokens.revoke_token("alice", token["token_id"])
     await shell.close()
     await _closed_with(phone, CLOSE_TOKEN_REVOKED)
 
 
 async def test_an_expiring_token_ends_its_session_when_it_expires(server):
     await server.user("alice")
-    token = await server.store.issue_token("alice", expires_in_s=0.3)
+    token = await server.store.tokens.issue_token("alice", expires_in_s=0.3)
     phone = await server.signed_in("alice", token["access_token"], "phone")
     await _closed_with(phone, CLOSE_TOKEN_REVOKED)
     again = await server.connect()
@@ -134,7 +134,7 @@ async def test_health_tells_strangers_only_that_the_server_is_up(server):
 
 async def test_the_database_is_private_to_the_server(tmp_path: Path):
     store = await Store.open(tmp_path / "intercom.db")
-    await store.add_site("home", "Home")
+    await store.users.add_site("home", "Home")
     for name in ("intercom.db", "intercom.db-wal"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
     await store.close()
@@ -148,9 +148,9 @@ async def test_the_database_is_private_to_the_server(tmp_path: Path):
 async def test_over_tls_the_door_trusts_its_ca_file_and_browsers_get_hsts(tmp_path: Path):
     cert, key = self_signed_certificate(tmp_path)
     store = await Store.open(tmp_path / "intercom.db")
-    await store.add_site("home", "Home")
-    await store.add_user("door", "door", "home", "Door")
-    token = (await store.issue_token("door"))["access_token"]
+    await store.users.add_site("home", "Home")
+    await store.users.add_user("door", "door", "home", "Door")
+    token = (await store.tokens.issue_token("door"))["access_token"]
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     tls.load_cert_chain(cert, key)
     runner = web.AppRunner(create_app(store, HubSettings(), API_TOKEN))

@@ -5,18 +5,21 @@ daemon and the residents are real processes that connect through HAProxy."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 
 from intercom_sim.cluster import Cluster
 
 from .conftest import ANSWER, OFFER, WsClient
+from .mosquitto import HomeAssistant, Mosquitto
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 RELAY = {"hardware": {"pins": {"relay": 22, "relay_pulse_s": 0.5, "backlight_led": 23}}}
 
@@ -250,3 +253,128 @@ async def test_processes_that_lose_redis_say_so_and_heal_by_themselves(tmp_path)
         assert (await alice.wait_for_event("incoming", timeout=30))["caller"]["user_id"] == "frontdoor"
     finally:
         await group.close()
+
+
+async def _direct(cluster: Cluster, http: aiohttp.ClientSession, index: int, user: str, token: str) -> WsClient:
+    """A device signed in on this very process, not wherever HAProxy would send it."""
+    client = WsClient(await http.ws_connect(cluster.url(index).replace("http", "ws") + "/v1/ws"))
+    reply = await client.request("authenticate", user_id=user, access_token=token, device_id="d")
+    assert reply["type"] == "ok", reply
+    return client
+
+
+async def _tokens(cluster: Cluster) -> dict[str, str]:
+    return {user: (await cluster.site.add_user(user, kind, user.title())).read_text().strip()
+            for user, kind in (("frontdoor", "door"), ("alice", "resident"))}
+
+
+async def test_a_press_rings_a_connected_resident_while_postgresql_is_down(tmp_path):
+    """Who a dial rings comes from each process's memory: with the database stopped, the door
+    and the phone already connected (on different processes) still ring and talk; what the
+    database did not take is counted for the operator."""
+    group = Cluster(tmp_path / "cluster", size=2)
+    try:
+        await group.start()
+        tokens = await _tokens(group)
+        async with aiohttp.ClientSession() as http:
+            door = await _direct(group, http, 0, "frontdoor", tokens["frontdoor"])
+            alice = await _direct(group, http, 1, "alice", tokens["alice"])
+            assert group.postgres is not None
+            for outage in (False, True):  # the house in use, then the database gone
+                if outage:
+                    group.postgres.pause()
+                reply = await door.request("dial", callees=["alice"], offer=OFFER)
+                assert reply["type"] == "ok", reply
+                assert (await alice.next("incoming", timeout=15))["call_id"] == reply["call_id"]
+                assert (await alice.request("accept", call_id=reply["call_id"], answer=ANSWER))["type"] == "ok"
+                assert (await door.next("accepted", timeout=15))["call_id"] == reply["call_id"]
+                assert (await door.request("end", call_id=reply["call_id"]))["type"] == "ok"
+                assert (await alice.next("ended", timeout=15))["reason"] == "completed"
+            status, health = await group.health(0)
+            assert status == 503 and health["database"]["ok"] is False  # HAProxy sends no new device here
+            assert health["store_errors"] >= 1, "the call's record could not be written, and the operator sees so"
+            group.postgres.resume()
+            for client in (door, alice):
+                await client.close()
+    finally:
+        await group.close()
+
+
+async def test_a_process_restarted_under_its_name_at_once_lets_go_of_what_it_held(tmp_path):
+    """SIGKILL, then the supervisor starts it again under the same name within two seconds:
+    its heartbeat is back before anyone noticed it gone, so it must itself let go of the
+    devices its previous life held. The resident who was on it never returns: its call ends
+    `connection_lost` after the grace, and nobody counts its phone as connected."""
+    group = Cluster(tmp_path / "cluster", size=2, settings={"calls": {"grace_s": 1, "media_grace_s": 2}})
+    try:
+        await group.start()
+        tokens = await _tokens(group)
+        async with aiohttp.ClientSession() as http:
+            door = await _direct(group, http, 0, "frontdoor", tokens["frontdoor"])
+            alice = await _direct(group, http, 1, "alice", tokens["alice"])
+            call_id = (await door.request("dial", callees=["alice"], offer=OFFER))["call_id"]
+            await alice.next("incoming", timeout=15)
+            assert (await alice.request("accept", call_id=call_id, answer=ANSWER))["type"] == "ok"
+            await door.next("accepted", timeout=15)
+            await group.kill(1)
+            await group.start_server(1)  # the same name, s1, at once
+            ended = await door.next("ended", timeout=20)
+            assert (ended["call_id"], ended["reason"]) == (call_id, "connection_lost")
+            assert group.redis is not None
+            redis = aioredis.from_url(group.redis.url, decode_responses=True)
+            try:
+                assert await redis.hgetall("intercom:presence:alice") == {}
+                assert await redis.smembers("intercom:devices:s1") == set()
+            finally:
+                await redis.aclose()
+            await door.close()
+            await alice.close()
+    finally:
+        await group.close()
+
+
+def _pressed(call_id: str | None = None) -> Any:
+    def match(payload: bytes) -> bool:
+        try:
+            event = json.loads(payload)
+        except ValueError:
+            return False
+        return event.get("event_type") == "pressed" and call_id in (None, event.get("call_id"))
+    return match
+
+
+async def test_home_assistant_over_mqtt_on_a_cluster_through_a_rolling_restart(tmp_path):
+    """One process of three publishes (the one holding the `mqtt` lease), whichever process the
+    door and the call are on; after each process in turn restarts, Home Assistant still sees
+    every press once, and the door's call state."""
+    broker = Mosquitto(tmp_path / "mosquitto")
+    await broker.start()
+    group = Cluster(tmp_path / "cluster", settings={"mqtt": broker.server_settings})
+    try:
+        await group.start()
+        async with HomeAssistant(broker) as ha:
+            site = group.site
+            await site.start_resident("alice", "--answer", "ignore")
+            door = await site.start_door("frontdoor", [{"residents": ["alice"], "timeout_s": 60}])
+            await ha.on("intercom/frontdoor/availability", lambda p: p == b"online", timeout=30)
+            mark = 0
+            for restarted in (False, True):
+                if restarted:
+                    for index in range(group.size):
+                        await group.restart(index)
+                    await door.wait_status(lambda s: s["server"]["connected"], timeout=30)
+                    await ha.on("intercom/status", lambda p: p == b"online", timeout=30, after=mark)
+                mark = len(ha.messages)
+                await press(door)
+                pressed = await ha.on("intercom/frontdoor/event", _pressed(), timeout=30, after=mark)
+                await ha.on("intercom/frontdoor/call_state", lambda p: p == b"ringing", timeout=30, after=mark)
+                assert (await door.ctl("hangup"))["hanging_up"] is True
+                await ha.on("intercom/frontdoor/call_state", lambda p: p == b"idle", timeout=30, after=mark)
+                presses = [m for m in ha.messages[mark:] if m.topic == "intercom/frontdoor/event"
+                           and _pressed(pressed.json()["call_id"])(m.payload)]
+                assert len(presses) == 1, "one process publishes, once"
+            leaders = [(await group.health(i))[1]["mqtt"]["leader"] for i in range(group.size)]
+            assert leaders.count(True) == 1, leaders
+    finally:
+        await group.close()
+        await broker.stop()

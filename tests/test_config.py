@@ -217,8 +217,8 @@ def test_server_database_and_cluster_sections(tmp_path):
     with pytest.raises(ConfigError, match="share one database: set database: to a postgresql:// URL"):
         ServerConfig.from_file(path)
     path.write_text(f"database: {url}\ncluster:\n  redis: redis://cache:6379/0\nmqtt:\n  host: broker\n")
-    with pytest.raises(ConfigError, match="MQTT bridge runs on a single server"):
-        ServerConfig.from_file(path)
+    both = ServerConfig.from_file(path)  # one process of the cluster runs the bridge (docs/cluster.md)
+    assert both.cluster is not None and both.hub.mqtt is not None and both.hub.mqtt.host == "broker"
 
 
 def test_server_push_section_defaults_and_mistakes(tmp_path):

@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from intercom_server.hub import HubSettings
+from intercom_server.settings import HubSettings
 
 from .conftest import OFFER
 

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from intercom_protocol.messages import MAX_MESSAGE_BYTES, REQUEST_TYPES
 from intercom_server.app import HUB, create_app
-from intercom_server.hub import HubSettings
+from intercom_server.settings import HubSettings
 from intercom_server.store import Store
 
 from .conftest import ANSWER, API_TOKEN, OFFER
@@ -150,7 +150,8 @@ async def _scenario(store: Store, tokens: dict[str, str], sent: list[str | bytes
         # The victims' call is untouched: nobody was told anything, and it is still live.
         assert (len(door.received), len(alice.received)) == victims_before
         hub = app[HUB]
-        assert call_id in hub.calls and hub.calls[call_id].accepted_by is not None
+        live = await hub.service.find_call(call_id)
+        assert live is not None and not live.ended and live.accepted_by is not None
         await door.request("end", call_id=call_id)
     await runner.cleanup()
 
@@ -166,13 +167,13 @@ def _assert_nothing_leaked(listener: Listener, victim_call: str, own_calls: set[
 
 async def _victims(path: Path) -> tuple[Store, dict[str, str]]:
     store = await Store.open(path)
-    await store.add_site("a", "Victims' house")
-    await store.add_site("b", "Attacker's flat")
-    await store.add_user("door_a", "door", "a", "Front door")
-    await store.add_user("alice", "resident", "a", VICTIM_NAME)
-    await store.add_user("door_b", "door", "b", "Attacker's door")
-    await store.add_user("mallory", "resident", "b", "Mallory")
-    tokens = {u: (await store.issue_token(u))["access_token"] for u in ("door_a", "alice", "mallory")}
+    await store.users.add_site("a", "Victims' house")
+    await store.users.add_site("b", "Attacker's flat")
+    await store.users.add_user("door_a", "door", "a", "Front door")
+    await store.users.add_user("alice", "resident", "a", VICTIM_NAME)
+    await store.users.add_user("door_b", "door", "b", "Attacker's door")
+    await store.users.add_user("mallory", "resident", "b", "Mallory")
+    tokens = {u: (await store.tokens.issue_token(u))["access_token"] for u in ("door_a", "alice", "mallory")}
     return store, tokens
 
 

@@ -34,9 +34,9 @@ async def test_an_invite_signs_a_phone_in_once(server):
     # Used once: the same link a second time, from anyone, signs nobody in.
     status, body = await server.api("POST", "/v1/invites/redeem", {"code": invite["code"]}, token=None)
     assert status == 401 and "already used" in body["error"]["message"]
-    assert (await server.store.list_invites("alice"))[0]["token_id"] == signed_in["token_id"]
-    tokens = {t["token_id"] for t in await server.store.list_tokens("alice")}
-    assert tokens == {signed_in["token_id"], (await server.store.list_tokens("alice"))[0]["token_id"]} and len(tokens) == 2
+    assert (await server.store.tokens.list_invites("alice"))[0]["token_id"] == signed_in["token_id"]
+    tokens = {t["token_id"] for t in await server.store.tokens.list_tokens("alice")}
+    assert tokens == {signed_in["token_id"], (await server.store.tokens.list_tokens("alice"))[0]["token_id"]} and len(tokens) == 2
     assert installer_token != signed_in["access_token"]
 
 
@@ -51,9 +51,9 @@ async def test_two_phones_racing_with_one_invite_get_one_token(server):
 
 @on_both
 async def test_expired_unknown_and_malformed_invites_are_refused_and_change_nothing(server):
-    await server.store.add_site("home", "Home")
-    await server.store.add_user("alice", "resident", "home", "Alice")
-    expired = await server.store.create_invite("alice", 60)
+    await server.store.users.add_site("home", "Home")
+    await server.store.users.add_user("alice", "resident", "home", "Alice")
+    expired = await server.store.tokens.create_invite("alice", 60)
     await server.store.db.execute("UPDATE invites SET expires_at = 0")
     for code in (expired["code"], "not-a-code-we-gave"):
         status, body = await server.api("POST", "/v1/invites/redeem", {"code": code}, token=None)
@@ -61,7 +61,7 @@ async def test_expired_unknown_and_malformed_invites_are_refused_and_change_noth
     for body in ({}, {"code": 7}, {"code": ""}, {"code": "x", "user_id": "alice"}):
         status, reply = await server.api("POST", "/v1/invites/redeem", body, token=None)
         assert status == 400 and reply["error"]["code"] == "bad_request"
-    assert await server.store.list_tokens("alice") == []
+    assert await server.store.tokens.list_tokens("alice") == []
 
 
 async def test_invites_are_for_residents_and_need_the_api_token(server):
@@ -72,7 +72,7 @@ async def test_invites_are_for_residents_and_need_the_api_token(server):
     assert (await server.api("POST", "/v1/users/nobody/invites"))[0] == 404
     assert (await server.api("POST", "/v1/users/alice/invites", token=None))[0] == 401
     assert (await server.api("POST", "/v1/users/alice/invites", {"expires_in_s": 10**9}))[0] == 400
-    assert await server.store.list_invites("alice") == []
+    assert await server.store.tokens.list_invites("alice") == []
 
 
 async def test_signing_out_revokes_the_phones_token(server):

@@ -7,8 +7,13 @@ import json
 import pytest
 
 from intercom_protocol.messages import MAX_MESSAGE_BYTES
-from intercom_server.hub import HubSettings
 from intercom_server.limits import FailureWindow, LimitSettings, TokenBucket
+from intercom_server.settings import HubSettings
+
+#: Each test on both state backends: one process in memory, one process of a cluster in Redis.
+from .conftest import BACKENDS
+
+pytestmark = pytest.mark.backends(*BACKENDS)
 
 
 def test_token_bucket_allows_a_burst_then_the_rate():
@@ -119,7 +124,7 @@ async def test_connections_per_user_are_bounded_but_the_same_device_may_come_bac
 async def test_a_client_that_does_not_read_is_cut_off_instead_of_filling_memory():
     import asyncio
 
-    from intercom_server.hub import Connection
+    from intercom_server.connection import Connection
 
     stuck = asyncio.Event()  # never set: the socket's buffers are full
     closed: asyncio.Future[tuple[int, str]] = asyncio.get_running_loop().create_future()

@@ -6,12 +6,13 @@ import asyncio
 
 import pytest
 
-from intercom_server.hub import HubSettings
+from intercom_server.settings import HubSettings
 
-from .conftest import ANSWER, ENGINES, OFFER
+from .conftest import ANSWER, BACKENDS, ENGINES, OFFER
 
 #: The history, tokens and door log these tests read back are the store's: on both engines.
-pytestmark = pytest.mark.parametrize("server", ENGINES, indirect=True)
+#: On both engines and both state backends: the protocol is the same, however the server is set up.
+pytestmark = [pytest.mark.parametrize("server", ENGINES, indirect=True), pytest.mark.backends(*BACKENDS)]
 
 
 async def _live_call(server, door_site="home", resident="alice", accept=True):
@@ -99,7 +100,7 @@ async def test_another_resident_and_the_door_itself_are_refused(server):
     door, phone, call_id = await _live_call(server)
     bob = await server.signed_in("bob", await server.user("bob"))
     # Alice's own tablet did not answer: only the device in the call may open.
-    second_phone = await server.signed_in("alice", (await server.store.issue_token("alice"))["access_token"],
+    second_phone = await server.signed_in("alice", (await server.store.tokens.issue_token("alice"))["access_token"],
                                           device_id="tablet")
     for client, fragment in ((bob, "not a party"), (second_phone, "not a party"), (door, "only a resident")):
         reply = await client.request("action", call_id=call_id, name="open_door")
@@ -137,7 +138,7 @@ async def test_after_the_window_the_door_stays_shut(server):
 async def test_a_door_of_another_site_cannot_be_opened(server):
     """Dial never connects two sites, so move the door to another site in the middle of a call."""
     door, phone, call_id = await _live_call(server)
-    await server.store.add_site("elsewhere", "Elsewhere")
+    await server.store.users.add_site("elsewhere", "Elsewhere")
     await server.store.db.execute("UPDATE users SET site_id = 'elsewhere' WHERE user_id = 'door'")
     reply = await phone.request("action", call_id=call_id, name="open_door")
     assert reply["code"] == "forbidden" and "not a door of your site" in reply["message"]
@@ -155,7 +156,7 @@ async def test_an_offline_door_is_a_conflict(server):
 
 async def _until_gone(server, user_id: str) -> None:
     hub = server.hub
-    while any(d.user_id == user_id for d in hub.devices):
+    while any(d.user_id == user_id for d in hub.endpoints):
         await asyncio.sleep(0.01)
 
 

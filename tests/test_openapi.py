@@ -18,8 +18,8 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 
 from intercom_server.app import create_app
-from intercom_server.hub import HubSettings
 from intercom_server.openapi import OPENAPI
+from intercom_server.settings import HubSettings
 from intercom_server.store import Store
 
 from .conftest import API_TOKEN
@@ -41,9 +41,9 @@ class ThreadedServer:
 
     async def _start(self) -> None:
         self.store = await Store.open(self.db)
-        await self.store.add_site("home", "Home")
-        await self.store.add_user("door", "door", "home", "Front door")
-        await self.store.add_user("alice", "resident", "home", "Alice")
+        await self.store.users.add_site("home", "Home")
+        await self.store.users.add_user("door", "door", "home", "Front door")
+        await self.store.users.add_user("alice", "resident", "home", "Alice")
         self.runner = web.AppRunner(create_app(self.store, HubSettings(), API_TOKEN))
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from intercom import pairing
-from intercom_server.hub import HubSettings
 from intercom_server.limits import LimitSettings
+from intercom_server.settings import HubSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,7 +52,7 @@ async def test_a_pairing_link_gives_the_door_its_token_once_and_fills_in_the_yam
     assert "the server accepted the door's token" in out and "Paired as frontdoor (Frontdoor, site home)" in out
     token = tmp_path / "etc" / "token"
     assert stat.S_IMODE(token.stat().st_mode) == 0o600
-    assert await server.store.check_token("frontdoor", token.read_text().strip()) is not None
+    assert await server.store.tokens.check_token("frontdoor", token.read_text().strip()) is not None
     after = config.read_text()
     assert f"  url: {server.ws_url}\n" in after and "  user_id: frontdoor\n" in after
     # Only the two values changed: every comment and every other line is the installer's.
@@ -71,17 +71,17 @@ async def test_a_pairing_link_gives_the_door_its_token_once_and_fills_in_the_yam
 async def test_expired_and_wrong_codes_and_invites_do_not_pair_a_door(server, tmp_path):
     await server.user("frontdoor", kind="door")
     await server.user("alice")
-    expired = await server.store.create_pairing("frontdoor", 60)
+    expired = await server.store.tokens.create_pairing("frontdoor", 60)
     await server.store.db.execute("UPDATE invites SET expires_at = 0")
-    invite = await server.store.create_invite("alice")
+    invite = await server.store.tokens.create_invite("alice")
     for code in (expired["code"], "not-a-code-we-gave-at-all", invite["code"]):
         status, body = await server.api("POST", "/v1/pairings/redeem", {"code": code}, token=None)
         assert status == 401 and body["error"]["code"] == "unauthenticated", body
     # A door's code never signs a browser in as the door, through the web app's endpoint.
-    pairing_code = (await server.store.create_pairing("frontdoor"))["code"]
+    pairing_code = (await server.store.tokens.create_pairing("frontdoor"))["code"]
     status, _ = await server.api("POST", "/v1/invites/redeem", {"code": pairing_code}, token=None)
     assert status == 401
-    assert len(await server.store.list_tokens("frontdoor")) == 1  # the one server.user issued, no more
+    assert len(await server.store.tokens.list_tokens("frontdoor")) == 1  # the one server.user issued, no more
     # ...and both codes still work where they belong.
     assert (await server.api("POST", "/v1/pairings/redeem", {"code": pairing_code}, token=None))[0] == 201
     assert (await server.api("POST", "/v1/invites/redeem", {"code": invite["code"]}, token=None))[0] == 201
@@ -97,7 +97,7 @@ async def test_expired_and_wrong_codes_and_invites_do_not_pair_a_door(server, tm
     LimitSettings(), auth_failures_per_address=3, auth_window_s=60))])
 async def test_wrong_codes_are_rate_limited_per_address_even_for_a_right_code_after(server):
     await server.user("frontdoor", kind="door")
-    good = (await server.store.create_pairing("frontdoor"))["code"]
+    good = (await server.store.tokens.create_pairing("frontdoor"))["code"]
     for _ in range(3):
         status, _ = await server.api("POST", "/v1/pairings/redeem", {"code": "wrong-wrong-wrong-wrong"}, token=None)
         assert status == 401
@@ -107,12 +107,12 @@ async def test_wrong_codes_are_rate_limited_per_address_even_for_a_right_code_af
             assert response.status == 429 and body["error"]["code"] == "rate_limited", body
             assert 0 < int(response.headers["Retry-After"]) <= 60
     # The refused right code was not spent: it pairs once the window has passed.
-    assert (await server.store.list_invites("frontdoor"))[0]["redeemed_at"] is None
+    assert (await server.store.tokens.list_invites("frontdoor"))[0]["redeemed_at"] is None
 
 
 async def test_intercom_pair_checks_what_it_can_before_spending_the_code(server, tmp_path):
     await server.user("frontdoor", kind="door")
-    link = await server.store.create_pairing("frontdoor")
+    link = await server.store.tokens.create_pairing("frontdoor")
     url = f"{server.url}/#pair={link['code']}"
     cases = [
         (["pair", "http://127.0.0.1:1/#invite=abc", "--config", str(door_yaml(tmp_path))],
@@ -125,7 +125,7 @@ async def test_intercom_pair_checks_what_it_can_before_spending_the_code(server,
     for args, line in cases:
         code, out, err = await intercom(*args)
         assert (code, err.strip()) == (1, line) and "Traceback" not in err
-    assert (await server.store.list_invites("frontdoor"))[0]["redeemed_at"] is None  # not spent
+    assert (await server.store.tokens.list_invites("frontdoor"))[0]["redeemed_at"] is None  # not spent
 
     board = tmp_path / "board"
     board.mkdir()

@@ -2,7 +2,7 @@
 
 import pytest
 
-from intercom_server.store import NotFound
+from intercom_server.records import NotFound
 
 from .conftest import ENGINES, OFFER
 
@@ -15,7 +15,7 @@ async def test_every_call_needs_the_api_token(server):
         status, body = await server.api("POST", "/v1/sites", {"site_id": "x", "name": "X"}, token=token)
         assert status == 401 and body["error"]["code"] == "unauthenticated"
     with pytest.raises(NotFound):
-        await server.store.get_site("x")
+        await server.store.users.get_site("x")
 
 
 async def test_provisioning_a_site_a_user_and_a_token_that_signs_in(server):
@@ -49,10 +49,10 @@ async def test_provisioning_a_site_a_user_and_a_token_that_signs_in(server):
 ])
 async def test_bad_requests_are_refused_and_change_nothing(server, path, body, status, fragment):
     await server.user("alice")
-    before = (await server.store.list_tokens("alice"), (await server.store.db.fetchrow("SELECT count(*) FROM users"))[0])
+    before = (await server.store.tokens.list_tokens("alice"), (await server.store.db.fetchrow("SELECT count(*) FROM users"))[0])
     got, answer = await server.api("POST", path, body)
     assert got == status and fragment in answer["error"]["message"]
-    after = (await server.store.list_tokens("alice"), (await server.store.db.fetchrow("SELECT count(*) FROM users"))[0])
+    after = (await server.store.tokens.list_tokens("alice"), (await server.store.db.fetchrow("SELECT count(*) FROM users"))[0])
     assert before == after
 
 
@@ -60,7 +60,7 @@ async def test_duplicate_site_is_a_conflict(server):
     await server.api("POST", "/v1/sites", {"site_id": "a", "name": "A"})
     status, body = await server.api("POST", "/v1/sites", {"site_id": "a", "name": "Other"})
     assert status == 409 and body["error"]["code"] == "conflict"
-    assert (await server.store.get_site("a"))["name"] == "A"
+    assert (await server.store.users.get_site("a"))["name"] == "A"
 
 
 async def test_call_history_newest_first_paged_with_timeline_and_snapshot(server):
@@ -104,8 +104,8 @@ async def test_the_parties_of_a_call_fetch_its_snapshot_with_their_own_token(ser
     assert (await server.api("GET", f"/v1/direct_calls/{call_id}", bearer=stranger_token))[0] == 404
     status, call = await server.api("GET", f"/v1/direct_calls/{call_id}", bearer=alice_token)
     assert status == 200 and call["has_snapshot"] is True
-    token_id = (await server.store.list_tokens("alice"))[0]["token_id"]
-    await server.store.revoke_token("alice", token_id)
+    token_id = (await server.store.tokens.list_tokens("alice"))[0]["token_id"]
+    await server.store.tokens.revoke_token("alice", token_id)
     assert (await server.api("GET", path, bearer=alice_token))[0] == 401
     assert (await server.api("GET", path, bearer="ict_made_up"))[0] == 401
 

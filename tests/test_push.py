@@ -14,12 +14,15 @@ from pathlib import Path
 import pytest
 
 from intercom_protocol.messages import CLOSE_TOKEN_REVOKED
-from intercom_server.hub import HubSettings
 from intercom_server.push import PushSettings, load_vapid
+from intercom_server.settings import HubSettings
 from intercom_server.store import Store
 from intercom_sim.pushservice import PushService
 
-from .conftest import OFFER, ServerUnderTest, WsClient
+from .conftest import BACKENDS, OFFER, ServerUnderTest, WsClient
+
+#: Each test on both state backends: one process in memory, one process of a cluster in Redis.
+pytestmark = pytest.mark.backends(*BACKENDS)
 
 
 @pytest.fixture
@@ -138,7 +141,7 @@ async def test_a_decline_from_the_notification_declines_without_the_app(
                                     bearer=household["alice"])
     assert status == 404, "nobody declines for a phone that is not theirs"
     await server.store.flushed()
-    assert (await server.store.get_call(call_id))["end_reason"] == "declined"
+    assert (await server.store.calls.get_call(call_id))["end_reason"] == "declined"
     assert pushes.deliveries.empty(), "the phone that declined is not told it missed the call"
 
 
@@ -152,7 +155,7 @@ async def test_a_push_service_that_forgot_the_phone_loses_its_subscription(
     await server.hub.push.idle()
     status, mine = await server.api("GET", "/v1/me/push", bearer=household["bob"])
     assert status == 200 and mine["subscriptions"] == []
-    assert await server.store.subscriptions() and all(r["user_id"] == "alice" for r in await server.store.subscriptions())
+    assert await server.store.push.subscriptions() and all(r["user_id"] == "alice" for r in await server.store.push.subscriptions())
     status, health = await server.api("GET", "/healthz")
     assert health["push"]["pruned"] == 1
 
@@ -215,7 +218,7 @@ async def test_subscriptions_are_checked_capped_and_never_shown_in_full(
         assert status == 400 and words in reply["error"]["message"], (body, reply)
     status, reply = await server.api("PUT", "/v1/me/devices/door/push", sub, bearer=door)
     assert status == 400 and "resident" in reply["error"]["message"]
-    assert await server.store.subscriptions() == [], "a refused subscription changes nothing"
+    assert await server.store.push.subscriptions() == [], "a refused subscription changes nothing"
     for n in range(10):
         status, _ = await server.api("PUT", f"/v1/me/devices/phone{n}/push", pushes.subscribe(f"p{n}"), bearer=alice)
         assert status == 200
@@ -230,17 +233,17 @@ async def test_subscriptions_are_checked_capped_and_never_shown_in_full(
     status, theirs = await server.api("GET", "/v1/me/push", bearer=await server.user("bob"))
     assert theirs["subscriptions"] == []
     status, _ = await server.api("DELETE", "/v1/me/devices/phone0/push", bearer=alice)
-    assert status == 204 and len(await server.store.subscriptions()) == 9
+    assert status == 204 and len(await server.store.push.subscriptions()) == 9
 
 
 async def test_signing_out_or_revoking_the_token_ends_the_phones_push(
         server: ServerUnderTest, pushes: PushService, household: dict[str, str]) -> None:
     status, _ = await server.api("DELETE", "/v1/me/token", bearer=household["bob"])
     assert status == 204
-    tokens = await server.store.list_tokens("alice")
+    tokens = await server.store.tokens.list_tokens("alice")
     status, _ = await server.api("DELETE", f"/v1/users/alice/tokens/{tokens[0]['token_id']}")
     assert status == 204
-    assert await server.store.subscriptions() == []
+    assert await server.store.push.subscriptions() == []
     assert server.hub.push.count() == 0
     door = await server.signed_in("door", household["door"])
     await door_dials(server, door, "alice", "bob")
@@ -273,11 +276,11 @@ def test_the_vapid_key_is_made_once_kept_private_and_reused(tmp_path: Path) -> N
 async def test_a_token_revoked_from_a_shell_takes_the_phones_push_with_it(
         server: ServerUnderTest, pushes: PushService) -> None:
     await server.user("alice")
-    token = await server.store.issue_token("alice")
+    token = await server.store.tokens.issue_token("alice")
     await subscribe(server, pushes, token["access_token"], "alice-phone")
     phone = await server.signed_in("alice", token["access_token"], "alice-phone")
     shell = await Store.open(server.database)  # `intercom-server token revoke`: another process, another connection
-    await shell.revoke_token("alice", token["token_id"])
+    await shell.tokens.revoke_token("alice", token["token_id"])
     await shell.close()
     await asyncio.wait_for(phone.reader, 10)  # the server noticed: the phone's session ends
     assert phone.ws.close_code == CLOSE_TOKEN_REVOKED

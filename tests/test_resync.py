@@ -9,9 +9,12 @@ import asyncio
 import pytest
 
 from intercom_protocol.calls import DeviceRef
-from intercom_server.hub import HubSettings
+from intercom_server.settings import HubSettings
 
-from .conftest import ANSWER, OFFER
+from .conftest import ANSWER, BACKENDS, OFFER
+
+#: Each test on both state backends: one process in memory, one process of a cluster in Redis.
+pytestmark = pytest.mark.backends(*BACKENDS)
 
 
 async def _answered_call(server):
@@ -49,7 +52,7 @@ async def test_a_restarted_door_that_does_not_claim_its_call_ends_it_at_once(ser
     assert reply["calls"] == []
     ended = await phone.next("ended")
     assert ended["call_id"] == call_id and ended["reason"] == "connection_lost"
-    record = await server.store.get_call(call_id)
+    record = await server.store.calls.get_call(call_id)
     assert record["end_reason"] == "connection_lost" and record["accepted_by"]["user_id"] == "alice"
     # The resident is free: the door's next ring reaches her instead of a busy decline.
     next_call = (await again.request("dial", callees=["alice"], offer=OFFER))["call_id"]
@@ -63,7 +66,7 @@ async def test_a_device_that_claims_its_call_keeps_it_and_is_told_so(server):
     assert reply["calls"] == [{"call_id": call_id, "state": "connected", "role": "callee"}]
     assert (await phone.request("end", call_id=call_id))["type"] == "ok"
     assert (await door.next("ended"))["reason"] == "completed"
-    assert (await server.store.get_call(call_id))["end_reason"] == "completed"
+    assert (await server.store.calls.get_call(call_id))["end_reason"] == "completed"
 
 
 async def test_a_device_is_told_which_of_its_calls_the_server_knows(server):
@@ -87,14 +90,15 @@ async def test_a_ring_carries_its_lifetime_and_a_returning_phone_rings_again_wit
     assert again["call_id"] == call_id and again["expires_in_s"] <= first["expires_in_s"]
 
 
+@pytest.mark.backends("memory")  # it waits on the memory backend's own timer, then looks
 @pytest.mark.parametrize("settings", [HubSettings(grace_s=0.05, media_grace_s=30)])
 async def test_an_answered_call_outlives_a_signaling_outage_longer_than_the_ring_grace(server):
     door, phone, tokens, call_id = await _answered_call(server)
     await phone.close()
     device = DeviceRef("alice", "phone")
-    while device in server.hub.devices:  # the server notices the closed socket
+    while device in server.hub.endpoints:  # the server notices the closed socket
         await asyncio.sleep(0.01)
-    await _after_timer(server.hub._timers["grace:alice\x1fphone"])  # the ring grace has run out
+    await _after_timer(server.hub.state.timers.handles["grace:alice\x1fphone"])  # the ring grace has run out
     assert (await door.request("ping"))["type"] == "ok"
     assert (await door.next())["type"] == "pong"
     door.assert_quiet()  # no `ended`: the call's media may well be flowing
@@ -136,7 +140,7 @@ async def test_a_store_that_cannot_write_never_silences_the_bell(server):
 
 async def test_the_answer_is_stored_when_it_happens(server):
     _, _, _, call_id = await _answered_call(server)
-    record = await server.store.get_call(call_id)
+    record = await server.store.calls.get_call(call_id)
     assert record["accepted_by"] == {"user_id": "alice", "device_id": "phone"} and record["ended_at"] is None
 
 

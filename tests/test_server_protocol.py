@@ -7,9 +7,12 @@ import json
 import pytest
 
 from intercom_protocol.messages import CLOSE_UNAUTHENTICATED, MAX_MESSAGE_BYTES
-from intercom_server.hub import HubSettings
+from intercom_server.settings import HubSettings
 
-from .conftest import ANSWER, OFFER
+from .conftest import ANSWER, BACKENDS, OFFER
+
+#: Each test on both state backends: one process in memory, one process of a cluster in Redis.
+pytestmark = pytest.mark.backends(*BACKENDS)
 
 
 async def test_authenticate_returns_the_user_device_and_ice_servers(server):
@@ -105,9 +108,9 @@ async def test_dial_rings_every_device_and_the_first_accept_wins(server):
     for party in (door, alice_tablet):
         ended = await party.next("ended")
         assert ended["reason"] == "completed" and ended["by"] == {"user_id": "door", "device_id": "door"}
-    record = await server.store.get_call(call_id)
+    record = await server.store.calls.get_call(call_id)
     assert record["end_reason"] == "completed" and record["accepted_by"]["device_id"] == "tablet"
-    assert await server.store.snapshot(call_id) == b"\xff\xd8\xff\xe0fake-jpeg"
+    assert await server.store.calls.snapshot(call_id) == b"\xff\xd8\xff\xe0fake-jpeg"
 
 
 async def test_the_visitors_picture_follows_the_dial_to_every_ringing_device(server):
@@ -130,14 +133,14 @@ async def test_the_visitors_picture_follows_the_dial_to_every_ringing_device(ser
         assert await device.next("snapshot") == {"type": "snapshot", "call_id": call_id, "snapshot_url": url}
     again = await door.request("snapshot", call_id=call_id, snapshot=base64.b64encode(b"other").decode())
     assert again["code"] == "conflict"
-    assert await server.store.snapshot(call_id) == picture  # the first picture stays
+    assert await server.store.calls.snapshot(call_id) == picture  # the first picture stays
 
-    late = await server.signed_in("alice", (await server.store.issue_token("alice"))["access_token"], "laptop")
+    late = await server.signed_in("alice", (await server.store.tokens.issue_token("alice"))["access_token"], "laptop")
     assert (await late.next("incoming"))["snapshot_url"] == url
     await door.request("end", call_id=call_id)
     ended_late = await door.request("snapshot", call_id=call_id, snapshot=base64.b64encode(picture).decode())
     assert ended_late["code"] == "conflict"
-    assert (await server.store.get_call(call_id))["has_snapshot"] is True
+    assert (await server.store.calls.get_call(call_id))["has_snapshot"] is True
 
 
 async def test_decline_from_one_device_keeps_ringing_from_all_ends_declined(server):
@@ -149,7 +152,7 @@ async def test_decline_from_one_device_keeps_ringing_from_all_ends_declined(serv
     door.assert_quiet()  # two of three declined: still ringing
     assert (await alice_tablet.request("decline", call_id=call_id))["type"] == "ok"
     assert (await door.next("ended"))["reason"] == "declined"
-    assert (await server.store.get_call(call_id))["end_reason"] == "declined"
+    assert (await server.store.calls.get_call(call_id))["end_reason"] == "declined"
 
 
 async def test_caller_hanging_up_while_ringing_cancels_on_every_device(server):
@@ -161,7 +164,7 @@ async def test_caller_hanging_up_while_ringing_cancels_on_every_device(server):
         assert (await device.next("ended"))["reason"] == "canceled"
     late = await alice_phone.request("accept", call_id=call_id, answer=ANSWER)
     assert late["code"] == "conflict" and "canceled" in late["message"]
-    assert (await server.store.get_call(call_id))["end_reason"] == "canceled"
+    assert (await server.store.calls.get_call(call_id))["end_reason"] == "canceled"
 
 
 @pytest.mark.parametrize("settings", [HubSettings(ring_timeout_s=0.3)])
@@ -172,7 +175,7 @@ async def test_nobody_online_rings_zero_devices_then_no_answer(server):
     assert (await door.next("ringing"))["devices"] == 0
     ended = await door.next("ended", timeout=5)
     assert ended["reason"] == "no_answer" and ended["by"] is None
-    assert (await server.store.get_call(call_id))["end_reason"] == "no_answer"
+    assert (await server.store.calls.get_call(call_id))["end_reason"] == "no_answer"
 
 
 async def test_a_phone_that_signs_in_while_the_door_rings_rings_too(server):
@@ -198,7 +201,7 @@ async def test_a_door_may_only_call_residents_of_its_own_site(server):
     for callees in (["eve"], ["door2"], ["ghost"]):
         reply = await door.request("dial", callees=callees, offer=OFFER)
         assert reply["code"] == "forbidden", callees
-    assert await server.store.list_calls(None, 10, None) == []
+    assert await server.store.calls.list_calls(None, 10, None) == []
 
 
 async def test_a_resident_may_only_call_doors_of_its_own_site(server):
@@ -209,14 +212,14 @@ async def test_a_resident_may_only_call_doors_of_its_own_site(server):
     for callees in (["bob"], ["far_door"], ["far_door", "bob"]):
         reply = await alice.request("dial", callees=callees, offer=OFFER)
         assert reply["code"] == "forbidden", callees
-    assert await server.store.list_calls(None, 10, None) == []
+    assert await server.store.calls.list_calls(None, 10, None) == []
     # One callable door among the names: it rings, and the others are named, alike whether
     # they do not exist or are not hers to call.
     reply = await alice.request("dial", callees=["door", "bob", "far_door", "ghost"], offer=OFFER)
     assert reply["type"] == "ok" and reply["unknown"] == ["bob", "far_door", "ghost"]
     incoming = await door.next("incoming")
     assert incoming["call_id"] == reply["call_id"] and incoming["caller"]["user_id"] == "alice"
-    assert (await server.store.get_call(reply["call_id"]))["callees"] == ["door"]
+    assert (await server.store.calls.get_call(reply["call_id"]))["callees"] == ["door"]
 
 
 async def test_a_stranger_cannot_end_or_accept_someone_elses_call(server):
@@ -237,7 +240,7 @@ async def test_a_party_gone_past_the_grace_period_ends_connection_lost(server):
     await alice_phone.close()
     ended = await door.next("ended", timeout=5)
     assert ended["reason"] == "connection_lost"
-    assert (await server.store.get_call(call_id))["end_reason"] == "connection_lost"
+    assert (await server.store.calls.get_call(call_id))["end_reason"] == "connection_lost"
 
 
 @pytest.mark.parametrize("settings", [HubSettings(grace_s=5)])
@@ -314,7 +317,7 @@ async def test_an_end_crossing_an_accept_leaves_one_consistent_outcome(server, r
     assert end_reply["type"] == "ok"
     door_events = [await door.next("ended")]
     phone_ended = await alice_phone.next("ended")
-    record = await server.store.get_call(call_id)
+    record = await server.store.calls.get_call(call_id)
     if accept_reply["type"] == "ok":  # the accept got there first: the door hung up a live call
         assert record["end_reason"] == "completed" and phone_ended["reason"] == "completed"
         assert record["accepted_by"]["device_id"] == "phone"
@@ -333,4 +336,4 @@ async def test_a_call_longer_than_the_maximum_ends_timed_out_for_both(server):
     for party in (door, alice_phone):
         ended = await party.next("ended")
         assert ended["reason"] == "timed_out" and ended["by"] is None
-    assert (await server.store.get_call(call_id))["end_reason"] == "timed_out"
+    assert (await server.store.calls.get_call(call_id))["end_reason"] == "timed_out"

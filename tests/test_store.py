@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from intercom_protocol.calls import DeviceRef, ServerCall
-from intercom_server.database import DatabaseError, SQLiteDatabase
+from intercom_server.database import DatabaseError
+from intercom_server.sqlite import SQLiteDatabase
 from intercom_server.store import MIGRATIONS, SCHEMA_1, Store, StoreUnavailable
 
 from .conftest import ENGINES, OFFER
@@ -19,8 +20,8 @@ both = pytest.mark.parametrize("database", ENGINES, indirect=True)
 
 async def make_store(database: str | Path) -> Store:
     store = await Store.open(database)
-    await store.add_site("home", "Home")
-    await store.add_user("alice", "resident", "home", "Alice")
+    await store.users.add_site("home", "Home")
+    await store.users.add_user("alice", "resident", "home", "Alice")
     return store
 
 
@@ -31,7 +32,7 @@ def a_call(call_id: str) -> ServerCall:
 @both
 async def test_tokens_are_stored_only_as_hashes(database, tmp_path):
     store = await make_store(database)
-    secret = (await store.issue_token("alice"))["access_token"]
+    secret = (await store.tokens.issue_token("alice"))["access_token"]
     await store.close()
     if isinstance(database, Path):
         raw = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.is_file())
@@ -39,34 +40,34 @@ async def test_tokens_are_stored_only_as_hashes(database, tmp_path):
     reopened = await Store.open(database)
     rows = await reopened.db.fetch("SELECT token_hash FROM tokens")
     assert rows and all(secret not in row[0] for row in rows)
-    assert await reopened.verify_token("alice", secret)
+    assert await reopened.tokens.verify_token("alice", secret)
     await reopened.close()
 
 
 @both
 async def test_wrong_expired_and_revoked_tokens_fail(database):
     store = await make_store(database)
-    good = await store.issue_token("alice")
-    assert await store.verify_token("alice", good["access_token"])
-    assert not await store.verify_token("alice", good["access_token"] + "x")
-    assert not await store.verify_token("bob", good["access_token"])
-    expiring = await store.issue_token("alice", expires_in_s=60)
-    assert await store.verify_token("alice", expiring["access_token"])
-    assert not await store.verify_token("alice", expiring["access_token"], now=time.time() + 61)
-    await store.revoke_token("alice", good["token_id"])
-    assert not await store.verify_token("alice", good["access_token"])
+    good = await store.tokens.issue_token("alice")
+    assert await store.tokens.verify_token("alice", good["access_token"])
+    assert not await store.tokens.verify_token("alice", good["access_token"] + "x")
+    assert not await store.tokens.verify_token("bob", good["access_token"])
+    expiring = await store.tokens.issue_token("alice", expires_in_s=60)
+    assert await store.tokens.verify_token("alice", expiring["access_token"])
+    assert not await store.tokens.verify_token("alice", expiring["access_token"], now=time.time() + 61)
+    await store.tokens.revoke_token("alice", good["token_id"])
+    assert not await store.tokens.verify_token("alice", good["access_token"])
     await store.close()
 
 
 @both
 async def test_calls_live_at_a_crash_end_unknown(database):
     store = await make_store(database)
-    await store.record_call(a_call("c1"), None)  # on disk once the future is done
+    await store.calls.record_call(a_call("c1"), None)  # on disk once the future is done
     await store.close()  # the process dies mid-call
     reopened = await Store.open(database)
-    assert await reopened.close_interrupted_calls() == 1
-    assert (await reopened.get_call("c1"))["end_reason"] == "unknown"
-    assert (await reopened.get_user("alice"))["display_name"] == "Alice"
+    assert await reopened.calls.close_interrupted_calls() == 1
+    assert (await reopened.calls.get_call("c1"))["end_reason"] == "unknown"
+    assert (await reopened.users.get_user("alice"))["display_name"] == "Alice"
     await reopened.close()
 
 
@@ -77,18 +78,18 @@ async def test_a_call_s_record_its_answer_and_end_land_in_order(database):
     store = await make_store(database)
     call = a_call("c1")
     call.ring([DeviceRef("alice", "phone")], time.time())
-    written = [store.record_call(call, b"\xff\xd8picture")]
+    written = [store.calls.record_call(call, b"\xff\xd8picture")]
     call.accept(DeviceRef("alice", "phone"), {"type": "answer", "sdp": "v=0"}, time.time())
-    written.append(store.accept_call(call))
+    written.append(store.calls.accept_call(call))
     call.end(DeviceRef("alice", "phone"), time.time())
-    written.append(store.finish_call(call))
+    written.append(store.calls.finish_call(call))
     await asyncio.gather(*written)
-    record = await store.get_call("c1")
+    record = await store.calls.get_call("c1")
     assert record["accepted_by"] == {"user_id": "alice", "device_id": "phone"}
     assert record["end_reason"] == "completed" and record["has_snapshot"] is True
     assert [e["event"] for e in record["timeline"]] == ["ringing", "accepted", "ended"]
-    assert await store.snapshot("c1") == b"\xff\xd8picture"
-    assert [c["call_id"] for c in await store.list_calls("alice", 10, None)] == ["c1"]
+    assert await store.calls.snapshot("c1") == b"\xff\xd8picture"
+    assert [c["call_id"] for c in await store.calls.list_calls("alice", 10, None)] == ["c1"]
     await store.close()
 
 
@@ -97,10 +98,10 @@ async def test_a_second_store_on_the_same_database_sees_provisioning_at_once(dat
     """The shell commands write while the server runs."""
     store = await make_store(database)
     shell = await Store.open(database)
-    await shell.add_user("bob", "resident", "home", "Bob")
-    assert (await store.get_user("bob"))["display_name"] == "Bob"
+    await shell.users.add_user("bob", "resident", "home", "Bob")
+    assert (await store.users.get_user("bob"))["display_name"] == "Bob"
     seen = await store.changed_elsewhere()
-    await shell.revoke_token("bob", (await shell.issue_token("bob"))["token_id"])
+    await shell.tokens.revoke_token("bob", (await shell.tokens.issue_token("bob"))["token_id"])
     assert await store.changed_elsewhere() != seen, "the server would not notice a revocation from a shell"
     await shell.close()
     await store.close()
@@ -110,15 +111,15 @@ async def test_a_second_store_on_the_same_database_sees_provisioning_at_once(dat
 async def test_refusals_change_nothing(database):
     store = await make_store(database)
     with pytest.raises(Exception, match="already exists"):
-        await store.add_user("alice", "resident", "home", "Alice again")
+        await store.users.add_user("alice", "resident", "home", "Alice again")
     with pytest.raises(Exception, match="no site"):
-        await store.add_user("bob", "resident", "nowhere", "Bob")
-    code = (await store.create_invite("alice"))["code"]
-    await store.redeem_invite(code)
+        await store.users.add_user("bob", "resident", "nowhere", "Bob")
+    code = (await store.tokens.create_invite("alice"))["code"]
+    await store.tokens.redeem_invite(code)
     with pytest.raises(Exception, match="already used"):
-        await store.redeem_invite(code)
-    assert [u["user_id"] for u in await store.list_users("home")] == ["alice"]
-    assert len(await store.list_tokens("alice")) == 1
+        await store.tokens.redeem_invite(code)
+    assert [u["user_id"] for u in await store.users.list_users("home")] == ["alice"]
+    assert len(await store.tokens.list_tokens("alice")) == 1
     await store.close()
 
 
@@ -128,11 +129,11 @@ async def test_the_schema_is_migrated_once_and_two_processes_starting_together_a
     for store in stores:
         assert tuple(await store.db.fetchrow("SELECT MAX(version), COUNT(*) FROM schema_version")) == \
             (len(MIGRATIONS), len(MIGRATIONS))
-    await stores[0].add_site("home", "Home")
+    await stores[0].users.add_site("home", "Home")
     for store in stores:
         await store.close()
     again = await Store.open(database)
-    assert [s["site_id"] for s in await again.list_sites()] == ["home"]
+    assert [s["site_id"] for s in await again.users.list_sites()] == ["home"]
     await again.close()
 
 
@@ -145,7 +146,7 @@ async def test_a_database_made_before_migrations_opens_with_its_data(tmp_path):
     old.commit()
     old.close()
     store = await Store.open(path)
-    assert [s["site_id"] for s in await store.list_sites()] == ["home"]
+    assert [s["site_id"] for s in await store.users.list_sites()] == ["home"]
     assert (await store.db.fetchrow("SELECT MAX(version) FROM schema_version"))[0] == len(MIGRATIONS)
     await store.close()
 
@@ -161,13 +162,13 @@ async def test_an_unreachable_postgresql_is_named_in_one_line_without_its_passwo
 
 async def test_postgresql_commits_what_queued_together_and_a_bad_write_fails_alone(postgres):
     store = await make_store(postgres.new_database())
-    calls = [store.record_call(a_call(f"c{i}"), None) for i in range(20)]
+    calls = [store.calls.record_call(a_call(f"c{i}"), None) for i in range(20)]
     bad = store.db.write([("INSERT INTO nowhere VALUES (1)", ())])
-    calls += [store.record_call(a_call(f"d{i}"), None) for i in range(20)]
+    calls += [store.calls.record_call(a_call(f"d{i}"), None) for i in range(20)]
     await asyncio.gather(*calls)
     with pytest.raises(DatabaseError, match="nowhere"):
         await bad
-    assert len(await store.list_calls(None, 100, None)) == 40
+    assert len(await store.calls.list_calls(None, 100, None)) == 40
     await store.close()
 
 
@@ -185,7 +186,7 @@ async def test_the_writer_commits_what_queued_together_and_a_bad_job_fails_alone
     writer.submit(lambda db: started.set() or gate.wait(10))  # holds the writer while the next jobs queue up
     assert started.wait(10)
     commits = writer.commits
-    futures = [store.record_call(a_call(f"c{i}"), None) for i in range(20)]
+    futures = [store.calls.record_call(a_call(f"c{i}"), None) for i in range(20)]
     bad = store.db.write([("INSERT INTO nowhere VALUES (1)", ())])
     gate.set()
     await asyncio.gather(*futures)
@@ -194,8 +195,8 @@ async def test_the_writer_commits_what_queued_together_and_a_bad_job_fails_alone
     # The gate's own commit, then the 21 queued jobs together: rolled back for the bad one,
     # and run again one by one, so the 20 good ones are stored all the same.
     assert writer.commits - commits == 21
-    assert len(await store.list_calls(None, 100, None)) == 20
-    await asyncio.gather(*(store.record_call(a_call(f"d{i}"), None) for i in range(50)))
+    assert len(await store.calls.list_calls(None, 100, None)) == 20
+    await asyncio.gather(*(store.calls.record_call(a_call(f"d{i}"), None) for i in range(50)))
     assert writer.commits - commits - 21 < 50  # queued writes shared their commits
     await store.close()
 
@@ -205,8 +206,8 @@ async def test_a_commit_the_disk_refuses_fails_every_job_in_it(tmp_path):
     assert isinstance(store.db, SQLiteDatabase)
     store.db.writer.submit(lambda db: db.execute("PRAGMA query_only = ON")).result(timeout=10)
     with pytest.raises(DatabaseError, match="readonly"):
-        await store.record_call(a_call("c1"), None)
-    assert await store.list_calls(None, 10, None) == []
+        await store.calls.record_call(a_call("c1"), None)
+    assert await store.calls.list_calls(None, 10, None) == []
     await store.close()
 
 
@@ -217,7 +218,7 @@ async def test_a_server_whose_database_stops_answering_says_so_and_recovers_by_i
     from aiohttp import web
 
     from intercom_server.app import create_app
-    from intercom_server.hub import HubSettings
+    from intercom_server.settings import HubSettings
     from intercom_sim.postgres import Postgres
 
     from .conftest import API_TOKEN
@@ -226,8 +227,8 @@ async def test_a_server_whose_database_stops_answering_says_so_and_recovers_by_i
     runner = None
     try:
         store = await make_store(database.new_database())
-        await store.add_user("door", "door", "home", "Door")
-        token = (await store.issue_token("door"))["access_token"]
+        await store.users.add_user("door", "door", "home", "Door")
+        token = (await store.tokens.issue_token("door"))["access_token"]
         settings = HubSettings(health_check_s=0.1)
         settings.messages.directory = tmp_path / "messages"
         runner = web.AppRunner(create_app(store, settings, API_TOKEN))
@@ -270,7 +271,7 @@ async def test_a_server_whose_database_stops_answering_says_so_and_recovers_by_i
             database.resume()
             await until(200)
             assert await signs_in()
-            assert [u["user_id"] for u in await store.list_users("home")] == ["alice", "door"]
+            assert [u["user_id"] for u in await store.users.list_users("home")] == ["alice", "door"]
     finally:
         if runner is not None:
             await runner.cleanup()

@@ -16,8 +16,8 @@ import pytest
 from aiortc import RTCPeerConnection
 
 from intercom.media.peer import rtc_configuration
-from intercom_server.hub import HubSettings
 from intercom_server.ice import IceSettings, TurnSettings, turn_credentials
+from intercom_server.settings import HubSettings
 
 SECRET = "coturn-shared-secret-for-tests"
 

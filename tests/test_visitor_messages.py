@@ -20,7 +20,7 @@ from intercom_sim.harness import Installation
 
 from .conftest import OFFER
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 
 def slices_sha256(mp4: bytes) -> str:
@@ -184,7 +184,7 @@ async def test_a_message_past_the_size_limit_is_refused_and_nothing_is_kept(serv
     async with server.http.put(f"{server.url}/v1/direct_calls/{call_id}/message", data=too_big,
                                headers={"Authorization": f"Bearer {door_token}"}) as resp:
         assert resp.status == 413
-    assert not await server.store.has_message(call_id)
+    assert not await server.store.calls.has_message(call_id)
 
 
 async def test_retention_removes_old_messages_and_the_oldest_beyond_the_total(server, tmp_path):
@@ -203,7 +203,7 @@ async def test_retention_removes_old_messages_and_the_oldest_beyond_the_total(se
     ages_days = [10, 3, 2, 1]  # the first is past its time; the rest share a 2 KiB budget
     for call_id, age in zip(calls, ages_days, strict=True):
         box.path(call_id).write_bytes(b"x" * 800)
-        await server.store.add_message(call_id, 800, now - age * 86400)
+        await server.store.calls.add_message(call_id, 800, now - age * 86400)
     assert await box.sweep(now) == 2  # 10 days old, then the oldest of 2400 bytes > 2048
-    assert [c for c, _, _ in await server.store.messages()] == calls[2:]
+    assert [c for c, _, _ in await server.store.calls.messages()] == calls[2:]
     assert sorted(p.name for p in box.dir.iterdir()) == sorted(f"{c}.mp4" for c in calls[2:])

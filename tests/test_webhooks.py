@@ -15,7 +15,7 @@ from aiohttp import web
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from intercom_server.hub import HubSettings
+from intercom_server.settings import HubSettings
 from intercom_server.webhooks import WebhookSettings
 
 from .conftest import ANSWER, OFFER

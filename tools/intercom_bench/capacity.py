@@ -39,8 +39,8 @@ async def _accounts(site: Installation, residents: int, doors: int,
         for kind, count in (("resident", residents), ("door", doors)):
             for n in range(count):
                 user = f"{kind}-{n}"
-                await store.add_user(user, kind, site.site_id, f"{kind.title()} {n}")
-                accounts[f"{kind}s"].append([user, (await store.issue_token(user))["access_token"]])
+                await store.users.add_user(user, kind, site.site_id, f"{kind.title()} {n}")
+                accounts[f"{kind}s"].append([user, (await store.tokens.issue_token(user))["access_token"]])
     finally:
         await store.close()
     return accounts
@@ -149,5 +149,7 @@ async def _setups(site: Installation, pids: list[int], pairs: int, seconds: floa
         setups[phase] = {k: result[k] for k in ("pairs", "seconds", "calls", "offered_per_s", "per_s", "setup_ms",
                                                  "error_count", "errors")}
         setups[phase]["server_cpu_percent"] = round(100 * server_s / elapsed, 1)
+        #: What one call (set up, answered, ended) costs the server processes together.
+        setups[phase]["server_cpu_ms_per_call"] = round(1000 * server_s / max(1, result["calls"]), 2)
         setups[phase]["loadgen_cpu_percent"] = round(100 * load_s / elapsed, 1)
     return setups

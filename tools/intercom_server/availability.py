@@ -18,6 +18,8 @@ from zoneinfo import ZoneInfo, available_timezones
 
 from intercom_protocol.calls import iso
 
+from .records import UserKind
+
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 MAX_WINDOWS = 7
 MAX_DND_S = 366 * 86400
@@ -169,7 +171,7 @@ class RuleBook:
 
     async def reload(self) -> None:
         """At start, and when another process changed the rules."""
-        residents, sites = await self.store.availability_rules()
+        residents, sites = await self.store.rules.availability_rules()
         self._residents = {user_id: ResidentRules(bool(r["do_not_disturb"]), r["until"], tuple(
             QuietWindow.parse(w, "quiet_hours") for w in r["quiet_hours"])) for user_id, r in residents.items()}
         self._sites = {site_id: SiteRules(bool(r["away"]), r["time_zone"]) for site_id, r in sites.items()}
@@ -181,19 +183,19 @@ class RuleBook:
         return self._sites.get(site_id) or SiteRules(time_zone=self.default_time_zone)
 
     async def set_resident(self, user_id: str, rules: ResidentRules) -> None:
-        await self.store.set_resident_rules(user_id, rules.do_not_disturb, rules.until,
+        await self.store.rules.set_resident_rules(user_id, rules.do_not_disturb, rules.until,
                                       [w.as_json() for w in rules.quiet_hours])
         self._residents[user_id] = rules
         for listener in self.listeners:
             listener("resident", user_id)
 
     async def set_site(self, site_id: str, rules: SiteRules) -> None:
-        await self.store.set_site_rules(site_id, rules.away, rules.time_zone)
+        await self.store.rules.set_site_rules(site_id, rules.away, rules.time_zone)
         self._sites[site_id] = rules
         for listener in self.listeners:
             listener("site", site_id)
 
     def why_not(self, user: dict[str, Any], now: float) -> Unavailable | None:
-        if user["kind"] != "resident":
+        if user["kind"] != UserKind.RESIDENT:
             return None
         return unavailable(self.resident(user["user_id"]), self.site(user["site_id"]), now)

@@ -19,11 +19,13 @@ from aiohttp import web
 from intercom.sdnotify import ready_until_stopped
 from intercom_protocol.yamlconfig import ConfigError
 
-from .app import create_app, invite_url, pairing_url
+from .api.common import invite_url, pairing_url
+from .app import create_app
 from .cluster import Unreachable
 from .config import ServerConfig
 from .database import DatabaseError
-from .store import Store, StoreError, StoreUnavailable
+from .records import StoreError
+from .store import Store, StoreUnavailable
 
 log = logging.getLogger("intercom.server")
 
@@ -81,13 +83,40 @@ class StartupLog(logging.handlers.MemoryHandler):
         super().flush()
 
 
+async def _tls(config: ServerConfig, runner: web.AppRunner) -> ssl.SSLContext | None:
+    """Phones allow the microphone only on https (or localhost): serve TLS here, or put the
+    server behind a reverse proxy that does."""
+    if not (config.tls_cert and config.tls_key):
+        return None
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        tls.load_cert_chain(config.tls_cert, config.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        await runner.cleanup()
+        raise StartupError(f"cannot load tls.cert {config.tls_cert} with tls.key {config.tls_key}: "
+                           f"{getattr(exc, 'strerror', None) or exc}") from None
+    return tls
+
+
+async def _listen(config: ServerConfig, runner: web.AppRunner, tls: ssl.SSLContext | None) -> None:
+    site = web.TCPSite(runner, config.host, config.port, ssl_context=tls)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupError(f"port {config.port} on {config.host} is in use (another intercom-server?): stop "
+                               f"it, or choose another port with listen.port in the YAML or serve --port N") from None
+        raise StartupError(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
+
+
 async def _serve(config: ServerConfig, started: Callable[[], None] = lambda: None) -> None:
     """Serve until SIGTERM; `started` is called once the server listens."""
     store = await _open_store(config)
     try:
         # Alone, a call live at the last stop was lost with it; in a cluster, the other
         # processes carry it on (and its timers end it if nobody does).
-        closed = await store.close_interrupted_calls() if config.cluster is None else 0
+        closed = await store.calls.close_interrupted_calls() if config.cluster is None else 0
     except DatabaseError as exc:
         await store.close()
         raise StartupError(f"the database {config.db_name} cannot be written: {exc}") from None
@@ -107,26 +136,8 @@ async def _serve(config: ServerConfig, started: Callable[[], None] = lambda: Non
         await runner.cleanup()
         await store.close()
         raise StartupError(str(exc)) from None
-    tls = None
-    if config.tls_cert and config.tls_key:
-        # Phones allow the microphone only on https (or localhost): serve TLS here, or put the
-        # server behind a reverse proxy that does.
-        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        try:
-            tls.load_cert_chain(config.tls_cert, config.tls_key)
-        except (OSError, ssl.SSLError) as exc:
-            await runner.cleanup()
-            raise StartupError(f"cannot load tls.cert {config.tls_cert} with tls.key {config.tls_key}: "
-                               f"{getattr(exc, 'strerror', None) or exc}") from None
-    site = web.TCPSite(runner, config.host, config.port, ssl_context=tls)
-    try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        if exc.errno == errno.EADDRINUSE:
-            raise StartupError(f"port {config.port} on {config.host} is in use (another intercom-server?): stop "
-                               f"it, or choose another port with listen.port in the YAML or serve --port N") from None
-        raise StartupError(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
+    tls = await _tls(config, runner)
+    await _listen(config, runner, tls)
     port = runner.addresses[0][1]
     started()
     log.info("Platform API token from %s", source)
@@ -229,6 +240,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
 
+    _account_commands(command, group, link_options)
+    command("api-token", "print the Platform API token (made on first use)")
+    return parser
+
+
+def _account_commands(command: Any, group: Any, link_options: Any) -> None:
+    """The installer's commands on sites, users, doors, tokens and invites."""
     site = group("site", "sites: one building or household")
     p = command("add", "add a site", site)
     p.add_argument("site_id")
@@ -267,9 +285,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("user_id")
     link_options(p, "7 days")
 
-    command("api-token", "print the Platform API token (made on first use)")
-    return parser
-
 
 async def _administer(config: ServerConfig, args: argparse.Namespace) -> dict[str, Any] | None:
     """A shell command on the store; None when it printed its answer itself."""
@@ -282,13 +297,13 @@ async def _administer(config: ServerConfig, args: argparse.Namespace) -> dict[st
 
 async def _command(store: Store, config: ServerConfig, args: argparse.Namespace) -> dict[str, Any] | None:
     if args.command == "site":
-        return await store.add_site(args.site_id, args.name)
+        return await store.users.add_site(args.site_id, args.name)
     if args.command == "user" and args.action == "add":
-        return await store.add_user(args.user_id, args.kind, args.site, args.name)
+        return await store.users.add_user(args.user_id, args.kind, args.site, args.name)
     if args.command == "user":
-        return await store.get_user(args.user_id)
+        return await store.users.get_user(args.user_id)
     if args.command == "invite":
-        invite = await store.create_invite(args.user_id, args.expires_in)
+        invite = await store.tokens.create_invite(args.user_id, args.expires_in)
         result = {**invite, "url": invite_url(_link_base(config, args.url), invite["code"])}
         if args.json:
             return result
@@ -297,8 +312,8 @@ async def _command(store: Store, config: ServerConfig, args: argparse.Namespace)
         return None
     if args.command == "door":
         if args.action == "add":
-            await store.add_user(args.user_id, "door", args.site, args.name)
-        pairing = await store.create_pairing(args.user_id, args.expires_in)
+            await store.users.add_user(args.user_id, "door", args.site, args.name)
+        pairing = await store.tokens.create_pairing(args.user_id, args.expires_in)
         result = {**pairing, "url": pairing_url(_link_base(config, args.url), pairing["code"])}
         if args.json:
             return result
@@ -306,10 +321,10 @@ async def _command(store: Store, config: ServerConfig, args: argparse.Namespace)
                     "or scan this code to carry the link to the door's terminal:")
         return None
     if args.action == "issue":
-        return await store.issue_token(args.user_id, args.expires_in)
+        return await store.tokens.issue_token(args.user_id, args.expires_in)
     if args.action == "list":
-        return {"tokens": await store.list_tokens(args.user_id)}
-    await store.revoke_token(args.user_id, args.token_id)
+        return {"tokens": await store.tokens.list_tokens(args.user_id)}
+    await store.tokens.revoke_token(args.user_id, args.token_id)
     return {"revoked": args.token_id}
 
 

@@ -18,12 +18,13 @@ from .availability import RuleError, zone
 from .cluster import ClusterSettings
 from .database import is_url, redacted
 from .homeassistant import OpenEntity
-from .hub import RECENT_CALLS_S, HubSettings
 from .ice import IceSettings, TurnSettings
 from .limits import LimitSettings
-from .mqtt import MqttSettings
+from .mqtt_settings import MqttSettings
 from .push import PushSettings
-from .store import ID_PATTERN
+from .records import ID_PATTERN
+from .settings import HubSettings
+from .state import RECENT_CALLS_S
 from .visitor_messages import MessageSettings
 from .webhooks import WebhookSettings
 
@@ -233,9 +234,6 @@ class ServerConfig:
         if cluster and not (raw["database"] and is_url(raw["database"])):
             raise ConfigError(str(path), [Problem("cluster", None, "a cluster's processes share one database: "
                                                   "set database: to a postgresql:// URL")])
-        if cluster and mqtt:
-            raise ConfigError(str(path), [Problem("mqtt", None, "the MQTT bridge runs on a single server, not in "
-                                                  "a cluster: remove mqtt: or cluster:")])
         return cls(
             cluster=ClusterSettings(redis_url=cluster["redis"], name=cluster["name"] or "") if cluster else None,
             host=raw["listen"]["host"], port=raw["listen"]["port"], data_dir=Path(raw["data_dir"]),

@@ -9,18 +9,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from intercom_protocol import messages as m
 from intercom_protocol.calls import DeviceRef, ServerCall
 from intercom_protocol.messages import ErrorCode, ProtocolError, Request
 
-from .connection import Connection, ConnectionGone
+from .background import Background
+from .connection import ConnectionGone
 from .database import DatabaseError
 from .events import EventType
-
-if TYPE_CHECKING:
-    from .hub import Hub
+from .records import UserKind
+from .service import CallService
+from .state import Endpoint
 
 log = logging.getLogger("intercom.server")
 
@@ -53,10 +54,17 @@ def _refusal(reply: dict[str, Any]) -> tuple[str, str]:
 
 
 class DoorAction:
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
+    """For a resident's device (`request`) and for an integration (`for_integration`), through
+    the call service's public face only. The door's user is read from the store, not from
+    memory: an opening fails closed, and needs the database for its log anyway."""
 
-    async def request(self, conn: Connection, req: Request[m.Action]) -> None:
+    def __init__(self, service: CallService, background: Background) -> None:
+        self.service = service
+        self.background = background
+        self.settings = service.settings
+        self.store = service.store
+
+    async def request(self, conn: Endpoint, req: Request[m.Action]) -> None:
         """`open_door`: checked here, carried out by the door, and audited either way."""
         assert conn.user is not None and conn.device is not None
         name, call_id = req.body.name, req.body.call_id
@@ -67,22 +75,22 @@ class DoorAction:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"unknown action '{name}'; the actions are: open_door, "
                                                        "quick_reply", req.id)
         now = time.time()
-        call = await self.hub.find_call(call_id)
+        call = await self.service.find_call(call_id)
         site_id = conn.user["site_id"]
         try:
             door = await self._door_of(conn, call, now)
         except ProtocolError as exc:
             self._audit(site_id, conn.device, call_id, None, "refused", exc.message, now)
             raise
-        if not await self.hub.is_connected(door):
+        if not await self.service.is_connected(door):
             self._audit(site_id, conn.device, call_id, door, "failed", "the door station is not connected", now)
             raise ProtocolError(ErrorCode.CONFLICT, "the door station is not connected", req.id)
-        self.hub._spawn(self._open_door(conn, req, door, now))
+        self.background.spawn(self._open_door(conn, req, door, now))
 
-    async def _door_of(self, conn: Connection, call: ServerCall | None, now: float) -> DeviceRef:
+    async def _door_of(self, conn: Endpoint, call: ServerCall | None, now: float) -> DeviceRef:
         """The door device of a call this resident's device answered or placed, or `forbidden`."""
         assert conn.user is not None and conn.device is not None
-        if conn.user["kind"] != "resident":
+        if conn.user["kind"] != UserKind.RESIDENT:
             raise ProtocolError(ErrorCode.FORBIDDEN, "only a resident may open the door")
         me = conn.device
         # Unknown calls and other people's calls are refused alike: the reply reveals nothing.
@@ -93,15 +101,15 @@ class DoorAction:
         if me not in (call.caller, call.accepted_by):
             raise ProtocolError(ErrorCode.FORBIDDEN, "another device answered this call")
         door = call.accepted_by if me == call.caller else call.caller
-        door_user = await self.hub.store.find_user(door.user_id)
-        if door_user is None or door_user["kind"] != "door" or door_user["site_id"] != conn.user["site_id"]:
+        door_user = await self.store.users.find_user(door.user_id)
+        if door_user is None or door_user["kind"] != UserKind.DOOR or door_user["site_id"] != conn.user["site_id"]:
             raise ProtocolError(ErrorCode.FORBIDDEN, "the other party is not a door of your site")
-        window = self.hub.settings.open_door_window_s
+        window = self.settings.open_door_window_s
         if call.ended_at is not None and now - call.ended_at > window:
             raise ProtocolError(ErrorCode.FORBIDDEN, f"the call ended more than {window:g} s ago")
         return door
 
-    async def _open_door(self, conn: Connection, req: Request[m.Action], door: DeviceRef, now: float) -> None:
+    async def _open_door(self, conn: Endpoint, req: Request[m.Action], door: DeviceRef, now: float) -> None:
         assert conn.user is not None and conn.device is not None
         opening = await self.carry_out(conn.user["site_id"], conn.device, conn.user["display_name"], req.body.call_id,
                                        door, now)
@@ -110,15 +118,15 @@ class DoorAction:
         else:
             conn.send(m.error(req.id, opening.code or ErrorCode.INTERNAL, opening.message))
 
-    async def quick_reply(self, conn: Connection, req: Request[m.Action]) -> None:
+    async def quick_reply(self, conn: Endpoint, req: Request[m.Action]) -> None:
         """A resident rung by a visitor's call has the door play one of its quick replies
         ("I'm coming"), without answering. The door plays it, or says why it cannot."""
         assert conn.user is not None and conn.device is not None
-        call = await self.hub.find_call(req.body.call_id)
+        call = await self.service.find_call(req.body.call_id)
         if call is not None and call.ended:
             call = None
-        if conn.user["kind"] != "resident" or call is None or not call.involves(conn.device) \
-                or call.caller_info.get("kind") != "door":
+        if conn.user["kind"] != UserKind.RESIDENT or call is None or not call.involves(conn.device) \
+                or call.caller_info.get("kind") != UserKind.DOOR:
             raise ProtocolError(ErrorCode.FORBIDDEN, "you are not rung by this door's visitor", req.id)
         if req.body.reply is None:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "'action.reply' names the quick reply to play", req.id)
@@ -129,15 +137,15 @@ class DoorAction:
             offered = ", ".join(r["id"] for r in call.quick_replies) or "none"
             raise ProtocolError(ErrorCode.NOT_FOUND, f"the door has no quick reply '{req.body.reply}'; it has: "
                                                      f"{offered}", req.id)
-        if not await self.hub.is_connected(call.caller):
+        if not await self.service.is_connected(call.caller):
             raise ProtocolError(ErrorCode.CONFLICT, "the door station is not connected", req.id)
-        self.hub._spawn(self._play_reply(conn, req, call, reply))
+        self.background.spawn(self._play_reply(conn, req, call, reply))
 
-    async def _play_reply(self, conn: Connection, req: Request[m.Action], call: ServerCall,
+    async def _play_reply(self, conn: Endpoint, req: Request[m.Action], call: ServerCall,
                           reply: dict[str, str]) -> None:
         assert conn.user is not None and conn.device is not None
         try:
-            answer = await self.hub.ask(call.caller, "action", self.hub.settings.door_reply_timeout_s,
+            answer = await self.service.ask(call.caller, "action", self.settings.door_reply_timeout_s,
                                         call_id=call.call_id, name="quick_reply", reply=reply["id"],
                                         by={**conn.device.as_json(), "display_name": conn.user["display_name"]})
         except (TimeoutError, ConnectionGone) as exc:
@@ -153,7 +161,7 @@ class DoorAction:
         conn.send(m.ok(req.id, ends_call=ends))
         if ends:  # answered for everyone: the other phones stop ringing
             now = time.time()
-            await self.hub._event(call.call_id, lambda c: c.abort(m.EndReason.DECLINED, now))
+            await self.service.event(call.call_id, lambda c: c.abort(m.EndReason.DECLINED, now))
 
     async def carry_out(self, site_id: str, by: DeviceRef, display_name: str, call_id: str, door: DeviceRef,
                         now: float) -> Opening:
@@ -168,7 +176,7 @@ class DoorAction:
         except (DatabaseError, OSError):
             return Opening("failed", ErrorCode.INTERNAL, "the door log cannot be written, so the door was not opened")
         try:
-            reply = await self.hub.ask(door, "action", self.hub.settings.door_reply_timeout_s, call_id=call_id,
+            reply = await self.service.ask(door, "action", self.settings.door_reply_timeout_s, call_id=call_id,
                                        name="open_door", by={**by.as_json(), "display_name": display_name})
         except (TimeoutError, ConnectionGone) as exc:
             why = _unanswered(exc)
@@ -178,7 +186,7 @@ class DoorAction:
             self._settle(by, entry, call_id, "opened", None)
             pulse = reply.get("pulse_s")
             pulse_s = float(pulse) if isinstance(pulse, int | float) and 0 < pulse <= 60 else None
-            self.hub.events.door(EventType.DOOR_OPENED, door.user_id, now, call_id=call_id,
+            self.service.events.door(EventType.DOOR_OPENED, door.user_id, now, call_id=call_id,
                                  by={**by.as_json(), "display_name": display_name}, pulse_s=pulse_s)
             return Opening("opened", None, "opened", pulse_s)
         code, message = _refusal(reply)
@@ -192,18 +200,18 @@ class DoorAction:
         the attempt is on the door log before the door is asked, and the door decides."""
         now = time.time()
         by = DeviceRef(integration, INTEGRATION_DEVICE)
-        door_user = await self.hub.store.find_user(door_id)
-        if door_user is None or door_user["kind"] != "door":
+        door_user = await self.store.users.find_user(door_id)
+        if door_user is None or door_user["kind"] != UserKind.DOOR:
             return Opening("refused", ErrorCode.NOT_FOUND, f"there is no door '{door_id}'")
         site_id = door_user["site_id"]
         found = await self._door_call(door_id, now)
         if found is None:
             why = (f"nobody is at the door: no call of this door is ringing, in progress or ended within "
-                   f"{self.hub.settings.open_door_window_s:g} s")
+                   f"{self.settings.open_door_window_s:g} s")
             self._audit(site_id, by, "", None, "refused", why, now)
             return Opening("refused", ErrorCode.FORBIDDEN, why)
         call, door = found
-        if not await self.hub.is_connected(door):
+        if not await self.service.is_connected(door):
             self._audit(site_id, by, call.call_id, door, "failed", "the door station is not connected", now)
             return Opening("failed", ErrorCode.CONFLICT, "the door station is not connected")
         return await self.carry_out(site_id, by, integration, call.call_id, door, now)
@@ -211,8 +219,8 @@ class DoorAction:
     async def _door_call(self, door_id: str, now: float) -> tuple[ServerCall, DeviceRef] | None:
         """The door's live call, else its latest one that ended within the window, with the
         door's own device in it."""
-        window = self.hub.settings.open_door_window_s
-        calls = await self.hub.calls_of([door_id], live_only=False)
+        window = self.settings.open_door_window_s
+        calls = await self.service.calls_of([door_id], live_only=False)
         for call in [*reversed([c for c in calls if not c.ended]), *reversed([c for c in calls if c.ended])]:
             if call.ended_at is not None and now - call.ended_at > window:
                 continue
@@ -227,12 +235,12 @@ class DoorAction:
         waits for it, see `carry_out`)."""
         log.info("open_door by %s/%s for %s: %s%s", by.user_id, by.device_id, call_id or "no call", outcome,
                  f" ({detail})" if detail else "")
-        written = self.hub.store.audit(site_id=site_id, at=now, action="open_door", outcome=outcome, by=by,
+        written = self.store.audit_log.audit(site_id=site_id, at=now, action="open_door", outcome=outcome, by=by,
                                        call_id=call_id, door_id=door.user_id if door else None, detail=detail)
-        self.hub._store("write the door log", written)
+        self.background.store("write the door log", written)
         return written
 
     def _settle(self, by: DeviceRef, entry: int, call_id: str, outcome: str, detail: str | None) -> None:
         log.info("open_door by %s/%s for %s: %s%s", by.user_id, by.device_id, call_id, outcome,
                  f" ({detail})" if detail else "")
-        self.hub._store("write the door's answer to the door log", self.hub.store.settle_audit(entry, outcome, detail))
+        self.background.store("write the door's answer to the door log", self.store.audit_log.settle_audit(entry, outcome, detail))

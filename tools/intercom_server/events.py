@@ -8,6 +8,7 @@ slow never delays a ring. Nothing is emitted, and nothing is looked up, while no
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 from collections import deque
@@ -17,6 +18,8 @@ from enum import StrEnum
 from typing import Any
 
 from intercom_protocol.calls import DeviceRef, ServerCall, iso
+
+from .records import UserKind
 
 log = logging.getLogger("intercom.server")
 
@@ -54,6 +57,20 @@ class SiteEvent:
         return {"type": str(self.type), "timestamp": iso(self.at), "data": data}
 
 
+    def to_wire(self) -> dict[str, Any]:
+        """The whole event as JSON, for another process."""
+        return {"type": str(self.type), "site_id": self.site_id, "door_id": self.door_id,
+                "door_name": self.door_name, "at": self.at, "call_id": self.call_id, "data": self.data,
+                "picture": base64.b64encode(self.picture).decode() if self.picture is not None else None}
+
+    @classmethod
+    def from_wire(cls, wire: dict[str, Any]) -> SiteEvent:
+        picture = wire.get("picture")
+        return cls(EventType(wire["type"]), wire["site_id"], wire["door_id"], wire["door_name"], float(wire["at"]),
+                   wire.get("call_id"), dict(wire.get("data") or {}),
+                   base64.b64decode(picture) if picture is not None else None)
+
+
 Listener = Callable[[SiteEvent], None]
 
 
@@ -62,25 +79,37 @@ class EventBus:
     be looked up (a round trip on PostgreSQL) in one queue, so an `answered` never overtakes
     its `ring`, and the call that made them never waits."""
 
-    def __init__(self, find_user: Callable[[str], Awaitable[dict[str, Any] | None]]) -> None:
+    def __init__(self, find_user: Callable[[str], Awaitable[dict[str, Any] | None]],
+                 broadcast: Callable[[dict[str, Any]], None]) -> None:
         self._find_user = find_user
+        self._broadcast = broadcast
         self._listeners: list[Listener] = []
+        #: Listeners that hear every process's events (an integration one process runs).
+        self._everywhere: list[Listener] = []
         self._pending: deque[tuple[str, Callable[[dict[str, Any]], SiteEvent]]] = deque()
         self._worker: asyncio.Task[None] | None = None
 
     def listen(self, listener: Listener) -> None:
+        """Hear the events of this process (webhooks: each process sends its own)."""
         self._listeners.append(listener)
+
+    def listen_everywhere(self, listener: Listener) -> None:
+        """Hear the events of every process, through the state backend (in memory, at once)."""
+        self._everywhere.append(listener)
 
     @property
     def active(self) -> bool:
-        return bool(self._listeners)
+        return bool(self._listeners or self._everywhere)
 
     def emit(self, event: SiteEvent) -> None:
-        for listener in self._listeners:
-            try:
-                listener(event)
-            except Exception:  # an integration's bug must not stop a call
-                log.exception("an integration failed on the %s event", event.type)
+        _tell(self._listeners, event)
+        if self._everywhere:
+            self._broadcast(event.to_wire())
+
+    def received(self, wire: dict[str, Any]) -> None:
+        """An event from any process (this one included)."""
+        if self._everywhere:
+            _tell(self._everywhere, SiteEvent.from_wire(wire))
 
     def _later(self, door_id: str, make: Callable[[dict[str, Any]], SiteEvent]) -> None:
         self._pending.append((door_id, make))
@@ -95,7 +124,7 @@ class EventBus:
             except Exception:  # the database is away: this event is lost, the next ones are not
                 log.exception("could not look up door '%s' for an event", door_id)
                 continue
-            if door is not None and door["kind"] == "door":
+            if door is not None and door["kind"] == UserKind.DOOR:
                 self.emit(make(door))
 
     # -- the hub's words -------------------------------------------------------------------
@@ -113,12 +142,20 @@ class EventBus:
         """An event about a call of a door: a visitor's ring, or a resident looking outside."""
         if not self._listeners:
             return
-        visitor = call.caller_info.get("kind") == "door"
+        visitor = call.caller_info.get("kind") == UserKind.DOOR
         door_id = call.caller.user_id if visitor else call.callees[0]
         call_id = call.call_id
         self._later(door_id, lambda door: SiteEvent(
             type, door["site_id"], door_id, door["display_name"], at, call_id,
             {"direction": "visitor" if visitor else "look_outside", **data}, picture))
+
+
+def _tell(listeners: list[Listener], event: SiteEvent) -> None:
+    for listener in listeners:
+        try:
+            listener(event)
+        except Exception:  # an integration's bug must not stop a call
+            log.exception("an integration failed on the %s event", event.type)
 
 
 def party(device: DeviceRef, display_name: str | None) -> dict[str, Any]:

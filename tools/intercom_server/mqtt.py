@@ -6,11 +6,9 @@ kept, and all of it is published again, retained, once the broker is back (and w
 Assistant announces that it started). The connection is aiomqtt's (on paho), tried again with
 a doubling wait.
 
-Openings: only for doors the installer listed with an opening entity, never from a retained
-message (MQTT 5's "retain as published" shows the flag) nor a stored one (a clean start with
-no session, commands at QoS 0: the broker replays none after a reconnection), rate-limited per
-door, then as `DoorAction.for_integration` decides (the door
-log, a visitor at the door, the door's own answer). Each attempt's answer is published.
+Openings and switches are `mqtt_commands.py`'s. A command is never taken from a retained
+message (MQTT 5's "retain as published" shows the flag) nor a stored one (a clean start with no
+session, commands at QoS 0: the broker replays none after a reconnection).
 """
 
 from __future__ import annotations
@@ -22,24 +20,25 @@ import logging
 import ssl
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiomqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from intercom_protocol.calls import iso
+from intercom_protocol.calls import ServerCall, iso
 
 from . import homeassistant as ha
-from .availability import SiteRules, parse_resident
-from .events import EventType, SiteEvent
+from .availability import RuleBook
+from .door_action import DoorAction
+from .door_presence import DoorPresence
+from .events import EventBus, EventType, SiteEvent
 from .homeassistant import DoorTopics, OpenEntity
-from .limits import FailureWindow
-from .store import StoreError
-
-if TYPE_CHECKING:
-    from .hub import Hub
+from .mqtt_commands import MqttCommands
+from .mqtt_settings import MqttSettings, MqttStatus
+from .records import UserKind
+from .service import CallService
+from .state import Lease
+from .store import Store
 
 log = logging.getLogger("intercom.server")
 
@@ -48,69 +47,30 @@ DEFAULT_PULSE_S = 3.0
 PUBLISH_TIMEOUT_S = 10.0
 
 
-@dataclass
-class MqttSettings:
-    host: str
-    port: int = 1883
-    tls: bool = False
-    ca_file: str | None = None
-    username: str | None = None
-    password: str | None = None
-    password_file: str | None = None
-    client_id: str = "intercom-server"
-    base_topic: str = "intercom"
-    discovery_prefix: str = "homeassistant"
-    #: The name openings from MQTT carry in the door log and in the door's own log.
-    integration: str = "Home Assistant"
-    #: Sites whose doors are published; empty for all.
-    sites: tuple[str, ...] = ()
-    #: Doors whose opening is offered to Home Assistant, and as what.
-    doors: dict[str, OpenEntity] = field(default_factory=dict)
-    opens_per_minute: int = 4
-    #: Home Assistant switches for each site's away mode and each resident's do-not-disturb.
-    switches: bool = True
-    keepalive_s: int = 30
-    reconnect_min_s: float = 0.5
-    reconnect_max_s: float = 60.0
-    #: The web app's address, shown by Home Assistant as each door's configuration page.
-    server_url: str | None = None
-
-    def secret(self) -> str | None:
-        if self.password_file:
-            return Path(self.password_file).read_text().strip()
-        return self.password
-
-
-@dataclass
-class MqttStatus:
-    broker: str
-    connected: bool = False
-    since: str | None = None
-    last_error: str | None = None
-    connects: int = 0
-    published: int = 0
-    #: Events that happened while the broker was away (the state is published again instead).
-    dropped: int = 0
-    commands: int = 0
-    refused: int = 0
-
-    def as_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
 Publish = tuple[str, bytes | str, bool]
 
 
 class MqttBridge:
-    def __init__(self, hub: Hub, settings: MqttSettings) -> None:
-        self.hub = hub
+    """Home Assistant over MQTT. It hears every process's events (`listen_everywhere`) and
+    reads calls and presence through the call service, so it runs on one process of a
+    cluster as on a single one: the process holding the `mqtt` lease, renewed every second;
+    when that process dies, another takes the lease within `dead_after_s`, connects with the
+    same client id, and publishes every door's state again."""
+
+    def __init__(self, settings: MqttSettings, service: CallService, store: Store, rules: RuleBook,
+                 door_presence: DoorPresence, door_action: DoorAction, events: EventBus, lease: Lease) -> None:
+        self.service = service
+        self.store = store
+        self.rules = rules
+        self.door_presence = door_presence
+        self.door_action = door_action
+        self._lease = lease
         self.settings = settings
         self.status = MqttStatus(broker=f"{settings.host}:{settings.port}")
         self._queue: asyncio.Queue[Publish] | None = None
         self._doors: dict[str, str] = {}  # door id -> display name, for those published
         self._pictures: dict[str, bytes] = {}
         self._answered_by: dict[str, str] = {}
-        self._opens = FailureWindow(settings.opens_per_minute, 60.0)
         self._relock: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
@@ -119,9 +79,11 @@ class MqttBridge:
         #: Sites and residents whose switches were published.
         self._sites: set[str] = set()
         self._residents: set[str] = set()
-        hub.events.listen(self.on_event)
+        self.commands = MqttCommands(settings, self.status, door_action, rules, store, self._put, self._later,
+                                     self._doors, self._relock)
+        events.listen_everywhere(self.on_event)
         if settings.switches:
-            hub.rules.listeners.append(self._rules_changed)
+            rules.listeners.append(self._rules_changed)
 
     # -- life ---------------------------------------------------------------------------------
 
@@ -140,8 +102,26 @@ class MqttBridge:
         for task in [*self._tasks, *([self._runner] if self._runner else [])]:
             task.cancel()
         await asyncio.gather(*self._tasks, *([self._runner] if self._runner else []), return_exceptions=True)
+        await self._lease.release()
 
     async def _run(self) -> None:
+        """While this process holds the lease: connected to the broker."""
+        while True:
+            await self._lease.acquire()
+            self.status.leader = True
+            log.info("this process runs the MQTT bridge")
+            bridge = asyncio.get_running_loop().create_task(self._connected())
+            lost = asyncio.get_running_loop().create_task(self._lease.lost())
+            try:
+                await asyncio.wait({bridge, lost}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (bridge, lost):
+                    task.cancel()
+                await asyncio.gather(bridge, lost, return_exceptions=True)
+                self.status.leader = self.status.connected = False
+            log.warning("this process no longer holds the MQTT lease: another one runs the bridge")
+
+    async def _connected(self) -> None:
         s = self.settings
         delay = s.reconnect_min_s
         while True:
@@ -227,11 +207,11 @@ class MqttBridge:
                 continue
             door_id = ha.door_of_command(s.base_topic, topic)
             if door_id is not None:
-                self._command(door_id, payload, bool(message.retain))
+                self.commands.command(door_id, payload, bool(message.retain))
                 continue
             switch = ha.switch_of_command(s.base_topic, topic) if s.switches else None
             if switch is not None:
-                await self._switch(*switch, payload, bool(message.retain))
+                await self.commands.switch(*switch, payload, bool(message.retain))
 
     # -- what is published ----------------------------------------------------------------------
 
@@ -244,7 +224,7 @@ class MqttBridge:
 
     async def _publish_all(self) -> None:
         """Discovery and the retained state of every door, from what the server knows now."""
-        doors = await self.hub.store.doors(self.settings.sites)
+        doors = await self.store.users.doors(self.settings.sites)
         self._doors = {d["user_id"]: d["display_name"] for d in doors}
         for door_id in self._doors:
             self._publish_door(door_id)
@@ -259,9 +239,7 @@ class MqttBridge:
         for topic, document in ha.discovery(s.discovery_prefix, s.base_topic, door_id, self._doors[door_id],
                                             opening, s.server_url):
             self._put(topic, json.dumps(document) if document is not None else b"", True)
-        online = any(d.user_id == door_id for d in self.hub.devices) or self.hub.door_presence.settling(door_id)
-        self._put(topics.availability, ha.ONLINE if online else ha.OFFLINE, True)
-        self._put(topics.call_state, self._call_state(door_id), True)
+        self._later(self._publish_live(door_id, availability=True))
         if door_id in self._answered_by:
             self._put(topics.answered_by, self._answered_by[door_id], True)
         if door_id in self._pictures:
@@ -272,10 +250,10 @@ class MqttBridge:
     # -- away and do-not-disturb ------------------------------------------------------------------
 
     async def _publish_site(self, site_id: str) -> None:
-        s, store = self.settings, self.hub.store
-        residents = [(u["user_id"], u["display_name"]) for u in await store.list_users(site_id)
-                     if u["kind"] == "resident"]
-        name = (await store.get_site(site_id))["name"]
+        s, store = self.settings, self.store
+        residents = [(u["user_id"], u["display_name"]) for u in await store.users.list_users(site_id)
+                     if u["kind"] == UserKind.RESIDENT]
+        name = (await store.users.get_site(site_id))["name"]
         self._sites.add(site_id)
         self._residents.update(user_id for user_id, _ in residents)
         for topic, document in ha.site_discovery(s.discovery_prefix, s.base_topic, site_id,
@@ -287,7 +265,7 @@ class MqttBridge:
 
     def _rules_changed(self, kind: str, name: str) -> None:
         """Publish a switch's state (after the API, the web app or Home Assistant changed it)."""
-        rules, base = self.hub.rules, self.settings.base_topic
+        rules, base = self.rules, self.settings.base_topic
         if kind == "site":
             self._put(ha.away_topic(base, name), ha.ON if rules.site(name).away else ha.OFF, True)
             return
@@ -306,7 +284,7 @@ class MqttBridge:
                 resident.until - now + 0.5, self._rules_changed, "resident", name)
 
     async def _publish_resident_site(self, user_id: str) -> None:
-        user = await self.hub.store.find_user(user_id)
+        user = await self.store.users.find_user(user_id)
         if user is not None and user["site_id"] in self._sites:
             await self._publish_site(user["site_id"])
 
@@ -315,43 +293,14 @@ class MqttBridge:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _switch(self, kind: str, name: str, payload: bytes, retained: bool) -> None:
-        text = payload.decode("utf-8", "replace").strip()
-        if not text:
-            return
-        if retained or text not in (ha.ON, ha.OFF):
-            log.warning("MQTT: refused %s for %s %s", "a retained command" if retained else f"'{text[:20]}'", kind,
-                        name)
-            self.status.refused += 1
-            return
-        on = text == ha.ON
-        rules, store = self.hub.rules, self.hub.store
-        if kind == "away":
-            try:
-                await store.get_site(name)
-            except StoreError:
-                log.warning("MQTT: no site '%s' to put away", name)
-                return
-            current = rules.site(name)
-            await rules.set_site(name, SiteRules(on, current.time_zone))
-        else:
-            user = await store.find_user(name)
-            if user is None or user["kind"] != "resident":
-                log.warning("MQTT: no resident '%s' for do-not-disturb", name)
-                return
-            await rules.set_resident(name, parse_resident({"do_not_disturb": {"on": on}}, rules.resident(name), time.time()))
-        log.info("%s switched %s %s for %s", self.settings.integration, "away" if kind == "away" else
-                 "do-not-disturb", "on" if on else "off", name)
-
-    def _call_state(self, door_id: str) -> str:
-        state = "idle"
-        for call in self.hub.calls.values():
-            parties = (call.caller, call.accepted_by) if call.accepted_by else (call.caller,)
-            if call.accepted_by is not None and any(p.user_id == door_id for p in parties):
-                return "in_call"
-            if call.caller.user_id == door_id:
-                state = "ringing"
-        return state
+    async def _publish_live(self, door_id: str, availability: bool = False) -> None:
+        """The door's call state (and whether it is online), as the call service has them
+        now, on whichever process the door and the calls are."""
+        topics = DoorTopics.of(self.settings.base_topic, door_id)
+        if availability:
+            online = bool(await self.service.devices_of([door_id])) or self.door_presence.settling(door_id)
+            self._put(topics.availability, ha.ONLINE if online else ha.OFFLINE, True)
+        self._put(topics.call_state, _call_state(door_id, await self.service.live_calls()), True)
 
     def on_event(self, event: SiteEvent) -> None:
         s = self.settings
@@ -387,7 +336,7 @@ class MqttBridge:
             case EventType.DOOR_OPENED if s.doors.get(door) is OpenEntity.LOCK:
                 self._unlocked(door, topics, event.data.get("pulse_s") or DEFAULT_PULSE_S)
         if event.type in (EventType.RING, EventType.ANSWERED, EventType.ENDED):
-            self._put(topics.call_state, self._call_state(door), True)
+            self._later(self._publish_live(door))
 
     def _unlocked(self, door: str, topics: DoorTopics, pulse_s: float) -> None:
         """The lock shows UNLOCKED while the strike is energised."""
@@ -401,54 +350,13 @@ class MqttBridge:
             self._put(topics.lock_state, ha.LOCKED, True)
         self._relock[door] = asyncio.get_running_loop().call_later(pulse_s, relock)
 
-    # -- openings -------------------------------------------------------------------------------
-
-    def _command(self, door_id: str, payload: bytes, retained: bool) -> None:
-        s = self.settings
-        if not payload.strip():  # how a retained message is deleted from the broker: not a command
-            return
-        self.status.commands += 1
-        if door_id not in self._doors:
-            self._refuse(None, f"a command for '{door_id}', which is not a door here")
-            return
-        topics = DoorTopics.of(s.base_topic, door_id)
-        opening = s.doors.get(door_id, OpenEntity.NONE)
-        if retained:
-            self._refuse(topics, f"a retained command for {door_id}: a stored command never opens a door")
-            return
-        if opening is OpenEntity.NONE:
-            self._refuse(topics, f"opening {door_id} from MQTT is not turned on (mqtt.doors.{door_id}.open)")
-            return
-        wants = ha.opens(opening, payload)
-        if wants is None:
-            self._refuse(topics, f"'{payload[:40].decode('utf-8', 'replace')}' is not a command for the {opening}")
-            return
-        if wants is False:  # LOCK: the strike locks by itself
-            self._put(topics.lock_state, ha.UNLOCKED if door_id in self._relock else ha.LOCKED, True)
-            return
-        clock = time.monotonic()
-        wait = self._opens.blocked_for(door_id, clock)
-        if wait > 0:
-            self._refuse(topics, f"more than {s.opens_per_minute} attempts to open {door_id} a minute from MQTT; "
-                                 f"try again in {wait:.0f} s")
-            return
-        self._opens.fail(door_id, clock)
-        self._later(self._open(door_id, topics))
-
-    async def _open(self, door_id: str, topics: DoorTopics) -> None:
-        opening = await self.hub.door_action.for_integration(self.settings.integration, door_id)
-        if opening.outcome != "opened":
-            self.status.refused += 1
-            log.warning("%s could not open %s: %s", self.settings.integration, door_id, opening.message)
-            if self.settings.doors.get(door_id) is OpenEntity.LOCK:
-                self._put(topics.lock_state, ha.LOCKED, True)
-        self._put(topics.open_result, json.dumps({
-            "outcome": opening.outcome, "reason": None if opening.outcome == "opened" else opening.message,
-            "at": iso(time.time())}), False)
-
-    def _refuse(self, topics: DoorTopics | None, why: str) -> None:
-        self.status.refused += 1
-        log.warning("MQTT: refused %s", why)
-        if topics is not None:
-            self._put(topics.open_result, json.dumps({"outcome": "refused", "reason": why, "at": iso(time.time())}),
-                      False)
+def _call_state(door_id: str, live: list[ServerCall]) -> str:
+    """`in_call` while a call of the door is answered, `ringing` while it rings, else `idle`."""
+    state = "idle"
+    for call in live:
+        parties = (call.caller, call.accepted_by) if call.accepted_by else (call.caller,)
+        if call.accepted_by is not None and any(p.user_id == door_id for p in parties):
+            return "in_call"
+        if call.caller.user_id == door_id:
+            state = "ringing"
+    return state

@@ -67,19 +67,19 @@ class MessageBox:
             os.replace(partial, final)
         finally:
             partial.unlink(missing_ok=True)
-        await self.store.add_message(call_id, size, time.time())
+        await self.store.calls.add_message(call_id, size, time.time())
         return size
 
     async def delete(self, call_id: str) -> None:
         self.path(call_id).unlink(missing_ok=True)
-        await self.store.delete_message(call_id)
+        await self.store.calls.delete_message(call_id)
 
     async def sweep(self, now: float | None = None) -> int:
         """Apply the retention policy; returns how many messages went."""
         now = time.time() if now is None else now
         horizon = now - self.settings.keep_days * 86400
         limit = int(self.settings.max_total_mb * 1024 * 1024)
-        kept = await self.store.messages()  # oldest first: (call_id, bytes, created_at)
+        kept = await self.store.calls.messages()  # oldest first: (call_id, bytes, created_at)
         total = sum(size for _, size, _ in kept)
         gone = 0
         for call_id, size, created_at in kept:

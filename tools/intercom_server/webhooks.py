@@ -31,7 +31,8 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from .events import EventType, SiteEvent
-from .store import Store, StoreError
+from .records import StoreError
+from .store import Store
 
 log = logging.getLogger("intercom.server")
 
@@ -156,7 +157,7 @@ class Webhooks:
     async def reload(self) -> None:
         """Take the registrations as stored (after the API changed one). A receiver that stays
         keeps its queue; one switched off or deleted drops what it had pending."""
-        rows = {r["webhook_id"]: r for r in await self.store.active_webhooks()}
+        rows = {r["webhook_id"]: r for r in await self.store.webhooks.active_webhooks()}
         for webhook_id in list(self._receivers):
             if webhook_id not in rows:
                 receiver = self._receivers.pop(webhook_id)
@@ -208,14 +209,14 @@ class Webhooks:
                     self.stats.delivered += 1
                     if receiver.failures:
                         receiver.failures = 0
-                    self._record(self.store.webhook_delivered(receiver.webhook_id, now))
+                    self._record(self.store.webhooks.webhook_delivered(receiver.webhook_id, now))
                     continue
                 self.stats.failed += 1
                 receiver.failures += 1
                 off = receiver.failures >= self.settings.disable_after
                 reason = (f"switched off after {receiver.failures} deliveries in a row failed; the last: {error}"
                           if off else None)
-                self._record(self.store.webhook_failed(receiver.webhook_id, now, error, reason))
+                self._record(self.store.webhooks.webhook_failed(receiver.webhook_id, now, error, reason))
                 if off:
                     self.stats.switched_off += 1
                     log.warning("webhook %s (%s) of site %s %s", receiver.webhook_id, receiver.url, receiver.site_id,

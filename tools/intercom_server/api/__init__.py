@@ -1,0 +1,1 @@
+"""The HTTP layer, a module per resource; `app.py` composes them."""
