@@ -16,7 +16,7 @@ from intercom_bench.report import TARGETS, markdown
 
 # A loaded two-core machine (CI beside stress-ng) takes about 300 s: PostgreSQL and a cluster of
 # three behind HAProxy start on top of the single-process parts.
-pytestmark = pytest.mark.timeout(560)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(560)]
 
 
 def test_percentiles_are_nearest_rank():

@@ -15,7 +15,7 @@ from intercom_sim.harness import Door, Process
 
 from .test_webapp import Phone, playwright_api
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 
 async def test_the_demo_prints_an_invite_and_rings_the_browser_from_the_terminal_and_the_panel(tmp_path: Path):

@@ -11,7 +11,7 @@ from intercom_sim.harness import Installation
 
 from .conftest import ANSWER, OFFER, WsClient
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
 
 async def _signed_in(http: aiohttp.ClientSession, site: Installation, user_id: str, token: str) -> WsClient:

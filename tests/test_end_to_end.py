@@ -14,7 +14,7 @@ import yaml
 from intercom_server.openapi import OPENAPI
 from intercom_sim.harness import Installation
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
 STANDINS = str(Path(__file__).parent / "standins")
 RELAY = {"hardware": {"pins": {"relay": 22, "relay_pulse_s": 0.5, "backlight_led": 23}}}

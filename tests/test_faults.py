@@ -24,7 +24,7 @@ import pytest
 
 from intercom_sim.harness import Door, Installation, Process
 
-pytestmark = pytest.mark.timeout(150)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
 GROUPS = [{"residents": ["alice"], "timeout_s": 60}]
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from intercom_server import homeassistant as ha
 from intercom_server.homeassistant import OpenEntity
+
+pytestmark = pytest.mark.slow
 
 
 def test_commands_open_only_as_the_door_s_entity_says():

@@ -15,7 +15,7 @@ from intercom_sim.harness import Installation
 from .conftest import self_signed_certificate
 from .mosquitto import HomeAssistant, Mosquitto
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 RELAY = {"hardware": {"pins": {"relay": 22, "relay_pulse_s": 0.3}}}
 JPEG = b"\xff\xd8"

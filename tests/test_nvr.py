@@ -23,7 +23,7 @@ from intercom_sim.sipsite import band_share
 
 from .test_rtsp import run_tool, tone
 
-pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")]
 
 ACCOUNTS = "frigate:watch-the-door\nhass:talk-to-the-door\n"
 

@@ -29,7 +29,7 @@ from intercom_sim.sipsite import band_share
 
 from .test_standby import until
 
-pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")]
 
 ACCOUNTS = {"frigate": "watch-the-door", "hass": "talk-to-the-door"}
 

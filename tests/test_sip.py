@@ -16,6 +16,8 @@ import pytest
 
 from intercom_sim.sipsite import SIP_GATEWAY, SipSite, band_share
 
+pytestmark = pytest.mark.slow
+
 # The phones are PJSIP's Python binding, whose wheels are for x86_64 only (pyproject's marker).
 pytest.importorskip("pjsua2", reason="the SIP tests' phones need pjsua2-python, which has wheels for x86_64 only")
 

@@ -39,7 +39,7 @@ PLACES = ("/etc/intercom", "/etc/systemd/system", "/var/lib/intercom-server", "/
 #: Where the units expect the programs.
 INSTALLED = "/opt/intercom/venv/bin/"
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def walkthrough() -> list[list[str]]:

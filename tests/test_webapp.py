@@ -24,7 +24,7 @@ from intercom_sim.harness import Installation
 
 playwright_api = pytest.importorskip("playwright.async_api")
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 SCREENSHOTS = Path(os.environ.get("INTERCOM_SCREENSHOTS", Path(__file__).parent.parent / "test-output" / "screenshots"))
 RELAY = {"hardware": {"pins": {"relay": 22, "relay_pulse_s": 0.5}}}

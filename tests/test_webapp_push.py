@@ -28,7 +28,7 @@ from .test_webapp import Phone
 
 pytest.importorskip("playwright.async_api")
 
-pytestmark = pytest.mark.timeout(150)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
 #: What Chromium logs when the app's real subscribe fails in a Playwright (incognito) profile;
 #: in a normal profile the browser tries Google's push service instead, which is not reachable here.

@@ -215,8 +215,15 @@ def markdown(results: dict[str, Any]) -> str:
             for phase, s in setups.items():
                 lines.append(f"- {engine}, {phase}: {s['calls']} calls set up and ended in {s['seconds']} s by "
                              f"{s['pairs']} door/phone pairs: {s['per_s']} a second (at most {s['offered_per_s']:g} "
-                             f"offered), {s['error_count']} errors; server CPU {s['server_cpu_percent']} % of a core, "
-                             f"load generator {s['loadgen_cpu_percent']} % (on the same two cores).")
+                             f"offered), {s['error_count']} errors; server CPU {s['server_cpu_percent']} % of a core "
+                             f"({s.get('server_cpu_ms_per_call', '?')} ms a call), load generator "
+                             f"{s['loadgen_cpu_percent']} % (on the same two cores).")
+        if cluster and "server_cpu_ms_per_call" in cluster["setups"].get("steady", {}):
+            alone, many = capacity["setups"]["steady"], cluster["setups"]["steady"]
+            lines.append(f"- CPU per call at the steady rate: {alone['server_cpu_ms_per_call']} ms on one process, "
+                         f"{many['server_cpu_ms_per_call']} ms on {cluster['processes']} together: "
+                         f"{many['server_cpu_ms_per_call'] / max(0.01, alone['server_cpu_ms_per_call']):.2f} times "
+                         f"(target: at most 2).")
     if sip:
         cpu = sip["gateway_cpu_percent_per_call"]
         lines += ["", f"## The SIP gateway: one call of {sip['call_seconds']:g} s", "",
