@@ -5,6 +5,7 @@ daemon and the residents are real processes that connect through HAProxy."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -263,41 +264,51 @@ async def _direct(cluster: Cluster, http: aiohttp.ClientSession, index: int, use
     return client
 
 
-async def _tokens(cluster: Cluster) -> dict[str, str]:
-    return {user: (await cluster.site.add_user(user, kind, user.title())).read_text().strip()
-            for user, kind in (("frontdoor", "door"), ("alice", "resident"))}
+@contextlib.asynccontextmanager
+async def _door_and_alice(root: Path, **settings: Any) -> AsyncIterator[tuple[Cluster, WsClient, WsClient]]:
+    """Two processes; the door signed in on the first, alice's phone on the second."""
+    group = Cluster(root, size=2, settings=settings)
+    try:
+        await group.start()
+        tokens = {user: (await group.site.add_user(user, kind, user.title())).read_text().strip()
+                  for user, kind in (("frontdoor", "door"), ("alice", "resident"))}
+        async with aiohttp.ClientSession() as http:
+            door = await _direct(group, http, 0, "frontdoor", tokens["frontdoor"])
+            alice = await _direct(group, http, 1, "alice", tokens["alice"])
+            yield group, door, alice
+            for client in (door, alice):
+                await client.close()
+    finally:
+        await group.close()
 
 
 async def test_a_press_rings_a_connected_resident_while_postgresql_is_down(tmp_path):
     """Who a dial rings comes from each process's memory: with the database stopped, the door
     and the phone already connected (on different processes) still ring and talk; what the
     database did not take is counted for the operator."""
-    group = Cluster(tmp_path / "cluster", size=2)
-    try:
-        await group.start()
-        tokens = await _tokens(group)
-        async with aiohttp.ClientSession() as http:
-            door = await _direct(group, http, 0, "frontdoor", tokens["frontdoor"])
-            alice = await _direct(group, http, 1, "alice", tokens["alice"])
-            assert group.postgres is not None
-            for outage in (False, True):  # the house in use, then the database gone
-                if outage:
-                    group.postgres.pause()
-                reply = await door.request("dial", callees=["alice"], offer=OFFER)
-                assert reply["type"] == "ok", reply
-                assert (await alice.next("incoming", timeout=15))["call_id"] == reply["call_id"]
-                assert (await alice.request("accept", call_id=reply["call_id"], answer=ANSWER))["type"] == "ok"
-                assert (await door.next("accepted", timeout=15))["call_id"] == reply["call_id"]
-                assert (await door.request("end", call_id=reply["call_id"]))["type"] == "ok"
-                assert (await alice.next("ended", timeout=15))["reason"] == "completed"
-            status, health = await group.health(0)
-            assert status == 503 and health["database"]["ok"] is False  # HAProxy sends no new device here
-            assert health["store_errors"] >= 1, "the call's record could not be written, and the operator sees so"
-            group.postgres.resume()
-            for client in (door, alice):
-                await client.close()
-    finally:
-        await group.close()
+    async with _door_and_alice(tmp_path / "cluster") as (group, door, alice):
+        assert group.postgres is not None
+        for outage in (False, True):  # the house in use, then the database gone
+            if outage:
+                group.postgres.pause()
+            reply = await door.request("dial", callees=["alice"], offer=OFFER)
+            assert reply["type"] == "ok", reply
+            assert (await alice.next("incoming", timeout=15))["call_id"] == reply["call_id"]
+            assert (await alice.request("accept", call_id=reply["call_id"], answer=ANSWER))["type"] == "ok"
+            assert (await door.next("accepted", timeout=15))["call_id"] == reply["call_id"]
+            assert (await door.request("end", call_id=reply["call_id"]))["type"] == "ok"
+            assert (await alice.next("ended", timeout=15))["reason"] == "completed"
+        # The process notices at its next health check: HAProxy sends no new device there, and
+        # the records that could not be written are counted for the operator.
+        async def noticed() -> dict[str, Any]:
+            while True:
+                status, health = await group.health(0)
+                if status == 503 and health["store_errors"] >= 1:
+                    return health
+                await asyncio.sleep(0.1)
+        health = await asyncio.wait_for(noticed(), 30)
+        assert health["database"]["ok"] is False and health["database"]["error"]
+        group.postgres.resume()
 
 
 async def test_a_process_restarted_under_its_name_at_once_lets_go_of_what_it_held(tmp_path):
@@ -305,32 +316,22 @@ async def test_a_process_restarted_under_its_name_at_once_lets_go_of_what_it_hel
     its heartbeat is back before anyone noticed it gone, so it must itself let go of the
     devices its previous life held. The resident who was on it never returns: its call ends
     `connection_lost` after the grace, and nobody counts its phone as connected."""
-    group = Cluster(tmp_path / "cluster", size=2, settings={"calls": {"grace_s": 1, "media_grace_s": 2}})
-    try:
-        await group.start()
-        tokens = await _tokens(group)
-        async with aiohttp.ClientSession() as http:
-            door = await _direct(group, http, 0, "frontdoor", tokens["frontdoor"])
-            alice = await _direct(group, http, 1, "alice", tokens["alice"])
-            call_id = (await door.request("dial", callees=["alice"], offer=OFFER))["call_id"]
-            await alice.next("incoming", timeout=15)
-            assert (await alice.request("accept", call_id=call_id, answer=ANSWER))["type"] == "ok"
-            await door.next("accepted", timeout=15)
-            await group.kill(1)
-            await group.start_server(1)  # the same name, s1, at once
-            ended = await door.next("ended", timeout=20)
-            assert (ended["call_id"], ended["reason"]) == (call_id, "connection_lost")
-            assert group.redis is not None
-            redis = aioredis.from_url(group.redis.url, decode_responses=True)
-            try:
-                assert await redis.hgetall("intercom:presence:alice") == {}
-                assert await redis.smembers("intercom:devices:s1") == set()
-            finally:
-                await redis.aclose()
-            await door.close()
-            await alice.close()
-    finally:
-        await group.close()
+    async with _door_and_alice(tmp_path / "cluster", calls={"grace_s": 1, "media_grace_s": 2}) as (group, door, alice):
+        call_id = (await door.request("dial", callees=["alice"], offer=OFFER))["call_id"]
+        await alice.next("incoming", timeout=15)
+        assert (await alice.request("accept", call_id=call_id, answer=ANSWER))["type"] == "ok"
+        await door.next("accepted", timeout=15)
+        await group.kill(1)
+        await group.start_server(1)  # the same name, s1, at once
+        ended = await door.next("ended", timeout=20)
+        assert (ended["call_id"], ended["reason"]) == (call_id, "connection_lost")
+        assert group.redis is not None
+        redis = aioredis.from_url(group.redis.url, decode_responses=True)
+        try:
+            assert await redis.hgetall("intercom:presence:alice") == {}
+            assert await redis.smembers("intercom:devices:s1") == set()
+        finally:
+            await redis.aclose()
 
 
 def _pressed(call_id: str | None = None) -> Any:

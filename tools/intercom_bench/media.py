@@ -29,7 +29,7 @@ async def _door(site: Installation, name: str, width: int, height: int, fps: flo
     return await site.start_door(name, [{"residents": ["alice"]}], settings=camera(width, height, fps, encoding))
 
 
-async def _answered(bell: Bell, resident: Process, timeout_s: float = 20) -> tuple[int, dict[str, Any]]:
+async def answered(bell: Bell, resident: Process, timeout_s: float = 20) -> tuple[int, dict[str, Any]]:
     """Press and wait for the resident's first decoded frame; returns where the call's
     events begin in the resident's output, and the first_frame event."""
     mark = len(resident.lines)
@@ -37,7 +37,7 @@ async def _answered(bell: Bell, resident: Process, timeout_s: float = 20) -> tup
     return mark, await resident.wait_for_event("first_frame", timeout_s, after=mark)
 
 
-async def _ended(bell: Bell, resident: Process, mark: int, timeout_s: float = 20) -> dict[str, Any]:
+async def call_ended(bell: Bell, resident: Process, mark: int, timeout_s: float = 20) -> dict[str, Any]:
     """Wait for the resident's end of the call and the door's return to idle; release the bell."""
     ended = await resident.wait_for_event("ended", timeout_s, after=mark)
     await bell.until_idle()
@@ -57,8 +57,8 @@ async def answer_to_first_frame(root: Path, calls: int, width: int = 640, height
             samples = []
             try:
                 for _ in range(calls):
-                    mark, first = await _answered(bell, resident)
-                    await _ended(bell, resident, mark)
+                    mark, first = await answered(bell, resident)
+                    await call_ended(bell, resident, mark)
                     samples.append(first["after_accept_s"] * 1000)
             finally:
                 bell.close()
@@ -95,7 +95,7 @@ async def call_cost(root: Path, seconds: float, sizes: list[tuple[int, int]], fp
 
 async def _measure_call(bell: Bell, resident: Process, pid: int, seconds: float, width: int, height: int,
                         encoding: str) -> dict[str, Any]:
-    mark, first = await _answered(bell, resident)
+    mark, first = await answered(bell, resident)
     reset_peak_rss(pid)
     before, started = cpu_times(pid), time.monotonic()
     peak_sampled = 0
@@ -107,7 +107,7 @@ async def _measure_call(bell: Bell, resident: Process, pid: int, seconds: float,
     after, elapsed = cpu_times(pid), time.monotonic() - started
     await hanging_up
     peak = max(peak_sampled, memory_kib(pid)["VmHWM"])
-    ended = await _ended(bell, resident, mark)
+    ended = await call_ended(bell, resident, mark)
     camera_s = after.by_thread.get("camera", 0.0) - before.by_thread.get("camera", 0.0)
     threads = {name: round(100 * (seconds - before.by_thread.get(name, 0.0)) / elapsed, 1)
                for name, seconds in after.by_thread.items()}

@@ -17,7 +17,7 @@ from intercom_sim.postgres import free_port
 from intercom_sim.rtspclient import RtspClient
 
 from .figures import cpu_times, memory_kib, summary
-from .media import _answered, _ended
+from .media import answered, call_ended
 from .scene import Bell, camera, installation
 
 ACCOUNT, PASSWORD = "nvr", "bench-password"
@@ -40,10 +40,10 @@ async def run(root: Path, connects: int, seconds: float, width: int = 1280, heig
         bell = Bell(door)
         try:
             first = await _first_keyframes(url, connects)
-            mark, _ = await _answered(bell, resident)
+            mark, _ = await answered(bell, resident)
             cost = {n: await _cost(url, pid, n, seconds) for n in (0, 1, 3)}
             await resident.wait_for_event("hanging_up", 4 * seconds + 60, after=mark)
-            await _ended(bell, resident, mark)
+            await call_ended(bell, resident, mark)
         finally:
             bell.close()
     per_viewer = (cost[3]["rss_kib"] - cost[0]["rss_kib"]) / 3

@@ -101,8 +101,8 @@ class CallRequests:
         await self.service.add(call)
         conn.send(m.ok(req.id, call_id=call_id, **({"unknown": unknown} if unknown else {})))
         timers = self.service.state.timers
-        await timers.schedule(f"ring:{call_id}", now + call.ring_timeout_s)
-        await timers.schedule(f"max:{call_id}", now + self.settings.max_duration_s)
+        await timers.schedule({f"ring:{call_id}": now + call.ring_timeout_s,
+                               f"max:{call_id}": now + self.settings.max_duration_s})
         log.info("%s dials %s: %s, %d device(s) ringing%s%s", call.caller.user_id, ",".join(call.callees), call_id,
                  len(devices), f"; not callers' users: {', '.join(unknown)}" if unknown else "",
                  f"; not rung now (do-not-disturb, quiet hours, away): {', '.join(call.unavailable)}"

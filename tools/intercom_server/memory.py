@@ -54,6 +54,9 @@ class MemoryCalls:
     async def get(self, call_id: str) -> ServerCall | None:
         return self._live.get(call_id) or self._recent.get(call_id)
 
+    async def peek(self, call_id: str) -> ServerCall | None:
+        return await self.get(call_id)
+
     async def change(self, call_id: str, event: Event) -> Applied | None:
         call = self._live.get(call_id) or self._recent.get(call_id)
         if call is None:
@@ -92,11 +95,13 @@ class MemoryTimers:
         self._due = due
         self.handles: dict[str, asyncio.TimerHandle] = {}
 
-    async def schedule(self, key: str, at: float) -> None:
-        old = self.handles.pop(key, None)
-        if old is not None:
-            old.cancel()
-        self.handles[key] = asyncio.get_running_loop().call_later(max(0.0, at - time.time()), self._fire, key)
+    async def schedule(self, due: dict[str, float]) -> None:
+        loop, now = asyncio.get_running_loop(), time.time()
+        for key, at in due.items():
+            old = self.handles.pop(key, None)
+            if old is not None:
+                old.cancel()
+            self.handles[key] = loop.call_later(max(0.0, at - now), self._fire, key)
 
     async def cancel(self, *keys: str) -> None:
         for key in keys:

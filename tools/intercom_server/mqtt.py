@@ -225,7 +225,9 @@ class MqttBridge:
     async def _publish_all(self) -> None:
         """Discovery and the retained state of every door, from what the server knows now."""
         doors = await self.store.users.doors(self.settings.sites)
-        self._doors = {d["user_id"]: d["display_name"] for d in doors}
+        # In place: the commands hold this same dict.
+        self._doors.clear()
+        self._doors.update({d["user_id"]: d["display_name"] for d in doors})
         for door_id in self._doors:
             self._publish_door(door_id)
         if self.settings.switches:

@@ -137,6 +137,19 @@ class RedisCalls:
         self._keep(call_id, raw)
         return ServerCall.from_json(json.loads(raw))
 
+    async def peek(self, call_id: str) -> ServerCall | None:
+        raw = self._known.get(call_id)
+        return ServerCall.from_json(json.loads(raw)) if raw is not None else await self.get(call_id)
+
+    def known(self, call_id: str) -> str | None:
+        """The JSON this process last read or wrote of the call, for the other processes."""
+        return self._known.get(call_id)
+
+    def learn(self, call_id: str, raw: str) -> None:
+        """The call as another process wrote it (sent along with a message about it): the
+        next change here starts from it, and costs one round trip if it is still current."""
+        self._keep(call_id, raw)
+
     async def change(self, call_id: str, event: Event) -> Applied | None:
         raw = self._known.get(call_id) or await self._redis.get(self._key(call_id))
         while raw is not None:
@@ -189,8 +202,8 @@ class RedisTimers:
     def __init__(self, redis: Any, prefix: str, poll_s: float) -> None:
         self._redis, self._key, self._poll_s = redis, f"{prefix}timers", poll_s
 
-    async def schedule(self, key: str, at: float) -> None:
-        await self._redis.zadd(self._key, {key: at})
+    async def schedule(self, due: dict[str, float]) -> None:
+        await self._redis.zadd(self._key, due)
 
     async def cancel(self, *keys: str) -> None:
         if keys:

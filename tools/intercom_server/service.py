@@ -83,8 +83,9 @@ class CallService:
             raise ConnectionGone() from None
 
     async def involving(self, device: DeviceRef | None, call_id: str) -> ServerCall | None:
-        """A live or recent call this device is a party of; None for any other, alike."""
-        call = await self.find_call(call_id)
+        """A live or recent call this device is a party of; None for any other, alike. As this
+        process last saw it: the change that follows confirms it."""
+        call = await self.state.calls.peek(call_id)
         return call if call is not None and device is not None and call.involves(device) else None
 
     # -- changing calls --------------------------------------------------------------------
@@ -175,9 +176,8 @@ class CallService:
         log.info("%s/%s disconnected during a call; waiting %.0fs for it to return",
                  device.user_id, device.device_id, grace)
         now, key = time.time(), device_key(device)
-        await self.state.timers.schedule(f"grace:{key}", now + self.settings.grace_s)
-        if answered:
-            await self.state.timers.schedule(f"media:{key}", now + grace)
+        await self.state.timers.schedule({f"grace:{key}": now + self.settings.grace_s,
+                                          **({f"media:{key}": now + grace} if answered else {})})
 
     async def returned(self, device: DeviceRef) -> None:
         """The device is back: its grace is over, nothing is lost."""

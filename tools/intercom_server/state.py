@@ -85,6 +85,10 @@ class CallRegistry(Protocol):
 
     async def get(self, call_id: str) -> ServerCall | None: ...
 
+    async def peek(self, call_id: str) -> ServerCall | None:
+        """The call as this process last saw it, else as `get`: for a check that the change
+        after it confirms (a stale copy costs the change one more round, never a wrong call)."""
+
     async def change(self, call_id: str, event: Event) -> Applied | None:
         """Apply `event` atomically: two processes changing one call see each other's change
         (the second `accept` gets `conflict`). None for no such call; `CallError` from the
@@ -102,7 +106,8 @@ class Timers(Protocol):
     """Timers by name (`ring:`/`max:` + call id, `grace:`/`media:` + device), fired once, on
     one process, through the `Local` side's `timer_due`."""
 
-    async def schedule(self, key: str, at: float) -> None: ...
+    async def schedule(self, due: dict[str, float]) -> None:
+        """Each key fires at its time (a key scheduled again moves)."""
 
     async def cancel(self, *keys: str) -> None: ...
 

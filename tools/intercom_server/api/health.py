@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from aiohttp import web
 
@@ -17,8 +16,6 @@ from .common import (
     is_api_token,
     why_unready,
 )
-
-log = logging.getLogger("intercom.server")
 
 
 async def _openapi(request: web.Request) -> web.Response:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from aiohttp import web
@@ -17,8 +16,6 @@ from .common import (
     VIEWER_TOKEN,
     api,
 )
-
-log = logging.getLogger("intercom.server")
 
 
 async def _push_key(request: web.Request) -> web.Response:

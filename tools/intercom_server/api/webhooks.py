@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from aiohttp import web
@@ -15,8 +14,6 @@ from .common import (
     flag,
     read_body,
 )
-
-log = logging.getLogger("intercom.server")
 
 
 async def _post_webhook(request: web.Request) -> Any:
