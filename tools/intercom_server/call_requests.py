@@ -23,7 +23,7 @@ from .directory import Directory
 from .events import EventType, party
 from .records import UserKind
 from .service import CallService
-from .state import Applied, Endpoint, Event
+from .state import Endpoint, Event
 
 log = logging.getLogger("intercom.server")
 
@@ -98,16 +98,13 @@ class CallRequests:
         subs = self.push.subscribed(rung, now)
         devices = sorted(set(await self.service.devices_of(rung)) | {s.device for s in subs})
         sends = call.ring(devices, now)
-        await self.service.add(call)
+        await self.service.add(call, {"ring": now + call.ring_timeout_s, "max": now + self.settings.max_duration_s})
         conn.send(m.ok(req.id, call_id=call_id, **({"unknown": unknown} if unknown else {})))
-        timers = self.service.state.timers
-        await timers.schedule({f"ring:{call_id}": now + call.ring_timeout_s,
-                               f"max:{call_id}": now + self.settings.max_duration_s})
         log.info("%s dials %s: %s, %d device(s) ringing%s%s", call.caller.user_id, ",".join(call.callees), call_id,
                  len(devices), f"; not callers' users: {', '.join(unknown)}" if unknown else "",
                  f"; not rung now (do-not-disturb, quiet hours, away): {', '.join(call.unavailable)}"
                  if call.unavailable else "")
-        await self.service.deliver(Applied(call, sends, False))
+        await self.service.deliver_new(call, sends)
         self.push.ring(call, subs, now)
         self.background.store("record the call", self.store.calls.record_call(call, snapshot))
         if call.caller_info["kind"] == UserKind.DOOR:
@@ -142,7 +139,7 @@ class CallRequests:
         conn.send(m.ok(req.id, call_id=call.call_id))
         assert conn.user is not None
         log.info("%s reports a press at %s while offline: %s", conn.user["user_id"], req.body.pressed_at, call.call_id)
-        await self.service.deliver(Applied(call, sends, False))
+        await self.service.deliver_new(call, sends)
         self.push.missed(call, time.time())
         if snapshot is not None:
             self.events.call(EventType.PICTURE, call, call.created_at, picture=snapshot)

@@ -109,7 +109,7 @@ class RedisState:
         self._publisher = aioredis.from_url(settings.redis_url, decode_responses=True, socket_timeout=5,
                                             socket_connect_timeout=5, max_connections=1)
         self.presence = RedisPresence(self.redis, p, self.name)
-        self.calls = RedisCalls(self.redis, p, live_ttl_s)
+        self.calls = RedisCalls(self.redis, p, self.name, live_ttl_s)
         self.timers = RedisTimers(self.redis, p, settings.timer_poll_s)
         self.failures = RedisFailures(self.redis, p)
         self.backplane = self
@@ -137,6 +137,7 @@ class RedisState:
 
     async def start(self, local: Local) -> None:
         self._local = local
+        self.calls.here = local.is_local
         try:
             await self._alive()
             # A process restarted under its old name: what its previous life held is let go now,
@@ -236,20 +237,10 @@ class RedisState:
         await self.redis.delete(f"{self.prefix}devices:{process}")
 
     # -- the backplane: messages between processes -----------------------------------------
+    # (A change of a call sends its messages itself, in the script that writes it.)
 
-    async def send(self, sends: list[Send], here: Any) -> None:
-        remote = [s for s in sends if not here(s.to)]
-        if not remote:
-            return
-        for send, place in zip(remote, await self.presence.places([s.to for s in remote]), strict=True):
-            if place and place != self.name:
-                # The call as this process wrote it goes along: the other's next change of it
-                # starts there, and costs it one round trip instead of two.
-                call_id = send.message.get("call_id")
-                raw = self.calls.known(call_id) if isinstance(call_id, str) else None
-                self._publish(f"{self.prefix}proc:{place}", {"op": "send", "to": device_key(send.to),
-                                                             "message": send.message,
-                                                             **({"call": raw} if raw else {})})
+    async def send(self, sends: list[Send]) -> None:
+        await self.calls.send(sends)
 
     def kick(self, device: DeviceRef, process: str, code: int, reason: str) -> None:
         self._publish(f"{self.prefix}proc:{process}", {"op": "kick", "to": device_key(device), "code": code,

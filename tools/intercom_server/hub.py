@@ -69,6 +69,9 @@ class LocalSide:
     def local_devices(self) -> list[DeviceRef]:
         return self._hub.endpoints.local_devices()
 
+    def is_local(self, device: DeviceRef) -> bool:
+        return device in self._hub.endpoints
+
     async def timer_due(self, key: str) -> None:
         await self._hub.service.timer_due(key)
 

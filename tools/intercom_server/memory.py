@@ -11,7 +11,7 @@ from typing import Any
 from intercom_protocol.calls import DeviceRef, Send, ServerCall
 
 from .limits import FailureWindow
-from .state import RECENT_CALLS_S, Applied, Event, Local, Stopping
+from .state import CALL_TIMERS, RECENT_CALLS_S, Applied, Event, Local, Stopping
 
 #: At most this many ended calls are remembered, however many ended within `RECENT_CALLS_S`.
 RECENT_CALLS_MAX = 10_000
@@ -40,12 +40,15 @@ class MemoryPresence:
 
 
 class MemoryCalls:
-    def __init__(self) -> None:
+    def __init__(self, timers: MemoryTimers) -> None:
+        self._timers = timers
         self._live: dict[str, ServerCall] = {}
         #: Calls that ended lately, oldest first.
         self._recent: dict[str, ServerCall] = {}
 
-    async def add(self, call: ServerCall) -> None:
+    async def add(self, call: ServerCall, timers: dict[str, float] | None = None) -> None:
+        if timers:
+            await self._timers.schedule({f"{kind}:{call.call_id}": at for kind, at in timers.items()})
         if call.ended:
             self._remember(call)
         else:
@@ -67,6 +70,7 @@ class MemoryCalls:
         if ended:
             del self._live[call_id]
             self._remember(call)
+            await self._timers.cancel(*(f"{kind}:{call_id}" for kind in CALL_TIMERS))
         return Applied(call, sends, ended)
 
     async def calls_of(self, user_ids: Iterable[str]) -> list[ServerCall]:
@@ -144,8 +148,8 @@ class NoBackplane:
     def __init__(self) -> None:
         self.local: Local | None = None
 
-    async def send(self, sends: list[Send], here: Callable[[DeviceRef], bool]) -> None:
-        return None
+    async def send(self, sends: list[Send]) -> None:
+        pass
 
     def kick(self, device: DeviceRef, process: str, code: int, reason: str) -> None:
         return None
@@ -177,8 +181,8 @@ class SoleLease:
 class MemoryState:
     def __init__(self) -> None:
         self.presence = MemoryPresence()
-        self.calls = MemoryCalls()
         self.timers = MemoryTimers(self._timer_due)
+        self.calls = MemoryCalls(self.timers)
         self.failures = MemoryFailures()
         self.backplane = NoBackplane()
         self.stopping = Stopping(end_calls=True, close_code=1001, close_reason="server shutting down")

@@ -11,6 +11,9 @@ picture (`cluster.py` is the process's life in the cluster around them).
   the usual event costs one round trip;
 - timers: one sorted set, which every process polls; a due timer is taken by the process
   whose ZREM removed it;
+- each step of a call is one script, one round trip: the call written (compare and set),
+  its timers written or dropped, and its messages to devices on other processes published
+  to the process each is connected to (looked up in the script), with the call as written;
 - the sign-in throttle: one sorted set of failures per key for the whole cluster.
 """
 
@@ -26,9 +29,9 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from intercom_protocol.calls import DeviceRef, ServerCall
+from intercom_protocol.calls import DeviceRef, Send, ServerCall
 
-from .state import RECENT_CALLS_S, Applied, Event, device_key, device_of
+from .state import CALL_TIMERS, RECENT_CALLS_S, Applied, Event, device_key, device_of
 
 log = logging.getLogger("intercom.server.cluster")
 
@@ -40,14 +43,50 @@ end
 return 0
 """
 
-#: Write a call only if it is still what the writer read: {1} written, {2, now} changed
-#: meanwhile (replay on `now`), {0} gone.
-_SWAP = """
+#: Sends each message of a call's step to the process its device is connected to, unless that
+#: is this process or none: KEYS[k...] are the devices' presence hashes; ARGV[a] is this
+#: process, ARGV[a + 1] the channels' prefix, then a (device id, message) pair per key.
+_ROUTE = """
+local function route(k, a)
+  for j = k, #KEYS do
+    local n = a + 2 + 2 * (j - k)
+    local place = redis.call('HGET', KEYS[j], ARGV[n])
+    if place and place ~= ARGV[a] then redis.call('PUBLISH', ARGV[a + 1] .. place, ARGV[n + 1]) end
+  end
+end
+"""
+
+#: A new call: KEYS[1] = ARGV[1] for ARGV[2] s, in the live set (KEYS[2]) if ARGV[3] is 1,
+#: in the indexes of its users (KEYS[4...]), with its timers (ARGV[5...]: name, when) in
+#: KEYS[3].
+_ADD = """
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+if ARGV[3] == '1' then redis.call('SADD', KEYS[2], ARGV[4]) end
+for i = 4, #KEYS do redis.call('SADD', KEYS[i], ARGV[4]) end
+for i = 5, #ARGV, 2 do redis.call('ZADD', KEYS[3], ARGV[i + 1], ARGV[i]) end
+return 1
+"""
+
+#: A new call's first messages, routed.
+_SEND = _ROUTE + """
+route(1, 1)
+return 1
+"""
+
+#: A change, written only if the call is still what the writer read: {1} written, {2, now}
+#: changed meanwhile (replay on `now`), {0} gone. A call that ended (ARGV[4]) leaves the live
+#: set (KEYS[2]), and its ARGV[6] timers leave KEYS[3]; then the change's messages are routed.
+_SWAP = _ROUTE + """
 local now = redis.call('GET', KEYS[1])
 if not now then return {0} end
 if now ~= ARGV[1] then return {2, now} end
+local timers = tonumber(ARGV[6])
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
-if ARGV[4] == '1' then redis.call('SREM', KEYS[2], ARGV[5]) end
+if ARGV[4] == '1' then
+  redis.call('SREM', KEYS[2], ARGV[5])
+  for i = 7, 6 + timers do redis.call('ZREM', KEYS[3], ARGV[i]) end
+end
+route(4, 7 + timers)
 return {1}
 """
 
@@ -94,17 +133,17 @@ class RedisPresence:
         found = await self._redis.hget(f"{self._p}presence:{device.user_id}", device.device_id)
         return str(found) if found else None
 
-    async def places(self, devices: list[DeviceRef]) -> list[str | None]:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for device in devices:
-                pipe.hget(f"{self._p}presence:{device.user_id}", device.device_id)
-            return [str(p) if p else None for p in await pipe.execute()]
-
 
 class RedisCalls:
-    def __init__(self, redis: Any, prefix: str, live_ttl_s: float) -> None:
-        self._redis, self._p, self._live_ttl_s = redis, prefix, live_ttl_s
+    def __init__(self, redis: Any, prefix: str, name: str, live_ttl_s: float) -> None:
+        self._redis, self._p, self._name, self._live_ttl_s = redis, prefix, name, live_ttl_s
+        #: Whether a device is connected to this process (set by the cluster at start): its
+        #: messages are delivered here, not routed.
+        self.here: Callable[[DeviceRef], bool] = lambda device: False
+        self._add = redis.register_script(_ADD)
+        self._send = redis.register_script(_SEND)
         self._swap = redis.register_script(_SWAP)
+        self._timers = f"{prefix}timers"
         #: call id -> the JSON this process last read or wrote, newest last.
         self._known: OrderedDict[str, str] = OrderedDict()
 
@@ -117,17 +156,41 @@ class RedisCalls:
         while len(self._known) > _KEPT_CALLS:
             self._known.popitem(last=False)
 
-    async def add(self, call: ServerCall) -> None:
+    async def add(self, call: ServerCall, timers: dict[str, float] | None = None) -> None:
         raw = json.dumps(call.to_json())
         ttl = RECENT_CALLS_S if call.ended else self._live_ttl_s
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(self._key(call.call_id), raw, ex=int(ttl) + 1)
-            for user in {call.caller.user_id, *call.callees}:
-                pipe.sadd(f"{self._p}calls_of:{user}", call.call_id)
-            if not call.ended:
-                pipe.sadd(f"{self._p}live", call.call_id)
-            await pipe.execute()
+        users = [f"{self._p}calls_of:{user}" for user in dict.fromkeys([call.caller.user_id, *call.callees])]
+        due = [x for kind, at in (timers or {}).items() for x in (f"{kind}:{call.call_id}", at)]
+        await self._add(keys=[self._key(call.call_id), f"{self._p}live", self._timers, *users],
+                        args=[raw, int(ttl) + 1, "0" if call.ended else "1", call.call_id, *due])
         self._keep(call.call_id, raw)
+
+    async def send(self, sends: list[Send]) -> None:
+        """Sends about calls this process wrote, to the devices not connected here."""
+        by_call: dict[str, list[Send]] = {}
+        for send in sends:
+            by_call.setdefault(str(send.message.get("call_id")), []).append(send)
+        keys: list[str] = []
+        args: list[Any] = [self._name, f"{self._p}proc:"]
+        for call_id, group in by_call.items():
+            more_keys, more_args = self._routes(group, self._known.get(call_id))
+            keys += more_keys
+            args += more_args[2:]
+        if keys:
+            await self._send(keys=keys, args=args)
+
+    def _routes(self, sends: list[Send], raw: str | None) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of `_ROUTE` for the sends to devices not connected here.
+        The call as written goes along: the other process's next change of it starts there,
+        and costs it one round trip."""
+        keys: list[str] = []
+        args: list[Any] = [self._name, f"{self._p}proc:"]
+        for send in sends:
+            if not self.here(send.to):
+                keys.append(f"{self._p}presence:{send.to.user_id}")
+                args += [send.to.device_id, json.dumps({"op": "send", "to": device_key(send.to),
+                                                        "message": send.message, **({"call": raw} if raw else {})})]
+        return keys, args
 
     async def get(self, call_id: str) -> ServerCall | None:
         raw = await self._redis.get(self._key(call_id))
@@ -140,10 +203,6 @@ class RedisCalls:
     async def peek(self, call_id: str) -> ServerCall | None:
         raw = self._known.get(call_id)
         return ServerCall.from_json(json.loads(raw)) if raw is not None else await self.get(call_id)
-
-    def known(self, call_id: str) -> str | None:
-        """The JSON this process last read or wrote of the call, for the other processes."""
-        return self._known.get(call_id)
 
     def learn(self, call_id: str, raw: str) -> None:
         """The call as another process wrote it (sent along with a message about it): the
@@ -159,8 +218,11 @@ class RedisCalls:
             ended = was_live and call.ended
             after = json.dumps(call.to_json())
             ttl = RECENT_CALLS_S if call.ended else self._live_ttl_s
-            result = await self._swap(keys=[self._key(call_id), f"{self._p}live"],
-                                      args=[raw, after, int(ttl) + 1, "1" if ended else "0", call_id])
+            timers = [f"{kind}:{call_id}" for kind in CALL_TIMERS]
+            keys, args = self._routes(sends, after)
+            result = await self._swap(keys=[self._key(call_id), f"{self._p}live", self._timers, *keys],
+                                      args=[raw, after, int(ttl) + 1, "1" if ended else "0", call_id, len(timers),
+                                            *timers, *args])
             if result[0] == 1:
                 self._keep(call_id, after)
                 return Applied(call, sends, ended)

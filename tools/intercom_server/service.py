@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from intercom_protocol import messages as m
-from intercom_protocol.calls import CallError, DeviceRef, ServerCall
+from intercom_protocol.calls import CallError, DeviceRef, Send, ServerCall
 
 from .background import Background
 from .connection import ConnectionGone
@@ -107,8 +107,10 @@ class CallService:
             else:
                 self._turns[call_id] = (lock, waiting - 1)
 
-    async def add(self, call: ServerCall) -> None:
-        await self.state.calls.add(call)
+    async def add(self, call: ServerCall, timers: dict[str, float] | None = None) -> None:
+        """A new call, and its timers (`CALL_TIMERS`): they go when it ends. Its first
+        messages go with `deliver_new`, once its caller has `ok`."""
+        await self.state.calls.add(call, timers)
 
     async def apply(self, call_id: str, event: Event) -> Applied | None:
         """Apply one event to a call, or None for no such call. `CallError` passes through,
@@ -128,9 +130,15 @@ class CallService:
             await self.deliver(applied)
         return applied.call
 
+    async def deliver_new(self, call: ServerCall, sends: list[Send]) -> None:
+        """A new call's first messages, here and on other processes."""
+        self.endpoints.deliver(sends)
+        await self.state.backplane.send(sends)
+
     async def deliver(self, applied: Applied) -> None:
+        """A change's messages to the devices connected here (those elsewhere had theirs
+        with the change), and its end."""
         self.endpoints.deliver(applied.sends)
-        await self.state.backplane.send(applied.sends, self.endpoints.__contains__)
         if applied.ended:
             await self._ended(applied.call)
 
@@ -138,7 +146,6 @@ class CallService:
         """Once per call, by the process whose event ended it. The record is queued before
         anything is awaited, so a party told `ended` reads it back completed."""
         self.background.store("record the call's end", self.store.calls.finish_call(call))
-        await self.state.timers.cancel(f"ring:{call.call_id}", f"max:{call.call_id}")
         log.info("%s ended: %s", call.call_id, call.end_reason)
         ended_at = call.ended_at or time.time()
         if call.accepted_by is None:

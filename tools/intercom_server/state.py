@@ -19,6 +19,10 @@ from intercom_protocol.calls import DeviceRef, Send, ServerCall
 #: instead of `not_found`, and a resident may still open the door.
 RECENT_CALLS_S = 120.0
 
+#: The timers a call may have, each named `<kind>:<call id>`: written with the call (`add`),
+#: and dropped by the registry when the call ends.
+CALL_TIMERS = ("ring", "max")
+
 #: A change of a call: applied to the call, it returns what to send.
 Event = Callable[[ServerCall], list[Send]]
 
@@ -81,7 +85,10 @@ class Presence(Protocol):
 class CallRegistry(Protocol):
     """The live calls and those that ended lately (`RECENT_CALLS_S`)."""
 
-    async def add(self, call: ServerCall) -> None: ...
+    async def add(self, call: ServerCall, timers: dict[str, float] | None = None) -> None:
+        """A new call and its timers (a kind of `CALL_TIMERS` -> when it fires), written
+        together. Its first messages go after its caller has `ok` (`Backplane.send`): a
+        caller learns its call's id from that reply."""
 
     async def get(self, call_id: str) -> ServerCall | None: ...
 
@@ -92,7 +99,9 @@ class CallRegistry(Protocol):
     async def change(self, call_id: str, event: Event) -> Applied | None:
         """Apply `event` atomically: two processes changing one call see each other's change
         (the second `accept` gets `conflict`). None for no such call; `CallError` from the
-        event passes through and changes nothing."""
+        event passes through and changes nothing. A call the event ends loses its timers. The
+        event's sends to devices on other processes go with the change; those here are the
+        caller's to deliver."""
 
     async def calls_of(self, user_ids: Iterable[str]) -> list[ServerCall]:
         """The calls these users are parties of, live or ended lately, oldest first."""
@@ -123,10 +132,12 @@ class Failures(Protocol):
 
 
 class Backplane(Protocol):
-    """Reaching devices connected to other processes (in memory there are none)."""
+    """Reaching devices connected to other processes (in memory there are none). A change of
+    a call sends its own messages with it (`CallRegistry.change`)."""
 
-    async def send(self, sends: list[Send], here: Callable[[DeviceRef], bool]) -> None:
-        """Deliver the sends whose device is not `here`."""
+    async def send(self, sends: list[Send]) -> None:
+        """Deliver the sends to devices on other processes (`Local.is_local` says which are
+        not): a new call's first messages."""
 
     def kick(self, device: DeviceRef, process: str, code: int, reason: str) -> None: ...
 
@@ -162,6 +173,9 @@ class Local(Protocol):
         ...
 
     def local_devices(self) -> list[DeviceRef]: ...
+
+    def is_local(self, device: DeviceRef) -> bool:
+        """Whether the device is connected to this process."""
 
     async def timer_due(self, key: str) -> None: ...
 
