@@ -46,6 +46,10 @@ return 0
 """
 
 
+#: Connections to Redis a process opens at most (besides the one it publishes on).
+REDIS_CONNECTIONS = 32
+
+
 @dataclass
 class ClusterSettings:
     redis_url: str
@@ -103,8 +107,11 @@ class RedisState:
         self.settings = settings
         self.name = settings.name or f"{socket.gethostname()}-{os.getpid()}"
         self.prefix = p = settings.prefix
-        self.redis = aioredis.from_url(settings.redis_url, decode_responses=True, socket_timeout=5,
-                                       socket_connect_timeout=5, health_check_interval=10)
+        # A burst (thousands of devices leaving at once) waits for a connection of a bounded
+        # pool, rather than failing as "too many connections" and leaving stale presence.
+        self.redis = aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(
+            settings.redis_url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5,
+            health_check_interval=10, max_connections=REDIS_CONNECTIONS, timeout=5))
         #: Publishing goes through one connection of its own, in order.
         self._publisher = aioredis.from_url(settings.redis_url, decode_responses=True, socket_timeout=5,
                                             socket_connect_timeout=5, max_connections=1)
