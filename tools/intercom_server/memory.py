@@ -149,7 +149,7 @@ class NoBackplane:
         self.local: Local | None = None
 
     async def send(self, sends: list[Send]) -> None:
-        pass
+        return None
 
     def kick(self, device: DeviceRef, process: str, code: int, reason: str) -> None:
         return None

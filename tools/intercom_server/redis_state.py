@@ -167,29 +167,24 @@ class RedisCalls:
 
     async def send(self, sends: list[Send]) -> None:
         """Sends about calls this process wrote, to the devices not connected here."""
-        by_call: dict[str, list[Send]] = {}
-        for send in sends:
-            by_call.setdefault(str(send.message.get("call_id")), []).append(send)
-        keys: list[str] = []
-        args: list[Any] = [self._name, f"{self._p}proc:"]
-        for call_id, group in by_call.items():
-            more_keys, more_args = self._routes(group, self._known.get(call_id))
-            keys += more_keys
-            args += more_args[2:]
+        keys, args = self._routes(sends, self._known.get)
         if keys:
             await self._send(keys=keys, args=args)
 
-    def _routes(self, sends: list[Send], raw: str | None) -> tuple[list[str], list[Any]]:
+    def _routes(self, sends: list[Send], raw_of: Callable[[str], str | None]) -> tuple[list[str], list[str]]:
         """The keys and arguments of `_ROUTE` for the sends to devices not connected here.
-        The call as written goes along: the other process's next change of it starts there,
-        and costs it one round trip."""
+        The call as written (`raw_of` its id) goes along: the other process's next change of
+        it starts there, and costs it one round trip."""
         keys: list[str] = []
-        args: list[Any] = [self._name, f"{self._p}proc:"]
+        args = [self._name, f"{self._p}proc:"]
         for send in sends:
-            if not self.here(send.to):
-                keys.append(f"{self._p}presence:{send.to.user_id}")
-                args += [send.to.device_id, json.dumps({"op": "send", "to": device_key(send.to),
-                                                        "message": send.message, **({"call": raw} if raw else {})})]
+            if self.here(send.to):
+                continue
+            call_id = send.message.get("call_id")
+            raw = raw_of(call_id) if isinstance(call_id, str) else None
+            keys.append(f"{self._p}presence:{send.to.user_id}")
+            args += [send.to.device_id, json.dumps({"op": "send", "to": device_key(send.to), "message": send.message,
+                                                    **({"call": raw} if raw else {})})]
         return keys, args
 
     async def get(self, call_id: str) -> ServerCall | None:
@@ -211,6 +206,7 @@ class RedisCalls:
 
     async def change(self, call_id: str, event: Event) -> Applied | None:
         raw = self._known.get(call_id) or await self._redis.get(self._key(call_id))
+        timers = [f"{kind}:{call_id}" for kind in CALL_TIMERS]
         while raw is not None:
             call = ServerCall.from_json(json.loads(raw))
             was_live = not call.ended
@@ -218,8 +214,7 @@ class RedisCalls:
             ended = was_live and call.ended
             after = json.dumps(call.to_json())
             ttl = RECENT_CALLS_S if call.ended else self._live_ttl_s
-            timers = [f"{kind}:{call_id}" for kind in CALL_TIMERS]
-            keys, args = self._routes(sends, after)
+            keys, args = self._routes(sends, {call_id: after}.get)
             result = await self._swap(keys=[self._key(call_id), f"{self._p}live", self._timers, *keys],
                                       args=[raw, after, int(ttl) + 1, "1" if ended else "0", call_id, len(timers),
                                             *timers, *args])
