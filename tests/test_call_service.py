@@ -125,7 +125,7 @@ async def test_a_loopback_endpoint_is_rung_answers_and_opens_the_door_with_no_we
     assert ended["reason"] == "completed" and ended["by"] == {"user_id": "alice", "device_id": "loop"}
     await hub.store.flushed()
     record = await hub.store.calls.get_call(call_id)
-    assert record["end_reason"] == "completed" and record["accepted_by"]["user_id"] == "alice"
+    assert record.end_reason == "completed" and record.accepted_by.user_id == "alice"
 
 
 async def test_a_loopback_caller_that_goes_away_mid_ring_ends_its_call_after_its_grace(hub):

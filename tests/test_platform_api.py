@@ -60,7 +60,7 @@ async def test_duplicate_site_is_a_conflict(server):
     await server.api("POST", "/v1/sites", {"site_id": "a", "name": "A"})
     status, body = await server.api("POST", "/v1/sites", {"site_id": "a", "name": "Other"})
     assert status == 409 and body["error"]["code"] == "conflict"
-    assert (await server.store.users.get_site("a"))["name"] == "A"
+    assert (await server.store.users.get_site("a")).name == "A"
 
 
 async def test_call_history_newest_first_paged_with_timeline_and_snapshot(server):

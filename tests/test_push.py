@@ -141,7 +141,7 @@ async def test_a_decline_from_the_notification_declines_without_the_app(
                                     bearer=household["alice"])
     assert status == 404, "nobody declines for a phone that is not theirs"
     await server.store.flushed()
-    assert (await server.store.calls.get_call(call_id))["end_reason"] == "declined"
+    assert (await server.store.calls.get_call(call_id)).end_reason == "declined"
     assert pushes.deliveries.empty(), "the phone that declined is not told it missed the call"
 
 

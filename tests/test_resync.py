@@ -9,6 +9,7 @@ import asyncio
 import pytest
 
 from intercom_protocol.calls import DeviceRef
+from intercom_server.records import Party
 from intercom_server.settings import HubSettings
 
 from .conftest import ANSWER, BACKENDS, OFFER
@@ -53,7 +54,7 @@ async def test_a_restarted_door_that_does_not_claim_its_call_ends_it_at_once(ser
     ended = await phone.next("ended")
     assert ended["call_id"] == call_id and ended["reason"] == "connection_lost"
     record = await server.store.calls.get_call(call_id)
-    assert record["end_reason"] == "connection_lost" and record["accepted_by"]["user_id"] == "alice"
+    assert record.end_reason == "connection_lost" and record.accepted_by.user_id == "alice"
     # The resident is free: the door's next ring reaches her instead of a busy decline.
     next_call = (await again.request("dial", callees=["alice"], offer=OFFER))["call_id"]
     assert (await phone.next("incoming"))["call_id"] == next_call
@@ -66,7 +67,7 @@ async def test_a_device_that_claims_its_call_keeps_it_and_is_told_so(server):
     assert reply["calls"] == [{"call_id": call_id, "state": "connected", "role": "callee"}]
     assert (await phone.request("end", call_id=call_id))["type"] == "ok"
     assert (await door.next("ended"))["reason"] == "completed"
-    assert (await server.store.calls.get_call(call_id))["end_reason"] == "completed"
+    assert (await server.store.calls.get_call(call_id)).end_reason == "completed"
 
 
 async def test_a_device_is_told_which_of_its_calls_the_server_knows(server):
@@ -141,7 +142,7 @@ async def test_a_store_that_cannot_write_never_silences_the_bell(server):
 async def test_the_answer_is_stored_when_it_happens(server):
     _, _, _, call_id = await _answered_call(server)
     record = await server.store.calls.get_call(call_id)
-    assert record["accepted_by"] == {"user_id": "alice", "device_id": "phone"} and record["ended_at"] is None
+    assert record.accepted_by == Party("alice", "phone") and record.ended_at is None
 
 
 async def test_an_opening_whose_audit_entry_cannot_be_written_is_refused(server):

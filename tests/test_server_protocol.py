@@ -109,7 +109,7 @@ async def test_dial_rings_every_device_and_the_first_accept_wins(server):
         ended = await party.next("ended")
         assert ended["reason"] == "completed" and ended["by"] == {"user_id": "door", "device_id": "door"}
     record = await server.store.calls.get_call(call_id)
-    assert record["end_reason"] == "completed" and record["accepted_by"]["device_id"] == "tablet"
+    assert record.end_reason == "completed" and record.accepted_by.device_id == "tablet"
     assert await server.store.calls.snapshot(call_id) == b"\xff\xd8\xff\xe0fake-jpeg"
 
 
@@ -140,7 +140,7 @@ async def test_the_visitors_picture_follows_the_dial_to_every_ringing_device(ser
     await door.request("end", call_id=call_id)
     ended_late = await door.request("snapshot", call_id=call_id, snapshot=base64.b64encode(picture).decode())
     assert ended_late["code"] == "conflict"
-    assert (await server.store.calls.get_call(call_id))["has_snapshot"] is True
+    assert (await server.store.calls.get_call(call_id)).has_snapshot is True
 
 
 async def test_decline_from_one_device_keeps_ringing_from_all_ends_declined(server):
@@ -152,7 +152,7 @@ async def test_decline_from_one_device_keeps_ringing_from_all_ends_declined(serv
     door.assert_quiet()  # two of three declined: still ringing
     assert (await alice_tablet.request("decline", call_id=call_id))["type"] == "ok"
     assert (await door.next("ended"))["reason"] == "declined"
-    assert (await server.store.calls.get_call(call_id))["end_reason"] == "declined"
+    assert (await server.store.calls.get_call(call_id)).end_reason == "declined"
 
 
 async def test_caller_hanging_up_while_ringing_cancels_on_every_device(server):
@@ -164,7 +164,7 @@ async def test_caller_hanging_up_while_ringing_cancels_on_every_device(server):
         assert (await device.next("ended"))["reason"] == "canceled"
     late = await alice_phone.request("accept", call_id=call_id, answer=ANSWER)
     assert late["code"] == "conflict" and "canceled" in late["message"]
-    assert (await server.store.calls.get_call(call_id))["end_reason"] == "canceled"
+    assert (await server.store.calls.get_call(call_id)).end_reason == "canceled"
 
 
 @pytest.mark.parametrize("settings", [HubSettings(ring_timeout_s=0.3)])
@@ -175,7 +175,7 @@ async def test_nobody_online_rings_zero_devices_then_no_answer(server):
     assert (await door.next("ringing"))["devices"] == 0
     ended = await door.next("ended", timeout=5)
     assert ended["reason"] == "no_answer" and ended["by"] is None
-    assert (await server.store.calls.get_call(call_id))["end_reason"] == "no_answer"
+    assert (await server.store.calls.get_call(call_id)).end_reason == "no_answer"
 
 
 async def test_a_phone_that_signs_in_while_the_door_rings_rings_too(server):
@@ -219,7 +219,7 @@ async def test_a_resident_may_only_call_doors_of_its_own_site(server):
     assert reply["type"] == "ok" and reply["unknown"] == ["bob", "far_door", "ghost"]
     incoming = await door.next("incoming")
     assert incoming["call_id"] == reply["call_id"] and incoming["caller"]["user_id"] == "alice"
-    assert (await server.store.calls.get_call(reply["call_id"]))["callees"] == ["door"]
+    assert (await server.store.calls.get_call(reply["call_id"])).callees == ("door",)
 
 
 async def test_a_stranger_cannot_end_or_accept_someone_elses_call(server):
@@ -240,7 +240,7 @@ async def test_a_party_gone_past_the_grace_period_ends_connection_lost(server):
     await alice_phone.close()
     ended = await door.next("ended", timeout=5)
     assert ended["reason"] == "connection_lost"
-    assert (await server.store.calls.get_call(call_id))["end_reason"] == "connection_lost"
+    assert (await server.store.calls.get_call(call_id)).end_reason == "connection_lost"
 
 
 @pytest.mark.parametrize("settings", [HubSettings(grace_s=5)])
@@ -319,12 +319,12 @@ async def test_an_end_crossing_an_accept_leaves_one_consistent_outcome(server, r
     phone_ended = await alice_phone.next("ended")
     record = await server.store.calls.get_call(call_id)
     if accept_reply["type"] == "ok":  # the accept got there first: the door hung up a live call
-        assert record["end_reason"] == "completed" and phone_ended["reason"] == "completed"
-        assert record["accepted_by"]["device_id"] == "phone"
+        assert record.end_reason == "completed" and phone_ended["reason"] == "completed"
+        assert record.accepted_by.device_id == "phone"
     else:  # the end got there first: the phone's accept crossed a canceled call
         assert accept_reply["code"] == "conflict"
-        assert record["end_reason"] == "canceled" and phone_ended["reason"] == "canceled"
-    assert door_events[0]["reason"] == record["end_reason"]
+        assert record.end_reason == "canceled" and phone_ended["reason"] == "canceled"
+    assert door_events[0]["reason"] == record.end_reason
 
 
 @pytest.mark.parametrize("settings", [HubSettings(max_duration_s=0.4)])
@@ -336,4 +336,4 @@ async def test_a_call_longer_than_the_maximum_ends_timed_out_for_both(server):
     for party in (door, alice_phone):
         ended = await party.next("ended")
         assert ended["reason"] == "timed_out" and ended["by"] is None
-    assert (await server.store.calls.get_call(call_id))["end_reason"] == "timed_out"
+    assert (await server.store.calls.get_call(call_id)).end_reason == "timed_out"

@@ -10,6 +10,7 @@ import pytest
 
 from intercom_protocol.calls import DeviceRef, ServerCall
 from intercom_server.database import DatabaseError
+from intercom_server.records import Party
 from intercom_server.sqlite import SQLiteDatabase
 from intercom_server.store import MIGRATIONS, SCHEMA_1, Store, StoreUnavailable
 
@@ -66,8 +67,8 @@ async def test_calls_live_at_a_crash_end_unknown(database):
     await store.close()  # the process dies mid-call
     reopened = await Store.open(database)
     assert await reopened.calls.close_interrupted_calls() == 1
-    assert (await reopened.calls.get_call("c1"))["end_reason"] == "unknown"
-    assert (await reopened.users.get_user("alice"))["display_name"] == "Alice"
+    assert (await reopened.calls.get_call("c1")).end_reason == "unknown"
+    assert (await reopened.users.get_user("alice")).display_name == "Alice"
     await reopened.close()
 
 
@@ -85,11 +86,11 @@ async def test_a_call_s_record_its_answer_and_end_land_in_order(database):
     written.append(store.calls.finish_call(call))
     await asyncio.gather(*written)
     record = await store.calls.get_call("c1")
-    assert record["accepted_by"] == {"user_id": "alice", "device_id": "phone"}
-    assert record["end_reason"] == "completed" and record["has_snapshot"] is True
-    assert [e["event"] for e in record["timeline"]] == ["ringing", "accepted", "ended"]
+    assert record.accepted_by == Party("alice", "phone")
+    assert record.end_reason == "completed" and record.has_snapshot is True
+    assert [e["event"] for e in record.timeline] == ["ringing", "accepted", "ended"]
     assert await store.calls.snapshot("c1") == b"\xff\xd8picture"
-    assert [c["call_id"] for c in await store.calls.list_calls("alice", 10, None)] == ["c1"]
+    assert [c.call_id for c in await store.calls.list_calls("alice", 10, None)] == ["c1"]
     await store.close()
 
 
@@ -99,7 +100,7 @@ async def test_a_second_store_on_the_same_database_sees_provisioning_at_once(dat
     store = await make_store(database)
     shell = await Store.open(database)
     await shell.users.add_user("bob", "resident", "home", "Bob")
-    assert (await store.users.get_user("bob"))["display_name"] == "Bob"
+    assert (await store.users.get_user("bob")).display_name == "Bob"
     seen = await store.changed_elsewhere()
     await shell.tokens.revoke_token("bob", (await shell.tokens.issue_token("bob"))["token_id"])
     assert await store.changed_elsewhere() != seen, "the server would not notice a revocation from a shell"
@@ -118,7 +119,7 @@ async def test_refusals_change_nothing(database):
     await store.tokens.redeem_invite(code)
     with pytest.raises(Exception, match="already used"):
         await store.tokens.redeem_invite(code)
-    assert [u["user_id"] for u in await store.users.list_users("home")] == ["alice"]
+    assert [u.user_id for u in await store.users.list_users("home")] == ["alice"]
     assert len(await store.tokens.list_tokens("alice")) == 1
     await store.close()
 
@@ -133,7 +134,7 @@ async def test_the_schema_is_migrated_once_and_two_processes_starting_together_a
     for store in stores:
         await store.close()
     again = await Store.open(database)
-    assert [s["site_id"] for s in await again.users.list_sites()] == ["home"]
+    assert [s.site_id for s in await again.users.list_sites()] == ["home"]
     await again.close()
 
 
@@ -146,7 +147,7 @@ async def test_a_database_made_before_migrations_opens_with_its_data(tmp_path):
     old.commit()
     old.close()
     store = await Store.open(path)
-    assert [s["site_id"] for s in await store.users.list_sites()] == ["home"]
+    assert [s.site_id for s in await store.users.list_sites()] == ["home"]
     assert (await store.db.fetchrow("SELECT MAX(version) FROM schema_version"))[0] == len(MIGRATIONS)
     await store.close()
 
@@ -271,7 +272,7 @@ async def test_a_server_whose_database_stops_answering_says_so_and_recovers_by_i
             database.resume()
             await until(200)
             assert await signs_in()
-            assert [u["user_id"] for u in await store.users.list_users("home")] == ["alice", "door"]
+            assert [u.user_id for u in await store.users.list_users("home")] == ["alice", "door"]
     finally:
         if runner is not None:
             await runner.cleanup()

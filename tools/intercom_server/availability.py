@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo, available_timezones
 
 from intercom_protocol.calls import iso
 
-from .records import UserKind
+from .records import User, UserKind
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 MAX_WINDOWS = 7
@@ -195,7 +195,7 @@ class RuleBook:
         for listener in self.listeners:
             listener("site", site_id)
 
-    def why_not(self, user: dict[str, Any], now: float) -> Unavailable | None:
-        if user["kind"] != UserKind.RESIDENT:
+    def why_not(self, user: User, now: float) -> Unavailable | None:
+        if user.kind != UserKind.RESIDENT:
             return None
-        return unavailable(self.resident(user["user_id"]), self.site(user["site_id"]), now)
+        return unavailable(self.resident(user.user_id), self.site(user.site_id), now)

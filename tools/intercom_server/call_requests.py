@@ -10,7 +10,6 @@ import logging
 import secrets
 import time
 from datetime import datetime
-from typing import Any
 
 from intercom_protocol import messages as m
 from intercom_protocol.calls import CallError, DeviceRef, Send, ServerCall
@@ -21,7 +20,7 @@ from .background import Background
 from .database import DatabaseError
 from .directory import Directory
 from .events import EventType, party
-from .records import UserKind
+from .records import User, UserKind
 from .service import CallService
 from .state import Endpoint, Event
 
@@ -37,9 +36,9 @@ def _decode_snapshot(req: Request[m.Dial] | Request[m.Missed] | Request[m.Snapsh
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"'{req.type}.snapshot' is not valid base64", req.id) from None
 
 
-def _may_call(caller: dict[str, Any], callee: dict[str, Any]) -> bool:
+def _may_call(caller: User, callee: User) -> bool:
     """A door calls residents of its site; a resident calls doors of its site."""
-    return caller["site_id"] == callee["site_id"] and caller["kind"] != callee["kind"]
+    return caller.site_id == callee.site_id and caller.kind != callee.kind
 
 
 class CallRequests:
@@ -77,7 +76,7 @@ class CallRequests:
         call_id = "call_" + secrets.token_hex(8)
         call = ServerCall(
             call_id=call_id, caller=conn.device,
-            caller_info={k: conn.user[k] for k in ("user_id", "display_name", "kind")},
+            caller_info=conn.user.caller_json(),
             callees=tuple(callees), video=dialed.video is not False if dialed else True,
             offer=dialed.offer if dialed else {}, created_at=created_at,
             ring_timeout_s=ring_timeout_s, snapshot_url=f"/v1/direct_calls/{call_id}/snapshot" if snapshot else None,
@@ -117,7 +116,7 @@ class CallRequests:
     async def missed(self, conn: Endpoint, req: Request[m.Missed]) -> None:
         """A door reports a press it made while it could not reach the server."""
         assert conn.user is not None
-        if conn.user["kind"] != UserKind.DOOR:
+        if conn.user.kind != UserKind.DOOR:
             raise ProtocolError(ErrorCode.FORBIDDEN, "only a door station reports missed presses", req.id)
         pressed_at = datetime.fromisoformat(req.body.pressed_at).timestamp()
         call, snapshot, _ = await self._new_call(conn, req, pressed_at, 0.0)
@@ -138,7 +137,7 @@ class CallRequests:
         await self.service.add(call)
         conn.send(m.ok(req.id, call_id=call.call_id))
         assert conn.user is not None
-        log.info("%s reports a press at %s while offline: %s", conn.user["user_id"], req.body.pressed_at, call.call_id)
+        log.info("%s reports a press at %s while offline: %s", conn.user.user_id, req.body.pressed_at, call.call_id)
         await self.service.deliver_new(call, sends)
         self.push.missed(call, time.time())
         if snapshot is not None:
@@ -172,10 +171,10 @@ class CallRequests:
         assert conn.user is not None and conn.device is not None
         now, device, answer = time.time(), conn.device, req.body.answer
         call = await self._request(conn, req, lambda c: c.accept(device, answer, now))
-        self.push.answered(call, conn.user["display_name"], now)
+        self.push.answered(call, conn.user.display_name, now)
         self.background.store("record the answer", self.store.calls.accept_call(call))
         if call.caller_info["kind"] == UserKind.DOOR:
-            self.events.call(EventType.ANSWERED, call, now, by=party(device, conn.user["display_name"]))
+            self.events.call(EventType.ANSWERED, call, now, by=party(device, conn.user.display_name))
         else:  # a resident looking outside: the door answered, the resident is who is in the call
             self.events.call(EventType.ANSWERED, call, now, by=party(call.caller, call.caller_info["display_name"]))
 

@@ -24,7 +24,7 @@ from .app import create_app
 from .cluster import Unreachable
 from .config import ServerConfig
 from .database import DatabaseError
-from .records import StoreError
+from .records import StoreError, record_json
 from .store import Store, StoreUnavailable
 
 log = logging.getLogger("intercom.server")
@@ -286,7 +286,7 @@ def _account_commands(command: Any, group: Any, link_options: Any) -> None:
     link_options(p, "7 days")
 
 
-async def _administer(config: ServerConfig, args: argparse.Namespace) -> dict[str, Any] | None:
+async def _administer(config: ServerConfig, args: argparse.Namespace) -> Any:
     """A shell command on the store; None when it printed its answer itself."""
     store = await _open_store(config)
     try:
@@ -295,7 +295,7 @@ async def _administer(config: ServerConfig, args: argparse.Namespace) -> dict[st
         await store.close()
 
 
-async def _command(store: Store, config: ServerConfig, args: argparse.Namespace) -> dict[str, Any] | None:
+async def _command(store: Store, config: ServerConfig, args: argparse.Namespace) -> Any:
     if args.command == "site":
         return await store.users.add_site(args.site_id, args.name)
     if args.command == "user" and args.action == "add":
@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         result = asyncio.run(_administer(config, args))
         if result is None:
             return 0
-        print(json.dumps(result, indent=2))
+        print(json.dumps(result, indent=2, default=record_json))
         return 0
     except ConfigError as exc:
         print(exc, file=sys.stderr)

@@ -15,6 +15,7 @@ from intercom_protocol.calls import DeviceRef
 from intercom_protocol.requests import RequestTracker
 
 from .limits import LimitSettings, TokenBucket
+from .records import User
 
 log = logging.getLogger("intercom.server")
 
@@ -39,7 +40,7 @@ class Connection:
         self._send_text = send_text
         self._close = close
         self.peer = peer
-        self.user: dict[str, Any] | None = None
+        self.user: User | None = None
         self.device: DeviceRef | None = None
         #: The access token this session signed in with: its revocation or expiry ends the session.
         self.token_id: str | None = None

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Any
 
 from .database import DatabaseError
+from .records import User
 from .store import Store
 
 log = logging.getLogger("intercom.server")
@@ -22,7 +22,7 @@ log = logging.getLogger("intercom.server")
 class Directory:
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._users: dict[str, dict[str, Any]] = {}
+        self._users: dict[str, User] = {}
         self._newest = 0.0
 
     async def load(self) -> None:
@@ -34,9 +34,9 @@ class Directory:
         process): called when the database says something changed. A few seconds are read
         again, for clocks that differ between processes."""
         users, self._newest = await self._store.users.users_since(max(0.0, self._newest - 5.0))
-        self._users.update((u["user_id"], u) for u in users)
+        self._users.update((u.user_id, u) for u in users)
 
-    async def users_of(self, user_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    async def users_of(self, user_ids: Iterable[str]) -> dict[str, User]:
         """The users among these ids that exist. Ids the memory does not know are asked of the
         store; while it does not answer they count as unknown, and the others still ring."""
         wanted = list(dict.fromkeys(user_ids))
@@ -48,5 +48,5 @@ class Directory:
                 log.warning("could not look up %s (the database: %s); rung without them", ", ".join(missing), exc)
         return {u: self._users[u] for u in wanted if u in self._users}
 
-    async def find(self, user_id: str) -> dict[str, Any] | None:
+    async def find(self, user_id: str) -> User | None:
         return (await self.users_of([user_id])).get(user_id)

@@ -76,7 +76,7 @@ class DoorAction:
                                                        "quick_reply", req.id)
         now = time.time()
         call = await self.service.find_call(call_id)
-        site_id = conn.user["site_id"]
+        site_id = conn.user.site_id
         try:
             door = await self._door_of(conn, call, now)
         except ProtocolError as exc:
@@ -90,7 +90,7 @@ class DoorAction:
     async def _door_of(self, conn: Endpoint, call: ServerCall | None, now: float) -> DeviceRef:
         """The door device of a call this resident's device answered or placed, or `forbidden`."""
         assert conn.user is not None and conn.device is not None
-        if conn.user["kind"] != UserKind.RESIDENT:
+        if conn.user.kind != UserKind.RESIDENT:
             raise ProtocolError(ErrorCode.FORBIDDEN, "only a resident may open the door")
         me = conn.device
         # Unknown calls and other people's calls are refused alike: the reply reveals nothing.
@@ -102,7 +102,7 @@ class DoorAction:
             raise ProtocolError(ErrorCode.FORBIDDEN, "another device answered this call")
         door = call.accepted_by if me == call.caller else call.caller
         door_user = await self.store.users.find_user(door.user_id)
-        if door_user is None or door_user["kind"] != UserKind.DOOR or door_user["site_id"] != conn.user["site_id"]:
+        if door_user is None or door_user.kind != UserKind.DOOR or door_user.site_id != conn.user.site_id:
             raise ProtocolError(ErrorCode.FORBIDDEN, "the other party is not a door of your site")
         window = self.settings.open_door_window_s
         if call.ended_at is not None and now - call.ended_at > window:
@@ -111,7 +111,7 @@ class DoorAction:
 
     async def _open_door(self, conn: Endpoint, req: Request[m.Action], door: DeviceRef, now: float) -> None:
         assert conn.user is not None and conn.device is not None
-        opening = await self.carry_out(conn.user["site_id"], conn.device, conn.user["display_name"], req.body.call_id,
+        opening = await self.carry_out(conn.user.site_id, conn.device, conn.user.display_name, req.body.call_id,
                                        door, now)
         if opening.outcome == "opened":
             conn.send(m.ok(req.id))
@@ -125,7 +125,7 @@ class DoorAction:
         call = await self.service.find_call(req.body.call_id)
         if call is not None and call.ended:
             call = None
-        if conn.user["kind"] != UserKind.RESIDENT or call is None or not call.involves(conn.device) \
+        if conn.user.kind != UserKind.RESIDENT or call is None or not call.involves(conn.device) \
                 or call.caller_info.get("kind") != UserKind.DOOR:
             raise ProtocolError(ErrorCode.FORBIDDEN, "you are not rung by this door's visitor", req.id)
         if req.body.reply is None:
@@ -147,7 +147,7 @@ class DoorAction:
         try:
             answer = await self.service.ask(call.caller, "action", self.settings.door_reply_timeout_s,
                                         call_id=call.call_id, name="quick_reply", reply=reply["id"],
-                                        by={**conn.device.as_json(), "display_name": conn.user["display_name"]})
+                                        by={**conn.device.as_json(), "display_name": conn.user.display_name})
         except (TimeoutError, ConnectionGone) as exc:
             conn.send(m.error(req.id, ErrorCode.INTERNAL, _unanswered(exc)))
             return
@@ -201,9 +201,9 @@ class DoorAction:
         now = time.time()
         by = DeviceRef(integration, INTEGRATION_DEVICE)
         door_user = await self.store.users.find_user(door_id)
-        if door_user is None or door_user["kind"] != UserKind.DOOR:
+        if door_user is None or door_user.kind != UserKind.DOOR:
             return Opening("refused", ErrorCode.NOT_FOUND, f"there is no door '{door_id}'")
-        site_id = door_user["site_id"]
+        site_id = door_user.site_id
         found = await self._door_call(door_id, now)
         if found is None:
             why = (f"nobody is at the door: no call of this door is ringing, in progress or ended within "

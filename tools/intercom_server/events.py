@@ -19,7 +19,7 @@ from typing import Any
 
 from intercom_protocol.calls import DeviceRef, ServerCall, iso
 
-from .records import UserKind
+from .records import User, UserKind
 
 log = logging.getLogger("intercom.server")
 
@@ -79,14 +79,14 @@ class EventBus:
     be looked up (a round trip on PostgreSQL) in one queue, so an `answered` never overtakes
     its `ring`, and the call that made them never waits."""
 
-    def __init__(self, find_user: Callable[[str], Awaitable[dict[str, Any] | None]],
+    def __init__(self, find_user: Callable[[str], Awaitable[User | None]],
                  broadcast: Callable[[dict[str, Any]], None]) -> None:
         self._find_user = find_user
         self._broadcast = broadcast
         self._listeners: list[Listener] = []
         #: Listeners that hear every process's events (an integration one process runs).
         self._everywhere: list[Listener] = []
-        self._pending: deque[tuple[str, Callable[[dict[str, Any]], SiteEvent]]] = deque()
+        self._pending: deque[tuple[str, Callable[[User], SiteEvent]]] = deque()
         self._worker: asyncio.Task[None] | None = None
 
     def listen(self, listener: Listener) -> None:
@@ -111,7 +111,7 @@ class EventBus:
         if self._everywhere:
             _tell(self._everywhere, SiteEvent.from_wire(wire))
 
-    def _later(self, door_id: str, make: Callable[[dict[str, Any]], SiteEvent]) -> None:
+    def _later(self, door_id: str, make: Callable[[User], SiteEvent]) -> None:
         self._pending.append((door_id, make))
         if self._worker is None or self._worker.done():
             self._worker = asyncio.get_running_loop().create_task(self._drain(), name="events")
@@ -124,7 +124,7 @@ class EventBus:
             except Exception:  # the database is away: this event is lost, the next ones are not
                 log.exception("could not look up door '%s' for an event", door_id)
                 continue
-            if door is not None and door["kind"] == UserKind.DOOR:
+            if door is not None and door.kind == UserKind.DOOR:
                 self.emit(make(door))
 
     # -- the hub's words -------------------------------------------------------------------
@@ -135,7 +135,7 @@ class EventBus:
             return
         call_id = data.pop("call_id", None)
         when = at or time.time()
-        self._later(door_id, lambda door: SiteEvent(type, door["site_id"], door_id, door["display_name"], when,
+        self._later(door_id, lambda door: SiteEvent(type, door.site_id, door_id, door.display_name, when,
                                                     call_id, data))
 
     def call(self, type: EventType, call: ServerCall, at: float, picture: bytes | None = None, **data: Any) -> None:
@@ -146,7 +146,7 @@ class EventBus:
         door_id = call.caller.user_id if visitor else call.callees[0]
         call_id = call.call_id
         self._later(door_id, lambda door: SiteEvent(
-            type, door["site_id"], door_id, door["display_name"], at, call_id,
+            type, door.site_id, door_id, door.display_name, at, call_id,
             {"direction": "visitor" if visitor else "look_outside", **data}, picture))
 
 

@@ -227,11 +227,11 @@ class MqttBridge:
         doors = await self.store.users.doors(self.settings.sites)
         # In place: the commands hold this same dict.
         self._doors.clear()
-        self._doors.update({d["user_id"]: d["display_name"] for d in doors})
+        self._doors.update({d.user_id: d.display_name for d in doors})
         for door_id in self._doors:
             self._publish_door(door_id)
         if self.settings.switches:
-            for site_id in sorted({d["site_id"] for d in doors}):
+            for site_id in sorted({d.site_id for d in doors}):
                 await self._publish_site(site_id)
 
     def _publish_door(self, door_id: str) -> None:
@@ -253,9 +253,9 @@ class MqttBridge:
 
     async def _publish_site(self, site_id: str) -> None:
         s, store = self.settings, self.store
-        residents = [(u["user_id"], u["display_name"]) for u in await store.users.list_users(site_id)
-                     if u["kind"] == UserKind.RESIDENT]
-        name = (await store.users.get_site(site_id))["name"]
+        residents = [(u.user_id, u.display_name) for u in await store.users.list_users(site_id)
+                     if u.kind == UserKind.RESIDENT]
+        name = (await store.users.get_site(site_id)).name
         self._sites.add(site_id)
         self._residents.update(user_id for user_id, _ in residents)
         for topic, document in ha.site_discovery(s.discovery_prefix, s.base_topic, site_id,
@@ -287,8 +287,8 @@ class MqttBridge:
 
     async def _publish_resident_site(self, user_id: str) -> None:
         user = await self.store.users.find_user(user_id)
-        if user is not None and user["site_id"] in self._sites:
-            await self._publish_site(user["site_id"])
+        if user is not None and user.site_id in self._sites:
+            await self._publish_site(user.site_id)
 
     def _later(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)

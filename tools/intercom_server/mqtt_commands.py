@@ -64,7 +64,7 @@ class MqttCommands:
             await rules.set_site(name, SiteRules(on, current.time_zone))
         else:
             user = await store.users.find_user(name)
-            if user is None or user["kind"] != UserKind.RESIDENT:
+            if user is None or user.kind != UserKind.RESIDENT:
                 log.warning("MQTT: no resident '%s' for do-not-disturb", name)
                 return
             await rules.set_resident(name, parse_resident({"do_not_disturb": {"on": on}}, rules.resident(name), time.time()))

@@ -41,7 +41,7 @@ from py_vapid import Vapid02, b64urlencode
 from intercom_protocol.calls import DeviceRef, ServerCall, iso
 
 from .push_delivery import PushDelivery, Subscription
-from .records import StoreError, UserKind, check_id
+from .records import StoreError, User, UserKind, check_id
 from .store import Store
 
 log = logging.getLogger("intercom.server.push")
@@ -155,11 +155,11 @@ class Pusher:
     def of_device(self, device: DeviceRef) -> Subscription | None:
         return self._by_user.get(device.user_id, {}).get(device.device_id)
 
-    async def subscribe(self, user: dict[str, Any], device_id: str, token_id: str, token_expires_at: float | None,
+    async def subscribe(self, user: User, device_id: str, token_id: str, token_expires_at: float | None,
                   body: Any) -> Subscription:
         """Check and keep what the browser's `PushSubscription.toJSON()` gave the app."""
         check_id("device_id", device_id)
-        if user["kind"] != UserKind.RESIDENT:
+        if user.kind != UserKind.RESIDENT:
             raise StoreError("only a resident's phone rings by Web Push; a door station is always connected")
         if not isinstance(body, dict) or not isinstance(body.get("endpoint"), str) \
                 or not isinstance(body.get("keys"), dict):
@@ -175,14 +175,14 @@ class Pusher:
             ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), p256dh)
         except ValueError:
             raise StoreError("keys.p256dh is not a P-256 public key") from None
-        created = await self.store.push.save_subscription(user["user_id"], device_id, token_id, endpoint,
+        created = await self.store.push.save_subscription(user.user_id, device_id, token_id, endpoint,
                                                b64urlencode(p256dh), b64urlencode(auth),
                                                self.settings.subscriptions_per_user)
-        sub = Subscription(DeviceRef(user["user_id"], device_id), token_id, endpoint, p256dh, auth, created,
+        sub = Subscription(DeviceRef(user.user_id, device_id), token_id, endpoint, p256dh, auth, created,
                            token_expires_at)
-        self._by_user.setdefault(user["user_id"], {})[device_id] = sub
+        self._by_user.setdefault(user.user_id, {})[device_id] = sub
         self._fingerprint = None  # what the store holds moved on: the next check reads it again
-        log.info("%s/%s rings by Web Push through %s", user["user_id"], device_id, sub.service)
+        log.info("%s/%s rings by Web Push through %s", user.user_id, device_id, sub.service)
         return sub
 
     def _check_endpoint(self, endpoint: str) -> str:

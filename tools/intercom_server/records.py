@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple
 
+from intercom_protocol.calls import iso
 from intercom_protocol.messages import ErrorCode
 
 
@@ -19,6 +21,97 @@ class UserKind(StrEnum):
 
 
 USER_KINDS = tuple(str(k) for k in UserKind)
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """A house or a building: its doors ring its residents and no one else."""
+    site_id: str
+    name: str
+    created_at: float
+
+    def json(self) -> dict[str, Any]:
+        return {"site_id": self.site_id, "name": self.name, "created_at": iso(self.created_at)}
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """A door station or a resident. Immutable once made (only its tokens change), so a copy
+    held in memory stays true."""
+    user_id: str
+    kind: UserKind
+    site_id: str
+    display_name: str
+
+    def json(self) -> dict[str, Any]:
+        return {"user_id": self.user_id, "kind": str(self.kind), "site_id": self.site_id,
+                "display_name": self.display_name}
+
+    def caller_json(self) -> dict[str, str]:
+        """As a ring names its caller to the phones: who, not where."""
+        return {"user_id": self.user_id, "display_name": self.display_name, "kind": str(self.kind)}
+
+
+@dataclass(frozen=True, slots=True)
+class Party:
+    """One device of one user, as the call history names who answered or ended a call."""
+    user_id: str
+    device_id: str
+
+    def json(self) -> dict[str, str]:
+        return {"user_id": self.user_id, "device_id": self.device_id}
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """A call as the history keeps it. Times are epoch seconds here and ISO 8601 in its JSON;
+    `timeline` is there when one call is read, not in a page of the history."""
+    call_id: str
+    caller: Party
+    callees: tuple[str, ...]
+    video: bool
+    created_at: float
+    accepted_by: Party | None
+    accepted_at: float | None
+    ended_at: float | None
+    end_reason: str | None
+    ended_by: Party | None
+    has_snapshot: bool
+    has_message: bool
+    timeline: list[dict[str, Any]] | None = None
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.ended_at is None or self.accepted_at is None:
+            return None
+        return round(self.ended_at - self.accepted_at, 3)
+
+    def json(self) -> dict[str, Any]:
+        result: dict[str, Any] = {
+            "call_id": self.call_id,
+            "caller": self.caller.json(),
+            "callees": list(self.callees),
+            "video": self.video,
+            "created_at": iso(self.created_at),
+            "accepted_by": self.accepted_by.json() if self.accepted_by else None,
+            "accepted_at": iso(self.accepted_at) if self.accepted_at else None,
+            "ended_at": iso(self.ended_at) if self.ended_at else None,
+            "end_reason": self.end_reason,
+            "ended_by": self.ended_by.json() if self.ended_by else None,
+            "duration_s": self.duration_s,
+            "has_snapshot": self.has_snapshot,
+            "has_message": self.has_message,
+        }
+        if self.timeline is not None:
+            result["timeline"] = self.timeline
+        return result
+
+
+def record_json(value: Any) -> Any:
+    """`json.dumps`'s `default`: a record answers as its JSON, so a handler can return records."""
+    if isinstance(value, (Site, User, Party, CallRecord)):
+        return value.json()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"

@@ -9,7 +9,6 @@ import logging
 import math
 import secrets
 import time
-from typing import Any
 
 from intercom_protocol import messages as m
 from intercom_protocol.calls import DeviceRef
@@ -18,7 +17,7 @@ from intercom_protocol.messages import ErrorCode, ProtocolError, Request
 from .background import Background
 from .directory import Directory
 from .door_presence import DoorPresence
-from .records import UserKind
+from .records import User, UserKind
 from .service import CallService
 from .state import Endpoint, Failures
 
@@ -62,7 +61,7 @@ class SignIn:
     async def failed(self, address: str) -> None:
         await self._by_address.fail(address)
 
-    async def _check(self, conn: Endpoint, req: Request[m.Authenticate]) -> tuple[dict[str, Any], str, float | None]:
+    async def _check(self, conn: Endpoint, req: Request[m.Authenticate]) -> tuple[User, str, float | None]:
         """The user and its token, or `unauthenticated` (or `rate_limited`).
 
         Throttling keys on the source address only and never refuses a valid token: failures
@@ -89,7 +88,7 @@ class SignIn:
     async def authenticate(self, conn: Endpoint, req: Request[m.Authenticate]) -> None:
         """Sign an endpoint in, then resynchronise its device's calls."""
         user, token_id, expires_at = await self._check(conn, req)
-        user_id = user["user_id"]
+        user_id = user.user_id
         device = DeviceRef(user_id, req.body.device_id or "dev_" + secrets.token_hex(6))
         connected = await self.service.devices_of([user_id])
         others = sum(1 for d in connected if d != device)
@@ -101,7 +100,7 @@ class SignIn:
         if req.body.calls is not None:
             await self._drop_unclaimed(device, set(req.body.calls), now)
         conn.user, conn.device, conn.token_id = user, device, token_id
-        if user["kind"] == UserKind.DOOR:
+        if user.kind == UserKind.DOOR:
             conn.quick_replies = tuple(dict(r) for r in req.body.quick_replies or ())
         conn.bridge = dict(req.body.bridge) if req.body.bridge else None
         await self.attach(conn)
@@ -109,7 +108,7 @@ class SignIn:
             self._expiry[conn] = asyncio.get_running_loop().call_later(
                 max(0.0, expires_at - now), self.end_session, conn, "the access token expired")
         calls = await self.service.calls_of([user_id])
-        conn.send(m.ok(req.id, user=user, device_id=device.device_id,
+        conn.send(m.ok(req.id, user=user.json(), device_id=device.device_id,
                        ice_servers=self.settings.ice.for_user(user_id, now), heartbeat_s=self.settings.heartbeat_s,
                        calls=[call.summary_for(device) for call in calls if call.holds(device)]))
         for call in calls:
@@ -118,7 +117,7 @@ class SignIn:
                 conn.send(call.incoming_event(now))
             else:
                 await self.service.event(call.call_id, lambda c: c.reach(device, now))
-        if user["kind"] == UserKind.DOOR and not connected:
+        if user.kind == UserKind.DOOR and not connected:
             self.door_presence.online(user_id, now)
 
     async def attach(self, endpoint: Endpoint) -> None:
@@ -160,7 +159,7 @@ class SignIn:
 
     async def _maybe_offline(self, conn: Endpoint, device: DeviceRef) -> None:
         """A door whose last connection went is offline (a door has one device, normally)."""
-        if conn.user is not None and conn.user["kind"] == UserKind.DOOR and await self.service.door_gone(device.user_id):
+        if conn.user is not None and conn.user.kind == UserKind.DOOR and await self.service.door_gone(device.user_id):
             self.door_presence.offline(device.user_id)
 
     def end_session(self, conn: Endpoint, why: str) -> None:

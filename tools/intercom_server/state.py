@@ -15,6 +15,8 @@ from typing import Any, NamedTuple, Protocol
 
 from intercom_protocol.calls import DeviceRef, Send, ServerCall
 
+from .records import User
+
 #: Ended calls are kept this long, so a request crossing the end learns why (`conflict`)
 #: instead of `not_found`, and a resident may still open the door.
 RECENT_CALLS_S = 120.0
@@ -51,7 +53,7 @@ class Endpoint(Protocol):
     `request` (raising TimeoutError, or `ConnectionGone` when it leaves first) and let go by
     `close`."""
 
-    user: dict[str, Any] | None
+    user: User | None
     device: DeviceRef | None
     token_id: str | None
     quick_replies: tuple[dict[str, str], ...]

@@ -10,9 +10,7 @@ from typing import Any
 from intercom_protocol.calls import ServerCall, iso
 
 from .database import Database, Statement
-from .records import (
-    NotFound,
-)
+from .records import CallRecord, NotFound, Party
 
 
 class Calls:
@@ -69,42 +67,44 @@ class Calls:
         return await self.db.execute("UPDATE calls SET ended_at = ?, end_reason = 'unknown' WHERE ended_at IS NULL "
                                      "AND created_at < ?", (now, now if started_before is None else started_before))
 
-    def _call_json(self, row: Any, timeline: bool) -> dict[str, Any]:
-        result: dict[str, Any] = {
-            "call_id": row["call_id"],
-            "caller": {"user_id": row["caller_id"], "device_id": row["caller_device"]},
-            "callees": json.loads(row["callees"]),
-            "video": bool(row["video"]),
-            "created_at": iso(row["created_at"]),
-            "accepted_by": ({"user_id": row["accepted_by_user"], "device_id": row["accepted_by_device"]}
-                            if row["accepted_by_user"] else None),
-            "accepted_at": iso(row["accepted_at"]) if row["accepted_at"] else None,
-            "ended_at": iso(row["ended_at"]) if row["ended_at"] else None,
-            "end_reason": row["end_reason"],
-            "ended_by": ({"user_id": row["ended_by_user"], "device_id": row["ended_by_device"]}
-                         if row["ended_by_user"] else None),
-            "duration_s": (round(row["ended_at"] - row["accepted_at"], 3)
-                           if row["ended_at"] and row["accepted_at"] else None),
-            "has_snapshot": bool(row["has_snapshot"]),
-            "has_message": bool(row["has_message"]),
-        }
-        if timeline:
-            result["timeline"] = json.loads(row["timeline"])
-        return result
+    @staticmethod
+    def _call(row: Any, timeline: bool) -> CallRecord:
+        def party(user: str | None, device: str | None) -> Party | None:
+            return Party(user, device or "") if user else None
 
-    async def get_call(self, call_id: str) -> dict[str, Any]:
+        return CallRecord(
+            call_id=row["call_id"],
+            caller=Party(row["caller_id"], row["caller_device"]),
+            callees=tuple(json.loads(row["callees"])),
+            video=bool(row["video"]),
+            created_at=float(row["created_at"]),
+            accepted_by=party(row["accepted_by_user"], row["accepted_by_device"]),
+            accepted_at=row["accepted_at"],
+            ended_at=row["ended_at"],
+            end_reason=row["end_reason"],
+            ended_by=party(row["ended_by_user"], row["ended_by_device"]),
+            has_snapshot=bool(row["has_snapshot"]),
+            has_message=bool(row["has_message"]),
+            timeline=json.loads(row["timeline"]) if timeline else None,
+        )
+
+    async def get_call(self, call_id: str) -> CallRecord:
+        found = await self.find_call(call_id, timeline=True)
+        if found is None:
+            raise NotFound(f"no call '{call_id}'")
+        return found
+
+    async def find_call(self, call_id: str, timeline: bool = False) -> CallRecord | None:
         await self.db.flushed()
         row = await self.db.fetchrow(f"SELECT {self._CALL_COLUMNS} FROM calls WHERE call_id = ?", (call_id,))
-        if row is None:
-            raise NotFound(f"no call '{call_id}'")
-        return self._call_json(row, timeline=True)
+        return None if row is None else self._call(row, timeline)
 
     async def call_parties(self, call_id: str) -> list[str]:
         await self.db.flushed()
         return [r[0] for r in await self.db.fetch("SELECT user_id FROM call_parties WHERE call_id = ?", (call_id,))]
 
     async def list_calls(self, user_id: str | None, limit: int,
-                         before: tuple[float, str] | None) -> list[dict[str, Any]]:
+                         before: tuple[float, str] | None) -> list[CallRecord]:
         """Newest first; `before` is the (created_at, call_id) of the last call of the previous page."""
         await self.db.flushed()
         where, args = [], []  # type: list[str], list[Any]
@@ -114,12 +114,12 @@ class Calls:
         if before is not None:
             where.append("(created_at < ? OR (created_at = ? AND call_id < ?))")
             args += [before[0], before[0], before[1]]
-        sql = f"SELECT {self._CALL_COLUMNS}, created_at AS ts FROM calls"
+        sql = f"SELECT {self._CALL_COLUMNS} FROM calls"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at DESC, call_id DESC LIMIT ?"
         rows = await self.db.fetch(sql, (*args, limit))
-        return [{**self._call_json(r, timeline=False), "_cursor": (r["ts"], r["call_id"])} for r in rows]
+        return [self._call(r, timeline=False) for r in rows]
 
     async def snapshot(self, call_id: str) -> bytes:
         await self.db.flushed()
@@ -127,11 +127,6 @@ class Calls:
         if row is None or row["snapshot"] is None:
             raise NotFound(f"no snapshot for call '{call_id}'")
         return bytes(row["snapshot"])
-
-    async def call_row(self, call_id: str) -> Any | None:
-        await self.db.flushed()
-        return await self.db.fetchrow(
-            "SELECT caller_id, accepted_by_user, ended_at, callees FROM calls WHERE call_id = ?", (call_id,))
 
     async def add_message(self, call_id: str, size: int, at: float) -> None:
         await self.db.execute("INSERT INTO visitor_messages (call_id, bytes, created_at) VALUES (?, ?, ?) "

@@ -85,7 +85,7 @@ class Tokens:
     async def create_invite(self, user_id: str, expires_in_s: float | None = None) -> dict[str, Any]:
         """A one-time code a resident's phone exchanges for an access token, so nobody types
         or copies tokens. Kept as a hash, like tokens; shown once."""
-        if (await self.users.get_user(user_id))["kind"] != UserKind.RESIDENT:
+        if (await self.users.get_user(user_id)).kind != UserKind.RESIDENT:
             raise Conflict(f"'{user_id}' is a door station: invites are for residents' phones; "
                            f"pair a door with `intercom-server door pair {user_id}`")
         return await self._one_time_code(user_id, DEFAULT_INVITE_LIFETIME_S if expires_in_s is None else expires_in_s)
@@ -94,7 +94,7 @@ class Tokens:
         """A door's invite: `intercom pair LINK` on the board exchanges it for the door's own
         token, so no secret is copied between SSH sessions by hand. Short-lived by default: the
         installer pairs the door while standing at it."""
-        if (await self.users.get_user(door_id))["kind"] != UserKind.DOOR:
+        if (await self.users.get_user(door_id)).kind != UserKind.DOOR:
             raise Conflict(f"'{door_id}' is a resident: pairing codes are for door stations; "
                            f"a phone signs in with `intercom-server invite {door_id}`")
         return await self._one_time_code(door_id, DEFAULT_PAIRING_LIFETIME_S if expires_in_s is None else expires_in_s)

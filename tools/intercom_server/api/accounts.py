@@ -19,6 +19,7 @@ from .common import (
     bearer_token,
     client_address,
     cursor,
+    dumps,
     error,
     invite_url,
     page_limit,
@@ -126,8 +127,8 @@ async def _redeem(request: web.Request, kind: str, malformed: str) -> web.Respon
         await hub.signin.failed(address)
         raise
     if kind == UserKind.DOOR:
-        log.info("door %s paired from %s", redeemed["user"]["user_id"], address)
-    return web.json_response(redeemed, status=201)
+        log.info("door %s paired from %s", redeemed["user"].user_id, address)
+    return web.json_response(redeemed, status=201, dumps=dumps)
 
 
 async def _get_me(request: web.Request) -> Any:
@@ -135,7 +136,7 @@ async def _get_me(request: web.Request) -> Any:
     outside", residents' names for the history."""
     store = request.app[STORE]
     user = await store.users.get_user(request[VIEWER])
-    return {"user": user, "site": await store.users.get_site(user["site_id"]), "users": await store.users.list_users(user["site_id"])}
+    return {"user": user, "site": await store.users.get_site(user.site_id), "users": await store.users.list_users(user.site_id)}
 
 
 async def _sign_out(request: web.Request) -> web.Response:

@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from ..availability import RuleError, parse_resident, parse_site
-from ..records import NotFound, StoreError, UserKind
+from ..records import NotFound, StoreError, User, UserKind
 from .common import (
     HUB,
     STORE,
@@ -21,30 +21,30 @@ from .common import (
 log = logging.getLogger("intercom.server")
 
 
-def _resident(user: dict[str, Any]) -> dict[str, Any]:
-    if user["kind"] != UserKind.RESIDENT:
-        raise NotFound(f"no resident '{user['user_id']}': only residents have do-not-disturb and quiet hours")
+def _resident(user: User) -> User:
+    if user.kind != UserKind.RESIDENT:
+        raise NotFound(f"no resident '{user.user_id}': only residents have do-not-disturb and quiet hours")
     return user
 
 
-def _availability(request: web.Request, user: dict[str, Any]) -> dict[str, Any]:
+def _availability(request: web.Request, user: User) -> dict[str, Any]:
     hub = request.app[HUB]
     _resident(user)
     why = hub.rules.why_not(user, hub.settings.clock())
-    return {**hub.rules.resident(user["user_id"]).as_json(), "site": hub.rules.site(user["site_id"]).as_json(),
+    return {**hub.rules.resident(user.user_id).as_json(), "site": hub.rules.site(user.site_id).as_json(),
             "available": why is None, "reason": str(why) if why else None}
 
 
-async def _change_availability(request: web.Request, user: dict[str, Any]) -> dict[str, Any]:
+async def _change_availability(request: web.Request, user: User) -> dict[str, Any]:
     hub = request.app[HUB]
     _resident(user)
     body = await read_body(request, (), ("do_not_disturb", "quiet_hours"))
     try:
-        rules = parse_resident(body, hub.rules.resident(user["user_id"]), hub.settings.clock())
+        rules = parse_resident(body, hub.rules.resident(user.user_id), hub.settings.clock())
     except RuleError as exc:
         raise StoreError(str(exc)) from None
-    await hub.rules.set_resident(user["user_id"], rules)
-    log.info("%s: do-not-disturb %s, %d quiet window(s)", user["user_id"], "on" if rules.do_not_disturb else "off",
+    await hub.rules.set_resident(user.user_id, rules)
+    log.info("%s: do-not-disturb %s, %d quiet window(s)", user.user_id, "on" if rules.do_not_disturb else "off",
              len(rules.quiet_hours))
     return _availability(request, user)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
@@ -33,10 +32,11 @@ log = logging.getLogger("intercom.server")
 async def _put_message(request: web.Request) -> web.Response:
     """The door's recording for a call nobody answered."""
     store, call_id = request.app[STORE], request.match_info["call_id"]
-    row = await store.calls.call_row(call_id)
-    if row is None or row["caller_id"] != request[VIEWER] or (await store.users.get_user(request[VIEWER]))["kind"] != UserKind.DOOR:
+    record = await store.calls.find_call(call_id)
+    door = await store.users.get_user(request[VIEWER])
+    if record is None or record.caller.user_id != door.user_id or door.kind != UserKind.DOOR:
         raise NotFound(f"no call '{call_id}' of this door")
-    if row["accepted_by_user"] is not None:
+    if record.accepted_by is not None:
         raise StoreError("the call was answered: there is no message to leave")
     if await store.calls.has_message(call_id):
         return error(409, "conflict", "this call already has its message")
@@ -50,11 +50,9 @@ async def _put_message(request: web.Request) -> web.Response:
         return error(413, "too_large", f"a message is at most {limit // (1024 * 1024)} MiB")
     log.info("a visitor's message for %s from %s: %d bytes", call_id, request[VIEWER], size)
     hub = request.app[HUB]
-    callees = json.loads(row["callees"])
     live = await hub.service.find_call(call_id)
-    wake = list(live.rung_callees) if live is not None else callees
-    door = await store.users.find_user(request[VIEWER]) or {}
-    hub.push.message(call_id, {k: door.get(k) for k in ("user_id", "display_name", "kind")},
+    wake = list(live.rung_callees) if live is not None else list(record.callees)
+    hub.push.message(call_id, door.caller_json(),
                      live.created_at if live else time.time(), wake, time.time())
     hub.background.spawn(box.sweep())
     return web.json_response({"call_id": call_id, "bytes": size}, status=201)
@@ -64,7 +62,7 @@ async def _message_call(request: web.Request) -> str:
     """The call, if this caller may hear its message: the operator, or a resident of the call."""
     call_id = await _visible_call(request)
     viewer = request.get(VIEWER)
-    if viewer is not None and (await request.app[STORE].users.get_user(viewer))["kind"] != UserKind.RESIDENT:
+    if viewer is not None and (await request.app[STORE].users.get_user(viewer)).kind != UserKind.RESIDENT:
         raise NotFound(f"no call '{call_id}'")
     if not await request.app[STORE].calls.has_message(call_id):
         raise NotFound(f"call '{call_id}' has no message")
@@ -121,8 +119,7 @@ async def _get_calls(request: web.Request) -> Any:
     before = cursor_in(query["next"]) if query.get("next") else None
     rows = await request.app[STORE].calls.list_calls(user_id, limit + 1, before)
     page, more = rows[:limit], len(rows) > limit
-    cursors = [row.pop("_cursor") for row in page]
-    return {"calls": page, "next": cursor_out(cursors[-1]) if more else None}
+    return {"calls": page, "next": cursor_out((page[-1].created_at, page[-1].call_id)) if more else None}
 
 
 async def _get_call(request: web.Request) -> Any:

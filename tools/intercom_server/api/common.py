@@ -4,8 +4,10 @@ party's Bearer token), its JSON errors and bodies, and where a request really ca
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import ipaddress
+import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -20,12 +22,16 @@ from intercom_protocol.messages import ErrorCode
 from ..hub import Hub
 from ..mqtt import MqttBridge
 from ..openapi_schemas import CALLS_CURSOR
-from ..records import Bearer, NotFound, StoreError, UserKind
+from ..records import Bearer, NotFound, StoreError, UserKind, record_json
 from ..store import Store
 from ..visitor_messages import MessageBox
 from ..webhooks import Webhooks
 
 log = logging.getLogger("intercom.server")
+
+
+#: A handler's answer may hold the store's records: they write themselves as JSON.
+dumps = functools.partial(json.dumps, default=record_json)
 
 
 HUB = web.AppKey("hub", Hub)
@@ -145,7 +151,7 @@ def api(handler: Handler, parties: bool = False,
         result = await handler(request)
         if isinstance(result, web.StreamResponse):
             return result
-        return web.json_response(result, status=201 if request.method == "POST" else 200)
+        return web.json_response(result, status=201 if request.method == "POST" else 200, dumps=dumps)
 
     return guarded
 
@@ -238,7 +244,7 @@ async def resident_of(request: web.Request, site_id: str) -> None:
     if viewer is None:
         return
     user = await request.app[STORE].users.get_user(viewer)
-    if user["kind"] != UserKind.RESIDENT or user["site_id"] != site_id:
+    if user.kind != UserKind.RESIDENT or user.site_id != site_id:
         raise NotFound(f"no site '{site_id}'")
 
 
