@@ -23,13 +23,18 @@ class Calls:
         self.db = db
 
     @staticmethod
-    def _insert_call(call: ServerCall, snapshot: bytes | None) -> list[Statement]:
+    def _parties(call: ServerCall) -> Statement:
+        """Whose history shows the call: one statement, however many callees."""
+        users = list(dict.fromkeys((call.caller.user_id, *call.callees)))
+        return (f"INSERT INTO call_parties VALUES {', '.join(['(?, ?)'] * len(users))} ON CONFLICT DO NOTHING",
+                tuple(x for user in users for x in (call.call_id, user)))
+
+    @classmethod
+    def _insert_call(cls, call: ServerCall, snapshot: bytes | None) -> list[Statement]:
         row = (call.call_id, call.caller.user_id, call.caller.device_id, json.dumps(list(call.callees)),
                int(call.video), call.created_at, snapshot)
-        parties = [("INSERT INTO call_parties VALUES (?, ?) ON CONFLICT DO NOTHING", (call.call_id, u))
-                   for u in dict.fromkeys((call.caller.user_id, *call.callees))]
         return [("INSERT INTO calls (call_id, caller_id, caller_device, callees, video, created_at, snapshot) "
-                 "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", row), *parties]
+                 "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", row), cls._parties(call)]
 
     def record_call(self, call: ServerCall, snapshot: bytes | None) -> asyncio.Future[None]:
         """Written at the dial, so a crash mid-call leaves a trace that start-up closes."""
@@ -48,16 +53,24 @@ class Calls:
             values)])
 
     def finish_call(self, call: ServerCall, snapshot: bytes | None = None) -> asyncio.Future[None]:
-        """The call's end; a call whose first write had failed (the bell rang anyway) is
-        recorded whole now (a missed press is recorded whole at once, with its picture)."""
+        """The call's end, written over its record; a call whose first write had failed (the
+        bell rang anyway) is recorded whole now (a missed press is recorded whole at once,
+        with its picture)."""
         by = call.ended_by
         accepted = call.accepted_by
-        values = (accepted.user_id if accepted else None, accepted.device_id if accepted else None, call.accepted_at,
-                  call.ended_at, str(call.end_reason), by.user_id if by else None, by.device_id if by else None,
-                  json.dumps([{"at": iso(t), "event": e, **d} for t, e, d in call.timeline]), call.call_id)
-        return self.db.write([*self._insert_call(call, snapshot), (
-            "UPDATE calls SET accepted_by_user = ?, accepted_by_device = ?, accepted_at = ?, ended_at = ?, "
-            "end_reason = ?, ended_by_user = ?, ended_by_device = ?, timeline = ? WHERE call_id = ?", values)])
+        row = (call.call_id, call.caller.user_id, call.caller.device_id, json.dumps(list(call.callees)),
+               int(call.video), call.created_at, snapshot, accepted.user_id if accepted else None,
+               accepted.device_id if accepted else None, call.accepted_at, call.ended_at, str(call.end_reason),
+               by.user_id if by else None, by.device_id if by else None,
+               json.dumps([{"at": iso(t), "event": e, **d} for t, e, d in call.timeline]))
+        return self.db.write([(
+            "INSERT INTO calls (call_id, caller_id, caller_device, callees, video, created_at, snapshot, "
+            "accepted_by_user, accepted_by_device, accepted_at, ended_at, end_reason, ended_by_user, ended_by_device, "
+            "timeline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (call_id) DO UPDATE SET "
+            "accepted_by_user = excluded.accepted_by_user, accepted_by_device = excluded.accepted_by_device, "
+            "accepted_at = excluded.accepted_at, ended_at = excluded.ended_at, end_reason = excluded.end_reason, "
+            "ended_by_user = excluded.ended_by_user, ended_by_device = excluded.ended_by_device, "
+            "timeline = excluded.timeline", row), self._parties(call)])
 
     async def close_interrupted_calls(self, started_before: float | None = None) -> int:
         """Calls live when the server last stopped can no longer be reached: they end `unknown`.
