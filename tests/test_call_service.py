@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -138,3 +139,56 @@ async def test_a_loopback_caller_that_goes_away_mid_ring_ends_its_call_after_its
     ended = await alice.next("ended")
     assert (ended["call_id"], ended["reason"]) == (call_id, "connection_lost")
     assert ended["by"] == {"user_id": "door", "device_id": "loop"}
+
+
+async def test_an_answer_from_another_process_waits_for_the_doors_ok(tmp_path, redis_server):
+    """A new call's rings leave with the step that writes it, before the door has the `ok` that
+    tells it the call's id (a door drops events of calls it does not know). An answer on
+    another process quick enough to come back before that `ok` waits for it."""
+    store = await Store.open(tmp_path / "intercom.db")
+    await store.users.add_site("home", "Home")
+    settings = HubSettings()
+    prefix = f"test-{secrets.token_hex(4)}:"
+    hubs = [Hub(store, settings, make_state(settings, ClusterSettings(redis_server.url, name=f"{prefix}{i}",
+                                                                      prefix=prefix, timer_poll_s=0.01)))
+            for i in range(2)]
+    for hub in hubs:
+        await hub.start()
+    try:
+        door, alice = await _signed_in(hubs[0], "door", "door"), await _signed_in(hubs[1], "alice", "resident")
+        # The dial's step is held back until the answer has reached the door's process.
+        answered_back = asyncio.Event()
+        add, deliver_local = hubs[0].state.calls.add, hubs[0].endpoints.deliver_local
+
+        async def add_then_wait(*args: Any) -> None:
+            await add(*args)
+            await asyncio.wait_for(answered_back.wait(), 10)
+
+        def arrived(device: DeviceRef, message: dict[str, Any]) -> None:
+            if message["type"] == "accepted":
+                answered_back.set()
+            deliver_local(device, message)
+
+        hubs[0].state.calls.add = add_then_wait  # type: ignore[method-assign]
+        hubs[0].endpoints.deliver_local = arrived  # type: ignore[method-assign]
+
+        async def answer() -> None:
+            incoming = await alice.next("incoming")
+            assert (await alice.ask(hubs[1], "accept", call_id=incoming["call_id"], answer=ANSWER))["type"] == "ok"
+
+        answering = asyncio.ensure_future(answer())
+        request = m.parse_request(json.dumps({"type": "dial", "id": "d1", "callees": ["alice"], "offer": OFFER}))
+        assert isinstance(request, m.Request)
+        await hubs[0].handle(door, request)
+        await asyncio.wait_for(answering, 10)
+        seen = []
+        while not seen or seen[-1]["type"] != "accepted":
+            seen.append(await asyncio.wait_for(door.inbox.get(), 10))
+        kinds = [message.get("re") or message["type"] for message in seen]
+        assert kinds.index("d1") < kinds.index("accepted"), kinds
+        assert seen[kinds.index("d1")]["call_id"] == seen[-1]["call_id"]
+    finally:
+        for hub in hubs:
+            await hub.shutdown()
+            await hub.close()
+        await store.close()

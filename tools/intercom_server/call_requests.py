@@ -97,13 +97,13 @@ class CallRequests:
         subs = self.push.subscribed(rung, now)
         devices = sorted(set(await self.service.devices_of(rung)) | {s.device for s in subs})
         sends = call.ring(devices, now)
-        await self.service.add(call, {"ring": now + call.ring_timeout_s, "max": now + self.settings.max_duration_s})
+        await self.service.add(call, sends, {"ring": now + call.ring_timeout_s, "max": now + self.settings.max_duration_s})
         conn.send(m.ok(req.id, call_id=call_id, **({"unknown": unknown} if unknown else {})))
         log.info("%s dials %s: %s, %d device(s) ringing%s%s", call.caller.user_id, ",".join(call.callees), call_id,
                  len(devices), f"; not callers' users: {', '.join(unknown)}" if unknown else "",
                  f"; not rung now (do-not-disturb, quiet hours, away): {', '.join(call.unavailable)}"
                  if call.unavailable else "")
-        await self.service.deliver_new(call, sends)
+        self.service.deliver_new(call, sends)
         self.push.ring(call, subs, now)
         self.background.store("record the call", self.store.calls.record_call(call, snapshot))
         if call.caller_info["kind"] == UserKind.DOOR:
@@ -134,11 +134,11 @@ class CallRequests:
             self.background.store_failed("record a missed press", exc)
             conn.send(m.error(req.id, ErrorCode.INTERNAL, "the press could not be stored; report it again later"))
             return
-        await self.service.add(call)
+        await self.service.add(call, sends)
         conn.send(m.ok(req.id, call_id=call.call_id))
         assert conn.user is not None
         log.info("%s reports a press at %s while offline: %s", conn.user.user_id, req.body.pressed_at, call.call_id)
-        await self.service.deliver_new(call, sends)
+        self.service.deliver_new(call, sends)
         self.push.missed(call, time.time())
         if snapshot is not None:
             self.events.call(EventType.PICTURE, call, call.created_at, picture=snapshot)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from intercom_protocol import messages as m
-from intercom_protocol.calls import DeviceRef, Send
+from intercom_protocol.calls import DeviceRef
 
 from .redis_state import RedisCalls, RedisFailures, RedisPresence, RedisTimers
 from .state import Local, Stopping, device_key, device_of
@@ -244,10 +244,7 @@ class RedisState:
         await self.redis.delete(f"{self.prefix}devices:{process}")
 
     # -- the backplane: messages between processes -----------------------------------------
-    # (A change of a call sends its messages itself, in the script that writes it.)
-
-    async def send(self, sends: list[Send]) -> None:
-        await self.calls.send(sends)
+    # (A step of a call sends its messages itself, in the script that writes it.)
 
     def kick(self, device: DeviceRef, process: str, code: int, reason: str) -> None:
         self._publish(f"{self.prefix}proc:{process}", {"op": "kick", "to": device_key(device), "code": code,

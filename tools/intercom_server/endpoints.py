@@ -18,6 +18,9 @@ class LocalEndpoints:
     def __init__(self, spawn: Callable[[Coroutine[Any, Any, Any]], None]) -> None:
         self._spawn = spawn
         self._by_device: dict[DeviceRef, Endpoint] = {}
+        #: call id -> messages from other processes about a call whose caller is still
+        #: waiting for its `ok` here (`hold`).
+        self._held: dict[str, list[tuple[DeviceRef, dict[str, Any]]]] = {}
 
     def __contains__(self, device: object) -> bool:
         return device in self._by_device
@@ -61,7 +64,23 @@ class LocalEndpoints:
 
     # -- what another process of the cluster asks of this one ---------------------------------
 
+    def hold(self, call_id: str) -> None:
+        """Messages from other processes about this call wait until `release`: its first
+        messages go out with it before its caller, here, has the `ok` that tells it the
+        call's id, and a device drops events of a call it does not know."""
+        self._held[call_id] = []
+
+    def release(self, call_id: str) -> None:
+        for device, message in self._held.pop(call_id, ()):
+            self.deliver_local(device, message)
+
     def deliver_local(self, device: DeviceRef, message: dict[str, Any]) -> None:
+        if self._held:
+            call_id = message.get("call_id")
+            held = self._held.get(call_id) if isinstance(call_id, str) else None
+            if held is not None:
+                held.append((device, message))
+                return
         target = self._by_device.get(device)
         if target is not None:
             target.send(message)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from intercom_protocol.calls import DeviceRef, Send, ServerCall
@@ -46,7 +46,8 @@ class MemoryCalls:
         #: Calls that ended lately, oldest first.
         self._recent: dict[str, ServerCall] = {}
 
-    async def add(self, call: ServerCall, timers: dict[str, float] | None = None) -> None:
+    async def add(self, call: ServerCall, timers: dict[str, float] | None = None, sends: Sequence[Send] = ()) -> None:
+        # One process: every device is here, and `sends` are all the caller's to deliver.
         if timers:
             await self._timers.schedule({f"{kind}:{call.call_id}": at for kind, at in timers.items()})
         if call.ended:
@@ -147,9 +148,6 @@ class NoBackplane:
 
     def __init__(self) -> None:
         self.local: Local | None = None
-
-    async def send(self, sends: list[Send]) -> None:
-        return None
 
     def kick(self, device: DeviceRef, process: str, code: int, reason: str) -> None:
         return None

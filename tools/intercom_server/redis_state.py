@@ -26,7 +26,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from intercom_protocol.calls import DeviceRef, Send, ServerCall
@@ -57,19 +57,15 @@ end
 """
 
 #: A new call: KEYS[1] = ARGV[1] for ARGV[2] s, in the live set (KEYS[2]) if ARGV[3] is 1,
-#: in the indexes of its users (KEYS[4...]), with its timers (ARGV[5...]: name, when) in
-#: KEYS[3].
-_ADD = """
+#: in the indexes of its ARGV[5] users (KEYS[4...]), with its ARGV[6] timers (ARGV[7...]:
+#: name, when) in KEYS[3]; then its first messages are routed.
+_ADD = _ROUTE + """
+local users, timers = tonumber(ARGV[5]), tonumber(ARGV[6])
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 if ARGV[3] == '1' then redis.call('SADD', KEYS[2], ARGV[4]) end
-for i = 4, #KEYS do redis.call('SADD', KEYS[i], ARGV[4]) end
-for i = 5, #ARGV, 2 do redis.call('ZADD', KEYS[3], ARGV[i + 1], ARGV[i]) end
-return 1
-"""
-
-#: A new call's first messages, routed.
-_SEND = _ROUTE + """
-route(1, 1)
+for i = 4, 3 + users do redis.call('SADD', KEYS[i], ARGV[4]) end
+for i = 7, 6 + 2 * timers, 2 do redis.call('ZADD', KEYS[3], ARGV[i + 1], ARGV[i]) end
+route(4 + users, 7 + 2 * timers)
 return 1
 """
 
@@ -141,7 +137,6 @@ class RedisCalls:
         #: messages are delivered here, not routed.
         self.here: Callable[[DeviceRef], bool] = lambda device: False
         self._add = redis.register_script(_ADD)
-        self._send = redis.register_script(_SEND)
         self._swap = redis.register_script(_SWAP)
         self._timers = f"{prefix}timers"
         #: call id -> the JSON this process last read or wrote, newest last.
@@ -156,22 +151,18 @@ class RedisCalls:
         while len(self._known) > _KEPT_CALLS:
             self._known.popitem(last=False)
 
-    async def add(self, call: ServerCall, timers: dict[str, float] | None = None) -> None:
+    async def add(self, call: ServerCall, timers: dict[str, float] | None = None, sends: Sequence[Send] = ()) -> None:
         raw = json.dumps(call.to_json())
         ttl = RECENT_CALLS_S if call.ended else self._live_ttl_s
         users = [f"{self._p}calls_of:{user}" for user in dict.fromkeys([call.caller.user_id, *call.callees])]
         due = [x for kind, at in (timers or {}).items() for x in (f"{kind}:{call.call_id}", at)]
-        await self._add(keys=[self._key(call.call_id), f"{self._p}live", self._timers, *users],
-                        args=[raw, int(ttl) + 1, "0" if call.ended else "1", call.call_id, *due])
+        keys, args = self._routes(sends, {call.call_id: raw}.get)
+        await self._add(keys=[self._key(call.call_id), f"{self._p}live", self._timers, *users, *keys],
+                        args=[raw, int(ttl) + 1, "0" if call.ended else "1", call.call_id, len(users),
+                              len(due) // 2, *due, *args])
         self._keep(call.call_id, raw)
 
-    async def send(self, sends: list[Send]) -> None:
-        """Sends about calls this process wrote, to the devices not connected here."""
-        keys, args = self._routes(sends, self._known.get)
-        if keys:
-            await self._send(keys=keys, args=args)
-
-    def _routes(self, sends: list[Send], raw_of: Callable[[str], str | None]) -> tuple[list[str], list[str]]:
+    def _routes(self, sends: Sequence[Send], raw_of: Callable[[str], str | None]) -> tuple[list[str], list[str]]:
         """The keys and arguments of `_ROUTE` for the sends to devices not connected here.
         The call as written (`raw_of` its id) goes along: the other process's next change of
         it starts there, and costs it one round trip."""

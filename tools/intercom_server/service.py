@@ -107,10 +107,17 @@ class CallService:
             else:
                 self._turns[call_id] = (lock, waiting - 1)
 
-    async def add(self, call: ServerCall, timers: dict[str, float] | None = None) -> None:
-        """A new call, and its timers (`CALL_TIMERS`): they go when it ends. Its first
-        messages go with `deliver_new`, once its caller has `ok`."""
-        await self.state.calls.add(call, timers)
+    async def add(self, call: ServerCall, sends: list[Send], timers: dict[str, float] | None = None) -> None:
+        """A new call, its timers (`CALL_TIMERS`: they go when it ends), and its first
+        messages to devices on other processes, in one step. Those to devices here go with
+        `deliver_new`, once its caller has `ok`; so do messages about the call that come back
+        from other processes before then (an answer, on a busy evening)."""
+        self.endpoints.hold(call.call_id)
+        try:
+            await self.state.calls.add(call, timers, sends)
+        except BaseException:
+            self.endpoints.release(call.call_id)
+            raise
 
     async def apply(self, call_id: str, event: Event) -> Applied | None:
         """Apply one event to a call, or None for no such call. `CallError` passes through,
@@ -130,10 +137,10 @@ class CallService:
             await self.deliver(applied)
         return applied.call
 
-    async def deliver_new(self, call: ServerCall, sends: list[Send]) -> None:
-        """A new call's first messages, here and on other processes."""
+    def deliver_new(self, call: ServerCall, sends: list[Send]) -> None:
+        """A new call's first messages to devices here, then what came back meanwhile."""
         self.endpoints.deliver(sends)
-        await self.state.backplane.send(sends)
+        self.endpoints.release(call.call_id)
 
     async def deliver(self, applied: Applied) -> None:
         """A change's messages to the devices connected here (those elsewhere had theirs

@@ -9,7 +9,7 @@ change of a `ServerCall`, whatever parties it has.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -87,10 +87,11 @@ class Presence(Protocol):
 class CallRegistry(Protocol):
     """The live calls and those that ended lately (`RECENT_CALLS_S`)."""
 
-    async def add(self, call: ServerCall, timers: dict[str, float] | None = None) -> None:
+    async def add(self, call: ServerCall, timers: dict[str, float] | None = None, sends: Sequence[Send] = ()) -> None:
         """A new call and its timers (a kind of `CALL_TIMERS` -> when it fires), written
-        together. Its first messages go after its caller has `ok` (`Backplane.send`): a
-        caller learns its call's id from that reply."""
+        together, with its first messages to devices on other processes (`Local.is_local`
+        says which are not): one step, as a change is. Those to devices here are the
+        caller's to deliver, after the caller's `ok` (it learns its call's id from that)."""
 
     async def get(self, call_id: str) -> ServerCall | None: ...
 
@@ -134,12 +135,8 @@ class Failures(Protocol):
 
 
 class Backplane(Protocol):
-    """Reaching devices connected to other processes (in memory there are none). A change of
-    a call sends its own messages with it (`CallRegistry.change`)."""
-
-    async def send(self, sends: list[Send]) -> None:
-        """Deliver the sends to devices on other processes (`Local.is_local` says which are
-        not): a new call's first messages."""
+    """Reaching devices connected to other processes (in memory there are none). A call's
+    messages travel with its steps (`CallRegistry.add` and `change`)."""
 
     def kick(self, device: DeviceRef, process: str, code: int, reason: str) -> None: ...
 
