@@ -156,26 +156,25 @@ class RedisCalls:
         ttl = RECENT_CALLS_S if call.ended else self._live_ttl_s
         users = [f"{self._p}calls_of:{user}" for user in dict.fromkeys([call.caller.user_id, *call.callees])]
         due = [x for kind, at in (timers or {}).items() for x in (f"{kind}:{call.call_id}", at)]
-        keys, args = self._routes(sends, {call.call_id: raw}.get)
+        keys, args = self._routes(sends, call.call_id, raw)
         await self._add(keys=[self._key(call.call_id), f"{self._p}live", self._timers, *users, *keys],
                         args=[raw, int(ttl) + 1, "0" if call.ended else "1", call.call_id, len(users),
                               len(due) // 2, *due, *args])
         self._keep(call.call_id, raw)
 
-    def _routes(self, sends: Sequence[Send], raw_of: Callable[[str], str | None]) -> tuple[list[str], list[str]]:
-        """The keys and arguments of `_ROUTE` for the sends to devices not connected here.
-        The call as written (`raw_of` its id) goes along: the other process's next change of
-        it starts there, and costs it one round trip."""
+    def _routes(self, sends: Sequence[Send], call_id: str, raw: str) -> tuple[list[str], list[str]]:
+        """The keys and arguments of `_ROUTE` for a step's sends to devices not connected
+        here. The call as written (`raw`) goes along with its messages: the other process's
+        next change of it starts there, and costs it one round trip."""
         keys: list[str] = []
         args = [self._name, f"{self._p}proc:"]
         for send in sends:
             if self.here(send.to):
                 continue
-            call_id = send.message.get("call_id")
-            raw = raw_of(call_id) if isinstance(call_id, str) else None
+            about = send.message.get("call_id") == call_id
             keys.append(f"{self._p}presence:{send.to.user_id}")
             args += [send.to.device_id, json.dumps({"op": "send", "to": device_key(send.to), "message": send.message,
-                                                    **({"call": raw} if raw else {})})]
+                                                    **({"call": raw} if about else {})})]
         return keys, args
 
     async def get(self, call_id: str) -> ServerCall | None:
@@ -205,7 +204,7 @@ class RedisCalls:
             ended = was_live and call.ended
             after = json.dumps(call.to_json())
             ttl = RECENT_CALLS_S if call.ended else self._live_ttl_s
-            keys, args = self._routes(sends, {call_id: after}.get)
+            keys, args = self._routes(sends, call_id, after)
             result = await self._swap(keys=[self._key(call_id), f"{self._p}live", self._timers, *keys],
                                       args=[raw, after, int(ttl) + 1, "1" if ended else "0", call_id, len(timers),
                                             *timers, *args])
