@@ -29,12 +29,18 @@ class Calls:
         return (f"INSERT INTO call_parties VALUES {', '.join(['(?, ?)'] * len(users))} ON CONFLICT DO NOTHING",
                 tuple(x for user in users for x in (call.call_id, user)))
 
+    #: What a call's record says from its dial on.
+    _DIALED = "call_id, caller_id, caller_device, callees, video, created_at, snapshot"
+
+    @staticmethod
+    def _dialed(call: ServerCall, snapshot: bytes | None) -> tuple[Any, ...]:
+        return (call.call_id, call.caller.user_id, call.caller.device_id, json.dumps(list(call.callees)),
+                int(call.video), call.created_at, snapshot)
+
     @classmethod
     def _insert_call(cls, call: ServerCall, snapshot: bytes | None) -> list[Statement]:
-        row = (call.call_id, call.caller.user_id, call.caller.device_id, json.dumps(list(call.callees)),
-               int(call.video), call.created_at, snapshot)
-        return [("INSERT INTO calls (call_id, caller_id, caller_device, callees, video, created_at, snapshot) "
-                 "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", row), cls._parties(call)]
+        return [(f"INSERT INTO calls ({cls._DIALED}) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                 cls._dialed(call, snapshot)), cls._parties(call)]
 
     def record_call(self, call: ServerCall, snapshot: bytes | None) -> asyncio.Future[None]:
         """Written at the dial, so a crash mid-call leaves a trace that start-up closes."""
@@ -58,15 +64,14 @@ class Calls:
         with its picture)."""
         by = call.ended_by
         accepted = call.accepted_by
-        row = (call.call_id, call.caller.user_id, call.caller.device_id, json.dumps(list(call.callees)),
-               int(call.video), call.created_at, snapshot, accepted.user_id if accepted else None,
+        row = (*self._dialed(call, snapshot), accepted.user_id if accepted else None,
                accepted.device_id if accepted else None, call.accepted_at, call.ended_at, str(call.end_reason),
                by.user_id if by else None, by.device_id if by else None,
                json.dumps([{"at": iso(t), "event": e, **d} for t, e, d in call.timeline]))
         return self.db.write([(
-            "INSERT INTO calls (call_id, caller_id, caller_device, callees, video, created_at, snapshot, "
-            "accepted_by_user, accepted_by_device, accepted_at, ended_at, end_reason, ended_by_user, ended_by_device, "
-            "timeline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (call_id) DO UPDATE SET "
+            f"INSERT INTO calls ({self._DIALED}, accepted_by_user, accepted_by_device, accepted_at, ended_at, "
+            "end_reason, ended_by_user, ended_by_device, timeline) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (call_id) DO UPDATE SET "
             "accepted_by_user = excluded.accepted_by_user, accepted_by_device = excluded.accepted_by_device, "
             "accepted_at = excluded.accepted_at, ended_at = excluded.ended_at, end_reason = excluded.end_reason, "
             "ended_by_user = excluded.ended_by_user, ended_by_device = excluded.ended_by_device, "
