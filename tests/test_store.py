@@ -277,3 +277,21 @@ async def test_a_server_whose_database_stops_answering_says_so_and_recovers_by_i
         if runner is not None:
             await runner.cleanup()
         database.stop()
+
+
+@both
+async def test_a_write_of_several_statements_stands_or_falls_whole(database):
+    """A write of a record and rows that name it: a refused row leaves no record, and a
+    good write leaves both (on PostgreSQL the statements run as one)."""
+    store = await make_store(database)
+    record = ("INSERT INTO calls (call_id, caller_id, caller_device, callees, video, created_at) "
+              "VALUES (?, ?, ?, ?, ?, ?)", ("c1", "door", "d", '["alice"]', 1, time.time()))
+    with pytest.raises(DatabaseError):
+        await store.db.write([record, ("INSERT INTO call_parties VALUES (?, ?)", ("c1", None))])
+    assert await store.calls.find_call("c1") is None
+    assert await store.db.write([record, ("INSERT INTO call_parties VALUES (?, ?)", ("c1", "alice")),
+                                 ("UPDATE users SET display_name = ? WHERE user_id = ? RETURNING user_id",
+                                  ("Alice B.", "alice"))]) == "alice"
+    assert [c.call_id for c in await store.calls.list_calls("alice", 10, None)] == ["c1"]
+    assert await store.calls.call_parties("c1") == ["alice"]
+    await store.close()

@@ -73,7 +73,11 @@ class Database(ABC):
         """Statements that must be durable but need not hold up the caller's next step (a
         call's record, the door log): queued now, in order, and committed together with what
         else is queued. The future gives the first column of the last statement's first row
-        (`RETURNING`), else None, or the engine's error as `DatabaseError`."""
+        (`RETURNING`), else None, or the engine's error as `DatabaseError`.
+
+        A write's statements stand or fall together, and none may depend on another's effect
+        (a row another inserts may be referenced, as its key, not read): PostgreSQL runs them
+        as one statement, on one snapshot, to save round trips."""
 
     @abstractmethod
     async def flushed(self) -> None:

@@ -150,12 +150,13 @@ class PostgresDatabase(Database):
         """Each round trip here is a wake-up of this process and of PostgreSQL, and a call
         writes three times (its record, its answer, its end), mostly one at a time when the
         calls are spread over processes. So the writer keeps its connection (one given back
-        to the pool is reset, a round trip each time), and a write of one statement commits
-        alone, without BEGIN and COMMIT: one round trip instead of four."""
+        to the pool is reset, a round trip each time), and a write that comes alone commits
+        as one statement (`_one_statement`), without BEGIN and COMMIT: one round trip, where
+        a call's record with its parties took four."""
         conn = await self._connection()
         try:
-            if len(writes) == 1 and len(writes[0]) == 1:
-                return [(await self._run(conn, writes[0]), None)]
+            if len(writes) == 1 and (alone := _one_statement(writes[0])) is not None:
+                return [(await self._run(conn, [alone]), None)]
             results: list[tuple[Any, BaseException | None]] = []
             async with _pg_errors(), conn.transaction():
                 for statements in writes:
@@ -228,6 +229,24 @@ class PostgresDatabase(Database):
             await self._pool.release(self._conn)
             self._conn = None
         await self._pool.close()
+
+
+#: What may run inside a WITH: a statement that changes rows and has no WITH of its own.
+_CHANGES = re.compile(r"\s*(INSERT|UPDATE|DELETE)\b", re.IGNORECASE)
+
+
+def _one_statement(statements: Sequence[Statement]) -> Statement | None:
+    """A write's statements as one, which PostgreSQL runs atomically without a transaction
+    block: `WITH s0 AS (first), s1 AS (second) last`, their arguments in the same order
+    (their `?`s are numbered through the whole text). They run on one snapshot, as the
+    write's contract allows (`Database.write`). None if one of them cannot be nested."""
+    if len(statements) == 1:
+        return statements[0]
+    if not all(_CHANGES.match(sql) for sql, _ in statements):
+        return None
+    *first, (last, _) = statements
+    sql = "WITH " + ", ".join(f"s{i} AS ({text})" for i, (text, _) in enumerate(first)) + " " + last
+    return sql, tuple(arg for _, args in statements for arg in args)
 
 
 class _OneFailed(Exception):
