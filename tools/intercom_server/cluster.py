@@ -58,8 +58,9 @@ class ClusterSettings:
     #: How often a process says it is alive; it is taken for dead after `dead_after_s` of silence.
     heartbeat_s: float = 1.0
     dead_after_s: float = 4.0
-    #: How often the timers are polled: a ring timeout fires this much late at most.
-    timer_poll_s: float = 0.05
+    #: How often the timers are polled: a ring timeout fires this much late at most. Each
+    #: poll is a wake-up and a round trip of every process, whether anything is due or not.
+    timer_poll_s: float = 0.25
     #: Keys are prefixed, so that one Redis may serve several clusters (or tests) apart.
     prefix: str = "intercom:"
 
