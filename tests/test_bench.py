@@ -83,6 +83,9 @@ async def test_quick_bench_runs_every_part_and_writes_results(tmp_path):
             assert engine["setups"][phase]["calls"] > 0 and engine["setups"][phase]["error_count"] == 0
     assert "call set-up at the server, PostgreSQL, steady" in table
     assert "call set-up at the server, 3 processes behind HAProxy, peak" in table
+    for engine in (capacity, cluster):  # both at one rate, for their CPU per call side by side
+        assert engine["setups"]["matched"]["calls"] > 0 and engine["setups"]["matched"]["error_count"] == 0
+    assert "CPU per call at the same rate offered to both" in table
 
     pushed = results["push"]
     assert pushed["refused"] == 0, "every push request carried a valid VAPID JWT and a message that decrypts"

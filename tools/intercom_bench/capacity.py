@@ -62,7 +62,7 @@ async def _loadgen(site: Installation, *args: str) -> Process:
 
 
 async def run(root: Path, connections: int, pairs: int, seconds: float, steady_rate: float,
-              database: str | None = None, hold_s: float = 20.0) -> dict[str, Any]:
+              database: str | None = None, hold_s: float = 20.0, matched_rate: float | None = None) -> dict[str, Any]:
     """With `database` (a PostgreSQL URL) the server keeps its data there, not in SQLite; with
     `connections=0` only the call set-ups are measured."""
     async with installation(root, {"database": database} if database else None) as site:
@@ -71,7 +71,7 @@ async def run(root: Path, connections: int, pairs: int, seconds: float, steady_r
         residents = max(pairs, -(-connections // DEVICES_PER_RESIDENT))
         await provision(site, residents, pairs, database)
         if not connections:
-            return {"setups": await _setups(site, [pid], pairs, seconds, steady_rate)}
+            return {"setups": await _setups(site, [pid], pairs, seconds, steady_rate, matched_rate)}
 
         # Idle devices: the server's memory before and after they have all signed in.
         baseline = memory_kib(pid)["VmRSS"]
@@ -81,7 +81,7 @@ async def run(root: Path, connections: int, pairs: int, seconds: float, steady_r
         idle_cpu = await _idle_cpu([pid], hold_s)
         await idle.stop()
         per_client = (loaded - baseline) / connections
-        setups = await _setups(site, [pid], pairs, seconds, steady_rate)
+        setups = await _setups(site, [pid], pairs, seconds, steady_rate, matched_rate)
     return {
         "idle": {"connections": ready["connections"], "signed_in_in_s": ready["seconds"],
                  "server_rss_before_kib": baseline, "server_rss_after_kib": loaded,
@@ -91,7 +91,7 @@ async def run(root: Path, connections: int, pairs: int, seconds: float, steady_r
 
 
 async def run_cluster(root: Path, connections: int, pairs: int, seconds: float, steady_rate: float,
-                      size: int = 3, hold_s: float = 20.0) -> dict[str, Any]:
+                      size: int = 3, hold_s: float = 20.0, matched_rate: float | None = None) -> dict[str, Any]:
     """The same on `size` processes sharing PostgreSQL and Redis behind HAProxy, all on this
     machine's two cores: memory per idle connection over all the processes, then set-ups, most
     of whose door and phone are on different processes."""
@@ -109,7 +109,7 @@ async def run_cluster(root: Path, connections: int, pairs: int, seconds: float, 
         loaded = sum(memory_kib(pid)["VmRSS"] for pid in pids)
         idle_cpu = await _idle_cpu(pids, hold_s)
         await idle.stop()
-        setups = await _setups(site, pids, pairs, seconds, steady_rate)
+        setups = await _setups(site, pids, pairs, seconds, steady_rate, matched_rate)
     finally:
         await group.close()
     return {
@@ -131,11 +131,17 @@ async def _idle_cpu(pids: list[int], hold_s: float) -> float:
 
 
 async def _setups(site: Installation, pids: list[int], pairs: int, seconds: float,
-                  steady_rate: float) -> dict[str, dict[str, Any]]:
+                  steady_rate: float, matched_rate: float | None = None) -> dict[str, dict[str, Any]]:
     """Call set-ups with no idle devices: at a steady rate twice the target, for the latency a
-    building sees on a busy evening; then as fast as the pairs may go."""
+    building sees on a busy evening; then as fast as the pairs may go; then, with
+    `matched_rate`, at a rate one process and a cluster both keep up with here, so that their
+    CPU per call is compared doing the same work (at the steady rate a cluster sharing two
+    cores with its databases is saturated, and the one process is not)."""
     setups: dict[str, dict[str, Any]] = {}
-    for phase, per_pair in (("steady", steady_rate / pairs), ("peak", PEAK_PER_PAIR)):
+    phases = [("steady", steady_rate / pairs), ("peak", PEAK_PER_PAIR)]
+    if matched_rate:
+        phases.append(("matched", matched_rate / pairs))
+    for phase, per_pair in phases:
         calls = await _loadgen(site, "calls", "--pairs", str(pairs), "--seconds", f"{seconds:g}",
                                "--per-pair", f"{per_pair:g}")
         await calls.wait_for_event("connected", timeout=60)

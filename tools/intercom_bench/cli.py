@@ -47,6 +47,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="how long the idle devices stay signed in while the servers' CPU is measured")
     parser.add_argument("--setup-rate", type=float, default=400.0,
                         help="calls a second offered in the steady phase (the peak phase offers pairs x 8)")
+    parser.add_argument("--matched-rate", type=float, default=100.0,
+                        help="calls a second offered to one process and to the cluster alike, to compare their CPU per call")
     parser.add_argument("--push-presses", type=int, default=20, help="presses that wake 100 subscribed devices")
     parser.add_argument("--sip-calls", type=int, default=10, help="answered SIP calls per codec (G.722, G.711)")
     parser.add_argument("--sip-call-seconds", type=float, default=10.0)
@@ -58,7 +60,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         args.push_presses, args.cold_starts = 2, 1
         args.presses, args.calls, args.call_seconds, args.sizes = 3, 2, 2.0, "320x240"
         args.message_seconds = 3.0
-        args.connections, args.pairs, args.setup_seconds, args.setup_rate = 50, 4, 1.0, 8.0
+        args.connections, args.pairs, args.setup_seconds, args.setup_rate, args.matched_rate = 50, 4, 1.0, 8.0, 4.0
         args.idle_seconds = 1.0
         args.sip_calls, args.sip_call_seconds = 1, 2.0
         args.rtsp_connects, args.rtsp_seconds = 3, 2.0
@@ -95,7 +97,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if "server" in parts:
         step(f"server: {args.connections} idle devices, then 2 x {args.setup_seconds:g} s of call set-ups")
         results["capacity"] = await capacity.run(work / "server", args.connections, args.pairs, args.setup_seconds,
-                                                 args.setup_rate, hold_s=args.idle_seconds)
+                                                 args.setup_rate, hold_s=args.idle_seconds,
+                                                 matched_rate=args.matched_rate)
         step(f"server on PostgreSQL: 2 x {args.setup_seconds:g} s of call set-ups")
         database = Postgres(durable=True)  # fsync at each commit, as SQLite's synchronous=FULL
         try:
@@ -108,7 +111,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
              f"devices, then 2 x {args.setup_seconds:g} s of call set-ups")
         results["capacity_cluster"] = await capacity.run_cluster(work / "server-cluster", args.connections, args.pairs,
                                                                  args.setup_seconds, args.setup_rate, capacity.CLUSTER,
-                                                                 hold_s=args.idle_seconds)
+                                                                 hold_s=args.idle_seconds,
+                                                                 matched_rate=args.matched_rate)
     if "push" in parts:
         step(f"Web Push: {args.push_presses} presses to {push.RESIDENTS * push.DEVICES_EACH} devices, "
              f"{args.cold_starts} app starts from a notification")

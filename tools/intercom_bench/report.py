@@ -218,12 +218,14 @@ def markdown(results: dict[str, Any]) -> str:
                              f"offered), {s['error_count']} errors; server CPU {s['server_cpu_percent']} % of a core "
                              f"({s.get('server_cpu_ms_per_call', '?')} ms a call), load generator "
                              f"{s['loadgen_cpu_percent']} % (on the same two cores).")
-        if cluster and "server_cpu_ms_per_call" in cluster["setups"].get("steady", {}):
-            alone, many = capacity["setups"]["steady"], cluster["setups"]["steady"]
-            lines.append(f"- CPU per call at the steady rate: {alone['server_cpu_ms_per_call']} ms on one process, "
-                         f"{many['server_cpu_ms_per_call']} ms on {cluster['processes']} together: "
-                         f"{many['server_cpu_ms_per_call'] / max(0.01, alone['server_cpu_ms_per_call']):.2f} times "
-                         f"(target: at most 2).")
+        for phase, what in (("steady", "the steady rate"), ("matched", "the same rate offered to both")):
+            if cluster and phase in cluster["setups"] and phase in capacity["setups"]:
+                alone, many = capacity["setups"][phase], cluster["setups"][phase]
+                lines.append(f"- CPU per call at {what}: {alone['server_cpu_ms_per_call']} ms on one process "
+                             f"({alone['per_s']:g}/s), {many['server_cpu_ms_per_call']} ms on {cluster['processes']} "
+                             f"together ({many['per_s']:g}/s): "
+                             f"{many['server_cpu_ms_per_call'] / max(0.01, alone['server_cpu_ms_per_call']):.2f} "
+                             "times (target: at most 2).")
     if sip:
         cpu = sip["gateway_cpu_percent_per_call"]
         lines += ["", f"## The SIP gateway: one call of {sip['call_seconds']:g} s", "",
