@@ -209,6 +209,7 @@ class RedisState:
             try:
                 await self._alive()
                 await self._reap()
+                await self._leave_again()
                 if not self.ok:
                     log.warning("Redis answers again")
                 self.ok, self.error = True, None
@@ -232,6 +233,17 @@ class RedisState:
             if await self.redis.set(f"{p}reaping:{other}", self.name, nx=True, ex=60):
                 await self._release(other, f"process '{other}', which stopped answering,")
                 await self.redis.srem(f"{p}procs", other)
+
+    async def _leave_again(self) -> None:
+        """The devices whose leave failed are let go now, their calls given the grace a
+        disconnected device gets, as a dead process's are; one that came back here stays."""
+        for device in list(self.presence.unreleased):
+            if self.local.is_local(device):
+                self.presence.unreleased.discard(device)
+                continue
+            await self.presence.leave(device)
+            log.info("%s/%s, which left while Redis did not answer, is let go", device.user_id, device.device_id)
+            await self.local.device_gone(device)
 
     async def _release(self, process: str, whose: str) -> None:
         """Its devices are no longer connected anywhere: off presence, and their calls get the

@@ -94,6 +94,10 @@ class RedisPresence:
     def __init__(self, redis: Any, prefix: str, name: str) -> None:
         self._redis, self._p, self.name = redis, prefix, name
         self._leave = redis.register_script(LEAVE)
+        #: Devices gone from this process whose leave Redis did not take (Redis away, or all
+        #: its connections busy for longer than a request waits, as when thousands of devices
+        #: leave at once): left again at the next heartbeat, or else a dial would count them.
+        self.unreleased: set[DeviceRef] = set()
 
     async def join(self, device: DeviceRef) -> str | None:
         p = self._p
@@ -102,11 +106,17 @@ class RedisPresence:
             pipe.hset(f"{p}presence:{device.user_id}", device.device_id, self.name)
             pipe.sadd(f"{p}devices:{self.name}", device_key(device))
             before, _, _ = await pipe.execute()
+        self.unreleased.discard(device)
         return before if before and before != self.name else None
 
     async def leave(self, device: DeviceRef) -> None:
-        await self.release(device, self.name)
-        await self._redis.srem(f"{self._p}devices:{self.name}", device_key(device))
+        try:
+            await self.release(device, self.name)
+            await self._redis.srem(f"{self._p}devices:{self.name}", device_key(device))
+        except Exception:
+            self.unreleased.add(device)
+            raise
+        self.unreleased.discard(device)
 
     async def release(self, device: DeviceRef, process: str) -> None:
         """Take the device off presence if `process` still has it."""
