@@ -216,7 +216,8 @@ def markdown(results: dict[str, Any]) -> str:
                 lines.append(f"- {engine}, {phase}: {s['calls']} calls set up and ended in {s['seconds']} s by "
                              f"{s['pairs']} door/phone pairs: {s['per_s']} a second (at most {s['offered_per_s']:g} "
                              f"offered), {s['error_count']} errors; server CPU {s['server_cpu_percent']} % of a core "
-                             f"({s.get('server_cpu_ms_per_call', '?')} ms a call), load generator "
+                             f"({s.get('server_cpu_ms_per_call', '?')} ms a call, with the writes still queued "
+                             f"after the last call, {s.get('writes_behind_s', '?')} s), load generator "
                              f"{s['loadgen_cpu_percent']} % (on the same two cores).")
         for phase, what in (("steady", "the steady rate"), ("matched", "the same rate offered to both")):
             if cluster and phase in cluster["setups"] and phase in capacity["setups"]:
