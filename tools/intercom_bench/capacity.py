@@ -12,7 +12,6 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +73,8 @@ async def run(root: Path, connections: int, pairs: int, seconds: float, steady_r
         residents = max(pairs, -(-connections // DEVICES_PER_RESIDENT))
         await provision(site, residents, pairs, database)
         if not connections:
-            return {"setups": await _setups(site, [pid], lambda: _flushed([site.http_url], site.api_token), pairs,
-                                            seconds, steady_rate, matched_rate)}
+            return {"setups": await _setups(site, [pid], [site.http_url], site.api_token, pairs, seconds,
+                                            steady_rate, matched_rate)}
 
         # Idle devices: the server's memory before and after they have all signed in.
         baseline = memory_kib(pid)["VmRSS"]
@@ -85,8 +84,8 @@ async def run(root: Path, connections: int, pairs: int, seconds: float, steady_r
         idle_cpu = await _idle_cpu([pid], hold_s)
         await idle.stop()
         per_client = (loaded - baseline) / connections
-        setups = await _setups(site, [pid], lambda: _flushed([site.http_url], site.api_token), pairs, seconds,
-                               steady_rate, matched_rate)
+        setups = await _setups(site, [pid], [site.http_url], site.api_token, pairs, seconds, steady_rate,
+                               matched_rate)
     return {
         "idle": {"connections": ready["connections"], "signed_in_in_s": ready["seconds"],
                  "server_rss_before_kib": baseline, "server_rss_after_kib": loaded,
@@ -114,9 +113,8 @@ async def run_cluster(root: Path, connections: int, pairs: int, seconds: float, 
         loaded = sum(memory_kib(pid)["VmRSS"] for pid in pids)
         idle_cpu = await _idle_cpu(pids, hold_s)
         await idle.stop()
-        urls = [group.url(i) for i in range(size)]
-        setups = await _setups(site, pids, lambda: _flushed(urls, group.api_token), pairs, seconds, steady_rate,
-                               matched_rate)
+        setups = await _setups(site, pids, [group.url(i) for i in range(size)], group.api_token, pairs, seconds,
+                               steady_rate, matched_rate)
     finally:
         await group.close()
     return {
@@ -147,7 +145,7 @@ async def _flushed(urls: list[str], api_token: str) -> None:
         await asyncio.gather(*(one(url) for url in urls))
 
 
-async def _setups(site: Installation, pids: list[int], flushed: Callable[[], Awaitable[None]], pairs: int,
+async def _setups(site: Installation, pids: list[int], urls: list[str], api_token: str, pairs: int,
                   seconds: float, steady_rate: float, matched_rate: float | None = None) -> dict[str, dict[str, Any]]:
     """Call set-ups with no idle devices: at a steady rate twice the target, for the latency a
     building sees on a busy evening; then as fast as the pairs may go; then, with
@@ -168,8 +166,9 @@ async def _setups(site: Installation, pids: list[int], flushed: Callable[[], Awa
         # A phase's calls are paid for when their records are written too: a writer that fell
         # behind would otherwise bill the next phase for them.
         load_s, ended = cpu_times(calls.proc.pid).total - load_before.total, time.monotonic()
-        await asyncio.wait_for(flushed(), 120)
-        elapsed, behind = time.monotonic() - started, time.monotonic() - ended
+        await asyncio.wait_for(_flushed(urls, api_token), 120)
+        now = time.monotonic()
+        elapsed, behind = now - started, now - ended
         server_s = sum(cpu_times(pid).total for pid in pids) - server_before
         await calls.stop()
         setups[phase] = {k: result[k] for k in ("pairs", "seconds", "calls", "offered_per_s", "per_s", "setup_ms",
